@@ -1,0 +1,239 @@
+"""Pure planning: scene → shot jobs → node placement → next attempt after a failure.
+
+Nothing here does I/O: it takes data (a scene, the catalogue, node descriptions, loads)
+and returns data, so every decision is unit-tested without Redis or Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from farm.catalog import Catalog, Model, load_catalog
+from farm.errors import NoCapableNode
+from farm.scene import Scene, Shot
+
+REFERENCE_WORKLOAD = 832 * 480 * 81
+#: cost of loading another model on a node, in reference sampler steps
+MODEL_SWITCH_COST = 20.0
+#: error kinds after which another attempt is pointless
+PERMANENT_KINDS = frozenset({"invalid_input", "permanent", "workflow", "rejected", "bad_response", "cancelled"})
+#: error kinds that mean "try another node"
+NODE_KINDS = frozenset({"node_unavailable", "timeout", "model_missing", "retryable", "no_capable_node"})
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the planner needs to know of a GPU node."""
+
+    name: str
+    kind: str = "comfyui"
+    alive: bool = True
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    speed: float = 1.0
+
+    def missing(self, files: Mapping[str, Iterable[str]]) -> list[str]:
+        """Files of ``files`` (folder → names) this node does not hold."""
+        return [
+            f"{folder}/{name}"
+            for folder, names in files.items()
+            for name in names
+            if name not in self.models.get(folder, ())
+        ]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One render of one shot: what to render, with what, where, and which attempt."""
+
+    scene_id: str
+    shot_id: str
+    kind: str  # "preview" | "final"
+    engine: str
+    workflow: str
+    model: str  # diffusion model file
+    files: dict[str, list[str]]
+    params: dict[str, Any]
+    priority: int = 5
+    attempt: int = 1
+    node: str | None = None
+    then_final: bool = False
+    tried_nodes: tuple[str, ...] = ()
+    primary_error: str | None = None
+
+    @property
+    def cost(self) -> float:
+        """Estimated work in reference sampler steps (832×480×81 frames)."""
+        p = self.params
+        return p["steps"] * p["width"] * p["height"] * p["length"] / REFERENCE_WORKLOAD
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tried_nodes"] = list(self.tried_nodes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        data = dict(data)
+        data["tried_nodes"] = tuple(data.get("tried_nodes", ()))
+        return cls(**data)
+
+
+def snap(value: float, step: int, *, minimum: int) -> int:
+    """``value`` rounded to a multiple of ``step``, at least ``minimum``."""
+    return max(minimum, int(round(value / step)) * step)
+
+
+def snap_frames(frames: int, step: int) -> int:
+    """Frames on the model's grid ``step·n + 1`` (Wan and Hunyuan: 4n+1)."""
+    return max(1, round((frames - 1) / step) * step + 1)
+
+
+def render_size(shot: Shot, kind: str, model: Model, catalog: Catalog) -> tuple[int, int]:
+    """Width and height to render, snapped to the model's block; previews are scaled down."""
+    step = model.engine.size_step
+    scale = 1.0
+    if kind == "preview":
+        scale = max(catalog.preview_scale, catalog.min_preview_side / min(shot.width, shot.height))
+        scale = min(scale, 1.0)
+    return (snap(shot.width * scale, step, minimum=step * 4), snap(shot.height * scale, step, minimum=step * 4))
+
+
+def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job:
+    """The job that renders ``shot`` at quality ``kind`` (node not yet chosen)."""
+    catalog = catalog or load_catalog()
+    model = catalog.model_for(
+        shot.template, kind, start_image=bool(shot.start_image), trajectories=bool(shot.trajectories)
+    )
+    width, height = render_size(shot, kind, model, catalog)
+    params: dict[str, Any] = {
+        "prompt": shot.prompt,
+        "negative": shot.negative_prompt,
+        "seed": shot.seed,
+        "steps": catalog.steps(shot.template, kind),
+        "width": width,
+        "height": height,
+        "length": snap_frames(shot.frames, model.engine.frame_step),
+        "fps": shot.fps,
+    }
+    if shot.start_image:
+        params["start_image"] = shot.start_image
+    if shot.trajectories:
+        sx, sy = width / shot.width, height / shot.height
+        params["tracks"] = [
+            [{"x": round(p.x * sx, 2), "y": round(p.y * sy, 2)} for p in track]
+            for track in shot.trajectories
+        ]
+    return Job(
+        scene_id=scene.id,
+        shot_id=shot.id,
+        kind=kind,
+        engine=model.engine.name,
+        workflow=model.engine.workflow,
+        model=model.file,
+        files={k: list(v) for k, v in model.required_files().items()},
+        params=params,
+        priority=scene.priority,
+    )
+
+
+def plan_scene(scene: Scene, quality: str | None = None, catalog: Catalog | None = None) -> list[Job]:
+    """One job per shot, in shot order. ``preview_then_final`` renders the preview first;
+    its task then hands over to the final render of the same shot."""
+    quality = quality or scene.quality
+    kind = "final" if quality == "final" else "preview"
+    return [
+        replace(plan_job(scene, shot, kind, catalog), then_final=quality == "preview_then_final")
+        for shot in scene.shots
+    ]
+
+
+def place(
+    job: Job,
+    nodes: Iterable[NodeInfo],
+    load: Mapping[str, float] | None = None,
+    last_model: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+) -> str:
+    """The best node for ``job``: capable and alive, least loaded counting a model switch.
+
+    Raises :class:`NoCapableNode` with what each node lacks when none qualifies.
+    """
+    load, last_model, exclude = load or {}, last_model or {}, set(exclude)
+    best: tuple[float, str] | None = None
+    reasons: list[str] = []
+    for node in nodes:
+        missing = node.missing(job.files)
+        if node.name in exclude:
+            reasons.append(f"{node.name}: already failed this shot")
+        elif not node.alive:
+            reasons.append(f"{node.name}: down (no heartbeat)")
+        elif missing:
+            reasons.append(f"{node.name}: lacks {', '.join(missing)}")
+        else:
+            switch = 0.0 if last_model.get(node.name) == job.model else MODEL_SWITCH_COST
+            score = (load.get(node.name, 0.0) + job.cost + switch) / max(node.speed, 1e-3)
+            if best is None or (score, node.name) < best:
+                best = (score, node.name)
+    if best is None:
+        detail = "; ".join(reasons) or "no nodes are registered (start `farm worker --node NAME`)"
+        raise NoCapableNode(f"no live node can render shot {job.shot_id!r} ({job.model}): {detail}")
+    return best[1]
+
+
+def place_scene(
+    jobs: list[Job], nodes: list[NodeInfo], load: Mapping[str, float] | None = None
+) -> list[Job]:
+    """Place every job; same-model jobs are placed together so nodes reload less."""
+    load = dict(load or {})
+    last_model: dict[str, str] = {}
+    placed: dict[int, Job] = {}
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i].model, -jobs[i].cost))
+    for i in order:
+        name = place(jobs[i], nodes, load, last_model)
+        switch = 0.0 if last_model.get(name) == jobs[i].model else MODEL_SWITCH_COST
+        load[name] = load.get(name, 0.0) + jobs[i].cost + switch
+        last_model[name] = jobs[i].model
+        placed[i] = replace(jobs[i], node=name)
+    return [placed[i] for i in range(len(jobs))]
+
+
+def next_attempt(
+    job: Job,
+    error_kind: str,
+    error: str,
+    nodes: list[NodeInfo],
+    load: Mapping[str, float] | None = None,
+    max_attempts: int = 3,
+) -> Job | None:
+    """The job's next rung after a failure of ``error_kind``, or None when it should stop.
+
+    Node trouble → the same work on another node; out of memory → a smaller render;
+    a run-time failure → once more, elsewhere when possible; permanent errors → stop.
+    """
+    if error_kind in PERMANENT_KINDS or job.attempt >= max_attempts:
+        return None
+    tried = (*job.tried_nodes, job.node) if job.node else job.tried_nodes
+    nxt = replace(
+        job,
+        attempt=job.attempt + 1,
+        tried_nodes=tried,
+        primary_error=job.primary_error or error,
+        node=None,
+    )
+    if error_kind == "out_of_memory":
+        p = dict(job.params)
+        w, h = snap(p["width"] * 0.75, 16, minimum=64), snap(p["height"] * 0.75, 16, minimum=64)
+        if "tracks" in p:
+            p["tracks"] = [[{"x": q["x"] * w / p["width"], "y": q["y"] * h / p["height"]} for q in t] for t in p["tracks"]]
+        p.update(width=w, height=h)
+        nxt = replace(nxt, params=p)
+    exclude = tried if error_kind in NODE_KINDS else ()
+    try:
+        node = place(nxt, nodes, load, exclude=exclude)
+    except NoCapableNode:
+        if error_kind in NODE_KINDS or not job.node:
+            return None
+        node = job.node  # a run-time failure may pass on a second try on the same node
+    return replace(nxt, node=node)

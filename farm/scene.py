@@ -1,0 +1,253 @@
+"""Scenes and shots: the versioned JSON format, its validation and prompt building.
+
+Every way into the farm (CLI, Redis submissions, the Blender add-on) goes through
+:func:`parse_scene`, which checks a scene against ``schemas/scene-v1.schema.json`` and
+the rules a schema cannot express, and reports every problem with its JSON path.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from farm.errors import InvalidInput
+
+SCHEMA_FILE = "scene-v1.schema.json"
+
+CAMERA_PHRASES: dict[str, str] = {
+    "zoom_in": "slow zoom in, approaching subject",
+    "zoom_out": "zoom out, revealing wider scene",
+    "pan_left": "camera pans left, smooth movement",
+    "pan_right": "camera pans right, following action",
+    "tilt_up": "camera tilts up, low angle shot",
+    "tilt_down": "camera tilts down, high angle shot",
+    "tracking": "tracking shot, following subject movement",
+    "dolly_forward": "dolly forward, smooth camera approach",
+    "dolly_back": "dolly back, camera pulls away",
+}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One shot of a scene, with every default filled in."""
+
+    id: str
+    action_description: str
+    camera_direction: str = ""
+    camera_movements: tuple[str, ...] = ()
+    style_description: str = ""
+    characters: tuple[str, ...] = ()
+    negative_prompt: str = ""
+    template: str = "standard_generation"
+    width: int = 832
+    height: int = 480
+    frames: int = 33
+    fps: int = 16
+    seed: int = 0
+    start_image: str | None = None
+    trajectories: tuple[tuple[Point, ...], ...] = ()
+
+    @property
+    def prompt(self) -> str:
+        return build_prompt(self)
+
+    def tracks_json(self) -> list[list[dict[str, float]]]:
+        """Trajectories in the wire format ``[[{"x":..,"y":..}, ...], ...]``."""
+        return [[{"x": p.x, "y": p.y} for p in track] for track in self.trajectories]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A validated scene."""
+
+    id: str
+    shots: tuple[Shot, ...]
+    title: str = ""
+    quality: str = "preview"
+    priority: int = 5
+    version: int = 1
+
+    def shot(self, shot_id: str) -> Shot:
+        for shot in self.shots:
+            if shot.id == shot_id:
+                return shot
+        raise KeyError(shot_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scene as canonical JSON data (defaults filled in, paths absolute)."""
+        data = asdict(self)
+        for shot, raw in zip(self.shots, data["shots"], strict=True):
+            raw["trajectories"] = shot.tracks_json()
+            if raw["start_image"] is None:
+                del raw["start_image"]
+        return data
+
+
+def build_prompt(shot: Shot) -> str:
+    """The generation prompt of a shot.
+
+    Non-empty parts joined with " | ": action, ``Camera: ...``, ``Style: ...``,
+    ``Characters: a, b``; then each camera movement's phrase after ", ".
+    """
+    parts = [
+        shot.action_description.strip(),
+        f"Camera: {shot.camera_direction.strip()}" if shot.camera_direction.strip() else "",
+        f"Style: {shot.style_description.strip()}" if shot.style_description.strip() else "",
+        "Characters: " + ", ".join(c.strip() for c in shot.characters) if shot.characters else "",
+    ]
+    prompt = " | ".join(p for p in parts if p)
+    for move in shot.camera_movements:
+        prompt += ", " + CAMERA_PHRASES[move]
+    return prompt
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The scene JSON Schema (version 1)."""
+    text = resources.files("farm").joinpath("schemas", SCHEMA_FILE).read_text()
+    return json.loads(text)
+
+
+def load_scene(path: str | Path) -> Scene:
+    """Read and validate a scene file; relative ``start_image`` paths are relative to it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"scene file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"scene file {path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    return parse_scene(data, base_dir=path.resolve().parent)
+
+
+def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = True) -> Scene:
+    """Validate scene data and build a :class:`Scene`; raise :class:`InvalidInput` listing
+    every problem as ``$.json.path: message``."""
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = [_describe(e) for e in sorted(validator.iter_errors(data), key=_error_order)]
+    if problems:
+        raise InvalidInput("scene is invalid", problems)
+    problems = _check_rules(data, base_dir, check_files)
+    if problems:
+        raise InvalidInput("scene is invalid", problems)
+    shots = tuple(_shot(data["id"], raw, base_dir) for raw in data["shots"])
+    return Scene(
+        id=data["id"],
+        title=data.get("title", ""),
+        quality=data.get("quality", "preview"),
+        priority=data.get("priority", 5),
+        shots=shots,
+    )
+
+
+def _shot(scene_id: str, raw: dict[str, Any], base_dir: Path | None) -> Shot:
+    fps = raw.get("fps", 16)
+    frames = raw.get("frames") or (
+        max(1, round(raw["duration_s"] * fps)) if "duration_s" in raw else Shot.frames
+    )
+    start = raw.get("start_image")
+    return Shot(
+        id=raw["id"],
+        action_description=raw["action_description"],
+        camera_direction=raw.get("camera_direction", ""),
+        camera_movements=tuple(raw.get("camera_movements", ())),
+        style_description=raw.get("style_description", ""),
+        characters=tuple(raw.get("characters", ())),
+        negative_prompt=raw.get("negative_prompt", ""),
+        template=raw.get("template", "standard_generation"),
+        width=raw.get("width", 832),
+        height=raw.get("height", 480),
+        frames=frames,
+        fps=fps,
+        seed=raw["seed"] if "seed" in raw else default_seed(scene_id, raw["id"]),
+        start_image=str(_resolve(start, base_dir)) if start else None,
+        trajectories=tuple(
+            tuple(Point(float(p["x"]), float(p["y"])) for p in track)
+            for track in raw.get("trajectories", ())
+        ),
+    )
+
+
+def default_seed(scene_id: str, shot_id: str) -> int:
+    """A stable seed for a shot that names none (same scene and shot, same seed)."""
+    return zlib.crc32(f"{scene_id}/{shot_id}".encode())
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    return p.resolve() if base_dir is not None or p.is_absolute() else p
+
+
+def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool) -> list[str]:
+    """Rules beyond the schema: unique shot ids, trajectories inside the canvas, files."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, shot in enumerate(data["shots"]):
+        where = f"$.shots[{i}]"
+        if shot["id"] in seen:
+            problems.append(f"{where}.id: shot id {shot['id']!r} is already used by $.shots[{seen[shot['id']]}]; shot ids must be unique")
+        seen.setdefault(shot["id"], i)
+        width, height = shot.get("width", 832), shot.get("height", 480)
+        for t, track in enumerate(shot.get("trajectories", ())):
+            for k, p in enumerate(track):
+                if not (0 <= p["x"] <= width and 0 <= p["y"] <= height):
+                    problems.append(
+                        f"{where}.trajectories[{t}][{k}]: point ({p['x']}, {p['y']}) is outside the "
+                        f"{width}x{height} canvas; points are pixels with 0 <= x <= width, 0 <= y <= height"
+                    )
+        if shot.get("trajectories") and not shot.get("start_image"):
+            problems.append(f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image")
+        start = shot.get("start_image")
+        if start:
+            if not start.lower().endswith(IMAGE_SUFFIXES):
+                problems.append(f"{where}.start_image: {start!r} must be a {', '.join(IMAGE_SUFFIXES)} image")
+            elif check_files and not _resolve(start, base_dir).is_file():
+                problems.append(f"{where}.start_image: file {_resolve(start, base_dir)} does not exist")
+    return problems
+
+
+def _error_order(error: jsonschema.ValidationError) -> tuple[str, ...]:
+    return tuple(str(p) for p in error.absolute_path)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One validation error as '$.path: what is wrong and how to fix it'."""
+    path = error.json_path
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"{path}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+    if v == "required":
+        return f"{path}: {error.message.replace(' is a required property', '')} is required"
+    if v == "enum":
+        options = ", ".join(map(str, error.validator_value))
+        return f"{path}: {error.instance!r} is not allowed; use one of: {options}"
+    if v == "not" and isinstance(error.instance, dict):
+        return f"{path}: give either frames or duration_s (with fps), not both"
+    if v == "pattern":
+        return f"{path}: {error.instance!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+    if v == "const":
+        return f"{path}: must be {error.validator_value!r}"
+    if v == "uniqueItems":
+        return f"{path}: has duplicate entries; list each once"
+    return f"{path}: {error.message}"

@@ -1,0 +1,137 @@
+"""The farm's one settings object, read from ``FARM_*`` environment variables.
+
+Every process (CLI, workers, emulators, tests) builds its settings with
+:func:`Settings.from_env`; nothing else in the farm reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from farm.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+NODE_KINDS = ("comfyui", "wan2gp")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A GPU node as configured: a name, a backend kind and a base URL."""
+
+    name: str
+    kind: str
+    url: str
+
+
+def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
+    """Parse ``FARM_NODES``: ``name=URL`` pairs separated by commas.
+
+    The URL may carry the backend kind as a scheme prefix (``comfyui+http://...``,
+    ``wan2gp+http://...``); plain ``http(s)://`` means ComfyUI.
+    """
+    nodes: list[NodeConfig] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not name or not url:
+            raise ConfigError(f"FARM_NODES: {item!r} is not 'name=URL' (e.g. gpu0=http://10.0.0.5:8188)")
+        kind = "comfyui"
+        scheme, plus, rest = url.partition("+")
+        if plus and scheme in NODE_KINDS:
+            kind, url = scheme, rest
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"FARM_NODES: node {name!r} URL {url!r} must start with http:// or https://")
+        if any(n.name == name for n in nodes):
+            raise ConfigError(f"FARM_NODES: node {name!r} is listed twice")
+        nodes.append(NodeConfig(name=name, kind=kind, url=url.rstrip("/")))
+    return tuple(nodes)
+
+
+def _env(name: str, help: str, default: str) -> dict:
+    return {"metadata": {"env": name, "help": help}, "default": default}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All tunables of the farm; each field documents its environment variable."""
+
+    redis_url: str = field(**_env("FARM_REDIS_URL", "Redis URL: broker, results and farm state", "redis://127.0.0.1:6379/0"))
+    storage: Path = field(**_env("FARM_STORAGE", "Folder where clips, scene videos and reports are written", str(REPO_ROOT / "var" / "storage")))
+    workflows_dir: Path = field(**_env("FARM_WORKFLOWS", "Folder of ComfyUI API-format workflow files", str(REPO_ROOT / "workflows")))
+    nodes: tuple[NodeConfig, ...] = field(**_env("FARM_NODES", "GPU nodes, 'name=URL,...' (URL may start with comfyui+ or wan2gp+)", ""))
+    key_prefix: str = field(**_env("FARM_PREFIX", "Prefix of every farm key in Redis", "farm"))
+    cpu_queue: str = field(**_env("FARM_CPU_QUEUE", "Queue of the CPU tasks (assembly, scoring)", "cpu"))
+    http_timeout: float = field(**_env("FARM_HTTP_TIMEOUT", "Seconds allowed for one HTTP call to a node", "30"))
+    node_idle_timeout: float = field(**_env("FARM_NODE_IDLE_TIMEOUT", "Seconds a running job may go without any event before it times out", "300"))
+    render_time_limit: int = field(**_env("FARM_RENDER_TIME_LIMIT", "Hard time limit of one render task, seconds", "3600"))
+    visibility_timeout: int = field(**_env("FARM_VISIBILITY_TIMEOUT", "Redis broker visibility timeout, seconds (must exceed the render time limit)", "7200"))
+    heartbeat: float = field(**_env("FARM_HEARTBEAT", "Seconds between node heartbeats", "5"))
+    node_ttl: float = field(**_env("FARM_NODE_TTL", "Seconds without a heartbeat after which a node counts as down", "20"))
+    max_attempts: int = field(**_env("FARM_MAX_ATTEMPTS", "Render attempts per shot, fallbacks included", "3"))
+    max_download_mb: int = field(**_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096"))
+    result_expires: int = field(**_env("FARM_RESULT_EXPIRES", "Seconds task results and chord state are kept", str(7 * 24 * 3600)))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"], f.default)
+            values[f.name] = _convert(f.name, f.metadata["env"], f.type, raw)
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` on settings that cannot work together."""
+        if self.visibility_timeout <= self.render_time_limit:
+            raise ConfigError(
+                f"FARM_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed FARM_RENDER_TIME_LIMIT "
+                f"({self.render_time_limit}), or Redis redelivers running renders to a second worker"
+            )
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://")
+
+    def node(self, name: str) -> NodeConfig:
+        """The configured node called ``name``."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes) or "none"
+        raise ConfigError(f"node {name!r} is not in FARM_NODES (configured: {known})")
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under the farm's prefix."""
+        return ":".join((self.key_prefix, *parts))
+
+    @property
+    def max_download_bytes(self) -> int:
+        return self.max_download_mb * 1024 * 1024
+
+
+def _convert(name: str, env_name: str, type_: object, raw: object) -> object:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if type_ in ("Path", Path):
+            return Path(raw).expanduser().resolve()
+        if type_ in ("int", int):
+            return int(raw)
+        if type_ in ("float", float):
+            return float(raw)
+        if name == "nodes":
+            return parse_nodes(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {type_}: {exc}") from None
+    return raw
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, help) of every setting, for docs and ``env.example``."""
+    return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(Settings)]

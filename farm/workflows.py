@@ -1,0 +1,86 @@
+"""ComfyUI workflows in API format, with parameters bound by node title.
+
+A workflow names its parameter nodes with ``_meta.title``; :data:`BINDINGS` maps each
+farm parameter to ``(title, input name)``. Nothing is ever bound by node position.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from farm.errors import WorkflowError
+
+#: farm parameter -> (node title, input name)
+BINDINGS: dict[str, tuple[str, str]] = {
+    "prompt": ("Positive Prompt", "text"),
+    "negative": ("Negative Prompt", "text"),
+    "seed": ("Sampler", "seed"),
+    "steps": ("Sampler", "steps"),
+    "width": ("Video Latent", "width"),
+    "height": ("Video Latent", "height"),
+    "length": ("Video Latent", "length"),
+    "tracks": ("Video Latent", "tracks"),
+    "model": ("Diffusion Model", "unet_name"),
+    "start_image": ("Start Image", "image"),
+    "fps": ("Create Video", "fps"),
+    "filename_prefix": ("Save Video", "filename_prefix"),
+}
+
+Graph = dict[str, dict[str, Any]]
+
+
+def load_workflow(name: str, folder: Path) -> Graph:
+    """Read ``folder/name.json`` and check it is an API-format graph."""
+    path = folder / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WorkflowError(f"workflow {name!r} not found: {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"workflow {path} is not valid JSON: {exc}") from None
+    check_api_format(data, str(path))
+    return data
+
+
+def check_api_format(data: Any, where: str) -> None:
+    """Raise :class:`WorkflowError` unless ``data`` is an API-format graph."""
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise WorkflowError(
+            f"{where} is in the editor (UI) format; export it from ComfyUI with "
+            "'Export (API)' / 'Save (API Format)'"
+        )
+    if not isinstance(data, dict) or not data:
+        raise WorkflowError(f"{where}: an API-format workflow is a non-empty JSON object of nodes")
+    for node_id, node in data.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"{where}: node {node_id!r} has no class_type")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise WorkflowError(f"{where}: node {node_id!r} inputs must be an object")
+
+
+def find_titled(graph: Graph, title: str) -> list[str]:
+    """Ids of the nodes whose ``_meta.title`` is ``title``."""
+    return [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == title]
+
+
+def bind(graph: Graph, params: dict[str, Any], name: str = "workflow") -> Graph:
+    """A copy of ``graph`` with each parameter written into its titled node's input."""
+    bound = copy.deepcopy(graph)
+    for param, value in params.items():
+        if param not in BINDINGS:
+            raise WorkflowError(f"unknown workflow parameter {param!r}; known: {', '.join(BINDINGS)}")
+        title, input_name = BINDINGS[param]
+        ids = find_titled(bound, title)
+        if not ids:
+            raise WorkflowError(f"{name}: no node titled {title!r} to take parameter {param!r}")
+        if len(ids) > 1:
+            raise WorkflowError(f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique")
+        inputs = bound[ids[0]].setdefault("inputs", {})
+        if input_name not in inputs:
+            cls = bound[ids[0]]["class_type"]
+            raise WorkflowError(f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}")
+        inputs[input_name] = value
+    return bound
