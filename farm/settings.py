@@ -135,3 +135,14 @@ def _convert(name: str, env_name: str, type_: object, raw: object) -> object:
 def documented_settings() -> list[tuple[str, str, str]]:
     """(variable, default, help) of every setting, for docs and ``env.example``."""
     return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(Settings)]
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current

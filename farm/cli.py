@@ -1,0 +1,216 @@
+"""The ``farm`` command line: parse, call one function, print.
+
+Exit codes: 0 success; 1 the work failed (a watched scene ended failed or partial);
+2 invalid input (scene file, flags); 3 the farm is unavailable or misconfigured
+(Redis unreachable, no capable node, a missing tool).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from farm.errors import ConfigError, FarmError, InvalidInput
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(exc: FarmError) -> NoReturn:
+    """Print a farm error the way a user can act on it, and exit with its code."""
+    code = EXIT_INVALID if isinstance(exc, InvalidInput) else EXIT_UNAVAILABLE if isinstance(exc, ConfigError) else EXIT_FAILED
+    err_console.print(f"[red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def runtime():
+    from farm.runtime import get_runtime
+    from farm.settings import get_settings
+    from farm.state import connect
+
+    connect(get_settings())  # one clear line when Redis is unreachable
+    return get_runtime()
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1])
+@click.version_option(package_name="farm")
+def cli() -> None:
+    """farm: render scenes of AI video shots on ComfyUI / WanGP GPU nodes through Celery.
+
+    Settings come from FARM_* environment variables (see deploy/env.example).
+    """
+
+
+@cli.command()
+@click.argument("scene_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def validate(scene_file: Path, as_json: bool) -> None:
+    """Check a scene file against the scene schema without submitting it."""
+    from farm.scene import load_scene
+
+    try:
+        scene = load_scene(scene_file)
+    except InvalidInput as exc:
+        if as_json:
+            print_json({"valid": False, "error": str(exc).splitlines()[0], "problems": exc.problems})
+            sys.exit(EXIT_INVALID)
+        fail(exc)
+    if as_json:
+        print_json({"valid": True, "scene": scene.to_dict()})
+    else:
+        console.print(f"[green]valid[/]: scene {scene.id} with {len(scene.shots)} shots")
+
+
+@cli.command()
+@click.argument("scene_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quality", type=click.Choice(["preview", "final", "preview_then_final"]), help="Override the scene's quality.")
+@click.option("--watch", "follow", is_flag=True, help="Show live progress until the scene finishes.")
+@click.option("--replace", is_flag=True, help="Render again a scene id that already finished.")
+@click.option("--json", "as_json", is_flag=True, help="Print the placed jobs (or final status with --watch) as JSON.")
+def enqueue(scene_file: Path, quality: str | None, follow: bool, replace: bool, as_json: bool) -> None:
+    """Validate SCENE_FILE, place its shots on GPU nodes and start rendering it."""
+    from farm.scene import load_scene
+    from farm.submit import enqueue as submit
+
+    try:
+        scene = load_scene(scene_file)
+        rt = runtime()
+        jobs = submit(scene, rt, quality, replace=replace)
+    except FarmError as exc:
+        fail(exc)
+    if not follow:
+        if as_json:
+            print_json({"id": scene.id, "jobs": [j.to_dict() for j in jobs]})
+        else:
+            console.print(f"queued scene [bold]{scene.id}[/]: " + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs))
+        return
+    from farm.watch import watch
+
+    status = watch(rt.state, scene.id, err_console if as_json else console)
+    if as_json:
+        print_json(status)
+    sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("scene_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def status(scene_id: str | None, as_json: bool) -> None:
+    """Show one scene (shots, nodes, outputs, metrics) or list recent scenes."""
+    try:
+        rt = runtime()
+        data: Any = rt.state.status(scene_id) if scene_id else rt.state.list_scenes()
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(data)
+    elif scene_id:
+        from farm.watch import render_status
+
+        console.print(render_status(data))
+        for name, path in data["outputs"].items():
+            console.print(f"{name}: {path}")
+    else:
+        table = Table("scene", "state", "quality", "shots", "title", box=None)
+        for s in data:
+            table.add_row(s["id"], s["state"], s["quality"], str(s["shots"]), s["title"])
+        console.print(table if data else "no scenes yet: submit one with `farm enqueue SCENE.json`")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def nodes(as_json: bool) -> None:
+    """List the registered GPU nodes: health, GPU, models and queue depth."""
+    try:
+        records = runtime().registry.records()
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(records)
+        return
+    table = Table("node", "kind", "state", "gpu", "queued", "video models", "url", box=None)
+    for r in records:
+        state = "[green]up[/]" if r["alive"] else f"[red]down[/] {r['reason'][:40]}"
+        table.add_row(r["name"], r["kind"], state, r["gpu"], str(r["queued"]),
+                      ", ".join(r["models"].get("diffusion_models", [])), r["url"])
+    console.print(table if records else "no nodes registered: start `farm worker --node NAME`")
+
+
+@cli.command()
+@click.option("--node", "node_name", help="GPU node to serve (its URL from FARM_NODES or --url).")
+@click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
+@click.option("--kind", type=click.Choice(["comfyui"]), default="comfyui", show_default=True, help="Node backend with --url.")
+@click.option("--cpu", is_flag=True, help="Serve the CPU queue (assembly, scoring) instead.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="CPU worker processes (default: cores).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(node_name: str | None, url: str | None, kind: str, cpu: bool, concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
+    from farm.settings import NodeConfig, get_settings
+    from farm.worker import run_cpu_worker, run_node_worker
+
+    if cpu == bool(node_name):
+        fail(InvalidInput("give exactly one of --node NAME or --cpu"))
+    try:
+        settings = get_settings()
+        if cpu:
+            run_cpu_worker(settings, concurrency, loglevel)
+            return
+        node = NodeConfig(node_name, kind, url.rstrip("/")) if url else settings.node(node_name)
+        run_node_worker(node, settings, loglevel)
+    except FarmError as exc:
+        fail(exc)
+
+
+@cli.group()
+def emulate() -> None:
+    """Run an emulated GPU node (real protocol, synthetic video on the CPU)."""
+
+
+@emulate.command("comfyui")
+@click.option("--port", type=click.IntRange(1, 65535), default=8188, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Node profile JSON (models, VRAM, speed, costs); see deploy/nodes/.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("var/emulator"),
+              show_default=True, help="Folder for the node's input, output and temp files.")
+def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
+    """Serve the ComfyUI HTTP + websocket API on HOST:PORT."""
+    from farm.emulators.comfyui import serve
+    from farm.emulators.profile import load_profile
+
+    try:
+        serve(load_profile(profile), host, port, data)
+    except FarmError as exc:
+        fail(exc)
+
+
+@cli.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("var/demo"),
+              show_default=True, help="Folder for the demo's Redis data, logs and outputs (wiped first).")
+@click.option("--scene", "scene_file", type=click.Path(dir_okay=False, path_type=Path), help="Scene to render instead of the bundled example.")
+@click.option("--quality", type=click.Choice(["preview", "final", "preview_then_final"]), help="Override the scene's quality.")
+def demo(root: Path, scene_file: Path | None, quality: str | None) -> None:
+    """Start a whole farm here (Redis, 2 emulated GPU nodes, workers), render the example
+    scene with live progress, print where the outputs are, and stop it all."""
+    from farm.demo import DEMO_SCENE, run_demo
+
+    try:
+        sys.exit(run_demo(root.resolve(), console, scene_file or DEMO_SCENE, quality))
+    except FarmError as exc:
+        fail(exc)
+
+
+def main() -> None:
+    cli(prog_name="farm")

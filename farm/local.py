@@ -1,0 +1,202 @@
+"""A whole farm on this machine: its own Redis, emulated GPU nodes and workers.
+
+Used by ``farm demo`` and by the test suite, so both run the same real processes:
+``redis-server`` on a free loopback port with AOF, one emulator server per node, one
+Celery worker per node queue and a CPU worker. Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+from farm.errors import ConfigError
+from farm.settings import Settings
+
+
+@dataclass(frozen=True)
+class EmulatedNode:
+    """A node to emulate: its name and emulator profile file."""
+
+    name: str
+    profile: Path
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``check()`` until it is true; fail with the log tail if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ConfigError(f"{what} exited with code {proc.returncode}{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.1)
+    raise ConfigError(f"{what} was not ready after {timeout:g}s{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n--- " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalFarm:
+    """Start and stop a complete local farm under ``root``."""
+
+    def __init__(self, root: Path, nodes: list[EmulatedNode], *, cpu_concurrency: int = 1,
+                 heartbeat: float = 1.0, node_ttl: float = 6.0, extra_env: dict[str, str] | None = None) -> None:
+        self.root = root.resolve()
+        self.nodes = nodes
+        self.cpu_concurrency = cpu_concurrency
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+        self.redis_port = 0
+        self.extra_env = {"FARM_HEARTBEAT": str(heartbeat), "FARM_NODE_TTL": str(node_ttl), **(extra_env or {})}
+
+    # layout
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    def node_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def env(self) -> dict[str, str]:
+        """The FARM_* variables that point a process at this farm."""
+        return {
+            "FARM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "FARM_STORAGE": str(self.storage),
+            "FARM_NODES": ",".join(f"{n.name}={self.node_url(n.name)}" for n in self.nodes),
+            **self.extra_env,
+        }
+
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env())
+
+    # processes
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        env = {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=self.root, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> LocalFarm:
+        for folder in (self.logs, self.storage, self.root / "redis"):
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            for node in self.nodes:
+                self.ports[node.name] = free_port()
+                self.start_emulator(node)
+            for node in self.nodes:
+                url = self.node_url(node.name) + "/system_stats"
+                wait_for(lambda u=url: requests.get(u, timeout=1).ok, 30, f"emulator {node.name}",
+                         self.procs[f"emulator-{node.name}"], self.logs / f"emulator-{node.name}.log")
+            for node in self.nodes:
+                self.start_worker(node.name)
+            self.start_cpu_worker()
+            self.wait_workers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ConfigError("redis-server is not installed: run `make setup` (or `apt-get install redis-server`)")
+        self.redis_port = free_port()
+        self._spawn("redis", [
+            exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.root / "redis"),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--maxmemory-policy", "noeviction", "--daemonize", "no",
+        ])
+        client = redis.Redis(port=self.redis_port, socket_connect_timeout=1)
+        wait_for(client.ping, 15, "redis-server", self.procs["redis"], self.logs / "redis.log")
+
+    def start_emulator(self, node: EmulatedNode) -> None:
+        self._spawn(f"emulator-{node.name}", [
+            sys.executable, "-m", "farm", "emulate", "comfyui", "--port", str(self.ports[node.name]),
+            "--profile", str(node.profile), "--data", str(self.root / "nodes" / node.name),
+        ])
+
+    def start_worker(self, name: str) -> None:
+        self._spawn(f"worker-{name}", [sys.executable, "-m", "farm", "worker", "--node", name])
+
+    def start_cpu_worker(self) -> None:
+        self._spawn("worker-cpu", [sys.executable, "-m", "farm", "worker", "--cpu",
+                                   "--concurrency", str(self.cpu_concurrency)])
+
+    def wait_workers(self, timeout: float = 60) -> None:
+        """Wait until every worker answers a ping (they then consume their queues)."""
+        from farm.celery_app import make_app
+
+        app = make_app(self.settings())
+        want = {f"{n.name}@" for n in self.nodes} | {"cpu"}
+
+        def ready() -> bool:
+            names = {list(r)[0] for r in app.control.ping(timeout=0.5)}
+            return all(any(n.startswith(w) for n in names) for w in want)
+
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise ConfigError(f"{name} exited with code {proc.returncode}{_tail(self.logs / f'{name}.log')}")
+        wait_for(ready, timeout, "celery workers", None, self.logs / "worker-cpu.log")
+        app.close()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to process ``name`` and its children (e.g. ``emulator-gpu-a``)."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop everything started, workers first, Redis last."""
+        order = sorted(self.procs, key=lambda n: (n == "redis", n.startswith("emulator")))
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=15)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalFarm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

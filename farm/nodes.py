@@ -1,0 +1,93 @@
+"""The node registry in Redis: which GPU nodes exist, what they hold, whether they live.
+
+Each node worker registers its node at start-up with what discovery found (models,
+GPU, version) and then beats every ``FARM_HEARTBEAT`` seconds. A node whose last beat
+is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, is down.
+
+    farm:nodes          set of node names
+    farm:node:{name}    hash: name, kind, url, queue, models (JSON), gpu, vram_total, version,
+                        last_seen, ok, reason, started
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from farm.planning import NodeInfo
+from farm.settings import Settings
+
+
+def node_queue(name: str) -> str:
+    """The Celery queue of GPU node ``name``: one queue per node."""
+    return f"node.{name}"
+
+
+class NodeRegistry:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.r = client
+        self.s = settings
+
+    def key(self, name: str) -> str:
+        return self.s.key("node", name)
+
+    def register(self, name: str, kind: str, url: str, description: dict[str, Any]) -> None:
+        """Record node ``name`` with its discovered description and a first heartbeat."""
+        now = time.time()
+        self.r.hset(self.key(name), mapping={
+            "name": name, "kind": kind, "url": url, "queue": node_queue(name),
+            "models": json.dumps(description.get("models", {})),
+            "gpu": description.get("gpu", ""), "vram_total": str(description.get("vram_total", 0)),
+            "version": description.get("version", ""), "last_seen": str(now), "started": str(now),
+            "ok": "1", "reason": "",
+        })
+        self.r.sadd(self.s.key("nodes"), name)
+
+    def beat(self, name: str, ok: bool, reason: str = "") -> None:
+        """A heartbeat: the worker lives; ``ok`` says whether its node server answered."""
+        self.r.hset(self.key(name), mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason})
+
+    def mark_down(self, name: str, reason: str) -> None:
+        self.r.hset(self.key(name), mapping={"ok": "0", "reason": reason, "last_seen": "0"})
+
+    def remove(self, name: str) -> None:
+        self.r.delete(self.key(name))
+        self.r.srem(self.s.key("nodes"), name)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every registered node with ``alive`` and ``age`` (seconds since its last beat)."""
+        names = sorted(self.r.smembers(self.s.key("nodes")))
+        pipe = self.r.pipeline()
+        for name in names:
+            pipe.hgetall(self.key(name))
+        now = time.time()
+        out = []
+        for raw in pipe.execute():
+            if not raw:
+                continue
+            age = now - float(raw.get("last_seen") or 0)
+            out.append({
+                "name": raw["name"], "kind": raw.get("kind", "comfyui"), "url": raw.get("url", ""),
+                "queue": raw.get("queue", node_queue(raw["name"])),
+                "models": json.loads(raw.get("models") or "{}"), "gpu": raw.get("gpu", ""),
+                "vram_total": int(float(raw.get("vram_total") or 0)), "version": raw.get("version", ""),
+                "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
+                "age": round(age, 1), "reason": raw.get("reason", ""),
+                "queued": self.r.llen(raw.get("queue", node_queue(raw["name"]))),
+            })
+        return out
+
+    def infos(self) -> list[NodeInfo]:
+        """The registered nodes as the planner sees them."""
+        return [
+            NodeInfo(name=r["name"], kind=r["kind"], alive=r["alive"],
+                     models={k: tuple(v) for k, v in r["models"].items()})
+            for r in self.records()
+        ]
+
+    def loads(self) -> dict[str, float]:
+        """Rough queued work per node (messages waiting in its queue)."""
+        return {r["name"]: float(r["queued"]) * 10.0 for r in self.records()}

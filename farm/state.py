@@ -1,0 +1,240 @@
+"""The farm's state in Redis: scenes, shots, their progress and a per-scene event stream.
+
+Keys (all under the settings' prefix, ``farm`` by default)::
+
+    farm:scenes                 sorted set, scene id -> creation time
+    farm:scene:{scene}          hash: id, title, quality, priority, state, spec, shots, outputs, metrics, ...
+    farm:shot:{scene}:{shot}    hash: id, state, progress, node, attempts, outputs, error, ...
+    farm:events:{scene}         stream of {type, shot?, ...} events, capped
+
+Names and numbers are stored as plain text, everything else as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from farm.errors import ConfigError, InvalidInput
+from farm.settings import Settings
+
+EVENTS_MAXLEN = 2000
+PLAIN = frozenset({"id", "title", "state", "quality", "kind", "node"})
+NUMBERS: dict[str, type] = {
+    "progress": float, "attempts": int, "priority": int, "created": float, "updated": float,
+    "started": float, "finished": float,
+}
+
+
+class SceneState(StrEnum):
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    ASSEMBLING = "assembling"
+    SCORING = "scoring"
+    DONE = "done"  # every shot rendered
+    PARTIAL = "partial"  # assembled, some shots failed
+    FAILED = "failed"  # no shot rendered
+
+
+class ShotState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL_SCENE = frozenset({SceneState.DONE, SceneState.PARTIAL, SceneState.FAILED})
+TERMINAL_SHOT = frozenset({ShotState.DONE, ShotState.FAILED})
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
+    """A Redis client for ``settings.redis_url``; with ``check``, fail fast with one clear line."""
+    client = redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    if check:
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise ConfigError(
+                f"cannot reach Redis at {redacted(settings.redis_url)} ({exc}); start one "
+                "(e.g. `redis-server --port 6379 --appendonly yes`) or set FARM_REDIS_URL"
+            ) from None
+        except redis.AuthenticationError as exc:
+            raise ConfigError(f"Redis at {redacted(settings.redis_url)} refused the credentials: {exc}") from None
+    return client
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    """Plain text for names and numbers (readable in redis-cli), JSON for everything else."""
+    return {
+        key: str(value) if key in PLAIN or key in NUMBERS else json.dumps(value)
+        for key, value in fields.items()
+        if not (key in PLAIN and value is None)
+    }
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in PLAIN:
+            out[key] = value
+        elif key in NUMBERS:
+            out[key] = NUMBERS[key](float(value))
+        else:
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
+class FarmState:
+    """Reads and writes scene and shot records; every change also goes to the event stream."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.r = client
+        self.s = settings
+
+    # keys
+    def scene_key(self, scene_id: str) -> str:
+        return self.s.key("scene", scene_id)
+
+    def shot_key(self, scene_id: str, shot_id: str) -> str:
+        return self.s.key("shot", scene_id, shot_id)
+
+    def events_key(self, scene_id: str) -> str:
+        return self.s.key("events", scene_id)
+
+    # scenes
+    def create_scene(self, spec: dict[str, Any], jobs: list[dict[str, Any]], quality: str, *, replace: bool = False) -> None:
+        """Record a new scene and its queued shots; refuse to clobber an unfinished one."""
+        scene_id = spec["id"]
+        existing = self.r.hget(self.scene_key(scene_id), "state")
+        if existing is not None:
+            if existing not in TERMINAL_SCENE:
+                raise InvalidInput(f"scene {scene_id!r} is already {existing}; wait for it to finish or use another id")
+            if not replace:
+                raise InvalidInput(f"scene {scene_id!r} already exists ({existing}); pass --replace to render it again")
+            self.delete_scene(scene_id)
+        now = time.time()
+        pipe = self.r.pipeline()
+        pipe.hset(self.scene_key(scene_id), mapping=_encode({
+            "id": scene_id, "title": spec.get("title", ""), "quality": quality,
+            "priority": spec.get("priority", 5), "state": SceneState.QUEUED, "spec": spec,
+            "shots": [j["shot_id"] for j in jobs], "outputs": {}, "metrics": {},
+            "created": now, "updated": now,
+        }))
+        for job in jobs:
+            pipe.hset(self.shot_key(scene_id, job["shot_id"]), mapping=_encode({
+                "id": job["shot_id"], "state": ShotState.QUEUED, "progress": 0.0,
+                "node": job["node"], "kind": job["kind"], "attempts": 0, "outputs": {},
+                "error": None, "used_fallback": False, "primary_error": None, "attempt_log": [],
+                "updated": now,
+            }))
+        pipe.zadd(self.s.key("scenes"), {scene_id: now})
+        pipe.execute()
+        self.event(scene_id, "scene_queued", shots=len(jobs), quality=quality)
+
+    def delete_scene(self, scene_id: str) -> None:
+        shots = self.scene(scene_id).get("shots", []) if self.exists(scene_id) else []
+        keys = [self.scene_key(scene_id), self.events_key(scene_id)]
+        keys += [self.shot_key(scene_id, s) for s in shots]
+        self.r.delete(*keys)
+        self.r.zrem(self.s.key("scenes"), scene_id)
+
+    def exists(self, scene_id: str) -> bool:
+        return bool(self.r.exists(self.scene_key(scene_id)))
+
+    def scene(self, scene_id: str) -> dict[str, Any]:
+        raw = self.r.hgetall(self.scene_key(scene_id))
+        if not raw:
+            raise InvalidInput(f"no scene {scene_id!r} in the farm (see `farm status` for the list)")
+        return _decode(raw)
+
+    def update_scene(self, scene_id: str, event: str | None = None, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        self.r.hset(self.scene_key(scene_id), mapping=_encode(fields))
+        if event:
+            self.event(scene_id, event, **{k: v for k, v in fields.items() if k in {"state", "error"}})
+
+    def list_scenes(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids = self.r.zrevrange(self.s.key("scenes"), 0, limit - 1)
+        out = []
+        for scene_id in ids:
+            raw = self.r.hmget(self.scene_key(scene_id), ["id", "title", "state", "quality", "created", "shots"])
+            if raw[0]:
+                out.append({"id": raw[0], "title": raw[1] or "", "state": raw[2],
+                            "quality": raw[3], "created": float(raw[4] or 0),
+                            "shots": len(json.loads(raw[5] or "[]"))})
+        return out
+
+    # shots
+    def shot(self, scene_id: str, shot_id: str) -> dict[str, Any]:
+        return _decode(self.r.hgetall(self.shot_key(scene_id, shot_id)))
+
+    def shots(self, scene_id: str) -> list[dict[str, Any]]:
+        ids = self.scene(scene_id).get("shots", [])
+        pipe = self.r.pipeline()
+        for shot_id in ids:
+            pipe.hgetall(self.shot_key(scene_id, shot_id))
+        return [_decode(raw) for raw in pipe.execute()]
+
+    def update_shot(self, scene_id: str, shot_id: str, event: str | None = None, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        self.r.hset(self.shot_key(scene_id, shot_id), mapping=_encode(fields))
+        if event:
+            data = {k: v for k, v in fields.items() if k in {"state", "node", "error", "progress", "attempts"}}
+            self.event(scene_id, event, shot=shot_id, **data)
+
+    def log_attempt(self, scene_id: str, shot_id: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        """Append ``entry`` to the shot's attempt log and return the whole log."""
+        log = self.shot(scene_id, shot_id).get("attempt_log", []) or []
+        log.append(entry)
+        self.update_shot(scene_id, shot_id, attempt_log=log, attempts=len(log))
+        return log
+
+    # events
+    def event(self, scene_id: str, type_: str, **data: Any) -> str:
+        fields = {"type": type_, "time": f"{time.time():.3f}", **_encode(data)}
+        return self.r.xadd(self.events_key(scene_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, scene_id: str, after: str = "0", count: int = 500) -> list[tuple[str, dict[str, str]]]:
+        return self.r.xrange(self.events_key(scene_id), min=f"({after}" if after != "0" else "-", count=count)
+
+    # the public view
+    def status(self, scene_id: str) -> dict[str, Any]:
+        """The scene as ``farm status --json`` prints it."""
+        scene = self.scene(scene_id)
+        shots = [
+            {
+                "id": s["id"], "state": s.get("state"), "node": s.get("node"),
+                "attempts": s.get("attempts", 0), "outputs": s.get("outputs", {}),
+                "error": s.get("error"), "progress": s.get("progress", 0.0), "kind": s.get("kind"),
+                "used_fallback": s.get("used_fallback", False), "primary_error": s.get("primary_error"),
+                "preview": s.get("preview"),
+            }
+            for s in self.shots(scene_id)
+        ]
+        return {
+            "id": scene["id"], "title": scene.get("title", ""), "state": scene["state"],
+            "quality": scene.get("quality"), "shots": shots, "outputs": scene.get("outputs", {}),
+            "metrics": scene.get("metrics", {}), "created": scene.get("created", 0.0),
+            "updated": scene.get("updated", 0.0),
+        }

@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that decode ids, call a plain function and return a small dict."""

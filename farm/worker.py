@@ -1,0 +1,79 @@
+"""Node workers: one Celery worker per GPU node queue, registering and beating for its node.
+
+``farm worker --node NAME`` discovers the node (models, GPU), registers it, keeps a
+heartbeat thread probing it, and consumes only ``node.NAME`` with one process and
+prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from farm.backends import make_backend
+from farm.celery_app import app
+from farm.errors import FarmError
+from farm.nodes import NodeRegistry, node_queue
+from farm.settings import NodeConfig, Settings
+from farm.state import connect
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Probes the node every ``settings.heartbeat`` seconds and records the result."""
+
+    def __init__(self, node: NodeConfig, settings: Settings) -> None:
+        super().__init__(name=f"heartbeat-{node.name}", daemon=True)
+        self.node, self.settings = node, settings
+        self.registry = NodeRegistry(connect(settings, check=False), settings)
+        self.backend = make_backend(node.kind, node.url, settings)
+        self.stopped = threading.Event()
+        self.described = False
+
+    def beat(self) -> None:
+        try:
+            if not self.described:
+                self.registry.register(self.node.name, self.node.kind, self.node.url, self.backend.describe())
+                self.described = True
+            else:
+                self.backend.probe()
+                self.registry.beat(self.node.name, ok=True)
+        except FarmError as exc:
+            log.warning("node %s does not answer: %s", self.node.name, exc)
+            if not self.described:
+                self.registry.register(self.node.name, self.node.kind, self.node.url, {})
+                self.described = False
+            self.registry.beat(self.node.name, ok=False, reason=str(exc))
+        except Exception:  # Redis hiccups must not kill the heartbeat
+            log.exception("heartbeat of %s failed", self.node.name)
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.beat()
+            self.stopped.wait(self.settings.heartbeat)
+
+
+def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO") -> None:
+    """Run the Celery worker of GPU node ``node`` until it is stopped."""
+    heartbeat = Heartbeat(node, settings)
+    heartbeat.beat()  # registered before the first task can arrive
+    heartbeat.start()
+    try:
+        app.worker_main([
+            "worker", "-Q", node_queue(node.name), "-n", f"{node.name}@%h", "-c", "1",
+            "--pool", "prefork", "-E", "-l", loglevel, "--without-mingle", "--without-gossip",
+        ])
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.registry.mark_down(node.name, "worker stopped")
+
+
+def run_cpu_worker(settings: Settings, concurrency: int | None = None, loglevel: str = "INFO") -> None:
+    """Run a worker for the CPU queue (assembly and scoring)."""
+    app.worker_main([
+        "worker", "-Q", settings.cpu_queue, "-n", f"cpu{os.getpid()}@%h",
+        "-c", str(concurrency or os.cpu_count() or 1), "--pool", "prefork", "-E", "-l", loglevel,
+        "--without-mingle", "--without-gossip",
+    ])
