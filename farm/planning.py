@@ -82,12 +82,12 @@ class Job:
 
 def snap(value: float, step: int, *, minimum: int) -> int:
     """``value`` rounded to a multiple of ``step``, at least ``minimum``."""
-    return max(minimum, int(round(value / step)) * step)
+    return max(minimum, int(value / step + 0.5) * step)
 
 
 def snap_frames(frames: int, step: int) -> int:
     """Frames on the model's grid ``step·n + 1`` (Wan and Hunyuan: 4n+1)."""
-    return max(1, round((frames - 1) / step) * step + 1)
+    return max(1, int((frames - 1) / step + 0.5) * step + 1)
 
 
 def render_size(shot: Shot, kind: str, model: Model, catalog: Catalog) -> tuple[int, int]:

@@ -93,8 +93,9 @@ class Scene:
         data = asdict(self)
         for shot, raw in zip(self.shots, data["shots"], strict=True):
             raw["trajectories"] = shot.tracks_json()
-            if raw["start_image"] is None:
-                del raw["start_image"]
+            for key in ("start_image", "trajectories"):
+                if not raw[key]:
+                    del raw[key]
         return data
 
 

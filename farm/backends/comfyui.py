@@ -43,7 +43,7 @@ MODEL_INPUTS = frozenset({"unet_name", "clip_name", "clip_name1", "clip_name2", 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
 WS_RECV_TIMEOUT = 2.0
 POLL_EVERY = 5.0
-RECONNECT_FOR = 30.0
+RECONNECT_FOR = 30.0  # at most; never longer than the idle timeout
 
 
 def prompt_id_for(job: Job) -> str:
@@ -237,7 +237,7 @@ class ComfyUIBackend:
             raise NodeUnavailable(f"{self.ws_url}: websocket connection failed: {exc}") from exc
 
     def _reconnect(self, client_id: str) -> websocket.WebSocket:
-        deadline = time.monotonic() + RECONNECT_FOR
+        deadline = time.monotonic() + min(RECONNECT_FOR, self.settings.node_idle_timeout)
         while True:
             try:
                 return self._connect(client_id)

@@ -1,0 +1,71 @@
+"""Test fixtures: a real farm on loopback (redis-server, emulated ComfyUI nodes, Celery
+worker subprocesses), started once per session by the same code as ``farm demo``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the machine's own Redis: until the session farm is up,
+# settings point at a port where nothing listens.
+os.environ["FARM_REDIS_URL"] = "redis://127.0.0.1:9/0"
+os.environ.pop("FARM_NODES", None)
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+NODES = TESTS / "nodes"
+EXAMPLES = REPO / "examples"
+
+for tool in ("redis-server", "ffmpeg"):
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"{tool} is not installed: run `make test` (it installs it) or apt-get install {tool}")
+
+
+@pytest.fixture(scope="session")
+def farm_cluster(tmp_path_factory):
+    """A running local farm with three emulated nodes:
+
+    node-a: Wan t2v 1.3B/14B and Wan i2v; node-b: Hunyuan and Wan t2v 1.3B (slower);
+    node-c: Wan ATI only (so trajectory shots land there).
+    """
+    from farm import runtime, settings
+    from farm.celery_app import app, celery_config
+    from farm.local import EmulatedNode, LocalFarm
+
+    nodes = [EmulatedNode(n, NODES / f"{n}.json") for n in ("node-a", "node-b", "node-c")]
+    farm = LocalFarm(tmp_path_factory.mktemp("farm"), nodes, cpu_concurrency=2,
+                     extra_env={"FARM_NODE_IDLE_TIMEOUT": "8", "FARM_HTTP_TIMEOUT": "10"})
+    farm.start()
+    os.environ.update(farm.env())
+    settings._current = None
+    runtime._runtime = None
+    app.conf.update(celery_config(settings.get_settings()))
+    try:
+        yield farm
+    finally:
+        farm.stop()
+
+
+@pytest.fixture
+def rt(farm_cluster):
+    from farm.runtime import get_runtime
+
+    return get_runtime()
+
+
+@pytest.fixture
+def scratch_settings(farm_cluster):
+    """Settings on the session Redis with a key prefix of this test's own."""
+    from farm.settings import Settings
+
+    return Settings.from_env(farm_cluster.env(), key_prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def cli_env(farm_cluster):
+    """Environment for running the `farm` CLI as a subprocess against the session farm."""
+    return {**os.environ, **farm_cluster.env()}

@@ -1,0 +1,125 @@
+"""Pure planning: scene → jobs, snapping, placement and the next attempt after a failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from farm.catalog import load_catalog
+from farm.errors import NoCapableNode
+from farm.planning import NodeInfo, next_attempt, place, place_scene, plan_job, plan_scene, snap_frames
+from farm.scene import parse_scene
+
+CAT = load_catalog()
+
+
+def node(name, *models, alive=True, speed=1.0):
+    files: dict[str, set[str]] = {}
+    for key in models:
+        for folder, names in CAT.models[key].required_files().items():
+            files.setdefault(folder, set()).update(names)
+    return NodeInfo(name, alive=alive, speed=speed, models={k: tuple(v) for k, v in files.items()})
+
+
+def scene(quality="preview", **shot):
+    return parse_scene({"id": "sc", "quality": quality, "priority": 7,
+                        "shots": [{"id": "a", "action_description": "x", **shot}]}, check_files=False)
+
+
+def test_frames_snap_to_the_4n_plus_1_grid():
+    assert [snap_frames(f, 4) for f in (1, 2, 33, 34, 35, 48, 49, 81)] == [1, 1, 33, 33, 37, 49, 49, 81]
+
+
+def test_preview_job_uses_the_fast_model_at_reduced_size():
+    sc = scene()
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    assert job.model == "wan2.1_t2v_1.3B_fp16.safetensors" and job.workflow == "wan_t2v"
+    assert (job.params["width"], job.params["height"]) == (416, 240)
+    assert job.params["steps"] == CAT.steps("standard_generation", "preview")
+    assert job.params["prompt"] == "x" and job.priority == 7
+
+
+def test_final_job_uses_the_full_model_at_full_size():
+    sc = scene(width=830, height=470, frames=50)
+    job = plan_job(sc, sc.shots[0], "final", CAT)
+    assert job.model == "wan2.1_t2v_14B_fp16.safetensors"
+    assert (job.params["width"], job.params["height"], job.params["length"]) == (832, 464, 49)
+
+
+def test_start_image_and_trajectories_choose_image_engines():
+    tracks = [[{"x": 100, "y": 100}, {"x": 800, "y": 400}]]
+    sc = scene(start_image="/a.png", trajectories=tracks)
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    assert job.workflow == "wan_ati" and job.params["start_image"] == "/a.png"
+    assert job.params["tracks"] == [[{"x": 50.0, "y": 50.0}, {"x": 400.0, "y": 200.0}]]  # scaled to 416x240
+    sc = scene(start_image="/a.png")
+    assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan_i2v"
+
+
+def test_quality_decides_the_first_job():
+    assert plan_scene(scene("final"))[0].kind == "final"
+    first = plan_scene(scene("preview_then_final"))[0]
+    assert first.kind == "preview" and first.then_final
+
+
+def test_place_prefers_capable_idle_nodes():
+    sc = scene()
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    nodes = [node("busy", "wan_t2v_fast"), node("idle", "wan_t2v_fast"), node("other", "hunyuan_t2v")]
+    assert place(job, nodes, load={"busy": 50}) == "idle"
+    assert place(job, nodes, load={"busy": 0, "idle": 50}) == "busy"
+
+
+def test_place_prefers_a_node_with_the_model_loaded():
+    sc = scene()
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    assert place(job, nodes, last_model={"b": job.model}) == "b"
+
+
+def test_no_capable_node_says_what_each_node_lacks():
+    sc = scene(template="quick_preview")
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    with pytest.raises(NoCapableNode) as info:
+        place(job, [node("a", "wan_t2v_fast"), node("b", "hunyuan_t2v", alive=False)])
+    text = str(info.value)
+    assert "a: lacks" in text and "hunyuan_video_t2v_720p_bf16.safetensors" in text and "b: down" in text
+
+
+def test_place_scene_balances_and_groups_models():
+    sc = parse_scene({"id": "s", "shots": [{"id": f"s{i}", "action_description": "x"} for i in range(4)]})
+    jobs = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")])
+    assert sorted(j.node for j in jobs) == ["a", "a", "b", "b"]
+
+
+def test_node_failure_moves_the_job_to_another_node():
+    sc = scene()
+    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast")])[0]
+    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    nxt = next_attempt(job, "node_unavailable", "refused", nodes)
+    assert nxt.node == "b" and nxt.attempt == 2 and nxt.tried_nodes == ("a",) and nxt.primary_error == "refused"
+    assert next_attempt(job, "node_unavailable", "refused", [node("a", "wan_t2v_fast")]) is None
+
+
+def test_out_of_memory_shrinks_the_render():
+    sc = scene("final")
+    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_full")])[0]
+    nxt = next_attempt(job, "out_of_memory", "oom", [node("a", "wan_t2v_full")])
+    assert nxt.node == "a" and nxt.params["width"] < job.params["width"] and nxt.params["height"] < job.params["height"]
+
+
+def test_permanent_errors_and_exhausted_attempts_stop():
+    sc = scene()
+    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast")])[0]
+    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    assert next_attempt(job, "rejected", "bad input", nodes) is None
+    last = next_attempt(next_attempt(job, "render_failed", "x", nodes), "render_failed", "x", nodes)
+    assert last.attempt == 3 and next_attempt(last, "render_failed", "x", nodes, max_attempts=3) is None
+
+
+def test_jobs_round_trip_through_json_dicts():
+    import json
+
+    from farm.planning import Job
+
+    job = place_scene(plan_scene(scene()), [node("a", "wan_t2v_fast")])[0]
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job

@@ -1,0 +1,134 @@
+"""Scene format: schema validation with JSON paths, defaults, and prompt building."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from farm.errors import InvalidInput
+from farm.scene import CAMERA_PHRASES, build_prompt, default_seed, load_scene, parse_scene
+
+from .conftest import EXAMPLES
+
+
+def shot(**kw):
+    return {"id": "s1", "action_description": "A fox runs", **kw}
+
+
+def problems(data, **kw) -> list[str]:
+    with pytest.raises(InvalidInput) as info:
+        parse_scene(data, **kw)
+    return info.value.problems
+
+
+def test_example_scene_is_valid_and_covers_the_demo_cases():
+    scene = load_scene(EXAMPLES / "demo_scene.json")
+    assert len(scene.shots) >= 4
+    assert any(s.trajectories for s in scene.shots)
+    assert any(s.camera_movements for s in scene.shots)
+    assert any(s.start_image and not s.trajectories for s in scene.shots)
+    for s in scene.shots:
+        if s.start_image:
+            assert s.start_image.startswith(str(EXAMPLES))  # resolved against the scene file
+
+
+def test_defaults_are_filled_in():
+    scene = parse_scene({"id": "x", "shots": [shot()]})
+    s = scene.shots[0]
+    assert (scene.quality, scene.priority, scene.title) == ("preview", 5, "")
+    assert (s.width, s.height, s.fps, s.template) == (832, 480, 16, "standard_generation")
+    assert s.seed == default_seed("x", "s1")
+
+
+def test_duration_and_fps_give_frames():
+    s = parse_scene({"id": "x", "shots": [shot(duration_s=2.5, fps=24)]}).shots[0]
+    assert s.frames == 60
+
+
+def test_every_problem_is_listed_with_its_path():
+    data = {"id": "bad id", "quality": "ultra", "shots": [
+        shot(camera_movements=["pan_up"], frames=10, duration_s=1, colour="red"),
+    ]}
+    found = problems(data)
+    assert any(p.startswith("$.id:") for p in found)
+    assert any(p.startswith("$.quality:") and "preview_then_final" in p for p in found)
+    assert any(p.startswith("$.shots[0].camera_movements[0]:") and "pan_left" in p for p in found)
+    assert any(p.startswith("$.shots[0]:") and "'colour'" in p for p in found)
+    assert any("frames or duration_s" in p for p in found)
+
+
+@pytest.mark.parametrize("bad, path", [
+    ({"id": "x", "shots": []}, "$.shots"),
+    ({"id": "x"}, "$"),
+    ({"id": "x", "shots": [shot(width=4000)]}, "$.shots[0].width"),
+    ({"id": "x", "shots": [shot(template="cinematic")]}, "$.shots[0].template"),
+    ({"id": "x", "shots": [shot(seed=-1)]}, "$.shots[0].seed"),
+    ({"id": "x", "shots": [shot(characters="fox")]}, "$.shots[0].characters"),
+    ({"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}]], start_image="a.png")]}, "$.shots[0].trajectories[0]"),
+    ({"id": "x", "shots": [shot(trajectories=[[{"x": 1}, {"x": 2, "y": 2}]], start_image="a.png")]}, "$.shots[0].trajectories[0][0]"),
+    ({"id": "x", "version": 2, "shots": [shot()]}, "$.version"),
+])
+def test_schema_errors_name_the_field(bad, path):
+    found = problems(bad, check_files=False)
+    assert any(p.startswith(path + ":") for p in found), found
+
+
+def test_duplicate_shot_ids_are_refused():
+    found = problems({"id": "x", "shots": [shot(), shot()]})
+    assert found == [found[0]] and found[0].startswith("$.shots[1].id:") and "unique" in found[0]
+
+
+def test_trajectory_points_must_be_inside_the_canvas(tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"x")
+    data = {"id": "x", "shots": [shot(width=320, height=192, start_image=str(img),
+                                      trajectories=[[{"x": 10, "y": 10}, {"x": 400, "y": 10}]])]}
+    found = problems(data)
+    assert len(found) == 1 and found[0].startswith("$.shots[0].trajectories[0][1]:") and "320x192" in found[0]
+
+
+def test_trajectories_need_a_start_image():
+    found = problems({"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}, {"x": 2, "y": 2}]])]})
+    assert found[0].startswith("$.shots[0].trajectories:") and "start_image" in found[0]
+
+
+def test_missing_start_image_file_is_reported(tmp_path):
+    found = problems({"id": "x", "shots": [shot(start_image="nope.png")]}, base_dir=tmp_path)
+    assert found[0].startswith("$.shots[0].start_image:") and str(tmp_path / "nope.png") in found[0]
+
+
+def test_unreadable_scene_files(tmp_path):
+    with pytest.raises(InvalidInput, match="does not exist"):
+        load_scene(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "x",\n "shots": [}')
+    with pytest.raises(InvalidInput, match="line 2"):
+        load_scene(bad)
+
+
+def test_scene_round_trips_through_its_dict():
+    scene = load_scene(EXAMPLES / "demo_scene.json")
+    again = parse_scene(json.loads(json.dumps(scene.to_dict())), check_files=False)
+    assert again == scene
+
+
+def test_prompt_joins_parts_in_order():
+    s = parse_scene({"id": "x", "shots": [shot(
+        camera_direction="wide shot", style_description="watercolor", characters=["a fox", "a crow"],
+        camera_movements=["pan_left", "zoom_in"])]}).shots[0]
+    assert build_prompt(s) == (
+        "A fox runs | Camera: wide shot | Style: watercolor | Characters: a fox, a crow"
+        ", camera pans left, smooth movement, slow zoom in, approaching subject"
+    )
+
+
+def test_prompt_skips_empty_parts():
+    s = parse_scene({"id": "x", "shots": [shot(camera_direction="  ", style_description="noir")]}).shots[0]
+    assert build_prompt(s) == "A fox runs | Style: noir"
+
+
+@pytest.mark.parametrize("move", sorted(CAMERA_PHRASES))
+def test_every_camera_movement_has_its_phrase(move):
+    s = parse_scene({"id": "x", "shots": [shot(camera_movements=[move])]}).shots[0]
+    assert build_prompt(s) == "A fox runs, " + CAMERA_PHRASES[move]
