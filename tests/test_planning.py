@@ -6,7 +6,15 @@ import pytest
 
 from farm.catalog import load_catalog
 from farm.errors import NoCapableNode
-from farm.planning import NodeInfo, next_attempt, place, place_scene, plan_job, plan_scene, snap_frames
+from farm.planning import (
+    NodeInfo,
+    next_attempt,
+    place,
+    place_scene,
+    plan_job,
+    plan_scene,
+    snap_frames,
+)
 from farm.scene import parse_scene
 
 CAT = load_catalog()

@@ -1,0 +1,131 @@
+"""The ComfyUI backend: parsers on recorded real exchanges, and renders on a live emulator."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from farm.backends.comfyui import (
+    ComfyUIBackend,
+    classify_execution_error,
+    prompt_id_for,
+    rejection,
+    safe_name,
+)
+from farm.catalog import load_catalog
+from farm.errors import ModelMissing, NodeRejected, NodeUnavailable, OutOfMemory, RenderFailed
+from farm.media import probe
+from farm.planning import plan_job
+from farm.scene import parse_scene
+from farm.settings import Settings
+
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-transcripts"
+
+
+def transcript(name):
+    return json.loads((TRANSCRIPTS / name).read_text())["response"]
+
+
+@pytest.mark.skipif(not TRANSCRIPTS.is_dir(), reason="shared/reference is not beside the project")
+def test_validation_bodies_name_node_class_and_input():
+    err = rejection(400, transcript("error_value_out_of_range.json")["body"])
+    assert isinstance(err, NodeRejected)
+    assert "node 1 (EmptyImage) input 'width'" in str(err) and "value_smaller_than_min" in str(err)
+    assert "NotARealNode" in str(rejection(400, transcript("error_unknown_class.json")["body"]))
+    assert "no outputs" in str(rejection(400, transcript("error_no_outputs.json")["body"]))
+    assert "node 2 (SaveImage)" in str(rejection(400, transcript("error_bad_link.json")["body"]))
+
+
+def test_a_model_the_node_lacks_is_model_missing():
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+            "node_errors": {"3": {"class_type": "UNETLoader", "dependent_outputs": ["9"], "errors": [
+                {"type": "value_not_in_list", "message": "Value not in list", "details": "unet_name: 'x' not in []",
+                 "extra_info": {"input_name": "unet_name"}}]}}}
+    assert isinstance(rejection(400, body), ModelMissing)
+    assert isinstance(rejection(500, "Internal Server Error"), Exception)
+
+
+def test_execution_errors_are_classified():
+    oom = {"exception_type": "torch.OutOfMemoryError", "exception_message": "Allocation on device", "node_type": "KSampler", "node_id": "5"}
+    assert isinstance(classify_execution_error(oom), OutOfMemory)
+    missing = {"exception_type": "FileNotFoundError", "exception_message": "no such file", "node_type": "LoadImage"}
+    assert isinstance(classify_execution_error(missing), ModelMissing)
+    other = {"exception_type": "RuntimeError", "exception_message": "CUDA error: illegal memory access", "node_type": "KSampler", "node_id": "5"}
+    err = classify_execution_error(other)
+    assert isinstance(err, RenderFailed) and "KSampler (node 5)" in str(err)
+
+
+@pytest.mark.parametrize("raw, safe", [("../../etc/passwd", "passwd"), ("a/b/c.mp4", "c.mp4"),
+                                       ("..\\x.mp4", "x.mp4"), ("we ird$.mp4", "we_ird_.mp4"), ("..", "output")])
+def test_file_names_from_nodes_cannot_escape(raw, safe):
+    assert safe_name(raw) == safe
+
+
+def small_job(scene_id="bk", shot_id="s1", **shot):
+    scene = parse_scene({"id": scene_id, "shots": [{"id": shot_id, "action_description": "a boat at sea",
+                                                     "width": 320, "height": 192, "frames": 17, "seed": 3, **shot}]})
+    return replace(plan_job(scene, scene.shots[0], "preview", load_catalog()), node="node-a")
+
+
+def test_prompt_ids_are_stable_per_attempt():
+    job = small_job()
+    assert prompt_id_for(job) == prompt_id_for(replace(job)) != prompt_id_for(replace(job, attempt=2))
+
+
+def test_discovery_reports_the_node_inventory(farm_cluster):
+    backend = ComfyUIBackend(farm_cluster.node_url("node-b"), farm_cluster.settings())
+    info = backend.describe()
+    assert "hunyuan_video_t2v_720p_bf16.safetensors" in info["models"]["diffusion_models"]
+    assert info["gpu"] and info["vram_total"] > 0 and info["version"]
+
+
+def test_render_downloads_a_real_video_and_redelivery_does_not_rerender(farm_cluster, tmp_path):
+    backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
+    job = small_job(scene_id="bk1")
+    seen = []
+    result = backend.render(job, tmp_path / "one", lambda f, m="", p=None: seen.append(f))
+    info = probe(result.video)
+    assert (info.frames, info.width, info.height) == (17, 320, 192)
+    assert seen and max(seen) > 0.5
+    history_before = backend.client.get_json("/history")
+    again = backend.render(job, tmp_path / "two", lambda *a, **k: None)  # a redelivered task
+    assert again.backend_job_id == result.backend_job_id
+    assert again.video.read_bytes() == result.video.read_bytes()
+    assert len(backend.client.get_json("/history")) == len(history_before)  # nothing new ran
+
+
+def test_start_image_is_uploaded_and_used(farm_cluster, tmp_path):
+    from .conftest import EXAMPLES
+
+    backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
+    job = small_job(scene_id="bk2", start_image=str(EXAMPLES / "images" / "meadow.jpg"))
+    assert job.workflow == "wan_i2v"
+    result = backend.render(job, tmp_path, lambda *a, **k: None)
+    assert probe(result.video).frames == 17
+
+
+def test_a_model_missing_on_the_node_is_reported(farm_cluster, tmp_path):
+    backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
+    job = small_job(scene_id="bk3", template="quick_preview")  # Hunyuan: node-a lacks it
+    with pytest.raises(ModelMissing, match="hunyuan"):
+        backend.render(job, tmp_path, lambda *a, **k: None)
+
+
+def test_out_of_memory_is_reported(farm_cluster, tmp_path):
+    backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
+    job = small_job(scene_id="bk4")
+    job = replace(job, model="wan2.1_t2v_14B_fp16.safetensors",
+                  params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1})
+    with pytest.raises(OutOfMemory):
+        backend.render(job, tmp_path, lambda *a, **k: None)
+
+
+def test_a_dead_node_is_unavailable(tmp_path):
+    from farm.local import free_port
+
+    backend = ComfyUIBackend(f"http://127.0.0.1:{free_port()}", Settings.from_env({}))
+    with pytest.raises(NodeUnavailable):
+        backend.render(small_job(), tmp_path, lambda *a, **k: None)

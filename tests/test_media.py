@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from farm import media
+from farm.errors import ConfigError, InvalidInput
+
+
+def frames(n: int, w: int = 320, h: int = 192, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_write_then_probe_round_trip(tmp_path):
+    out = tmp_path / "sub" / "clip.mp4"
+    media.write_video(out, frames(17), fps=16)
+    info = media.probe(out)
+    assert (info.frames, info.width, info.height) == (17, 320, 192)
+    assert info.fps == pytest.approx(16)
+    assert info.duration_s == pytest.approx(17 / 16)
+    assert [p.name for p in out.parent.iterdir()] == ["clip.mp4"]  # no temp file left
+
+
+def test_read_frames_decodes_bgr_frames(tmp_path):
+    out = tmp_path / "grey.mp4"
+    media.write_video(out, (np.full((64, 96, 3), v, np.uint8) for v in (40, 200)), fps=8)
+    decoded = media.read_frames(out)
+    assert [f.shape for f in decoded] == [(64, 96, 3)] * 2
+    assert abs(float(decoded[0].mean()) - 40) < 3 and abs(float(decoded[1].mean()) - 200) < 3
+    assert len(media.read_frames(out, max_frames=1)) == 1
+
+
+@pytest.mark.parametrize("size", [(321, 192), (320, 191)])
+def test_odd_size_is_refused(tmp_path, size):
+    with pytest.raises(ValueError, match="even"):
+        media.write_video(tmp_path / "odd.mp4", frames(2, *size), fps=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_change_is_refused_and_leaves_nothing(tmp_path):
+    mixed = [next(frames(1)), next(frames(1, 160, 96))]
+    with pytest.raises(ValueError, match="size changed"):
+        media.write_video(tmp_path / "mixed.mp4", mixed, fps=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_replaces_existing_file_atomically(tmp_path):
+    out = tmp_path / "clip.mp4"
+    media.write_video(out, frames(3), fps=16)
+    media.write_video(out, frames(5), fps=16)
+    assert media.probe(out).frames == 5
+
+
+def test_unreadable_and_missing_files_are_invalid_input(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    for path in (junk, tmp_path / "missing.mp4"):
+        with pytest.raises(InvalidInput, match=path.name):
+            media.probe(path)
+        with pytest.raises(InvalidInput, match=path.name):
+            media.read_frames(path)
+
+
+def test_missing_ffmpeg_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="ffmpeg is not installed"):
+        media.ffmpeg_path()
+
+
+def test_slate_is_a_dark_card_with_text():
+    cards = list(media.slate_frames("shot 3 failed: out of memory", 320, 192, 4))
+    assert len(cards) == 4 and cards[0].shape == (192, 320, 3)
+    assert float(np.median(cards[0])) < 40
+    text_rows = np.flatnonzero((cards[0] > 150).any(axis=(1, 2)))
+    assert len(text_rows) and abs(text_rows.mean() - 96) < 20
+
+
+def test_concat_letterboxes_clips_of_different_sizes(tmp_path):
+    a, b, c = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "c.mp4"
+    media.write_video(a, frames(10, 320, 192), fps=16)
+    media.write_video(b, (np.full((240, 160, 3), 255, np.uint8) for _ in range(6)), fps=16)
+    media.write_video(c, media.slate_frames("failed", 640, 360, 4), fps=16)
+    out = tmp_path / "scene.mp4"
+    info = media.concat_videos([a, b, c], out, width=320, height=192, fps=16)
+    assert (info.width, info.height, info.frames) == (320, 192, 20)
+    assert info == media.probe(out)
+    tall = media.read_frames(out)[12]  # from b: white, pillarboxed
+    assert tall[:, 150:170].mean() > 200 and tall[:, :40].mean() < 30
+
+
+def test_concat_resamples_to_the_target_fps(tmp_path):
+    a = tmp_path / "a.mp4"
+    media.write_video(a, frames(16, 160, 96), fps=32)
+    info = media.concat_videos([a, a], tmp_path / "out.mp4", width=160, height=96, fps=16)
+    assert info.fps == pytest.approx(16)
+    assert abs(info.frames - 16) <= 1
+
+
+def test_concat_missing_clip_is_invalid_input(tmp_path):
+    with pytest.raises(InvalidInput, match="nope.mp4"):
+        media.concat_videos([Path(tmp_path / "nope.mp4")], tmp_path / "o.mp4", width=64, height=64, fps=8)

@@ -1,0 +1,193 @@
+"""Metrics on synthetic clips that each carry exactly one known defect (metrics.md)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from farm.emulators.synth import ClipSpec, synthesize
+from farm.errors import InvalidInput
+from farm.media import write_video
+from farm.metrics import score_clip, score_scene
+
+W, H, N, FPS = 320, 192, 33, 16
+
+
+def path(jitter: float = 0.0) -> list[tuple[float, float]]:
+    """A smooth curve at ~3 px/frame, optionally with uniform +-jitter px per frame."""
+    t = np.linspace(0, 1, N)
+    pts = np.stack([W * (0.25 + 0.3 * t), H * (0.55 + 0.2 * np.sin(np.pi * t))], 1)
+    if jitter:
+        pts += np.random.default_rng(1).uniform(-jitter, jitter, pts.shape)
+    return [(float(x), float(y)) for x, y in pts]
+
+
+def render(track, seed: int = 3, width: int = W) -> list[np.ndarray]:
+    return list(synthesize(ClipSpec(width, H, N, FPS, seed, "", tracks=(tuple(track),))))
+
+
+def held(frames):
+    return [frames[k - 1] if k % 4 == 3 else f for k, f in enumerate(frames)]
+
+
+def scaled(frames, gain):
+    return [np.clip(f * gain(k), 0, 255).astype(np.uint8) for k, f in enumerate(frames)]
+
+
+def panned(px_per_frame: int = 8) -> list[np.ndarray]:
+    wide = render([path()[0]], seed=5, width=W + px_per_frame * N)[0]
+    return [np.ascontiguousarray(wide[:, px_per_frame * k : px_per_frame * k + W]) for k in range(N)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    smooth = render(path())
+    variants = {
+        "smooth": smooth,
+        "jitter3": render(path(3)),
+        "jitter8": render(path(8)),
+        "held": held(smooth),
+        "gain": scaled(smooth, lambda k: 1.06 if k % 2 else 0.94),
+        "fade": scaled(smooth, lambda k: 1 - 0.4 * k / N),
+        "cut": smooth[: N // 2] + render(path(), seed=99)[N // 2 :],
+        "static": render([path()[0]]),
+        "pan": panned(),
+    }
+    paths = {}
+    for name, frames in variants.items():
+        paths[name] = folder / f"{name}.mp4"
+        write_video(paths[name], frames, FPS)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def scores(clips):
+    return {name: score_clip(p, [path()]) for name, p in clips.items()}
+
+
+def score(scores, name, metric):
+    return scores[name]["scores"][metric]
+
+
+def test_result_shape_and_ranges(scores):
+    result = scores["smooth"]
+    assert (result["frames"], result["width"], result["height"]) == (N, W, H)
+    assert result["fps"] == pytest.approx(FPS)
+    json.dumps(result)  # JSON-serialisable
+    for r in scores.values():
+        assert set(r["scores"]) == {
+            "motion_smoothness", "temporal_flicker", "visual_consistency", "trajectory_adherence"
+        }  # fmt: skip
+        assert all(0.0 <= v <= 1.0 and isinstance(v, float) for v in r["scores"].values())
+
+
+def test_smoothness_orders_jitter_and_held_frames(scores):
+    smooth, j3, j8 = (score(scores, n, "motion_smoothness") for n in ("smooth", "jitter3", "jitter8"))
+    assert smooth > 0.9
+    assert smooth > 1.5 * j3 and j3 > 1.2 * j8
+    assert score(scores, "held", "motion_smoothness") < 0.7 * smooth
+
+
+def test_static_clip_is_perfectly_smooth(scores):
+    r = scores["static"]
+    assert r["scores"]["motion_smoothness"] == 1.0
+    assert r["raw"]["motion_smoothness"]["moving_tracks"] == 0
+    assert "static" in r["raw"]["motion_smoothness"]["note"]
+
+
+def test_smoothness_ignores_flicker_and_camera_pan(scores):
+    smooth = score(scores, "smooth", "motion_smoothness")
+    assert score(scores, "gain", "motion_smoothness") > 0.9 * smooth
+    assert score(scores, "pan", "motion_smoothness") > 0.9 * smooth
+
+
+def test_gain_flicker_is_penalised_and_a_fade_is_not(scores):
+    smooth, gain, fade = (score(scores, n, "temporal_flicker") for n in ("smooth", "gain", "fade"))
+    assert gain < 0.1 * smooth
+    assert fade > 0.8 and fade > 50 * gain
+    raw = {n: scores[n]["raw"]["temporal_flicker"] for n in ("gain", "fade", "pan")}
+    assert raw["fade"]["pumping_index"] < 0.05 * raw["gain"]["pumping_index"]
+    assert raw["gain"]["warping_error"] > raw["fade"]["warping_error"]
+    assert score(scores, "pan", "temporal_flicker") > 0.9  # motion is not flicker
+
+
+def test_cut_is_found_at_the_right_frame(scores):
+    assert scores["cut"]["cuts"] == [N // 2]
+    for name in ("smooth", "pan", "gain", "fade", "jitter8"):
+        assert scores[name]["cuts"] == [], name
+    assert score(scores, "cut", "visual_consistency") < score(scores, "smooth", "visual_consistency")
+
+
+def test_pan_is_motion_compensated_in_consistency(scores):
+    raw = scores["pan"]["raw"]["visual_consistency"]
+    assert raw["ssim_to_prev_min"] > 0.8
+
+
+def test_only_the_pan_is_dynamic(scores):
+    dynamic = {n for n, r in scores.items() if r["raw"]["dynamic_degree"]["dynamic"]}
+    assert "pan" in dynamic
+    assert not dynamic & {"smooth", "static", "jitter3", "held", "gain", "fade"}
+
+
+def test_adherence_on_and_off_path(clips, scores):
+    assert score(scores, "smooth", "trajectory_adherence") > 0.9
+    assert score(scores, "static", "trajectory_adherence") < 0.2  # frozen object
+    start = path()[0]
+    mirrored = [(2 * start[0] - x, 2 * start[1] - y) for x, y in path()]
+    off = score_clip(clips["smooth"], [mirrored])
+    assert off["scores"]["trajectory_adherence"] < 0.2
+    raw = scores["smooth"]["raw"]["trajectory_adherence"]
+    assert raw["objmc_px"] < 1.5 and raw["lost_fraction"] == 0.0
+    assert off["raw"]["trajectory_adherence"]["objmc_px"] > 20 * raw["objmc_px"]
+
+
+def test_adherence_degrades_with_jitter(scores):
+    on, j3, j8 = (score(scores, n, "trajectory_adherence") for n in ("smooth", "jitter3", "jitter8"))
+    assert on > j3 > j8
+
+
+def test_adherence_scales_tracks_from_another_canvas(clips, scores):
+    doubled = [(2 * x, 2 * y) for x, y in path()]
+    r = score_clip(clips["smooth"], [doubled], canvas=(2 * W, 2 * H))
+    assert r["scores"]["trajectory_adherence"] == pytest.approx(
+        score(scores, "smooth", "trajectory_adherence"), abs=1e-9
+    )
+
+
+def test_no_trajectories_no_adherence(clips):
+    assert "trajectory_adherence" not in score_clip(clips["static"])["scores"]
+
+
+def test_missing_clip_is_invalid_input(tmp_path):
+    with pytest.raises(InvalidInput, match="gone.mp4"):
+        score_clip(tmp_path / "gone.mp4")
+
+
+def test_scene_scores_shots_and_continuity(clips, tmp_path):
+    inverted = tmp_path / "inverted.mp4"
+    write_video(inverted, (255 - f for f in render(path())), FPS)
+    shots = [
+        {"id": "a", "path": clips["smooth"], "trajectories": [[{"x": x, "y": y} for x, y in path()]]},
+        {"id": "b", "path": clips["static"]},
+        {"id": "c", "path": inverted},
+    ]
+    result = score_scene(shots)
+    json.dumps(result, default=str)
+    assert [s["id"] for s in result["shots"]] == ["a", "b", "c"]
+    ab, bc = result["continuity"]
+    assert (ab["from"], ab["to"], bc["from"], bc["to"]) == ("a", "b", "b", "c")
+    assert ab["score"] > bc["score"] + 0.3 and ab["lab_shift"] < bc["lab_shift"]
+    assert 0 <= bc["score"] <= 1
+    summary = result["summary"]
+    assert summary["trajectory_adherence"] == result["shots"][0]["scores"]["trajectory_adherence"]
+    expected = np.mean([s["scores"]["motion_smoothness"] for s in result["shots"]])
+    assert summary["motion_smoothness"] == pytest.approx(expected)
+    assert summary["continuity"] == pytest.approx((ab["score"] + bc["score"]) / 2)
+
+
+def test_scene_names_the_unreadable_shot(clips, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InvalidInput, match="shot b.*bad.mp4"):
+        score_scene([{"id": "a", "path": clips["smooth"]}, {"id": "b", "path": bad}])

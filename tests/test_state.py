@@ -1,0 +1,96 @@
+"""Farm state and node registry against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from farm.errors import ConfigError, InvalidInput
+from farm.nodes import NodeRegistry
+from farm.settings import Settings
+from farm.state import FarmState, connect, redacted
+
+
+def make(settings):
+    client = connect(settings)
+    return FarmState(client, settings), NodeRegistry(client, settings)
+
+
+SPEC = {"id": "sc1", "title": "T", "priority": 5, "shots": [{"id": "a"}, {"id": "b"}]}
+JOBS = [{"shot_id": "a", "node": "n1", "kind": "final"}, {"shot_id": "b", "node": "n2", "kind": "final"}]
+
+
+def test_scene_status_has_the_documented_shape(scratch_settings):
+    state, _ = make(scratch_settings)
+    state.create_scene(SPEC, JOBS, "final")
+    state.update_shot("sc1", "a", "shot_done", state="done", progress=1.0, outputs={"final": "/x.mp4"})
+    state.update_shot("sc1", "b", "shot_failed", state="failed", error="node_unavailable: refused")
+    status = state.status("sc1")
+    assert set(status) >= {"id", "state", "shots", "outputs", "metrics"}
+    assert [set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"]] == [True, True]
+    a, b = status["shots"]
+    assert (a["state"], a["node"], a["outputs"], a["error"]) == ("done", "n1", {"final": "/x.mp4"}, None)
+    assert (b["state"], b["error"]) == ("failed", "node_unavailable: refused")
+
+
+def test_events_are_streamed_in_order(scratch_settings):
+    state, _ = make(scratch_settings)
+    state.create_scene(SPEC, JOBS, "final")
+    state.update_shot("sc1", "a", "shot_started", state="running")
+    state.update_shot("sc1", "a", "shot_done", state="done")
+    types = [e[1]["type"] for e in state.events("sc1")]
+    assert types == ["scene_queued", "shot_started", "shot_done"]
+    first = state.events("sc1")[0][0]
+    assert [e[1]["type"] for e in state.events("sc1", after=first)] == ["shot_started", "shot_done"]
+
+
+def test_an_unfinished_scene_is_not_clobbered(scratch_settings):
+    state, _ = make(scratch_settings)
+    state.create_scene(SPEC, JOBS, "final")
+    with pytest.raises(InvalidInput, match="already queued"):
+        state.create_scene(SPEC, JOBS, "final")
+    state.update_scene("sc1", state="done")
+    with pytest.raises(InvalidInput, match="--replace"):
+        state.create_scene(SPEC, JOBS, "final")
+    state.create_scene(SPEC, JOBS, "preview", replace=True)
+    assert state.status("sc1")["quality"] == "preview" and state.status("sc1")["state"] == "queued"
+
+
+def test_unknown_scene_is_explained(scratch_settings):
+    state, _ = make(scratch_settings)
+    with pytest.raises(InvalidInput, match="no scene 'nope'"):
+        state.status("nope")
+
+
+def test_attempts_are_logged(scratch_settings):
+    state, _ = make(scratch_settings)
+    state.create_scene(SPEC, JOBS, "final")
+    state.log_attempt("sc1", "a", {"attempt": 1, "state": "failed"})
+    state.log_attempt("sc1", "a", {"attempt": 2, "state": "done"})
+    shot = state.shot("sc1", "a")
+    assert shot["attempts"] == 2 and [e["attempt"] for e in shot["attempt_log"]] == [1, 2]
+
+
+def test_nodes_live_by_heartbeat(scratch_settings):
+    settings = Settings.from_env({"FARM_REDIS_URL": scratch_settings.redis_url, "FARM_NODE_TTL": "0.5"},
+                                 key_prefix=scratch_settings.key_prefix)
+    _, registry = make(settings)
+    registry.register("n1", "comfyui", "http://127.0.0.1:1", {"models": {"vae": ["v"]}, "gpu": "G"})
+    (rec,) = registry.records()
+    assert rec["alive"] and rec["models"] == {"vae": ["v"]} and rec["queue"] == "node.n1"
+    registry.beat("n1", ok=False, reason="refused")
+    assert not registry.records()[0]["alive"] and registry.records()[0]["reason"] == "refused"
+    registry.beat("n1", ok=True)
+    time.sleep(0.7)
+    assert not registry.infos()[0].alive  # no heartbeat within the TTL
+
+
+def test_unreachable_redis_gives_one_clear_line():
+    s = Settings.from_env({"FARM_REDIS_URL": "redis://:secret@127.0.0.1:9/0"})
+    with pytest.raises(ConfigError) as info:
+        connect(s)
+    text = str(info.value)
+    assert "redis://:***@127.0.0.1:9/0" in text and "secret" not in text and "redis-server" in text
+    assert "\n" not in text
+    assert redacted("redis://127.0.0.1:1/0") == "redis://127.0.0.1:1/0"

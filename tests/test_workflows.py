@@ -1,0 +1,88 @@
+"""Workflow files (API format) and parameter binding by node title."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from farm.catalog import load_catalog
+from farm.errors import WorkflowError
+from farm.workflows import BINDINGS, bind, check_api_format, find_titled, load_workflow
+
+from .conftest import REPO
+
+WORKFLOWS = REPO / "workflows"
+PARAMS = {"prompt": "a fox", "negative": "blur", "seed": 7, "steps": 4, "width": 320, "height": 192,
+          "length": 17, "fps": 16, "model": "m.safetensors", "filename_prefix": "farm/x"}
+EXTRA = {"wan_i2v": {"start_image": "farm/a.png"},
+         "wan_ati": {"start_image": "farm/a.png", "tracks": "[[{\"x\": 1, \"y\": 2}]]"}}
+
+
+def names():
+    return sorted({e.workflow for e in load_catalog().engines.values()})
+
+
+def test_every_catalogue_engine_has_its_workflow():
+    assert names() == ["hunyuan_t2v", "wan_ati", "wan_i2v", "wan_t2v"]
+    for name in names():
+        assert (WORKFLOWS / f"{name}.json").is_file()
+
+
+@pytest.mark.parametrize("name", names())
+def test_binding_writes_every_parameter_into_its_titled_node(name):
+    graph = load_workflow(name, WORKFLOWS)
+    params = {**PARAMS, **EXTRA.get(name, {})}
+    bound = bind(graph, params, name)
+    for param, value in params.items():
+        title, input_name = BINDINGS[param]
+        (node_id,) = find_titled(bound, title)
+        assert bound[node_id]["inputs"][input_name] == value
+    assert graph != bound and load_workflow(name, WORKFLOWS) == graph  # the original is untouched
+
+
+def test_binding_does_not_depend_on_node_ids_or_order():
+    graph = load_workflow("wan_t2v", WORKFLOWS)
+    renumber = {old: str(100 + i) for i, old in enumerate(reversed(list(graph)))}
+
+    def remap(value):
+        return [renumber[value[0]], value[1]] if isinstance(value, list) and len(value) == 2 and value[0] in renumber else value
+
+    shuffled = {renumber[k]: {**v, "inputs": {n: remap(x) for n, x in v["inputs"].items()}}
+                for k, v in reversed(list(graph.items()))}
+    a, b = bind(graph, PARAMS), bind(shuffled, PARAMS)
+    titles = {t for t, _ in BINDINGS.values()} & {n.get("_meta", {}).get("title") for n in a.values()}
+    assert len(titles) >= 6
+    for title in titles:
+        na, nb = a[find_titled(a, title)[0]], b[find_titled(b, title)[0]]
+        assert na["class_type"] == nb["class_type"]
+        assert {k: v for k, v in na["inputs"].items() if not isinstance(v, list)} == \
+               {k: v for k, v in nb["inputs"].items() if not isinstance(v, list)}
+
+
+def test_missing_title_and_unknown_parameter_are_explained():
+    graph = load_workflow("wan_t2v", WORKFLOWS)
+    with pytest.raises(WorkflowError, match="no node titled 'Start Image'"):
+        bind(graph, {"start_image": "x.png"}, "wan_t2v")
+    with pytest.raises(WorkflowError, match="unknown workflow parameter 'colour'"):
+        bind(graph, {"colour": 1})
+
+
+def test_duplicate_titles_are_refused():
+    graph = load_workflow("wan_t2v", WORKFLOWS)
+    (sampler,) = find_titled(graph, "Sampler")
+    graph["999"] = json.loads(json.dumps(graph[sampler]))
+    with pytest.raises(WorkflowError, match="2 nodes are titled 'Sampler'"):
+        bind(graph, {"seed": 1})
+
+
+def test_editor_format_and_garbage_are_refused(tmp_path):
+    with pytest.raises(WorkflowError, match="editor"):
+        check_api_format({"nodes": [], "links": []}, "x.json")
+    with pytest.raises(WorkflowError, match="class_type"):
+        check_api_format({"1": {"inputs": {}}}, "x.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(WorkflowError, match="not valid JSON"):
+        load_workflow("bad", tmp_path)
+    with pytest.raises(WorkflowError, match="not found"):
+        load_workflow("nope", tmp_path)
