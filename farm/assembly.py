@@ -34,10 +34,16 @@ def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}
     state.update_scene(scene_id, "scene_assembling", state=SceneState.ASSEMBLING)
-    done = [s for s in scene.shots if shots[s.id].get("state") == ShotState.DONE and shot_clip(shots[s.id])]
+    done = [
+        s
+        for s in scene.shots
+        if shots[s.id].get("state") == ShotState.DONE and shot_clip(shots[s.id])
+    ]
     if not done:
         errors = {s.id: shots[s.id].get("error") for s in scene.shots}
-        state.update_scene(scene_id, "scene_failed", state=SceneState.FAILED, error=f"no shot rendered: {errors}")
+        state.update_scene(
+            scene_id, "scene_failed", state=SceneState.FAILED, error=f"no shot rendered: {errors}"
+        )
         return {"scene_id": scene_id, "video": None}
     first = media.probe(Path(shot_clip(shots[done[0].id]) or ""))
     folder = scene_dir(rt.settings.storage, scene_id)
@@ -47,8 +53,18 @@ def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
         if clip:
             parts.append(Path(clip))
         else:
-            parts.append(_slate(folder / "shots" / shot.id / "slate.mp4", shot.id, shots[shot.id].get("error"), first, shot.frames))
-    video = media.concat_videos(parts, folder / "scene.mp4", width=first.width, height=first.height, fps=first.fps)
+            parts.append(
+                _slate(
+                    folder / "shots" / shot.id / "slate.mp4",
+                    shot.id,
+                    shots[shot.id].get("error"),
+                    first,
+                    shot.frames,
+                )
+            )
+    video = media.concat_videos(
+        parts, folder / "scene.mp4", width=first.width, height=first.height, fps=first.fps
+    )
     outputs = {**(record.get("outputs") or {}), "video": str(folder / "scene.mp4")}
     state.update_scene(scene_id, "scene_assembled", outputs=outputs, frames=video.frames)
     return {"scene_id": scene_id, "video": str(folder / "scene.mp4"), "frames": video.frames}
@@ -73,8 +89,12 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
     shots = {s["id"]: s for s in state.shots(scene_id)}
     state.update_scene(scene_id, "scene_scoring", state=SceneState.SCORING)
     entries = [
-        {"id": shot.id, "path": shot_clip(shots[shot.id]), "canvas": (shot.width, shot.height),
-         "trajectories": [[(p.x, p.y) for p in t] for t in shot.trajectories] or None}
+        {
+            "id": shot.id,
+            "path": shot_clip(shots[shot.id]),
+            "canvas": (shot.width, shot.height),
+            "trajectories": [[(p.x, p.y) for p in t] for t in shot.trajectories] or None,
+        }
         for shot in scene.shots
         if shots[shot.id].get("state") == ShotState.DONE and shot_clip(shots[shot.id])
     ]
@@ -83,25 +103,44 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
     except Exception as exc:  # scoring must never strand a rendered scene
         log.exception("scoring scene %s failed", scene_id)
         report = {"error": f"{exc.__class__.__name__}: {exc}"}
-    report = {"scene_id": scene_id, "title": scene.title, **report, "provenance": _provenance(scene, shots)}
+    report = {
+        "scene_id": scene_id,
+        "title": scene.title,
+        **report,
+        "provenance": _provenance(scene, shots),
+    }
     path = scene_dir(rt.settings.storage, scene_id) / "metrics.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     failed = len(entries) < len(scene.shots)
     outputs = {**(record.get("outputs") or {}), "metrics": str(path)}
-    state.update_scene(scene_id, "scene_done", state=SceneState.PARTIAL if failed else SceneState.DONE,
-                       metrics=_summary(report), outputs=outputs)
+    state.update_scene(
+        scene_id,
+        "scene_done",
+        state=SceneState.PARTIAL if failed else SceneState.DONE,
+        metrics=_summary(report),
+        outputs=outputs,
+    )
     return {"scene_id": scene_id, "metrics": str(path)}
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """The part of the report kept in the scene record: summary and per-shot scores."""
     shots = {s["id"]: s.get("scores", {}) for s in report.get("shots", []) if isinstance(s, dict)}
-    return {"summary": report.get("summary", {}), "shots": shots, **({"error": report["error"]} if "error" in report else {})}
+    return {
+        "summary": report.get("summary", {}),
+        "shots": shots,
+        **({"error": report["error"]} if "error" in report else {}),
+    }
 
 
 def _provenance(scene: Scene, shots: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
-        s.id: {"state": shots[s.id].get("state"), "node": shots[s.id].get("node"), "seed": s.seed,
-               "template": s.template, "attempts": shots[s.id].get("attempt_log", [])}
+        s.id: {
+            "state": shots[s.id].get("state"),
+            "node": shots[s.id].get("node"),
+            "seed": s.seed,
+            "template": s.template,
+            "attempts": shots[s.id].get("attempt_log", []),
+        }
         for s in scene.shots
     }

@@ -46,7 +46,9 @@ class Catalog:
     preview_scale: float
     min_preview_side: int
 
-    def model_for(self, template: str, kind: str, *, start_image: bool, trajectories: bool) -> Model:
+    def model_for(
+        self, template: str, kind: str, *, start_image: bool, trajectories: bool
+    ) -> Model:
         """The model that renders a shot of ``template`` at quality ``kind``."""
         if trajectories:
             return self.models[self.image_models["trajectories"]]

@@ -26,7 +26,13 @@ err_console = Console(stderr=True)
 
 def fail(exc: FarmError) -> NoReturn:
     """Print a farm error the way a user can act on it, and exit with its code."""
-    code = EXIT_INVALID if isinstance(exc, InvalidInput) else EXIT_UNAVAILABLE if isinstance(exc, ConfigError) else EXIT_FAILED
+    code = (
+        EXIT_INVALID
+        if isinstance(exc, InvalidInput)
+        else EXIT_UNAVAILABLE
+        if isinstance(exc, ConfigError)
+        else EXIT_FAILED
+    )
     err_console.print(f"[red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
@@ -44,7 +50,9 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1])
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1]
+)
 @click.version_option(package_name="farm")
 def cli() -> None:
     """farm: render scenes of AI video shots on ComfyUI / WanGP GPU nodes through Celery.
@@ -64,7 +72,9 @@ def validate(scene_file: Path, as_json: bool) -> None:
         scene = load_scene(scene_file)
     except InvalidInput as exc:
         if as_json:
-            print_json({"valid": False, "error": str(exc).splitlines()[0], "problems": exc.problems})
+            print_json(
+                {"valid": False, "error": str(exc).splitlines()[0], "problems": exc.problems}
+            )
             sys.exit(EXIT_INVALID)
         fail(exc)
     if as_json:
@@ -75,11 +85,24 @@ def validate(scene_file: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("scene_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--quality", type=click.Choice(["preview", "final", "preview_then_final"]), help="Override the scene's quality.")
-@click.option("--watch", "follow", is_flag=True, help="Show live progress until the scene finishes.")
+@click.option(
+    "--quality",
+    type=click.Choice(["preview", "final", "preview_then_final"]),
+    help="Override the scene's quality.",
+)
+@click.option(
+    "--watch", "follow", is_flag=True, help="Show live progress until the scene finishes."
+)
 @click.option("--replace", is_flag=True, help="Render again a scene id that already finished.")
-@click.option("--json", "as_json", is_flag=True, help="Print the placed jobs (or final status with --watch) as JSON.")
-def enqueue(scene_file: Path, quality: str | None, follow: bool, replace: bool, as_json: bool) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the placed jobs (or final status with --watch) as JSON.",
+)
+def enqueue(
+    scene_file: Path, quality: str | None, follow: bool, replace: bool, as_json: bool
+) -> None:
     """Validate SCENE_FILE, place its shots on GPU nodes and start rendering it."""
     from farm.scene import load_scene
     from farm.submit import enqueue as submit
@@ -94,7 +117,10 @@ def enqueue(scene_file: Path, quality: str | None, follow: bool, replace: bool, 
         if as_json:
             print_json({"id": scene.id, "jobs": [j.to_dict() for j in jobs]})
         else:
-            console.print(f"queued scene [bold]{scene.id}[/]: " + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs))
+            console.print(
+                f"queued scene [bold]{scene.id}[/]: "
+                + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs)
+            )
         return
     from farm.watch import watch
 
@@ -143,19 +169,41 @@ def nodes(as_json: bool) -> None:
     table = Table("node", "kind", "state", "gpu", "queued", "video models", "url", box=None)
     for r in records:
         state = "[green]up[/]" if r["alive"] else f"[red]down[/] {r['reason'][:40]}"
-        table.add_row(r["name"], r["kind"], state, r["gpu"], str(r["queued"]),
-                      ", ".join(r["models"].get("diffusion_models", [])), r["url"])
+        table.add_row(
+            r["name"],
+            r["kind"],
+            state,
+            r["gpu"],
+            str(r["queued"]),
+            ", ".join(r["models"].get("diffusion_models", [])),
+            r["url"],
+        )
     console.print(table if records else "no nodes registered: start `farm worker --node NAME`")
 
 
 @cli.command()
 @click.option("--node", "node_name", help="GPU node to serve (its URL from FARM_NODES or --url).")
 @click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
-@click.option("--kind", type=click.Choice(["comfyui"]), default="comfyui", show_default=True, help="Node backend with --url.")
+@click.option(
+    "--kind",
+    type=click.Choice(["comfyui"]),
+    default="comfyui",
+    show_default=True,
+    help="Node backend with --url.",
+)
 @click.option("--cpu", is_flag=True, help="Serve the CPU queue (assembly, scoring) instead.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="CPU worker processes (default: cores).")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="CPU worker processes (default: cores)."
+)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(node_name: str | None, url: str | None, kind: str, cpu: bool, concurrency: int | None, loglevel: str) -> None:
+def worker(
+    node_name: str | None,
+    url: str | None,
+    kind: str,
+    cpu: bool,
+    concurrency: int | None,
+    loglevel: str,
+) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
     from farm.settings import NodeConfig, get_settings
     from farm.worker import run_cpu_worker, run_node_worker
@@ -180,11 +228,22 @@ def emulate() -> None:
 
 @emulate.command("comfyui")
 @click.option("--port", type=click.IntRange(1, 65535), default=8188, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Node profile JSON (models, VRAM, speed, costs); see deploy/nodes/.")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("var/emulator"),
-              show_default=True, help="Folder for the node's input, output and temp files.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Node profile JSON (models, VRAM, speed, costs); see deploy/nodes/.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/emulator"),
+    show_default=True,
+    help="Folder for the node's input, output and temp files.",
+)
 def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
     """Serve the ComfyUI HTTP + websocket API on HOST:PORT."""
     from farm.emulators.comfyui import serve
@@ -197,10 +256,24 @@ def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
 
 
 @cli.command()
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("var/demo"),
-              show_default=True, help="Folder for the demo's Redis data, logs and outputs (wiped first).")
-@click.option("--scene", "scene_file", type=click.Path(dir_okay=False, path_type=Path), help="Scene to render instead of the bundled example.")
-@click.option("--quality", type=click.Choice(["preview", "final", "preview_then_final"]), help="Override the scene's quality.")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Folder for the demo's Redis data, logs and outputs (wiped first).",
+)
+@click.option(
+    "--scene",
+    "scene_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Scene to render instead of the bundled example.",
+)
+@click.option(
+    "--quality",
+    type=click.Choice(["preview", "final", "preview_then_final"]),
+    help="Override the scene's quality.",
+)
 def demo(root: Path, scene_file: Path | None, quality: str | None) -> None:
     """Start a whole farm here (Redis, 2 emulated GPU nodes, workers), render the example
     scene with live progress, print where the outputs are, and stop it all."""

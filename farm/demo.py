@@ -31,25 +31,35 @@ DEMO_NODES = [
 ]
 
 
-def run_demo(root: Path, console: Console, scene_file: Path = DEMO_SCENE, quality: str | None = None) -> int:
+def run_demo(
+    root: Path, console: Console, scene_file: Path = DEMO_SCENE, quality: str | None = None
+) -> int:
     """Run the demo under ``root``; exit code 0 when the scene rendered completely."""
     started = time.monotonic()
     if root.exists():
         shutil.rmtree(root)
     scene = load_scene(scene_file)
-    console.print(f"[bold]farm demo[/]: starting Redis, {len(DEMO_NODES)} emulated GPU nodes and workers under {root}")
+    console.print(
+        f"[bold]farm demo[/]: starting Redis, {len(DEMO_NODES)} emulated GPU nodes and workers under {root}"
+    )
     with LocalFarm(root, DEMO_NODES, cpu_concurrency=os.cpu_count() or 1) as farm:
         os.environ.update(farm.env())
         settings_mod._current = None  # this process now talks to the demo farm
         rt = get_runtime()
         for node in rt.registry.records():
-            console.print(f"  node [cyan]{node['name']}[/] {node['gpu']} at {node['url']}: "
-                          f"{len(node['models'].get('diffusion_models', []))} video models")
+            console.print(
+                f"  node [cyan]{node['name']}[/] {node['gpu']} at {node['url']}: "
+                f"{len(node['models'].get('diffusion_models', []))} video models"
+            )
         jobs = enqueue(scene, rt, quality)
-        console.print(f"submitted scene [bold]{scene.id}[/] ({len(jobs)} shots): "
-                      + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs))
+        console.print(
+            f"submitted scene [bold]{scene.id}[/] ({len(jobs)} shots): "
+            + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs)
+        )
         status = watch(rt.state, scene.id, console, timeout=600)
-    console.print(f"\nscene [bold]{status['id']}[/] finished [bold]{status['state']}[/] in {time.monotonic() - started:.1f}s")
+    console.print(
+        f"\nscene [bold]{status['id']}[/] finished [bold]{status['state']}[/] in {time.monotonic() - started:.1f}s"
+    )
     for shot in status["shots"]:
         clip = shot["outputs"].get("final") or shot["outputs"].get("preview") or shot.get("error")
         console.print(f"  shot {shot['id']:<12} {shot['state']:<7} {shot['node'] or '-':<6} {clip}")
@@ -57,6 +67,11 @@ def run_demo(root: Path, console: Console, scene_file: Path = DEMO_SCENE, qualit
         console.print(f"  {name:<8} {path}")
     summary = (status.get("metrics") or {}).get("summary")
     if summary:
-        console.print("  scores  " + json.dumps({k: round(v, 3) for k, v in summary.items() if isinstance(v, (int, float))}))
+        console.print(
+            "  scores  "
+            + json.dumps(
+                {k: round(v, 3) for k, v in summary.items() if isinstance(v, (int, float))}
+            )
+        )
     console.print(f"  logs     {root / 'logs'}")
     return 0 if status["state"] == "done" else 1

@@ -1,21 +1,21 @@
 """The farm's one exception tree: what is retried, what falls back, what is permanent.
 
-    FarmError
-    ├── InvalidInput          user input is wrong (scene file, CLI flag, submission); never retried
-    ├── ConfigError           the farm is misconfigured (settings, missing tool)
-    │   └── NoCapableNode     no live node holds what a shot needs
-    ├── PermanentError        the job cannot succeed as asked; never retried
-    │   ├── WorkflowError     a workflow file or its parameter binding is wrong
-    │   ├── NodeRejected      the node refused the job (ComfyUI validation, node_errors)
-    │   └── BadNodeResponse   the node answered something the protocol does not allow
-    ├── RetryableError        transient: the same work may succeed again, here or elsewhere
-    │   ├── NodeUnavailable   connection refused / reset / lost mid-job
-    │   └── NodeTimeout       the node did not answer or progress in time
-    ├── FallbackError         the job may succeed with other settings, model or engine
-    │   ├── OutOfMemory       the node ran out of (V)RAM
-    │   └── ModelMissing      the node lacks a model or file the job needs
-    ├── RenderFailed          the node ran the job and it failed at run time
-    └── JobCancelled          the job was cancelled or interrupted
+FarmError
+├── InvalidInput          user input is wrong (scene file, CLI flag, submission); never retried
+├── ConfigError           the farm is misconfigured (settings, missing tool)
+│   └── NoCapableNode     no live node holds what a shot needs
+├── PermanentError        the job cannot succeed as asked; never retried
+│   ├── WorkflowError     a workflow file or its parameter binding is wrong
+│   ├── NodeRejected      the node refused the job (ComfyUI validation, node_errors)
+│   └── BadNodeResponse   the node answered something the protocol does not allow
+├── RetryableError        transient: the same work may succeed again, here or elsewhere
+│   ├── NodeUnavailable   connection refused / reset / lost mid-job
+│   └── NodeTimeout       the node did not answer or progress in time
+├── FallbackError         the job may succeed with other settings, model or engine
+│   ├── OutOfMemory       the node ran out of (V)RAM
+│   └── ModelMissing      the node lacks a model or file the job needs
+├── RenderFailed          the node ran the job and it failed at run time
+└── JobCancelled          the job was cancelled or interrupted
 """
 
 from __future__ import annotations

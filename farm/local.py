@@ -40,7 +40,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait_for(
+    check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Poll ``check()`` until it is true; fail with the log tail if ``proc`` dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,21 +60,38 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
 def _tail(log: Path | None, lines: int = 15) -> str:
     if log is None or not log.exists():
         return ""
-    return "\n--- " + str(log) + " ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return (
+        "\n--- "
+        + str(log)
+        + " ---\n"
+        + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    )
 
 
 class LocalFarm:
     """Start and stop a complete local farm under ``root``."""
 
-    def __init__(self, root: Path, nodes: list[EmulatedNode], *, cpu_concurrency: int = 1,
-                 heartbeat: float = 1.0, node_ttl: float = 6.0, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        nodes: list[EmulatedNode],
+        *,
+        cpu_concurrency: int = 1,
+        heartbeat: float = 1.0,
+        node_ttl: float = 6.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.nodes = nodes
         self.cpu_concurrency = cpu_concurrency
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self.redis_port = 0
-        self.extra_env = {"FARM_HEARTBEAT": str(heartbeat), "FARM_NODE_TTL": str(node_ttl), **(extra_env or {})}
+        self.extra_env = {
+            "FARM_HEARTBEAT": str(heartbeat),
+            "FARM_NODE_TTL": str(node_ttl),
+            **(extra_env or {}),
+        }
 
     # layout
     @property
@@ -103,8 +122,15 @@ class LocalFarm:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
         env = {**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=self.root, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.root,
+            start_new_session=True,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -119,8 +145,13 @@ class LocalFarm:
                 self.start_emulator(node)
             for node in self.nodes:
                 url = self.node_url(node.name) + "/system_stats"
-                wait_for(lambda u=url: requests.get(u, timeout=1).ok, 30, f"emulator {node.name}",
-                         self.procs[f"emulator-{node.name}"], self.logs / f"emulator-{node.name}.log")
+                wait_for(
+                    lambda u=url: requests.get(u, timeout=1).ok,
+                    30,
+                    f"emulator {node.name}",
+                    self.procs[f"emulator-{node.name}"],
+                    self.logs / f"emulator-{node.name}.log",
+                )
             for node in self.nodes:
                 self.start_worker(node.name)
             self.start_cpu_worker()
@@ -133,28 +164,69 @@ class LocalFarm:
     def start_redis(self) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            raise ConfigError("redis-server is not installed: run `make setup` (or `apt-get install redis-server`)")
+            raise ConfigError(
+                "redis-server is not installed: run `make setup` (or `apt-get install redis-server`)"
+            )
         self.redis_port = free_port()
-        self._spawn("redis", [
-            exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.root / "redis"),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--maxmemory-policy", "noeviction", "--daemonize", "no",
-        ])
+        self._spawn(
+            "redis",
+            [
+                exe,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.root / "redis"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+            ],
+        )
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=1)
         wait_for(client.ping, 15, "redis-server", self.procs["redis"], self.logs / "redis.log")
 
     def start_emulator(self, node: EmulatedNode) -> None:
-        self._spawn(f"emulator-{node.name}", [
-            sys.executable, "-m", "farm", "emulate", "comfyui", "--port", str(self.ports[node.name]),
-            "--profile", str(node.profile), "--data", str(self.root / "nodes" / node.name),
-        ])
+        self._spawn(
+            f"emulator-{node.name}",
+            [
+                sys.executable,
+                "-m",
+                "farm",
+                "emulate",
+                "comfyui",
+                "--port",
+                str(self.ports[node.name]),
+                "--profile",
+                str(node.profile),
+                "--data",
+                str(self.root / "nodes" / node.name),
+            ],
+        )
 
     def start_worker(self, name: str) -> None:
         self._spawn(f"worker-{name}", [sys.executable, "-m", "farm", "worker", "--node", name])
 
     def start_cpu_worker(self) -> None:
-        self._spawn("worker-cpu", [sys.executable, "-m", "farm", "worker", "--cpu",
-                                   "--concurrency", str(self.cpu_concurrency)])
+        self._spawn(
+            "worker-cpu",
+            [
+                sys.executable,
+                "-m",
+                "farm",
+                "worker",
+                "--cpu",
+                "--concurrency",
+                str(self.cpu_concurrency),
+            ],
+        )
 
     def wait_workers(self, timeout: float = 60) -> None:
         """Wait until every worker answers a ping (they then consume their queues)."""
@@ -169,7 +241,9 @@ class LocalFarm:
 
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise ConfigError(f"{name} exited with code {proc.returncode}{_tail(self.logs / f'{name}.log')}")
+                raise ConfigError(
+                    f"{name} exited with code {proc.returncode}{_tail(self.logs / f'{name}.log')}"
+                )
         wait_for(ready, timeout, "celery workers", None, self.logs / "worker-cpu.log")
         app.close()
 

@@ -37,18 +37,31 @@ class NodeRegistry:
     def register(self, name: str, kind: str, url: str, description: dict[str, Any]) -> None:
         """Record node ``name`` with its discovered description and a first heartbeat."""
         now = time.time()
-        self.r.hset(self.key(name), mapping={
-            "name": name, "kind": kind, "url": url, "queue": node_queue(name),
-            "models": json.dumps(description.get("models", {})),
-            "gpu": description.get("gpu", ""), "vram_total": str(description.get("vram_total", 0)),
-            "version": description.get("version", ""), "last_seen": str(now), "started": str(now),
-            "ok": "1", "reason": "",
-        })
+        self.r.hset(
+            self.key(name),
+            mapping={
+                "name": name,
+                "kind": kind,
+                "url": url,
+                "queue": node_queue(name),
+                "models": json.dumps(description.get("models", {})),
+                "gpu": description.get("gpu", ""),
+                "vram_total": str(description.get("vram_total", 0)),
+                "version": description.get("version", ""),
+                "last_seen": str(now),
+                "started": str(now),
+                "ok": "1",
+                "reason": "",
+            },
+        )
         self.r.sadd(self.s.key("nodes"), name)
 
     def beat(self, name: str, ok: bool, reason: str = "") -> None:
         """A heartbeat: the worker lives; ``ok`` says whether its node server answered."""
-        self.r.hset(self.key(name), mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason})
+        self.r.hset(
+            self.key(name),
+            mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason},
+        )
 
     def mark_down(self, name: str, reason: str) -> None:
         self.r.hset(self.key(name), mapping={"ok": "0", "reason": reason, "last_seen": "0"})
@@ -69,22 +82,33 @@ class NodeRegistry:
             if not raw:
                 continue
             age = now - float(raw.get("last_seen") or 0)
-            out.append({
-                "name": raw["name"], "kind": raw.get("kind", "comfyui"), "url": raw.get("url", ""),
-                "queue": raw.get("queue", node_queue(raw["name"])),
-                "models": json.loads(raw.get("models") or "{}"), "gpu": raw.get("gpu", ""),
-                "vram_total": int(float(raw.get("vram_total") or 0)), "version": raw.get("version", ""),
-                "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
-                "age": round(age, 1), "reason": raw.get("reason", ""),
-                "queued": self.r.llen(raw.get("queue", node_queue(raw["name"]))),
-            })
+            out.append(
+                {
+                    "name": raw["name"],
+                    "kind": raw.get("kind", "comfyui"),
+                    "url": raw.get("url", ""),
+                    "queue": raw.get("queue", node_queue(raw["name"])),
+                    "models": json.loads(raw.get("models") or "{}"),
+                    "gpu": raw.get("gpu", ""),
+                    "vram_total": int(float(raw.get("vram_total") or 0)),
+                    "version": raw.get("version", ""),
+                    "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
+                    "age": round(age, 1),
+                    "reason": raw.get("reason", ""),
+                    "queued": self.r.llen(raw.get("queue", node_queue(raw["name"]))),
+                }
+            )
         return out
 
     def infos(self) -> list[NodeInfo]:
         """The registered nodes as the planner sees them."""
         return [
-            NodeInfo(name=r["name"], kind=r["kind"], alive=r["alive"],
-                     models={k: tuple(v) for k, v in r["models"].items()})
+            NodeInfo(
+                name=r["name"],
+                kind=r["kind"],
+                alive=r["alive"],
+                models={k: tuple(v) for k, v in r["models"].items()},
+            )
             for r in self.records()
         ]
 

@@ -18,9 +18,13 @@ REFERENCE_WORKLOAD = 832 * 480 * 81
 #: cost of loading another model on a node, in reference sampler steps
 MODEL_SWITCH_COST = 20.0
 #: error kinds after which another attempt is pointless
-PERMANENT_KINDS = frozenset({"invalid_input", "permanent", "workflow", "rejected", "bad_response", "cancelled"})
+PERMANENT_KINDS = frozenset(
+    {"invalid_input", "permanent", "workflow", "rejected", "bad_response", "cancelled"}
+)
 #: error kinds that mean "try another node"
-NODE_KINDS = frozenset({"node_unavailable", "timeout", "model_missing", "retryable", "no_capable_node"})
+NODE_KINDS = frozenset(
+    {"node_unavailable", "timeout", "model_missing", "retryable", "no_capable_node"}
+)
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,20 @@ def render_size(shot: Shot, kind: str, model: Model, catalog: Catalog) -> tuple[
     if kind == "preview":
         scale = max(catalog.preview_scale, catalog.min_preview_side / min(shot.width, shot.height))
         scale = min(scale, 1.0)
-    return (snap(shot.width * scale, step, minimum=step * 4), snap(shot.height * scale, step, minimum=step * 4))
+    return (
+        snap(shot.width * scale, step, minimum=step * 4),
+        snap(shot.height * scale, step, minimum=step * 4),
+    )
 
 
 def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job:
     """The job that renders ``shot`` at quality ``kind`` (node not yet chosen)."""
     catalog = catalog or load_catalog()
     model = catalog.model_for(
-        shot.template, kind, start_image=bool(shot.start_image), trajectories=bool(shot.trajectories)
+        shot.template,
+        kind,
+        start_image=bool(shot.start_image),
+        trajectories=bool(shot.trajectories),
     )
     width, height = render_size(shot, kind, model, catalog)
     params: dict[str, Any] = {
@@ -138,7 +148,9 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
     )
 
 
-def plan_scene(scene: Scene, quality: str | None = None, catalog: Catalog | None = None) -> list[Job]:
+def plan_scene(
+    scene: Scene, quality: str | None = None, catalog: Catalog | None = None
+) -> list[Job]:
     """One job per shot, in shot order. ``preview_then_final`` renders the preview first;
     its task then hands over to the final render of the same shot."""
     quality = quality or scene.quality
@@ -226,7 +238,10 @@ def next_attempt(
         p = dict(job.params)
         w, h = snap(p["width"] * 0.75, 16, minimum=64), snap(p["height"] * 0.75, 16, minimum=64)
         if "tracks" in p:
-            p["tracks"] = [[{"x": q["x"] * w / p["width"], "y": q["y"] * h / p["height"]} for q in t] for t in p["tracks"]]
+            p["tracks"] = [
+                [{"x": q["x"] * w / p["width"], "y": q["y"] * h / p["height"]} for q in t]
+                for t in p["tracks"]
+            ]
         p.update(width=w, height=h)
         nxt = replace(nxt, params=p)
     exclude = tried if error_kind in NODE_KINDS else ()

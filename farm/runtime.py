@@ -32,5 +32,8 @@ def get_runtime() -> Runtime:
     if _runtime is None or _runtime[0] != os.getpid():
         settings = get_settings()
         client = connect(settings, check=False)
-        _runtime = (os.getpid(), Runtime(settings, client, FarmState(client, settings), NodeRegistry(client, settings)))
+        _runtime = (
+            os.getpid(),
+            Runtime(settings, client, FarmState(client, settings), NodeRegistry(client, settings)),
+        )
     return _runtime[1]

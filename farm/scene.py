@@ -205,7 +205,9 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
     for i, shot in enumerate(data["shots"]):
         where = f"$.shots[{i}]"
         if shot["id"] in seen:
-            problems.append(f"{where}.id: shot id {shot['id']!r} is already used by $.shots[{seen[shot['id']]}]; shot ids must be unique")
+            problems.append(
+                f"{where}.id: shot id {shot['id']!r} is already used by $.shots[{seen[shot['id']]}]; shot ids must be unique"
+            )
         seen.setdefault(shot["id"], i)
         width, height = shot.get("width", 832), shot.get("height", 480)
         for t, track in enumerate(shot.get("trajectories", ())):
@@ -216,13 +218,19 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
                         f"{width}x{height} canvas; points are pixels with 0 <= x <= width, 0 <= y <= height"
                     )
         if shot.get("trajectories") and not shot.get("start_image"):
-            problems.append(f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image")
+            problems.append(
+                f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image"
+            )
         start = shot.get("start_image")
         if start:
             if not start.lower().endswith(IMAGE_SUFFIXES):
-                problems.append(f"{where}.start_image: {start!r} must be a {', '.join(IMAGE_SUFFIXES)} image")
+                problems.append(
+                    f"{where}.start_image: {start!r} must be a {', '.join(IMAGE_SUFFIXES)} image"
+                )
             elif check_files and not _resolve(start, base_dir).is_file():
-                problems.append(f"{where}.start_image: file {_resolve(start, base_dir)} does not exist")
+                problems.append(
+                    f"{where}.start_image: file {_resolve(start, base_dir)} does not exist"
+                )
     return problems
 
 
@@ -237,7 +245,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
-        return f"{path}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+        return (
+            f"{path}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
+        )
     if v == "required":
         return f"{path}: {error.message.replace(' is a required property', '')} is required"
     if v == "enum":

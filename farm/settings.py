@@ -38,13 +38,17 @@ def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
         name, sep, url = item.partition("=")
         name, url = name.strip(), url.strip()
         if not sep or not name or not url:
-            raise ConfigError(f"FARM_NODES: {item!r} is not 'name=URL' (e.g. gpu0=http://10.0.0.5:8188)")
+            raise ConfigError(
+                f"FARM_NODES: {item!r} is not 'name=URL' (e.g. gpu0=http://10.0.0.5:8188)"
+            )
         kind = "comfyui"
         scheme, plus, rest = url.partition("+")
         if plus and scheme in NODE_KINDS:
             kind, url = scheme, rest
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"FARM_NODES: node {name!r} URL {url!r} must start with http:// or https://")
+            raise ConfigError(
+                f"FARM_NODES: node {name!r} URL {url!r} must start with http:// or https://"
+            )
         if any(n.name == name for n in nodes):
             raise ConfigError(f"FARM_NODES: node {name!r} is listed twice")
         nodes.append(NodeConfig(name=name, kind=kind, url=url.rstrip("/")))
@@ -59,21 +63,75 @@ def _env(name: str, help: str, default: str) -> dict:
 class Settings:
     """All tunables of the farm; each field documents its environment variable."""
 
-    redis_url: str = field(**_env("FARM_REDIS_URL", "Redis URL: broker, results and farm state", "redis://127.0.0.1:6379/0"))
-    storage: Path = field(**_env("FARM_STORAGE", "Folder where clips, scene videos and reports are written", str(REPO_ROOT / "var" / "storage")))
-    workflows_dir: Path = field(**_env("FARM_WORKFLOWS", "Folder of ComfyUI API-format workflow files", str(REPO_ROOT / "workflows")))
-    nodes: tuple[NodeConfig, ...] = field(**_env("FARM_NODES", "GPU nodes, 'name=URL,...' (URL may start with comfyui+ or wan2gp+)", ""))
+    redis_url: str = field(
+        **_env(
+            "FARM_REDIS_URL",
+            "Redis URL: broker, results and farm state",
+            "redis://127.0.0.1:6379/0",
+        )
+    )
+    storage: Path = field(
+        **_env(
+            "FARM_STORAGE",
+            "Folder where clips, scene videos and reports are written",
+            str(REPO_ROOT / "var" / "storage"),
+        )
+    )
+    workflows_dir: Path = field(
+        **_env(
+            "FARM_WORKFLOWS",
+            "Folder of ComfyUI API-format workflow files",
+            str(REPO_ROOT / "workflows"),
+        )
+    )
+    nodes: tuple[NodeConfig, ...] = field(
+        **_env(
+            "FARM_NODES", "GPU nodes, 'name=URL,...' (URL may start with comfyui+ or wan2gp+)", ""
+        )
+    )
     key_prefix: str = field(**_env("FARM_PREFIX", "Prefix of every farm key in Redis", "farm"))
-    cpu_queue: str = field(**_env("FARM_CPU_QUEUE", "Queue of the CPU tasks (assembly, scoring)", "cpu"))
-    http_timeout: float = field(**_env("FARM_HTTP_TIMEOUT", "Seconds allowed for one HTTP call to a node", "30"))
-    node_idle_timeout: float = field(**_env("FARM_NODE_IDLE_TIMEOUT", "Seconds a running job may go without any event before it times out", "300"))
-    render_time_limit: int = field(**_env("FARM_RENDER_TIME_LIMIT", "Hard time limit of one render task, seconds", "3600"))
-    visibility_timeout: int = field(**_env("FARM_VISIBILITY_TIMEOUT", "Redis broker visibility timeout, seconds (must exceed the render time limit)", "7200"))
+    cpu_queue: str = field(
+        **_env("FARM_CPU_QUEUE", "Queue of the CPU tasks (assembly, scoring)", "cpu")
+    )
+    http_timeout: float = field(
+        **_env("FARM_HTTP_TIMEOUT", "Seconds allowed for one HTTP call to a node", "30")
+    )
+    node_idle_timeout: float = field(
+        **_env(
+            "FARM_NODE_IDLE_TIMEOUT",
+            "Seconds a running job may go without any event before it times out",
+            "300",
+        )
+    )
+    render_time_limit: int = field(
+        **_env("FARM_RENDER_TIME_LIMIT", "Hard time limit of one render task, seconds", "3600")
+    )
+    visibility_timeout: int = field(
+        **_env(
+            "FARM_VISIBILITY_TIMEOUT",
+            "Redis broker visibility timeout, seconds (must exceed the render time limit)",
+            "7200",
+        )
+    )
     heartbeat: float = field(**_env("FARM_HEARTBEAT", "Seconds between node heartbeats", "5"))
-    node_ttl: float = field(**_env("FARM_NODE_TTL", "Seconds without a heartbeat after which a node counts as down", "20"))
-    max_attempts: int = field(**_env("FARM_MAX_ATTEMPTS", "Render attempts per shot, fallbacks included", "3"))
-    max_download_mb: int = field(**_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096"))
-    result_expires: int = field(**_env("FARM_RESULT_EXPIRES", "Seconds task results and chord state are kept", str(7 * 24 * 3600)))
+    node_ttl: float = field(
+        **_env(
+            "FARM_NODE_TTL", "Seconds without a heartbeat after which a node counts as down", "20"
+        )
+    )
+    max_attempts: int = field(
+        **_env("FARM_MAX_ATTEMPTS", "Render attempts per shot, fallbacks included", "3")
+    )
+    max_download_mb: int = field(
+        **_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096")
+    )
+    result_expires: int = field(
+        **_env(
+            "FARM_RESULT_EXPIRES",
+            "Seconds task results and chord state are kept",
+            str(7 * 24 * 3600),
+        )
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -96,7 +154,9 @@ class Settings:
                 f"({self.render_time_limit}), or Redis redelivers running renders to a second worker"
             )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://")
+            raise ConfigError(
+                f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://"
+            )
 
     def node(self, name: str) -> NodeConfig:
         """The configured node called ``name``."""

@@ -39,14 +39,24 @@ def shot_dir(storage: Path, scene_id: str, shot_id: str) -> Path:
     return storage / "scenes" / scene_id / "shots" / shot_id
 
 
-def run_job(job: Job, rt: Runtime, backend_for: Callable[[str, str], Backend] | None = None) -> Outcome:
+def run_job(
+    job: Job, rt: Runtime, backend_for: Callable[[str, str], Backend] | None = None
+) -> Outcome:
     """Render ``job`` on its node and record what happened."""
     state, settings = rt.state, rt.settings
     backend_for = backend_for or (lambda kind, url: make_backend(kind, url, settings))
     if state.scene(job.scene_id).get("state") == SceneState.QUEUED:
         state.update_scene(job.scene_id, "scene_rendering", state=SceneState.RENDERING)
-    state.update_shot(job.scene_id, job.shot_id, "shot_started", state=ShotState.RUNNING,
-                      node=job.node, kind=job.kind, progress=0.0, started=time.time())
+    state.update_shot(
+        job.scene_id,
+        job.shot_id,
+        "shot_started",
+        state=ShotState.RUNNING,
+        node=job.node,
+        kind=job.kind,
+        progress=0.0,
+        started=time.time(),
+    )
     folder = shot_dir(settings.storage, job.scene_id, job.shot_id)
     started = time.monotonic()
     try:
@@ -54,28 +64,61 @@ def run_job(job: Job, rt: Runtime, backend_for: Callable[[str, str], Backend] | 
         if node is None:
             raise NodeUnavailable(f"node {job.node!r} is not registered (is its worker running?)")
         backend = backend_for(node["kind"], node["url"])
-        result = backend.render(job, folder / f"{job.kind}_a{job.attempt}", _progress(rt, job, folder))
+        result = backend.render(
+            job, folder / f"{job.kind}_a{job.attempt}", _progress(rt, job, folder)
+        )
     except FarmError as exc:
         return _failed(rt, job, exc, time.monotonic() - started)
     except Exception as exc:  # a bug must not hang the scene: record it, never retry it
         log.exception("internal error rendering %s/%s", job.scene_id, job.shot_id)
-        return _failed(rt, job, FarmError(f"internal error: {exc.__class__.__name__}: {exc}"), time.monotonic() - started)
+        return _failed(
+            rt,
+            job,
+            FarmError(f"internal error: {exc.__class__.__name__}: {exc}"),
+            time.monotonic() - started,
+        )
     clip = folder / f"{job.kind}.mp4"
     shutil.copyfile(result.video, clip)
     seconds = round(time.monotonic() - started, 2)
-    state.log_attempt(job.scene_id, job.shot_id, {
-        "attempt": job.attempt, "kind": job.kind, "node": job.node, "state": "done",
-        "seconds": seconds, "backend_job_id": result.backend_job_id, "model": job.model,
-        "workflow": job.workflow, "seed": job.params.get("seed"),
-    })
+    state.log_attempt(
+        job.scene_id,
+        job.shot_id,
+        {
+            "attempt": job.attempt,
+            "kind": job.kind,
+            "node": job.node,
+            "state": "done",
+            "seconds": seconds,
+            "backend_job_id": result.backend_job_id,
+            "model": job.model,
+            "workflow": job.workflow,
+            "seed": job.params.get("seed"),
+        },
+    )
     outputs = {**(state.shot(job.scene_id, job.shot_id).get("outputs") or {}), job.kind: str(clip)}
     if job.then_final and job.kind == "preview":
         final = _final_after_preview(rt, job)
-        state.update_shot(job.scene_id, job.shot_id, "shot_preview_done", outputs=outputs,
-                          state=ShotState.QUEUED, kind="final", node=final.node, progress=0.0)
+        state.update_shot(
+            job.scene_id,
+            job.shot_id,
+            "shot_preview_done",
+            outputs=outputs,
+            state=ShotState.QUEUED,
+            kind="final",
+            node=final.node,
+            progress=0.0,
+        )
         return Outcome(record={}, next_job=final)
-    state.update_shot(job.scene_id, job.shot_id, "shot_done", state=ShotState.DONE, outputs=outputs,
-                      progress=1.0, finished=time.time(), error=None)
+    state.update_shot(
+        job.scene_id,
+        job.shot_id,
+        "shot_done",
+        state=ShotState.DONE,
+        outputs=outputs,
+        progress=1.0,
+        finished=time.time(),
+        error=None,
+    )
     return Outcome(record=_record(job, "done", clip=str(clip)))
 
 
@@ -83,36 +126,83 @@ def _final_after_preview(rt: Runtime, job: Job) -> Job:
     """The final render of a previewed shot, preferring the node that has the model loaded."""
     scene = parse_scene(rt.state.scene(job.scene_id)["spec"], check_files=False)
     final = replace(plan_job(scene, scene.shot(job.shot_id), "final"), attempt=1)
-    node = place(final, rt.registry.infos(), rt.registry.loads(), last_model={job.node or "": final.model})
+    node = place(
+        final, rt.registry.infos(), rt.registry.loads(), last_model={job.node or "": final.model}
+    )
     return replace(final, node=node)
 
 
 def _failed(rt: Runtime, job: Job, exc: FarmError, seconds: float) -> Outcome:
     state = rt.state
     message = f"{exc.kind}: {exc}"
-    log.warning("shot %s/%s attempt %d on %s failed: %s", job.scene_id, job.shot_id, job.attempt, job.node, message)
-    state.log_attempt(job.scene_id, job.shot_id, {
-        "attempt": job.attempt, "kind": job.kind, "node": job.node, "state": "failed",
-        "seconds": round(seconds, 2), "error_kind": exc.kind, "error": str(exc), "model": job.model,
-    })
+    log.warning(
+        "shot %s/%s attempt %d on %s failed: %s",
+        job.scene_id,
+        job.shot_id,
+        job.attempt,
+        job.node,
+        message,
+    )
+    state.log_attempt(
+        job.scene_id,
+        job.shot_id,
+        {
+            "attempt": job.attempt,
+            "kind": job.kind,
+            "node": job.node,
+            "state": "failed",
+            "seconds": round(seconds, 2),
+            "error_kind": exc.kind,
+            "error": str(exc),
+            "model": job.model,
+        },
+    )
     nxt = None
     if exc.kind != "error":  # internal errors are bugs: retrying would repeat them
         try:
-            nxt = next_attempt(job, exc.kind, message, rt.registry.infos(), rt.registry.loads(), rt.settings.max_attempts)
+            nxt = next_attempt(
+                job,
+                exc.kind,
+                message,
+                rt.registry.infos(),
+                rt.registry.loads(),
+                rt.settings.max_attempts,
+            )
         except FarmError:
             nxt = None
     if nxt is not None:
-        state.update_shot(job.scene_id, job.shot_id, "shot_retry", state=ShotState.RETRYING, error=message,
-                          node=nxt.node, used_fallback=True, primary_error=nxt.primary_error)
+        state.update_shot(
+            job.scene_id,
+            job.shot_id,
+            "shot_retry",
+            state=ShotState.RETRYING,
+            error=message,
+            node=nxt.node,
+            used_fallback=True,
+            primary_error=nxt.primary_error,
+        )
         return Outcome(record={}, next_job=nxt)
-    state.update_shot(job.scene_id, job.shot_id, "shot_failed", state=ShotState.FAILED, error=message,
-                      finished=time.time())
+    state.update_shot(
+        job.scene_id,
+        job.shot_id,
+        "shot_failed",
+        state=ShotState.FAILED,
+        error=message,
+        finished=time.time(),
+    )
     return Outcome(record=_record(job, "failed", error=message))
 
 
 def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:
-    return {"scene_id": job.scene_id, "shot_id": job.shot_id, "state": state, "kind": job.kind,
-            "node": job.node, "attempt": job.attempt, **extra}
+    return {
+        "scene_id": job.scene_id,
+        "shot_id": job.shot_id,
+        "state": state,
+        "kind": job.kind,
+        "node": job.node,
+        "attempt": job.attempt,
+        **extra,
+    }
 
 
 def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
@@ -130,6 +220,12 @@ def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
             return
         if now - last[0] >= PROGRESS_EVERY or fraction >= 1.0:
             last[0] = now
-            rt.state.update_shot(job.scene_id, job.shot_id, "shot_progress", progress=round(fraction, 3), message=message)
+            rt.state.update_shot(
+                job.scene_id,
+                job.shot_id,
+                "shot_progress",
+                progress=round(fraction, 3),
+                message=message,
+            )
 
     return report

@@ -26,8 +26,13 @@ from farm.settings import Settings
 EVENTS_MAXLEN = 2000
 PLAIN = frozenset({"id", "title", "state", "quality", "kind", "node"})
 NUMBERS: dict[str, type] = {
-    "progress": float, "attempts": int, "priority": int, "created": float, "updated": float,
-    "started": float, "finished": float,
+    "progress": float,
+    "attempts": int,
+    "priority": int,
+    "created": float,
+    "updated": float,
+    "started": float,
+    "finished": float,
 }
 
 
@@ -65,7 +70,10 @@ def redacted(url: str) -> str:
 def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
     """A Redis client for ``settings.redis_url``; with ``check``, fail fast with one clear line."""
     client = redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=30,
+        socket_connect_timeout=5,
         health_check_interval=30,
     )
     if check:
@@ -77,7 +85,9 @@ def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
                 "(e.g. `redis-server --port 6379 --appendonly yes`) or set FARM_REDIS_URL"
             ) from None
         except redis.AuthenticationError as exc:
-            raise ConfigError(f"Redis at {redacted(settings.redis_url)} refused the credentials: {exc}") from None
+            raise ConfigError(
+                f"Redis at {redacted(settings.redis_url)} refused the credentials: {exc}"
+            ) from None
     return client
 
 
@@ -123,31 +133,67 @@ class FarmState:
         return self.s.key("events", scene_id)
 
     # scenes
-    def create_scene(self, spec: dict[str, Any], jobs: list[dict[str, Any]], quality: str, *, replace: bool = False) -> None:
+    def create_scene(
+        self,
+        spec: dict[str, Any],
+        jobs: list[dict[str, Any]],
+        quality: str,
+        *,
+        replace: bool = False,
+    ) -> None:
         """Record a new scene and its queued shots; refuse to clobber an unfinished one."""
         scene_id = spec["id"]
         existing = self.r.hget(self.scene_key(scene_id), "state")
         if existing is not None:
             if existing not in TERMINAL_SCENE:
-                raise InvalidInput(f"scene {scene_id!r} is already {existing}; wait for it to finish or use another id")
+                raise InvalidInput(
+                    f"scene {scene_id!r} is already {existing}; wait for it to finish or use another id"
+                )
             if not replace:
-                raise InvalidInput(f"scene {scene_id!r} already exists ({existing}); pass --replace to render it again")
+                raise InvalidInput(
+                    f"scene {scene_id!r} already exists ({existing}); pass --replace to render it again"
+                )
             self.delete_scene(scene_id)
         now = time.time()
         pipe = self.r.pipeline()
-        pipe.hset(self.scene_key(scene_id), mapping=_encode({
-            "id": scene_id, "title": spec.get("title", ""), "quality": quality,
-            "priority": spec.get("priority", 5), "state": SceneState.QUEUED, "spec": spec,
-            "shots": [j["shot_id"] for j in jobs], "outputs": {}, "metrics": {},
-            "created": now, "updated": now,
-        }))
+        pipe.hset(
+            self.scene_key(scene_id),
+            mapping=_encode(
+                {
+                    "id": scene_id,
+                    "title": spec.get("title", ""),
+                    "quality": quality,
+                    "priority": spec.get("priority", 5),
+                    "state": SceneState.QUEUED,
+                    "spec": spec,
+                    "shots": [j["shot_id"] for j in jobs],
+                    "outputs": {},
+                    "metrics": {},
+                    "created": now,
+                    "updated": now,
+                }
+            ),
+        )
         for job in jobs:
-            pipe.hset(self.shot_key(scene_id, job["shot_id"]), mapping=_encode({
-                "id": job["shot_id"], "state": ShotState.QUEUED, "progress": 0.0,
-                "node": job["node"], "kind": job["kind"], "attempts": 0, "outputs": {},
-                "error": None, "used_fallback": False, "primary_error": None, "attempt_log": [],
-                "updated": now,
-            }))
+            pipe.hset(
+                self.shot_key(scene_id, job["shot_id"]),
+                mapping=_encode(
+                    {
+                        "id": job["shot_id"],
+                        "state": ShotState.QUEUED,
+                        "progress": 0.0,
+                        "node": job["node"],
+                        "kind": job["kind"],
+                        "attempts": 0,
+                        "outputs": {},
+                        "error": None,
+                        "used_fallback": False,
+                        "primary_error": None,
+                        "attempt_log": [],
+                        "updated": now,
+                    }
+                ),
+            )
         pipe.zadd(self.s.key("scenes"), {scene_id: now})
         pipe.execute()
         self.event(scene_id, "scene_queued", shots=len(jobs), quality=quality)
@@ -165,24 +211,37 @@ class FarmState:
     def scene(self, scene_id: str) -> dict[str, Any]:
         raw = self.r.hgetall(self.scene_key(scene_id))
         if not raw:
-            raise InvalidInput(f"no scene {scene_id!r} in the farm (see `farm status` for the list)")
+            raise InvalidInput(
+                f"no scene {scene_id!r} in the farm (see `farm status` for the list)"
+            )
         return _decode(raw)
 
     def update_scene(self, scene_id: str, event: str | None = None, **fields: Any) -> None:
         fields["updated"] = time.time()
         self.r.hset(self.scene_key(scene_id), mapping=_encode(fields))
         if event:
-            self.event(scene_id, event, **{k: v for k, v in fields.items() if k in {"state", "error"}})
+            self.event(
+                scene_id, event, **{k: v for k, v in fields.items() if k in {"state", "error"}}
+            )
 
     def list_scenes(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = self.r.zrevrange(self.s.key("scenes"), 0, limit - 1)
         out = []
         for scene_id in ids:
-            raw = self.r.hmget(self.scene_key(scene_id), ["id", "title", "state", "quality", "created", "shots"])
+            raw = self.r.hmget(
+                self.scene_key(scene_id), ["id", "title", "state", "quality", "created", "shots"]
+            )
             if raw[0]:
-                out.append({"id": raw[0], "title": raw[1] or "", "state": raw[2],
-                            "quality": raw[3], "created": float(raw[4] or 0),
-                            "shots": len(json.loads(raw[5] or "[]"))})
+                out.append(
+                    {
+                        "id": raw[0],
+                        "title": raw[1] or "",
+                        "state": raw[2],
+                        "quality": raw[3],
+                        "created": float(raw[4] or 0),
+                        "shots": len(json.loads(raw[5] or "[]")),
+                    }
+                )
         return out
 
     # shots
@@ -196,14 +255,22 @@ class FarmState:
             pipe.hgetall(self.shot_key(scene_id, shot_id))
         return [_decode(raw) for raw in pipe.execute()]
 
-    def update_shot(self, scene_id: str, shot_id: str, event: str | None = None, **fields: Any) -> None:
+    def update_shot(
+        self, scene_id: str, shot_id: str, event: str | None = None, **fields: Any
+    ) -> None:
         fields["updated"] = time.time()
         self.r.hset(self.shot_key(scene_id, shot_id), mapping=_encode(fields))
         if event:
-            data = {k: v for k, v in fields.items() if k in {"state", "node", "error", "progress", "attempts"}}
+            data = {
+                k: v
+                for k, v in fields.items()
+                if k in {"state", "node", "error", "progress", "attempts"}
+            }
             self.event(scene_id, event, shot=shot_id, **data)
 
-    def log_attempt(self, scene_id: str, shot_id: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    def log_attempt(
+        self, scene_id: str, shot_id: str, entry: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """Append ``entry`` to the shot's attempt log and return the whole log."""
         log = self.shot(scene_id, shot_id).get("attempt_log", []) or []
         log.append(entry)
@@ -213,10 +280,16 @@ class FarmState:
     # events
     def event(self, scene_id: str, type_: str, **data: Any) -> str:
         fields = {"type": type_, "time": f"{time.time():.3f}", **_encode(data)}
-        return self.r.xadd(self.events_key(scene_id), fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        return self.r.xadd(
+            self.events_key(scene_id), fields, maxlen=EVENTS_MAXLEN, approximate=True
+        )
 
-    def events(self, scene_id: str, after: str = "0", count: int = 500) -> list[tuple[str, dict[str, str]]]:
-        return self.r.xrange(self.events_key(scene_id), min=f"({after}" if after != "0" else "-", count=count)
+    def events(
+        self, scene_id: str, after: str = "0", count: int = 500
+    ) -> list[tuple[str, dict[str, str]]]:
+        return self.r.xrange(
+            self.events_key(scene_id), min=f"({after}" if after != "0" else "-", count=count
+        )
 
     # the public view
     def status(self, scene_id: str) -> dict[str, Any]:
@@ -224,17 +297,28 @@ class FarmState:
         scene = self.scene(scene_id)
         shots = [
             {
-                "id": s["id"], "state": s.get("state"), "node": s.get("node"),
-                "attempts": s.get("attempts", 0), "outputs": s.get("outputs", {}),
-                "error": s.get("error"), "progress": s.get("progress", 0.0), "kind": s.get("kind"),
-                "used_fallback": s.get("used_fallback", False), "primary_error": s.get("primary_error"),
+                "id": s["id"],
+                "state": s.get("state"),
+                "node": s.get("node"),
+                "attempts": s.get("attempts", 0),
+                "outputs": s.get("outputs", {}),
+                "error": s.get("error"),
+                "progress": s.get("progress", 0.0),
+                "kind": s.get("kind"),
+                "used_fallback": s.get("used_fallback", False),
+                "primary_error": s.get("primary_error"),
                 "preview": s.get("preview"),
             }
             for s in self.shots(scene_id)
         ]
         return {
-            "id": scene["id"], "title": scene.get("title", ""), "state": scene["state"],
-            "quality": scene.get("quality"), "shots": shots, "outputs": scene.get("outputs", {}),
-            "metrics": scene.get("metrics", {}), "created": scene.get("created", 0.0),
+            "id": scene["id"],
+            "title": scene.get("title", ""),
+            "state": scene["state"],
+            "quality": scene.get("quality"),
+            "shots": shots,
+            "outputs": scene.get("outputs", {}),
+            "metrics": scene.get("metrics", {}),
+            "created": scene.get("created", 0.0),
             "updated": scene.get("updated", 0.0),
         }

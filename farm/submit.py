@@ -17,11 +17,15 @@ from farm.tasks.scene import assemble_scene, score_scene
 
 def scene_canvas(scene_id: str, jobs: list[Job], cpu_queue: str):
     """The scene's chord: header = one shot task per job, body = assemble → score."""
-    body = assemble_scene.s(scene_id).set(queue=cpu_queue) | score_scene.s(scene_id).set(queue=cpu_queue)
+    body = assemble_scene.s(scene_id).set(queue=cpu_queue) | score_scene.s(scene_id).set(
+        queue=cpu_queue
+    )
     return chord([shot_signature(job) for job in jobs], body)
 
 
-def enqueue(scene: Scene, rt: Runtime, quality: str | None = None, *, replace: bool = False) -> list[Job]:
+def enqueue(
+    scene: Scene, rt: Runtime, quality: str | None = None, *, replace: bool = False
+) -> list[Job]:
     """Plan, place and start ``scene``; returns the placed jobs. Nothing is queued when any
     shot has no capable live node (raises :class:`~farm.errors.NoCapableNode`)."""
     quality = quality or scene.quality

@@ -13,8 +13,17 @@ from rich.text import Text
 
 from farm.state import TERMINAL_SCENE, FarmState
 
-STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "retrying": "yellow", "queued": "dim",
-               "partial": "yellow", "rendering": "cyan", "assembling": "magenta", "scoring": "magenta"}
+STATE_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "running": "cyan",
+    "retrying": "yellow",
+    "queued": "dim",
+    "partial": "yellow",
+    "rendering": "cyan",
+    "assembling": "magenta",
+    "scoring": "magenta",
+}
 
 
 def render_status(status: dict[str, Any]) -> Group:
@@ -26,22 +35,36 @@ def render_status(status: dict[str, Any]) -> Group:
         style = STATE_STYLE.get(shot["state"] or "", "")
         note = shot.get("error") or ""
         table.add_row(
-            shot["id"], Text(f"{shot['state']} {shot.get('kind') or ''}".strip(), style=style),
-            shot.get("node") or "-", str(shot.get("attempts", 0)),
+            shot["id"],
+            Text(f"{shot['state']} {shot.get('kind') or ''}".strip(), style=style),
+            shot.get("node") or "-",
+            str(shot.get("attempts", 0)),
             ProgressBar(total=1.0, completed=float(shot.get("progress") or 0), width=24),
             Text(note[:70], style="red") if note else "",
         )
-    title = Text.assemble(("scene ", "bold"), (status["id"], "bold"), "  ",
-                          (status["state"], STATE_STYLE.get(status["state"], "")))
+    title = Text.assemble(
+        ("scene ", "bold"),
+        (status["id"], "bold"),
+        "  ",
+        (status["state"], STATE_STYLE.get(status["state"], "")),
+    )
     return Group(title, table)
 
 
-def watch(state: FarmState, scene_id: str, console: Console, *, interval: float = 0.3,
-          timeout: float | None = None) -> dict[str, Any]:
+def watch(
+    state: FarmState,
+    scene_id: str,
+    console: Console,
+    *,
+    interval: float = 0.3,
+    timeout: float | None = None,
+) -> dict[str, Any]:
     """Show the scene's progress live until it is done, partial or failed; return its status."""
     deadline = None if timeout is None else time.monotonic() + timeout
     status = state.status(scene_id)
-    with Live(render_status(status), console=console, refresh_per_second=8, transient=False) as live:
+    with Live(
+        render_status(status), console=console, refresh_per_second=8, transient=False
+    ) as live:
         while status["state"] not in TERMINAL_SCENE:
             if deadline is not None and time.monotonic() > deadline:
                 break

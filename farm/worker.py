@@ -35,7 +35,9 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         try:
             if not self.described:
-                self.registry.register(self.node.name, self.node.kind, self.node.url, self.backend.describe())
+                self.registry.register(
+                    self.node.name, self.node.kind, self.node.url, self.backend.describe()
+                )
                 self.described = True
             else:
                 self.backend.probe()
@@ -61,19 +63,48 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
     heartbeat.beat()  # registered before the first task can arrive
     heartbeat.start()
     try:
-        app.worker_main([
-            "worker", "-Q", node_queue(node.name), "-n", f"{node.name}@%h", "-c", "1",
-            "--pool", "prefork", "-E", "-l", loglevel, "--without-mingle", "--without-gossip",
-        ])
+        app.worker_main(
+            [
+                "worker",
+                "-Q",
+                node_queue(node.name),
+                "-n",
+                f"{node.name}@%h",
+                "-c",
+                "1",
+                "--pool",
+                "prefork",
+                "-E",
+                "-l",
+                loglevel,
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
     finally:
         heartbeat.stopped.set()
         heartbeat.registry.mark_down(node.name, "worker stopped")
 
 
-def run_cpu_worker(settings: Settings, concurrency: int | None = None, loglevel: str = "INFO") -> None:
+def run_cpu_worker(
+    settings: Settings, concurrency: int | None = None, loglevel: str = "INFO"
+) -> None:
     """Run a worker for the CPU queue (assembly and scoring)."""
-    app.worker_main([
-        "worker", "-Q", settings.cpu_queue, "-n", f"cpu{os.getpid()}@%h",
-        "-c", str(concurrency or os.cpu_count() or 1), "--pool", "prefork", "-E", "-l", loglevel,
-        "--without-mingle", "--without-gossip",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            settings.cpu_queue,
+            "-n",
+            f"cpu{os.getpid()}@%h",
+            "-c",
+            str(concurrency or os.cpu_count() or 1),
+            "--pool",
+            "prefork",
+            "-E",
+            "-l",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

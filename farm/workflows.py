@@ -71,16 +71,22 @@ def bind(graph: Graph, params: dict[str, Any], name: str = "workflow") -> Graph:
     bound = copy.deepcopy(graph)
     for param, value in params.items():
         if param not in BINDINGS:
-            raise WorkflowError(f"unknown workflow parameter {param!r}; known: {', '.join(BINDINGS)}")
+            raise WorkflowError(
+                f"unknown workflow parameter {param!r}; known: {', '.join(BINDINGS)}"
+            )
         title, input_name = BINDINGS[param]
         ids = find_titled(bound, title)
         if not ids:
             raise WorkflowError(f"{name}: no node titled {title!r} to take parameter {param!r}")
         if len(ids) > 1:
-            raise WorkflowError(f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique")
+            raise WorkflowError(
+                f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
+            )
         inputs = bound[ids[0]].setdefault("inputs", {})
         if input_name not in inputs:
             cls = bound[ids[0]]["class_type"]
-            raise WorkflowError(f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}")
+            raise WorkflowError(
+                f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}"
+            )
         inputs[input_name] = value
     return bound

@@ -22,7 +22,9 @@ EXAMPLES = REPO / "examples"
 
 for tool in ("redis-server", "ffmpeg"):
     if shutil.which(tool) is None:
-        raise RuntimeError(f"{tool} is not installed: run `make test` (it installs it) or apt-get install {tool}")
+        raise RuntimeError(
+            f"{tool} is not installed: run `make test` (it installs it) or apt-get install {tool}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +39,12 @@ def farm_cluster(tmp_path_factory):
     from farm.local import EmulatedNode, LocalFarm
 
     nodes = [EmulatedNode(n, NODES / f"{n}.json") for n in ("node-a", "node-b", "node-c")]
-    farm = LocalFarm(tmp_path_factory.mktemp("farm"), nodes, cpu_concurrency=2,
-                     extra_env={"FARM_NODE_IDLE_TIMEOUT": "8", "FARM_HTTP_TIMEOUT": "10"})
+    farm = LocalFarm(
+        tmp_path_factory.mktemp("farm"),
+        nodes,
+        cpu_concurrency=2,
+        extra_env={"FARM_NODE_IDLE_TIMEOUT": "8", "FARM_HTTP_TIMEOUT": "10"},
+    )
     farm.start()
     os.environ.update(farm.env())
     settings._current = None

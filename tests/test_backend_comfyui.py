@@ -40,39 +40,93 @@ def test_validation_bodies_name_node_class_and_input():
 
 
 def test_a_model_the_node_lacks_is_model_missing():
-    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
-            "node_errors": {"3": {"class_type": "UNETLoader", "dependent_outputs": ["9"], "errors": [
-                {"type": "value_not_in_list", "message": "Value not in list", "details": "unet_name: 'x' not in []",
-                 "extra_info": {"input_name": "unet_name"}}]}}}
+    body = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+        },
+        "node_errors": {
+            "3": {
+                "class_type": "UNETLoader",
+                "dependent_outputs": ["9"],
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "unet_name: 'x' not in []",
+                        "extra_info": {"input_name": "unet_name"},
+                    }
+                ],
+            }
+        },
+    }
     assert isinstance(rejection(400, body), ModelMissing)
     assert isinstance(rejection(500, "Internal Server Error"), Exception)
 
 
 def test_execution_errors_are_classified():
-    oom = {"exception_type": "torch.OutOfMemoryError", "exception_message": "Allocation on device", "node_type": "KSampler", "node_id": "5"}
+    oom = {
+        "exception_type": "torch.OutOfMemoryError",
+        "exception_message": "Allocation on device",
+        "node_type": "KSampler",
+        "node_id": "5",
+    }
     assert isinstance(classify_execution_error(oom), OutOfMemory)
-    missing = {"exception_type": "FileNotFoundError", "exception_message": "no such file", "node_type": "LoadImage"}
+    missing = {
+        "exception_type": "FileNotFoundError",
+        "exception_message": "no such file",
+        "node_type": "LoadImage",
+    }
     assert isinstance(classify_execution_error(missing), ModelMissing)
-    other = {"exception_type": "RuntimeError", "exception_message": "CUDA error: illegal memory access", "node_type": "KSampler", "node_id": "5"}
+    other = {
+        "exception_type": "RuntimeError",
+        "exception_message": "CUDA error: illegal memory access",
+        "node_type": "KSampler",
+        "node_id": "5",
+    }
     err = classify_execution_error(other)
     assert isinstance(err, RenderFailed) and "KSampler (node 5)" in str(err)
 
 
-@pytest.mark.parametrize("raw, safe", [("../../etc/passwd", "passwd"), ("a/b/c.mp4", "c.mp4"),
-                                       ("..\\x.mp4", "x.mp4"), ("we ird$.mp4", "we_ird_.mp4"), ("..", "output")])
+@pytest.mark.parametrize(
+    "raw, safe",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("a/b/c.mp4", "c.mp4"),
+        ("..\\x.mp4", "x.mp4"),
+        ("we ird$.mp4", "we_ird_.mp4"),
+        ("..", "output"),
+    ],
+)
 def test_file_names_from_nodes_cannot_escape(raw, safe):
     assert safe_name(raw) == safe
 
 
 def small_job(scene_id="bk", shot_id="s1", **shot):
-    scene = parse_scene({"id": scene_id, "shots": [{"id": shot_id, "action_description": "a boat at sea",
-                                                     "width": 320, "height": 192, "frames": 17, "seed": 3, **shot}]})
+    scene = parse_scene(
+        {
+            "id": scene_id,
+            "shots": [
+                {
+                    "id": shot_id,
+                    "action_description": "a boat at sea",
+                    "width": 320,
+                    "height": 192,
+                    "frames": 17,
+                    "seed": 3,
+                    **shot,
+                }
+            ],
+        }
+    )
     return replace(plan_job(scene, scene.shots[0], "preview", load_catalog()), node="node-a")
 
 
 def test_prompt_ids_are_stable_per_attempt():
     job = small_job()
-    assert prompt_id_for(job) == prompt_id_for(replace(job)) != prompt_id_for(replace(job, attempt=2))
+    assert (
+        prompt_id_for(job) == prompt_id_for(replace(job)) != prompt_id_for(replace(job, attempt=2))
+    )
 
 
 def test_discovery_reports_the_node_inventory(farm_cluster):
@@ -117,8 +171,11 @@ def test_a_model_missing_on_the_node_is_reported(farm_cluster, tmp_path):
 def test_out_of_memory_is_reported(farm_cluster, tmp_path):
     backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
     job = small_job(scene_id="bk4")
-    job = replace(job, model="wan2.1_t2v_14B_fp16.safetensors",
-                  params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1})
+    job = replace(
+        job,
+        model="wan2.1_t2v_14B_fp16.safetensors",
+        params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1},
+    )
     with pytest.raises(OutOfMemory):
         backend.render(job, tmp_path, lambda *a, **k: None)
 

@@ -11,14 +11,23 @@ from .conftest import EXAMPLES
 
 
 def farm(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "farm", *args], capture_output=True, text=True,
-                          env=env or os.environ, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args],
+        capture_output=True,
+        text=True,
+        env=env or os.environ,
+        timeout=timeout,
+    )
 
 
 def test_validate_reports_every_problem_with_exit_2():
     out = farm("validate", str(EXAMPLES / "invalid_scene.json"))
     assert out.returncode == 2
-    assert "$.quality" in out.stderr and "$.shots[1].width" in out.stderr and "$.shots[0].camera_movements[0]" in out.stderr
+    assert (
+        "$.quality" in out.stderr
+        and "$.shots[1].width" in out.stderr
+        and "$.shots[0].camera_movements[0]" in out.stderr
+    )
     ok = farm("validate", "--json", str(EXAMPLES / "demo_scene.json"))
     assert ok.returncode == 0 and json.loads(ok.stdout)["valid"] is True
 
@@ -42,13 +51,35 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     assert out.returncode == 0
     nodes = {n["name"]: n for n in json.loads(out.stdout)}
     assert {"node-a", "node-b", "node-c"} <= set(nodes)
-    assert nodes["node-a"]["alive"] and "wan2.1_t2v_14B_fp16.safetensors" in nodes["node-a"]["models"]["diffusion_models"]
+    assert (
+        nodes["node-a"]["alive"]
+        and "wan2.1_t2v_14B_fp16.safetensors" in nodes["node-a"]["models"]["diffusion_models"]
+    )
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):
-    scene = {"id": "cli-scene", "title": "CLI", "quality": "preview", "shots": [
-        {"id": "one", "action_description": "rain on a window", "width": 256, "height": 160, "frames": 9},
-        {"id": "two", "action_description": "a cat", "camera_movements": ["zoom_in"], "width": 256, "height": 160, "frames": 9}]}
+    scene = {
+        "id": "cli-scene",
+        "title": "CLI",
+        "quality": "preview",
+        "shots": [
+            {
+                "id": "one",
+                "action_description": "rain on a window",
+                "width": 256,
+                "height": 160,
+                "frames": 9,
+            },
+            {
+                "id": "two",
+                "action_description": "a cat",
+                "camera_movements": ["zoom_in"],
+                "width": 256,
+                "height": 160,
+                "frames": 9,
+            },
+        ],
+    }
     path = tmp_path / "scene.json"
     path.write_text(json.dumps(scene))
     out = farm("enqueue", str(path), "--watch", "--json", env=cli_env)
@@ -57,7 +88,9 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
     status = json.loads(farm("status", "cli-scene", "--json", env=cli_env).stdout)
     assert set(status) >= {"id", "state", "shots", "outputs", "metrics"}
     assert [s["id"] for s in status["shots"]] == ["one", "two"]
-    assert all(set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"])
+    assert all(
+        set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"]
+    )
     listing = json.loads(farm("status", "--json", env=cli_env).stdout)
     assert "cli-scene" in [s["id"] for s in listing]
     again = farm("enqueue", str(path), env=cli_env)

@@ -23,25 +23,65 @@ def wait_done(rt, scene_id, timeout=180):
         if status["state"] in TERMINAL_SCENE:
             return status
         time.sleep(0.2)
-    raise AssertionError(f"scene {scene_id} did not finish: {json.dumps(rt.state.status(scene_id), indent=1)}")
+    raise AssertionError(
+        f"scene {scene_id} did not finish: {json.dumps(rt.state.status(scene_id), indent=1)}"
+    )
 
 
 def small_scene(scene_id, quality="final", **extra):
     img = str(EXAMPLES / "images" / "meadow.jpg")
     base = {"width": 320, "height": 192, "frames": 17, "fps": 16}
-    return parse_scene({"id": scene_id, "quality": quality, "shots": [
-        {"id": "t2v", "action_description": "a lighthouse", "camera_movements": ["pan_right"], **base, "seed": 1},
-        {"id": "i2v", "action_description": "the meadow at dawn", "start_image": img, **base, "seed": 2},
-        {"id": "ati", "action_description": "a fox runs", "start_image": img, **base, "seed": 3,
-         "trajectories": [[{"x": 40, "y": 150}, {"x": 160, "y": 110}, {"x": 280, "y": 60}]]},
-        {"id": "hy", "action_description": "a dragon", "template": "fantasy_content", **base, "seed": 4},
-    ]}, **extra)
+    return parse_scene(
+        {
+            "id": scene_id,
+            "quality": quality,
+            "shots": [
+                {
+                    "id": "t2v",
+                    "action_description": "a lighthouse",
+                    "camera_movements": ["pan_right"],
+                    **base,
+                    "seed": 1,
+                },
+                {
+                    "id": "i2v",
+                    "action_description": "the meadow at dawn",
+                    "start_image": img,
+                    **base,
+                    "seed": 2,
+                },
+                {
+                    "id": "ati",
+                    "action_description": "a fox runs",
+                    "start_image": img,
+                    **base,
+                    "seed": 3,
+                    "trajectories": [
+                        [{"x": 40, "y": 150}, {"x": 160, "y": 110}, {"x": 280, "y": 60}]
+                    ],
+                },
+                {
+                    "id": "hy",
+                    "action_description": "a dragon",
+                    "template": "fantasy_content",
+                    **base,
+                    "seed": 4,
+                },
+            ],
+        },
+        **extra,
+    )
 
 
 def test_a_scene_renders_assembles_and_scores(rt):
     scene = small_scene("e2e-main")
     jobs = enqueue(scene, rt)
-    assert {j.shot_id: j.node for j in jobs} == {"t2v": "node-a", "i2v": "node-a", "ati": "node-c", "hy": "node-b"}
+    assert {j.shot_id: j.node for j in jobs} == {
+        "t2v": "node-a",
+        "i2v": "node-a",
+        "ati": "node-c",
+        "hy": "node-b",
+    }
     status = wait_done(rt, scene.id)
     assert status["state"] == "done", status
     assert [s["state"] for s in status["shots"]] == ["done"] * 4
@@ -60,19 +100,39 @@ def test_a_scene_renders_assembles_and_scores(rt):
         scores = shots[shot_id]["scores"]
         for name in ("motion_smoothness", "temporal_flicker", "visual_consistency"):
             assert 0.0 <= scores[name] <= 1.0
-    assert "trajectory_adherence" in shots["ati"]["scores"] and "trajectory_adherence" not in shots["t2v"]["scores"]
-    assert shots["ati"]["scores"]["trajectory_adherence"] > 0.5  # the emulator follows the drawn track
+    assert (
+        "trajectory_adherence" in shots["ati"]["scores"]
+        and "trajectory_adherence" not in shots["t2v"]["scores"]
+    )
+    assert (
+        shots["ati"]["scores"]["trajectory_adherence"] > 0.5
+    )  # the emulator follows the drawn track
     assert status["metrics"]["summary"]
 
 
 def test_preview_then_final_hands_over_inside_the_chord(rt):
-    scene = parse_scene({"id": "e2e-ptf", "quality": "preview_then_final", "shots": [
-        {"id": "only", "action_description": "waves", "width": 320, "height": 192, "frames": 9}]})
+    scene = parse_scene(
+        {
+            "id": "e2e-ptf",
+            "quality": "preview_then_final",
+            "shots": [
+                {
+                    "id": "only",
+                    "action_description": "waves",
+                    "width": 320,
+                    "height": 192,
+                    "frames": 9,
+                }
+            ],
+        }
+    )
     enqueue(scene, rt)
     status = wait_done(rt, scene.id)
     (shot,) = status["shots"]
     assert status["state"] == "done" and set(shot["outputs"]) == {"preview", "final"}
-    assert probe(Path(shot["outputs"]["preview"])).width < probe(Path(shot["outputs"]["final"])).width
+    assert (
+        probe(Path(shot["outputs"]["preview"])).width < probe(Path(shot["outputs"]["final"])).width
+    )
     assert probe(Path(status["outputs"]["video"])).width == 320  # the scene is cut from finals
 
 

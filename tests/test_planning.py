@@ -29,12 +29,28 @@ def node(name, *models, alive=True, speed=1.0):
 
 
 def scene(quality="preview", **shot):
-    return parse_scene({"id": "sc", "quality": quality, "priority": 7,
-                        "shots": [{"id": "a", "action_description": "x", **shot}]}, check_files=False)
+    return parse_scene(
+        {
+            "id": "sc",
+            "quality": quality,
+            "priority": 7,
+            "shots": [{"id": "a", "action_description": "x", **shot}],
+        },
+        check_files=False,
+    )
 
 
 def test_frames_snap_to_the_4n_plus_1_grid():
-    assert [snap_frames(f, 4) for f in (1, 2, 33, 34, 35, 48, 49, 81)] == [1, 1, 33, 33, 37, 49, 49, 81]
+    assert [snap_frames(f, 4) for f in (1, 2, 33, 34, 35, 48, 49, 81)] == [
+        1,
+        1,
+        33,
+        33,
+        37,
+        49,
+        49,
+        81,
+    ]
 
 
 def test_preview_job_uses_the_fast_model_at_reduced_size():
@@ -58,7 +74,9 @@ def test_start_image_and_trajectories_choose_image_engines():
     sc = scene(start_image="/a.png", trajectories=tracks)
     job = plan_job(sc, sc.shots[0], "preview", CAT)
     assert job.workflow == "wan_ati" and job.params["start_image"] == "/a.png"
-    assert job.params["tracks"] == [[{"x": 50.0, "y": 50.0}, {"x": 400.0, "y": 200.0}]]  # scaled to 416x240
+    assert job.params["tracks"] == [
+        [{"x": 50.0, "y": 50.0}, {"x": 400.0, "y": 200.0}]
+    ]  # scaled to 416x240
     sc = scene(start_image="/a.png")
     assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan_i2v"
 
@@ -72,7 +90,11 @@ def test_quality_decides_the_first_job():
 def test_place_prefers_capable_idle_nodes():
     sc = scene()
     job = plan_job(sc, sc.shots[0], "preview", CAT)
-    nodes = [node("busy", "wan_t2v_fast"), node("idle", "wan_t2v_fast"), node("other", "hunyuan_t2v")]
+    nodes = [
+        node("busy", "wan_t2v_fast"),
+        node("idle", "wan_t2v_fast"),
+        node("other", "hunyuan_t2v"),
+    ]
     assert place(job, nodes, load={"busy": 50}) == "idle"
     assert place(job, nodes, load={"busy": 0, "idle": 50}) == "busy"
 
@@ -90,11 +112,17 @@ def test_no_capable_node_says_what_each_node_lacks():
     with pytest.raises(NoCapableNode) as info:
         place(job, [node("a", "wan_t2v_fast"), node("b", "hunyuan_t2v", alive=False)])
     text = str(info.value)
-    assert "a: lacks" in text and "hunyuan_video_t2v_720p_bf16.safetensors" in text and "b: down" in text
+    assert (
+        "a: lacks" in text
+        and "hunyuan_video_t2v_720p_bf16.safetensors" in text
+        and "b: down" in text
+    )
 
 
 def test_place_scene_balances_and_groups_models():
-    sc = parse_scene({"id": "s", "shots": [{"id": f"s{i}", "action_description": "x"} for i in range(4)]})
+    sc = parse_scene(
+        {"id": "s", "shots": [{"id": f"s{i}", "action_description": "x"} for i in range(4)]}
+    )
     jobs = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")])
     assert sorted(j.node for j in jobs) == ["a", "a", "b", "b"]
 
@@ -104,7 +132,12 @@ def test_node_failure_moves_the_job_to_another_node():
     job = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast")])[0]
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
     nxt = next_attempt(job, "node_unavailable", "refused", nodes)
-    assert nxt.node == "b" and nxt.attempt == 2 and nxt.tried_nodes == ("a",) and nxt.primary_error == "refused"
+    assert (
+        nxt.node == "b"
+        and nxt.attempt == 2
+        and nxt.tried_nodes == ("a",)
+        and nxt.primary_error == "refused"
+    )
     assert next_attempt(job, "node_unavailable", "refused", [node("a", "wan_t2v_fast")]) is None
 
 
@@ -112,7 +145,11 @@ def test_out_of_memory_shrinks_the_render():
     sc = scene("final")
     job = place_scene(plan_scene(sc), [node("a", "wan_t2v_full")])[0]
     nxt = next_attempt(job, "out_of_memory", "oom", [node("a", "wan_t2v_full")])
-    assert nxt.node == "a" and nxt.params["width"] < job.params["width"] and nxt.params["height"] < job.params["height"]
+    assert (
+        nxt.node == "a"
+        and nxt.params["width"] < job.params["width"]
+        and nxt.params["height"] < job.params["height"]
+    )
 
 
 def test_permanent_errors_and_exhausted_attempts_stop():
@@ -121,7 +158,10 @@ def test_permanent_errors_and_exhausted_attempts_stop():
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
     assert next_attempt(job, "rejected", "bad input", nodes) is None
     last = next_attempt(next_attempt(job, "render_failed", "x", nodes), "render_failed", "x", nodes)
-    assert last.attempt == 3 and next_attempt(last, "render_failed", "x", nodes, max_attempts=3) is None
+    assert (
+        last.attempt == 3
+        and next_attempt(last, "render_failed", "x", nodes, max_attempts=3) is None
+    )
 
 
 def test_jobs_round_trip_through_json_dicts():

@@ -47,9 +47,13 @@ def test_duration_and_fps_give_frames():
 
 
 def test_every_problem_is_listed_with_its_path():
-    data = {"id": "bad id", "quality": "ultra", "shots": [
-        shot(camera_movements=["pan_up"], frames=10, duration_s=1, colour="red"),
-    ]}
+    data = {
+        "id": "bad id",
+        "quality": "ultra",
+        "shots": [
+            shot(camera_movements=["pan_up"], frames=10, duration_s=1, colour="red"),
+        ],
+    }
     found = problems(data)
     assert any(p.startswith("$.id:") for p in found)
     assert any(p.startswith("$.quality:") and "preview_then_final" in p for p in found)
@@ -58,17 +62,29 @@ def test_every_problem_is_listed_with_its_path():
     assert any("frames or duration_s" in p for p in found)
 
 
-@pytest.mark.parametrize("bad, path", [
-    ({"id": "x", "shots": []}, "$.shots"),
-    ({"id": "x"}, "$"),
-    ({"id": "x", "shots": [shot(width=4000)]}, "$.shots[0].width"),
-    ({"id": "x", "shots": [shot(template="cinematic")]}, "$.shots[0].template"),
-    ({"id": "x", "shots": [shot(seed=-1)]}, "$.shots[0].seed"),
-    ({"id": "x", "shots": [shot(characters="fox")]}, "$.shots[0].characters"),
-    ({"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}]], start_image="a.png")]}, "$.shots[0].trajectories[0]"),
-    ({"id": "x", "shots": [shot(trajectories=[[{"x": 1}, {"x": 2, "y": 2}]], start_image="a.png")]}, "$.shots[0].trajectories[0][0]"),
-    ({"id": "x", "version": 2, "shots": [shot()]}, "$.version"),
-])
+@pytest.mark.parametrize(
+    "bad, path",
+    [
+        ({"id": "x", "shots": []}, "$.shots"),
+        ({"id": "x"}, "$"),
+        ({"id": "x", "shots": [shot(width=4000)]}, "$.shots[0].width"),
+        ({"id": "x", "shots": [shot(template="cinematic")]}, "$.shots[0].template"),
+        ({"id": "x", "shots": [shot(seed=-1)]}, "$.shots[0].seed"),
+        ({"id": "x", "shots": [shot(characters="fox")]}, "$.shots[0].characters"),
+        (
+            {"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}]], start_image="a.png")]},
+            "$.shots[0].trajectories[0]",
+        ),
+        (
+            {
+                "id": "x",
+                "shots": [shot(trajectories=[[{"x": 1}, {"x": 2, "y": 2}]], start_image="a.png")],
+            },
+            "$.shots[0].trajectories[0][0]",
+        ),
+        ({"id": "x", "version": 2, "shots": [shot()]}, "$.version"),
+    ],
+)
 def test_schema_errors_name_the_field(bad, path):
     found = problems(bad, check_files=False)
     assert any(p.startswith(path + ":") for p in found), found
@@ -82,14 +98,29 @@ def test_duplicate_shot_ids_are_refused():
 def test_trajectory_points_must_be_inside_the_canvas(tmp_path):
     img = tmp_path / "a.png"
     img.write_bytes(b"x")
-    data = {"id": "x", "shots": [shot(width=320, height=192, start_image=str(img),
-                                      trajectories=[[{"x": 10, "y": 10}, {"x": 400, "y": 10}]])]}
+    data = {
+        "id": "x",
+        "shots": [
+            shot(
+                width=320,
+                height=192,
+                start_image=str(img),
+                trajectories=[[{"x": 10, "y": 10}, {"x": 400, "y": 10}]],
+            )
+        ],
+    }
     found = problems(data)
-    assert len(found) == 1 and found[0].startswith("$.shots[0].trajectories[0][1]:") and "320x192" in found[0]
+    assert (
+        len(found) == 1
+        and found[0].startswith("$.shots[0].trajectories[0][1]:")
+        and "320x192" in found[0]
+    )
 
 
 def test_trajectories_need_a_start_image():
-    found = problems({"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}, {"x": 2, "y": 2}]])]})
+    found = problems(
+        {"id": "x", "shots": [shot(trajectories=[[{"x": 1, "y": 1}, {"x": 2, "y": 2}]])]}
+    )
     assert found[0].startswith("$.shots[0].trajectories:") and "start_image" in found[0]
 
 
@@ -114,9 +145,19 @@ def test_scene_round_trips_through_its_dict():
 
 
 def test_prompt_joins_parts_in_order():
-    s = parse_scene({"id": "x", "shots": [shot(
-        camera_direction="wide shot", style_description="watercolor", characters=["a fox", "a crow"],
-        camera_movements=["pan_left", "zoom_in"])]}).shots[0]
+    s = parse_scene(
+        {
+            "id": "x",
+            "shots": [
+                shot(
+                    camera_direction="wide shot",
+                    style_description="watercolor",
+                    characters=["a fox", "a crow"],
+                    camera_movements=["pan_left", "zoom_in"],
+                )
+            ],
+        }
+    ).shots[0]
     assert build_prompt(s) == (
         "A fox runs | Camera: wide shot | Style: watercolor | Characters: a fox, a crow"
         ", camera pans left, smooth movement, slow zoom in, approaching subject"
@@ -124,7 +165,9 @@ def test_prompt_joins_parts_in_order():
 
 
 def test_prompt_skips_empty_parts():
-    s = parse_scene({"id": "x", "shots": [shot(camera_direction="  ", style_description="noir")]}).shots[0]
+    s = parse_scene(
+        {"id": "x", "shots": [shot(camera_direction="  ", style_description="noir")]}
+    ).shots[0]
     assert build_prompt(s) == "A fox runs | Style: noir"
 
 

@@ -10,8 +10,14 @@ from farm.settings import Settings, documented_settings, parse_nodes
 
 
 def test_defaults_and_overrides_from_the_environment(tmp_path):
-    s = Settings.from_env({"FARM_REDIS_URL": "redis://h:1/2", "FARM_STORAGE": str(tmp_path),
-                           "FARM_RENDER_TIME_LIMIT": "100", "FARM_VISIBILITY_TIMEOUT": "200"})
+    s = Settings.from_env(
+        {
+            "FARM_REDIS_URL": "redis://h:1/2",
+            "FARM_STORAGE": str(tmp_path),
+            "FARM_RENDER_TIME_LIMIT": "100",
+            "FARM_VISIBILITY_TIMEOUT": "200",
+        }
+    )
     assert s.redis_url == "redis://h:1/2" and s.storage == tmp_path and s.render_time_limit == 100
     assert Settings.from_env({}).cpu_queue == "cpu"
 
@@ -19,11 +25,16 @@ def test_defaults_and_overrides_from_the_environment(tmp_path):
 def test_nodes_are_parsed_with_their_kind():
     nodes = parse_nodes("a=http://10.0.0.1:8188/, b=comfyui+http://h:1,c=wan2gp+http://h:2")
     assert [(n.name, n.kind, n.url) for n in nodes] == [
-        ("a", "comfyui", "http://10.0.0.1:8188"), ("b", "comfyui", "http://h:1"), ("c", "wan2gp", "http://h:2")]
+        ("a", "comfyui", "http://10.0.0.1:8188"),
+        ("b", "comfyui", "http://h:1"),
+        ("c", "wan2gp", "http://h:2"),
+    ]
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("a", "'name=URL'"), ("a=ftp://x", "http://"), ("a=http://x,a=http://y", "twice")])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [("a", "'name=URL'"), ("a=ftp://x", "http://"), ("a=http://x,a=http://y", "twice")],
+)
 def test_bad_node_lists_are_explained(text, fragment):
     with pytest.raises(ConfigError, match=fragment):
         parse_nodes(text)

@@ -18,19 +18,31 @@ def make(settings):
 
 
 SPEC = {"id": "sc1", "title": "T", "priority": 5, "shots": [{"id": "a"}, {"id": "b"}]}
-JOBS = [{"shot_id": "a", "node": "n1", "kind": "final"}, {"shot_id": "b", "node": "n2", "kind": "final"}]
+JOBS = [
+    {"shot_id": "a", "node": "n1", "kind": "final"},
+    {"shot_id": "b", "node": "n2", "kind": "final"},
+]
 
 
 def test_scene_status_has_the_documented_shape(scratch_settings):
     state, _ = make(scratch_settings)
     state.create_scene(SPEC, JOBS, "final")
-    state.update_shot("sc1", "a", "shot_done", state="done", progress=1.0, outputs={"final": "/x.mp4"})
+    state.update_shot(
+        "sc1", "a", "shot_done", state="done", progress=1.0, outputs={"final": "/x.mp4"}
+    )
     state.update_shot("sc1", "b", "shot_failed", state="failed", error="node_unavailable: refused")
     status = state.status("sc1")
     assert set(status) >= {"id", "state", "shots", "outputs", "metrics"}
-    assert [set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"]] == [True, True]
+    assert [
+        set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"]
+    ] == [True, True]
     a, b = status["shots"]
-    assert (a["state"], a["node"], a["outputs"], a["error"]) == ("done", "n1", {"final": "/x.mp4"}, None)
+    assert (a["state"], a["node"], a["outputs"], a["error"]) == (
+        "done",
+        "n1",
+        {"final": "/x.mp4"},
+        None,
+    )
     assert (b["state"], b["error"]) == ("failed", "node_unavailable: refused")
 
 
@@ -73,8 +85,10 @@ def test_attempts_are_logged(scratch_settings):
 
 
 def test_nodes_live_by_heartbeat(scratch_settings):
-    settings = Settings.from_env({"FARM_REDIS_URL": scratch_settings.redis_url, "FARM_NODE_TTL": "0.5"},
-                                 key_prefix=scratch_settings.key_prefix)
+    settings = Settings.from_env(
+        {"FARM_REDIS_URL": scratch_settings.redis_url, "FARM_NODE_TTL": "0.5"},
+        key_prefix=scratch_settings.key_prefix,
+    )
     _, registry = make(settings)
     registry.register("n1", "comfyui", "http://127.0.0.1:1", {"models": {"vae": ["v"]}, "gpu": "G"})
     (rec,) = registry.records()

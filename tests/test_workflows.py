@@ -13,10 +13,22 @@ from farm.workflows import BINDINGS, bind, check_api_format, find_titled, load_w
 from .conftest import REPO
 
 WORKFLOWS = REPO / "workflows"
-PARAMS = {"prompt": "a fox", "negative": "blur", "seed": 7, "steps": 4, "width": 320, "height": 192,
-          "length": 17, "fps": 16, "model": "m.safetensors", "filename_prefix": "farm/x"}
-EXTRA = {"wan_i2v": {"start_image": "farm/a.png"},
-         "wan_ati": {"start_image": "farm/a.png", "tracks": "[[{\"x\": 1, \"y\": 2}]]"}}
+PARAMS = {
+    "prompt": "a fox",
+    "negative": "blur",
+    "seed": 7,
+    "steps": 4,
+    "width": 320,
+    "height": 192,
+    "length": 17,
+    "fps": 16,
+    "model": "m.safetensors",
+    "filename_prefix": "farm/x",
+}
+EXTRA = {
+    "wan_i2v": {"start_image": "farm/a.png"},
+    "wan_ati": {"start_image": "farm/a.png", "tracks": '[[{"x": 1, "y": 2}]]'},
+}
 
 
 def names():
@@ -46,18 +58,27 @@ def test_binding_does_not_depend_on_node_ids_or_order():
     renumber = {old: str(100 + i) for i, old in enumerate(reversed(list(graph)))}
 
     def remap(value):
-        return [renumber[value[0]], value[1]] if isinstance(value, list) and len(value) == 2 and value[0] in renumber else value
+        return (
+            [renumber[value[0]], value[1]]
+            if isinstance(value, list) and len(value) == 2 and value[0] in renumber
+            else value
+        )
 
-    shuffled = {renumber[k]: {**v, "inputs": {n: remap(x) for n, x in v["inputs"].items()}}
-                for k, v in reversed(list(graph.items()))}
+    shuffled = {
+        renumber[k]: {**v, "inputs": {n: remap(x) for n, x in v["inputs"].items()}}
+        for k, v in reversed(list(graph.items()))
+    }
     a, b = bind(graph, PARAMS), bind(shuffled, PARAMS)
-    titles = {t for t, _ in BINDINGS.values()} & {n.get("_meta", {}).get("title") for n in a.values()}
+    titles = {t for t, _ in BINDINGS.values()} & {
+        n.get("_meta", {}).get("title") for n in a.values()
+    }
     assert len(titles) >= 6
     for title in titles:
         na, nb = a[find_titled(a, title)[0]], b[find_titled(b, title)[0]]
         assert na["class_type"] == nb["class_type"]
-        assert {k: v for k, v in na["inputs"].items() if not isinstance(v, list)} == \
-               {k: v for k, v in nb["inputs"].items() if not isinstance(v, list)}
+        assert {k: v for k, v in na["inputs"].items() if not isinstance(v, list)} == {
+            k: v for k, v in nb["inputs"].items() if not isinstance(v, list)
+        }
 
 
 def test_missing_title_and_unknown_parameter_are_explained():

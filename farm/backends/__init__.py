@@ -17,7 +17,9 @@ from farm.settings import Settings
 
 
 class ProgressFn(Protocol):
-    def __call__(self, fraction: float, message: str = "", preview: bytes | None = None) -> None: ...
+    def __call__(
+        self, fraction: float, message: str = "", preview: bytes | None = None
+    ) -> None: ...
 
 
 @dataclass

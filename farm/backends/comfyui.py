@@ -39,7 +39,18 @@ log = logging.getLogger(__name__)
 
 PROMPT_NAMESPACE = uuid.UUID("6f1d7a3e-2b8c-4f5e-9a0d-3c2b1e4f5a6b")
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras")
-MODEL_INPUTS = frozenset({"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name", "image"})
+MODEL_INPUTS = frozenset(
+    {
+        "unet_name",
+        "clip_name",
+        "clip_name1",
+        "clip_name2",
+        "vae_name",
+        "ckpt_name",
+        "lora_name",
+        "image",
+    }
+)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
 WS_RECV_TIMEOUT = 2.0
 POLL_EVERY = 5.0
@@ -48,7 +59,9 @@ RECONNECT_FOR = 30.0  # at most; never longer than the idle timeout
 
 def prompt_id_for(job: Job) -> str:
     """The node-side id of a job: the same for every delivery of the same attempt."""
-    return str(uuid.uuid5(PROMPT_NAMESPACE, f"{job.scene_id}/{job.shot_id}/{job.kind}/{job.attempt}"))
+    return str(
+        uuid.uuid5(PROMPT_NAMESPACE, f"{job.scene_id}/{job.shot_id}/{job.kind}/{job.attempt}")
+    )
 
 
 def safe_name(name: str) -> str:
@@ -64,7 +77,11 @@ def classify_execution_error(data: dict[str, Any]) -> FarmError:
     where = f"{data.get('node_type', '?')} (node {data.get('node_id', '?')})"
     text = f"{where}: {etype}: {message}"
     low = f"{etype} {message}".lower()
-    if "outofmemory" in low.replace(" ", "") or "out of memory" in low or "allocation on device" in low:
+    if (
+        "outofmemory" in low.replace(" ", "")
+        or "out of memory" in low
+        or "allocation on device" in low
+    ):
         return OutOfMemory(text)
     if "filenotfound" in low or "no such file" in low or "model not found" in low:
         return ModelMissing(text)
@@ -81,8 +98,13 @@ def rejection(status: int, body: Any) -> FarmError:
     for node_id, node in (body.get("node_errors") or {}).items():
         for e in node.get("errors", []):
             name = (e.get("extra_info") or {}).get("input_name") or e.get("details") or "?"
-            parts.append(f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: {e.get('message')} [{e.get('type')}]")
-            missing |= e.get("type") in {"value_not_in_list", "custom_validation_failed"} and name in MODEL_INPUTS
+            parts.append(
+                f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: {e.get('message')} [{e.get('type')}]"
+            )
+            missing |= (
+                e.get("type") in {"value_not_in_list", "custom_validation_failed"}
+                and name in MODEL_INPUTS
+            )
     message = error.get("message") or "node refused the prompt"
     detail = "; ".join(parts) or str(error.get("details") or "")
     text = f"{message}: {detail}" if detail else message
@@ -124,7 +146,9 @@ class ComfyClient:
         if resp.status_code == 200 and isinstance(data, dict) and not data.get("node_errors"):
             return
         if resp.status_code >= 500:
-            raise RenderFailed(f"node failed to take the prompt (HTTP {resp.status_code}): {str(data)[:300]}")
+            raise RenderFailed(
+                f"node failed to take the prompt (HTTP {resp.status_code}): {str(data)[:300]}"
+            )
         raise rejection(resp.status_code, data)
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
@@ -135,7 +159,9 @@ class ComfyClient:
         """``"running"``, ``"pending"`` or None for a prompt id on the node's queue."""
         data = self.get_json("/queue")
         for state in ("running", "pending"):
-            if any(len(item) > 1 and item[1] == prompt_id for item in data.get(f"queue_{state}", [])):
+            if any(
+                len(item) > 1 and item[1] == prompt_id for item in data.get(f"queue_{state}", [])
+            ):
                 return state
         return None
 
@@ -143,18 +169,33 @@ class ComfyClient:
         """Upload a start image (content-addressed name) and return its LoadImage value."""
         data = path.read_bytes()
         name = hashlib.sha256(data).hexdigest()[:16] + path.suffix.lower()
-        resp = self._call("POST", "/upload/image", files={"image": (name, data)}, data={"type": "input", "subfolder": "farm"})
+        resp = self._call(
+            "POST",
+            "/upload/image",
+            files={"image": (name, data)},
+            data={"type": "input", "subfolder": "farm"},
+        )
         if resp.status_code != 200:
-            raise BadNodeResponse(f"image upload answered HTTP {resp.status_code}: {resp.text[:200]}")
+            raise BadNodeResponse(
+                f"image upload answered HTTP {resp.status_code}: {resp.text[:200]}"
+            )
         body = resp.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
 
     def download(self, item: dict[str, Any], dest: Path, max_bytes: int) -> Path:
-        params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        params = {
+            "filename": item["filename"],
+            "subfolder": item.get("subfolder", ""),
+            "type": item.get("type", "output"),
+        }
         try:
-            resp = self.http.get(self.url + "/view", params=params, timeout=self.timeout, stream=True)
+            resp = self.http.get(
+                self.url + "/view", params=params, timeout=self.timeout, stream=True
+            )
         except requests.RequestException as exc:
-            raise NodeUnavailable(f"{self.url}: download of {item['filename']} failed: {exc}") from exc
+            raise NodeUnavailable(
+                f"{self.url}: download of {item['filename']} failed: {exc}"
+            ) from exc
         if resp.status_code != 200:
             raise BadNodeResponse(f"/view {item['filename']} answered HTTP {resp.status_code}")
         tmp = dest.with_suffix(dest.suffix + ".part")
@@ -164,7 +205,9 @@ class ComfyClient:
                 size += len(chunk)
                 if size > max_bytes:
                     tmp.unlink(missing_ok=True)
-                    raise BadNodeResponse(f"output {item['filename']} exceeds the {max_bytes >> 20} MiB download cap (FARM_MAX_DOWNLOAD_MB)")
+                    raise BadNodeResponse(
+                        f"output {item['filename']} exceeds the {max_bytes >> 20} MiB download cap (FARM_MAX_DOWNLOAD_MB)"
+                    )
                 fh.write(chunk)
         tmp.replace(dest)
         return dest
@@ -232,7 +275,9 @@ class ComfyUIBackend:
 
     def _connect(self, client_id: str) -> websocket.WebSocket:
         try:
-            return websocket.create_connection(f"{self.ws_url}?clientId={client_id}", timeout=WS_RECV_TIMEOUT)
+            return websocket.create_connection(
+                f"{self.ws_url}?clientId={client_id}", timeout=WS_RECV_TIMEOUT
+            )
         except (OSError, websocket.WebSocketException) as exc:
             raise NodeUnavailable(f"{self.ws_url}: websocket connection failed: {exc}") from exc
 
@@ -246,7 +291,9 @@ class ComfyUIBackend:
                     raise
                 time.sleep(1.0)
 
-    def _follow(self, prompt_id: str, client_id: str, ws: websocket.WebSocket, progress: ProgressFn) -> websocket.WebSocket:
+    def _follow(
+        self, prompt_id: str, client_id: str, ws: websocket.WebSocket, progress: ProgressFn
+    ) -> websocket.WebSocket:
         """Follow the job's events until it ends; returns the (possibly new) socket."""
         last_activity = last_poll = time.monotonic()
         while True:
@@ -279,11 +326,15 @@ class ComfyUIBackend:
                     return ws
                 state = self.client.queue_state(prompt_id)
                 if state is None:
-                    raise NodeUnavailable(f"job {prompt_id} vanished from {self.url} (node restarted?)")
+                    raise NodeUnavailable(
+                        f"job {prompt_id} vanished from {self.url} (node restarted?)"
+                    )
                 if state == "pending":
                     last_activity = now
             if now - last_activity > self.settings.node_idle_timeout:
-                raise NodeTimeout(f"job {prompt_id} on {self.url} made no progress for {self.settings.node_idle_timeout:g}s")
+                raise NodeTimeout(
+                    f"job {prompt_id} on {self.url} made no progress for {self.settings.node_idle_timeout:g}s"
+                )
 
     @staticmethod
     def _handle(kind: str, data: dict[str, Any], progress: ProgressFn) -> bool:
@@ -296,7 +347,9 @@ class ComfyUIBackend:
         elif kind == "execution_error":
             raise classify_execution_error(data)
         elif kind == "execution_interrupted":
-            raise JobCancelled(f"job interrupted on node at {data.get('node_type', '?')} (node {data.get('node_id', '?')})")
+            raise JobCancelled(
+                f"job interrupted on node at {data.get('node_type', '?')} (node {data.get('node_id', '?')})"
+            )
         elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
             return True
         return False
@@ -321,9 +374,12 @@ class ComfyUIBackend:
         items = [
             item
             for node_out in (entry.get("outputs") or {}).values()
-            for values in node_out.values() if isinstance(values, list)
+            for values in node_out.values()
+            if isinstance(values, list)
             for item in values
-            if isinstance(item, dict) and "filename" in item and item.get("type", "output") == "output"
+            if isinstance(item, dict)
+            and "filename" in item
+            and item.get("type", "output") == "output"
         ]
         out_dir.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
@@ -334,5 +390,7 @@ class ComfyUIBackend:
             files.append(self.client.download(item, dest, self.settings.max_download_bytes))
         videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         if not videos:
-            raise BadNodeResponse(f"job {prompt_id} finished without a video output (outputs: {[f.name for f in files]})")
+            raise BadNodeResponse(
+                f"job {prompt_id} finished without a video output (outputs: {[f.name for f in files]})"
+            )
         return RenderResult(video=videos[0], files=files, backend_job_id=prompt_id)
