@@ -20,24 +20,31 @@ ATI_FRAMES = 81
 
 
 def parse_tracks(raw: Any, name: str = "trajectories") -> list[Track]:
-    """Parse ``[[{"x": .., "y": ..}, ...], ...]`` (or its JSON text) into tracks."""
+    """Parse ``[[{"x": .., "y": ..}, ...], ...]`` (or its JSON text) into tracks.
+
+    Points may also be ``(x, y)`` pairs or objects with ``x`` and ``y`` attributes.
+    """
     if isinstance(raw, str | bytes):
         try:
             raw = json.loads(raw)
         except ValueError as exc:
             raise InvalidInput(f"{name}: not valid JSON ({exc})") from None
-    if not isinstance(raw, list):
+    if not isinstance(raw, list | tuple):
         raise InvalidInput(f"{name}: expected a list of tracks")
     return [_parse_track(track, f"{name}[{i}]") for i, track in enumerate(raw)]
 
 
 def _parse_track(raw: Any, path: str) -> Track:
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list | tuple) or not raw:
         raise InvalidInput(f"{path}: expected a non-empty list of points")
     return [_parse_point(point, f"{path}[{j}]") for j, point in enumerate(raw)]
 
 
 def _parse_point(raw: Any, path: str) -> tuple[float, float]:
+    if isinstance(raw, list | tuple) and len(raw) == 2:
+        raw = {"x": raw[0], "y": raw[1]}
+    elif hasattr(raw, "x") and hasattr(raw, "y"):
+        raw = {"x": raw.x, "y": raw.y}
     if not isinstance(raw, dict):
         raise InvalidInput(f'{path}: expected an object {{"x": .., "y": ..}}')
     return _coord(raw, "x", path), _coord(raw, "y", path)

@@ -100,4 +100,6 @@ def test_concat_resamples_to_the_target_fps(tmp_path):
 
 def test_concat_missing_clip_is_invalid_input(tmp_path):
     with pytest.raises(InvalidInput, match="nope.mp4"):
-        media.concat_videos([Path(tmp_path / "nope.mp4")], tmp_path / "o.mp4", width=64, height=64, fps=8)
+        media.concat_videos(
+            [Path(tmp_path / "nope.mp4")], tmp_path / "o.mp4", width=64, height=64, fps=8
+        )

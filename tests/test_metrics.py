@@ -36,7 +36,9 @@ def scaled(frames, gain):
 
 def panned(px_per_frame: int = 8) -> list[np.ndarray]:
     wide = render([path()[0]], seed=5, width=W + px_per_frame * N)[0]
-    return [np.ascontiguousarray(wide[:, px_per_frame * k : px_per_frame * k + W]) for k in range(N)]
+    return [
+        np.ascontiguousarray(wide[:, px_per_frame * k : px_per_frame * k + W]) for k in range(N)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,9 @@ def test_result_shape_and_ranges(scores):
 
 
 def test_smoothness_orders_jitter_and_held_frames(scores):
-    smooth, j3, j8 = (score(scores, n, "motion_smoothness") for n in ("smooth", "jitter3", "jitter8"))
+    smooth, j3, j8 = (
+        score(scores, n, "motion_smoothness") for n in ("smooth", "jitter3", "jitter8")
+    )
     assert smooth > 0.9
     assert smooth > 1.5 * j3 and j3 > 1.2 * j8
     assert score(scores, "held", "motion_smoothness") < 0.7 * smooth
@@ -116,7 +120,9 @@ def test_cut_is_found_at_the_right_frame(scores):
     assert scores["cut"]["cuts"] == [N // 2]
     for name in ("smooth", "pan", "gain", "fade", "jitter8"):
         assert scores[name]["cuts"] == [], name
-    assert score(scores, "cut", "visual_consistency") < score(scores, "smooth", "visual_consistency")
+    assert score(scores, "cut", "visual_consistency") < score(
+        scores, "smooth", "visual_consistency"
+    )
 
 
 def test_pan_is_motion_compensated_in_consistency(scores):
@@ -143,7 +149,9 @@ def test_adherence_on_and_off_path(clips, scores):
 
 
 def test_adherence_degrades_with_jitter(scores):
-    on, j3, j8 = (score(scores, n, "trajectory_adherence") for n in ("smooth", "jitter3", "jitter8"))
+    on, j3, j8 = (
+        score(scores, n, "trajectory_adherence") for n in ("smooth", "jitter3", "jitter8")
+    )
     assert on > j3 > j8
 
 
@@ -168,7 +176,11 @@ def test_scene_scores_shots_and_continuity(clips, tmp_path):
     inverted = tmp_path / "inverted.mp4"
     write_video(inverted, (255 - f for f in render(path())), FPS)
     shots = [
-        {"id": "a", "path": clips["smooth"], "trajectories": [[{"x": x, "y": y} for x, y in path()]]},
+        {
+            "id": "a",
+            "path": clips["smooth"],
+            "trajectories": [[{"x": x, "y": y} for x, y in path()]],
+        },
         {"id": "b", "path": clips["static"]},
         {"id": "c", "path": inverted},
     ]
@@ -191,3 +203,9 @@ def test_scene_names_the_unreadable_shot(clips, tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(InvalidInput, match="shot b.*bad.mp4"):
         score_scene([{"id": "a", "path": clips["smooth"]}, {"id": "b", "path": bad}])
+
+
+def test_trajectory_never_in_frame_gives_no_adherence_score(clips):
+    r = score_clip(clips["static"], [[(-50.0, -50.0), (-60.0, -40.0)]])
+    assert "trajectory_adherence" not in r["scores"]
+    assert r["raw"]["trajectory_adherence"]["points"] == 0

@@ -1,4 +1,5 @@
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -21,7 +22,10 @@ def test_parse_tracks_accepts_pairs():
 @pytest.mark.parametrize(
     ("raw", "where"),
     [
-        ([[{"x": 0, "y": 0}], [{"x": 1, "y": 1}] * 3 + [{"x": "a", "y": 1}]], "trajectories[1][3].x"),
+        (
+            [[{"x": 0, "y": 0}], [{"x": 1, "y": 1}] * 3 + [{"x": "a", "y": 1}]],
+            "trajectories[1][3].x",
+        ),
         ([[{"x": 0}]], "trajectories[0][0].y"),
         ([[{"x": 0, "y": True}]], "trajectories[0][0].y"),
         ([[{"x": float("nan"), "y": 0}]], "trajectories[0][0].x"),
@@ -54,3 +58,12 @@ def test_track_at_resamples_over_normalised_time():
 
 def test_single_point_track_is_static():
     assert {track_at([(3.0, 4.0)], k, 33) for k in range(33)} == {(3.0, 4.0)}
+
+
+def test_parse_tracks_accepts_point_objects_in_tuples():
+    @dataclass(frozen=True)
+    class Point:
+        x: float
+        y: float
+
+    assert parse_tracks(((Point(1, 2), Point(3, 4)),)) == [[(1.0, 2.0), (3.0, 4.0)]]

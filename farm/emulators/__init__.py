@@ -1,0 +1,1 @@
+"""Emulated GPU nodes that speak the real wire protocols and make real (synthetic) video."""
