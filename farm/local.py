@@ -138,10 +138,10 @@ class LocalFarm:
     def start(self) -> LocalFarm:
         for folder in (self.logs, self.storage, self.root / "redis"):
             folder.mkdir(parents=True, exist_ok=True)
+        self.ports = {node.name: free_port() for node in self.nodes}
         try:
             self.start_redis()
             for node in self.nodes:
-                self.ports[node.name] = free_port()
                 self.start_emulator(node)
             for node in self.nodes:
                 url = self.node_url(node.name) + "/system_stats"

@@ -119,8 +119,8 @@ def test_preview_then_final_hands_over_inside_the_chord(rt):
                 {
                     "id": "only",
                     "action_description": "waves",
-                    "width": 320,
-                    "height": 192,
+                    "width": 512,
+                    "height": 320,
                     "frames": 9,
                 }
             ],
@@ -133,7 +133,7 @@ def test_preview_then_final_hands_over_inside_the_chord(rt):
     assert (
         probe(Path(shot["outputs"]["preview"])).width < probe(Path(shot["outputs"]["final"])).width
     )
-    assert probe(Path(status["outputs"]["video"])).width == 320  # the scene is cut from finals
+    assert probe(Path(status["outputs"]["video"])).width == 512  # the scene is cut from finals
 
 
 def test_a_shot_whose_node_is_down_fails_and_the_scene_still_assembles(rt, farm_cluster):

@@ -101,7 +101,11 @@ def test_start_image_is_frame_zero_and_the_background():
     image = cv2.resize(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), (W, H))
     track = ((100.0, 100.0), (200.0, 120.0))
     frames = render(spec(start_image=image, tracks=(track,)))
-    assert np.abs(frames[0].astype(int) - image.astype(int)).mean() < 1
+    diff = np.abs(frames[0].astype(int) - image.astype(int)).sum(axis=2)
+    yy, xx = np.mgrid[0:H, 0:W]
+    subject = np.hypot(xx - track[0][0], yy - track[0][1]) <= min(W, H) / 10 + 3
+    assert diff[~subject].max() == 0  # frame 0 is the start image, but for the tracked subject
+    assert diff[subject].mean() > 10  # which stands out from its surroundings
     later = frames[-1][H // 2 :, : W // 3].astype(int)  # away from the disk and banner
     assert np.abs(later - image[H // 2 :, : W // 3].astype(int)).mean() < 5
 

@@ -97,14 +97,14 @@ def rejection(status: int, body: Any) -> FarmError:
     parts, missing = [], False
     for node_id, node in (body.get("node_errors") or {}).items():
         for e in node.get("errors", []):
-            name = (e.get("extra_info") or {}).get("input_name") or e.get("details") or "?"
+            extra = e.get("extra_info") or {}
+            name = extra.get("input_name") or e.get("details") or "?"
+            got = f" (got {extra['received_value']!r})" if "received_value" in extra else ""
             parts.append(
-                f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: {e.get('message')} [{e.get('type')}]"
+                f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: "
+                f"{e.get('message')}{got} [{e.get('type')}]"
             )
-            missing |= (
-                e.get("type") in {"value_not_in_list", "custom_validation_failed"}
-                and name in MODEL_INPUTS
-            )
+            missing |= e.get("type") in {"value_not_in_list", "custom_validation_failed"} and name in MODEL_INPUTS
     message = error.get("message") or "node refused the prompt"
     detail = "; ".join(parts) or str(error.get("details") or "")
     text = f"{message}: {detail}" if detail else message

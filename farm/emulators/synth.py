@@ -202,9 +202,16 @@ class _Renderer:
         size = 2 * self.radius + 5
         if self.start is not None:
             centre = (float(round(at[0])), float(round(at[1])))
-            return cv2.getRectSubPix(self.start, (size, size), centre)
-        tex = _smooth_noise(rng, (size, size), (max(2, self.radius // 3), 2))[..., None]
-        img = colours[3] + 45 * tex + 30 * _smooth_noise(rng, (size, size, 3), (3,))
+            patch = cv2.getRectSubPix(self.start, (size, size), centre)
+            if not self.spec.tracks:
+                return patch  # image-to-video: a part of the picture comes alive
+            # trajectory control: the subject under the track's first point is what moves, lifted
+            # from its surroundings (contrast and a rim) as a generated subject is
+            mean = patch.astype(np.float32).mean(axis=(0, 1))
+            img = (patch.astype(np.float32) - mean) * 1.8 + mean + 25
+        else:
+            tex = _smooth_noise(rng, (size, size), (max(2, self.radius // 3), 2))[..., None]
+            img = colours[3] + 45 * tex + 30 * _smooth_noise(rng, (size, size, 3), (3,))
         yy, xx = np.mgrid[0:size, 0:size] - size // 2
         rim = np.abs(np.hypot(xx, yy) - self.radius + 1.5) < max(1.0, self.radius / 10)
         img[rim] = 20

@@ -1,0 +1,228 @@
+"""What an emulated GPU node holds and how it behaves: its profile and its cost models.
+
+A profile is a JSON file (see ``deploy/nodes/*.json`` and docs/emulators.md)::
+
+    {"name": "gpu-a", "gpu": "NVIDIA GeForce RTX 4090", "vram_gb": 24,
+     "models": {"diffusion_models": [...], "text_encoders": [...], "vae": [...]},
+     "speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
+
+The cost models are pure functions of the profile and the job, so tests need no server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farm.errors import ConfigError
+
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras")
+#: the workload ``step_s`` is measured at: 832x480 pixels, 81 frames
+REFERENCE_VOXELS = 832 * 480 * 81
+MIN_STEP_S = 0.01
+#: VRAM model (GB): CUDA context, VAE and allocator slack; and the smallest working set of
+#: weights that must stay resident while the rest is offloaded to system RAM
+VRAM_OVERHEAD_GB = 1.0
+MIN_RESIDENT_GB = 2.0
+#: activations at the reference workload: a base plus a part growing with model size
+ACT_BASE_GB = 2.5
+ACT_PER_BPARAM_GB = 0.15
+
+_DEFAULTS: dict[str, Any] = {"speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
+_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """An emulated node: identity, GPU, model inventory and timing/failure knobs."""
+
+    name: str
+    gpu: str
+    vram_gb: float
+    models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    speed: float = 1.0
+    model_load_s: float = 2.0
+    step_s: float = 0.15
+    failure_rate: float = 0.0
+
+    def files(self, folder: str) -> list[str]:
+        """The model files held in ``folder`` (empty for an unknown folder)."""
+        return list(self.models.get(folder, ()))
+
+
+def load_profile(path: Path) -> NodeProfile:
+    """Read and check a profile file; ConfigError names each bad field and its fix."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"node profile {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"node profile {path} is not valid JSON: {exc}") from None
+    return parse_profile(data, str(path))
+
+
+def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
+    """Check a decoded profile and build it; every problem is reported at once."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: a node profile is a JSON object with fields {', '.join(_FIELDS)}"
+        )
+    problems = [
+        f"unknown field {k!r}: remove it (known: {', '.join(_FIELDS)})"
+        for k in data
+        if k not in _FIELDS
+    ]
+    values = {**_DEFAULTS, **{k: v for k, v in data.items() if k in _FIELDS}}
+    for key in ("name", "gpu"):
+        if not isinstance(values.get(key), str) or not values[key].strip():
+            problems.append(
+                f'{key}: required non-empty string (e.g. "gpu-a", "NVIDIA GeForce RTX 4090")'
+            )
+    checks = {
+        "vram_gb": (lambda v: v > 0, "a number of gigabytes > 0, e.g. 24"),
+        "speed": (lambda v: v > 0, "a multiplier > 0 (1.0 = reference GPU, 0.5 = twice as slow)"),
+        "model_load_s": (lambda v: v >= 0, "seconds >= 0, e.g. 2.0"),
+        "step_s": (lambda v: v > 0, "seconds per sampler step at 832x480x81, > 0, e.g. 0.15"),
+        "failure_rate": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1, e.g. 0.05"),
+    }
+    for key, (ok, fix) in checks.items():
+        value = values.get(key)
+        if not _is_number(value) or not ok(value):
+            problems.append(f"{key}: got {value!r}; use {fix}")
+    models = _parse_models(values.get("models"), problems)
+    if problems:
+        raise ConfigError(
+            "\n".join([f"invalid node profile {where}:", *(f"  - {p}" for p in problems)])
+        )
+    return NodeProfile(
+        name=values["name"].strip(),
+        gpu=values["gpu"].strip(),
+        vram_gb=float(values["vram_gb"]),
+        models=models,
+        speed=float(values["speed"]),
+        model_load_s=float(values["model_load_s"]),
+        step_s=float(values["step_s"]),
+        failure_rate=float(values["failure_rate"]),
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_models(raw: Any, problems: list[str]) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        problems.append(
+            f"models: required object {{folder: [file, ...]}}; folders: {', '.join(MODEL_FOLDERS)}"
+        )
+        return {}
+    models: dict[str, tuple[str, ...]] = {folder: () for folder in MODEL_FOLDERS}
+    for folder, files in raw.items():
+        if folder not in MODEL_FOLDERS:
+            problems.append(
+                f"models.{folder}: unknown folder; use one of {', '.join(MODEL_FOLDERS)}"
+            )
+        elif not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            problems.append(f"models.{folder}: must be a list of file names (strings)")
+        else:
+            models[folder] = tuple(sorted(set(files)))
+    return models
+
+
+# --- cost models -------------------------------------------------------------------------
+
+
+def workload(width: int, height: int, length: int, batch: int = 1) -> float:
+    """The job's size relative to the reference workload (832x480, 81 frames)."""
+    return width * height * length * batch / REFERENCE_VOXELS
+
+
+def step_seconds(
+    profile: NodeProfile, width: int, height: int, length: int, batch: int = 1
+) -> float:
+    """Seconds per sampler step: ``step_s`` scaled by the workload, divided by ``speed``."""
+    return max(MIN_STEP_S, profile.step_s * workload(width, height, length, batch) / profile.speed)
+
+
+def load_seconds(profile: NodeProfile, share: float = 1.0) -> float:
+    """Seconds to load ``share`` of a diffusion model's worth of weights."""
+    return profile.model_load_s * share / profile.speed
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Billions of parameters and bytes per parameter of a diffusion model file."""
+
+    params_b: float
+    bytes_per_param: float
+
+    @property
+    def weights_gb(self) -> float:
+        return self.params_b * self.bytes_per_param
+
+
+_KNOWN_PARAMS = (("hunyuan_video", 13.0), ("hunyuan", 13.0), ("ltx", 13.0), ("flux", 12.0))
+
+
+def model_size(file: str, weight_dtype: str = "default") -> ModelSize:
+    """Size of a model from its file name ("...14B_fp16..."), with UNETLoader's dtype override."""
+    low = file.lower()
+    match = re.search(r"(\d+(?:\.\d+)?)b(?![a-z])", low)
+    params = (
+        float(match.group(1)) if match else next((p for k, p in _KNOWN_PARAMS if k in low), 5.0)
+    )
+    if weight_dtype.startswith("fp8") or "fp8" in low:
+        width = 1.0
+    elif "fp32" in low:
+        width = 4.0
+    else:
+        width = 2.0
+    return ModelSize(params, width)
+
+
+def activations_gb(size: ModelSize, load: float) -> float:
+    """Activation memory of a sampling run: (ACT_BASE_GB + ACT_PER_BPARAM_GB x params) x load."""
+    return (ACT_BASE_GB + ACT_PER_BPARAM_GB * size.params_b) * load
+
+
+def fits_in_vram(size: ModelSize, vram_gb: float, load: float) -> bool:
+    """Whether a run fits once ComfyUI offloads all but a minimal working set of weights.
+
+    needed = min(weights, MIN_RESIDENT_GB) + activations + VRAM_OVERHEAD_GB <= vram_gb
+    """
+    floor = min(MIN_RESIDENT_GB, size.weights_gb)
+    return floor + activations_gb(size, load) + VRAM_OVERHEAD_GB <= vram_gb
+
+
+def vram_needed_gb(size: ModelSize, vram_gb: float, load: float) -> float:
+    """Peak VRAM of a run: resident weights (as many as fit, at least the working set),
+    activations and overhead."""
+    act = activations_gb(size, load)
+    room = vram_gb - act - VRAM_OVERHEAD_GB
+    resident = min(size.weights_gb, max(min(MIN_RESIDENT_GB, size.weights_gb), room))
+    return resident + act + VRAM_OVERHEAD_GB
+
+
+def resident_gb(size: ModelSize, vram_gb: float) -> float:
+    """VRAM the weights keep between jobs (what a reference-size job leaves them)."""
+    return min(size.weights_gb, max(0.0, vram_gb - VRAM_OVERHEAD_GB - ACT_BASE_GB))
+
+
+def unit_hash(*parts: str) -> float:
+    """A deterministic number in [0, 1) from ``parts``."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def failure_step(profile: NodeProfile, prompt_id: str, steps: int) -> int | None:
+    """The sampler step at which job ``prompt_id`` fails, or None (deterministic per id)."""
+    if profile.failure_rate <= 0 or unit_hash("fail", prompt_id) >= profile.failure_rate:
+        return None
+    return max(1, math.ceil(steps / 2))

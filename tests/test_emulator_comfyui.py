@@ -1,0 +1,441 @@
+"""The emulated ComfyUI node: a real server on loopback, driven like a real ComfyUI node.
+
+The recorded exchanges in ../shared/reference/comfyui-transcripts are the oracle for shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+import websocket
+
+from farm.emulators.profile import (
+    failure_step,
+    fits_in_vram,
+    model_size,
+    parse_profile,
+    workload,
+)
+from farm.errors import ConfigError
+from farm.media import probe
+
+from .conftest import REPO
+
+TRANSCRIPTS = REPO.parent / "shared" / "reference" / "comfyui-transcripts"
+#: shapes of the recorded success run (run_animated_with_previews.json) and /system_stats
+HISTORY_KEYS = ["prompt", "outputs", "status", "meta"]
+STATUS_KEYS = ["status_str", "completed", "messages"]
+MESSAGES = [("execution_start", {"prompt_id", "timestamp"}),
+            ("execution_cached", {"nodes", "prompt_id", "timestamp"}),
+            ("execution_success", {"prompt_id", "timestamp"})]  # fmt: skip
+META_KEYS = ["node_id", "display_node", "parent_node", "real_node_id"]
+SYSTEM_KEYS = {
+    "os", "ram_total", "ram_free", "comfyui_version", "required_frontend_version",
+    "installed_templates_version", "required_templates_version", "python_version",
+    "pytorch_version", "embedded_python", "argv",
+}  # fmt: skip
+DEVICE_KEYS = {
+    "name",
+    "type",
+    "index",
+    "vram_total",
+    "vram_free",
+    "torch_vram_total",
+    "torch_vram_free",
+}
+T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
+PROFILE = {
+    "name": "test-node",
+    "gpu": "NVIDIA GeForce RTX 4090",
+    "vram_gb": 24,
+    "models": {
+        "diffusion_models": [T2V, "wan2.1_i2v_480p_14B_fp16.safetensors"],
+        "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
+        "vae": ["wan_2.1_vae.safetensors"],
+        "clip_vision": ["clip_vision_h.safetensors"],
+    },
+    "speed": 1.0,
+    "model_load_s": 0.2,
+    "step_s": 0.05,
+    "failure_rate": 0.0,
+}
+TIMEOUT = 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """Base URL of an emulated node started as ``python -m farm.emulators.comfyui``."""
+    root = tmp_path_factory.mktemp("emulator")
+    profile = root / "profile.json"
+    profile.write_text(json.dumps(PROFILE))
+    port = free_port()
+    cmd = [sys.executable, "-m", "farm.emulators.comfyui", "--port", str(port)]
+    cmd += ["--profile", str(profile), "--data", str(root / "data")]
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(url + "/system_stats", timeout=1).raise_for_status()
+            break
+        except requests.RequestException:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError((root / "server.log").read_text()) from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0, (root / "server.log").read_text()
+
+
+class Client:
+    """A websocket session plus the HTTP calls a farm makes."""
+
+    def __init__(self, url: str, preview_metadata: bool = False) -> None:
+        self.url, self.id = url, uuid.uuid4().hex
+        ws_url = url.replace("http", "ws", 1) + f"/ws?clientId={self.id}"
+        self.ws = websocket.create_connection(ws_url, timeout=TIMEOUT)
+        self.first = json.loads(self.ws.recv())
+        if preview_metadata:
+            flags = {"supports_preview_metadata": True}
+            self.ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+        self.binary: list[bytes] = []
+
+    def submit(self, graph: dict, **extra) -> requests.Response:
+        body = {"prompt": graph, "client_id": self.id, **extra}
+        return requests.post(self.url + "/prompt", json=body, timeout=TIMEOUT)
+
+    def events(self, prompt_id: str, until: str = "done") -> list[tuple[str, dict]]:
+        """Text events up to the job's end (``executing`` null) or the first ``until`` event."""
+        out = []
+        while True:
+            msg = self.ws.recv()
+            if isinstance(msg, bytes):
+                self.binary.append(msg)
+                continue
+            event = json.loads(msg)
+            out.append((event["type"], event["data"]))
+            data = event["data"]
+            if event["type"] == until and data.get("prompt_id") == prompt_id:
+                return out
+            done = event["type"] == "executing" and data["node"] is None
+            if done and data["prompt_id"] == prompt_id:
+                return out
+
+    def history(self, prompt_id: str) -> dict:
+        return requests.get(f"{self.url}/history/{prompt_id}", timeout=TIMEOUT).json()
+
+
+def wan_t2v(width=160, height=96, length=9, steps=3, seed=None, model=T2V) -> dict:
+    graph = json.loads((REPO / "workflows" / "wan_t2v.json").read_text())
+    for node in graph.values():
+        title = node["_meta"]["title"]
+        if title == "Video Latent":
+            node["inputs"].update(width=width, height=height, length=length)
+        elif title == "Sampler":
+            node["inputs"].update(steps=steps, seed=seed if seed is not None else time.time_ns())
+        elif title == "Diffusion Model":
+            node["inputs"]["unet_name"] = model
+    return graph
+
+
+def strip_tracebacks(value):
+    if isinstance(value, dict):
+        return {k: "..." if k == "traceback" else strip_tracebacks(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_tracebacks(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["error_bad_link", "error_no_outputs", "error_unknown_class", "error_value_out_of_range"],
+)
+def test_validation_errors_reproduce_the_transcripts(node, name):
+    if not TRANSCRIPTS.is_dir():
+        pytest.skip("shared/reference is not beside the project")
+    recorded = json.loads((TRANSCRIPTS / f"{name}.json").read_text())
+    resp = requests.post(node + "/prompt", json=recorded["request"], timeout=TIMEOUT)
+    assert resp.status_code == recorded["response"]["status"]
+    assert strip_tracebacks(resp.json()) == strip_tracebacks(recorded["response"]["body"])
+
+
+def test_tiny_wan_t2v_run_streams_events_and_saves_an_mp4(node, tmp_path):
+    client = Client(node)
+    assert client.first["type"] == "status" and client.first["data"]["sid"] == client.id
+    resp = client.submit(wan_t2v(), prompt_id="t2v-run-1")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["prompt_id"] == "t2v-run-1" and body["node_errors"] == {}
+    events = client.events("t2v-run-1")
+    types = [t for t, _ in events]
+    mine = [t for t, d in events if d.get("prompt_id") == "t2v-run-1"]
+    assert mine[:2] == ["execution_start", "execution_cached"]
+    assert types[-3:] == ["execution_success", "status", "executing"]
+    steps = [d["value"] for t, d in events if t == "progress"]
+    assert steps == [1, 2, 3] and all(d["max"] == 3 for t, d in events if t == "progress")
+    for i, (kind, data) in enumerate(events):  # per node: progress_state, then executing
+        if kind == "executing" and data["node"] is not None:
+            state = events[i - 1]
+            assert state[0] == "progress_state"
+            assert state[1]["nodes"][data["node"]]["state"] == "running"
+    (executed,) = [d for t, d in events if t == "executed"]
+    assert executed["node"] == "50" and executed["output"]["animated"] == [True]
+    previews = [m for m in client.binary if struct.unpack(">II", m[:8]) == (1, 1)]
+    assert len(previews) == 3 and all(m[8:10] == b"\xff\xd8" for m in previews)
+
+    entry = client.history("t2v-run-1")["t2v-run-1"]
+    assert list(entry) == HISTORY_KEYS and list(entry["status"]) == STATUS_KEYS
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
+    assert [(m[0], set(m[1])) for m in entry["status"]["messages"]] == MESSAGES
+    assert entry["prompt"][1] == "t2v-run-1" and entry["prompt"][3] == {"client_id": client.id}
+    assert entry["prompt"][4] == ["50"] and list(entry["meta"]["50"]) == META_KEYS
+    (item,) = entry["outputs"]["50"]["images"]
+    assert item["subfolder"] == "farm" and item["type"] == "output"
+    assert item["filename"].startswith("shot_") and item["filename"].endswith("_.mp4")
+
+    video = requests.get(node + "/view", params=item, timeout=TIMEOUT)
+    assert video.status_code == 200 and video.headers["Content-Type"] == "video/mp4"
+    (tmp_path / "clip.mp4").write_bytes(video.content)
+    info = probe(tmp_path / "clip.mp4")
+    assert (info.frames, info.width, info.height) == (9, 160, 96)
+    assert info.fps == pytest.approx(16.0)
+
+    again = client.submit(wan_t2v(seed=entry["prompt"][2]["3"]["inputs"]["seed"]))
+    rerun = client.events(again.json()["prompt_id"])
+    cached = next(d for t, d in rerun if t == "execution_cached")
+    assert set(cached["nodes"]) == set(entry["prompt"][2])  # identical graph: all cached
+    assert [d["output"] for t, d in rerun if t == "executed"] == [executed["output"]]
+
+
+def test_api_prefix_and_static_routes(node):
+    stats = requests.get(node + "/api/system_stats", timeout=TIMEOUT).json()
+    assert set(stats["system"]) == SYSTEM_KEYS
+    (device,) = stats["devices"]
+    assert set(device) == DEVICE_KEYS and device["type"] == "cuda"
+    assert device["vram_total"] == 24 * 2**30 and "RTX 4090" in device["name"]
+    assert requests.get(node + "/api/prompt", timeout=TIMEOUT).json() == {
+        "exec_info": {"queue_remaining": 0}
+    }
+    assert requests.get(node + "/api/models/diffusion_models", timeout=TIMEOUT).json() == sorted(
+        PROFILE["models"]["diffusion_models"]
+    )
+    assert requests.get(node + "/models/nope", timeout=TIMEOUT).status_code == 404
+    features = requests.get(node + "/features", timeout=TIMEOUT).json()
+    assert features["supports_preview_metadata"] is True
+    info = requests.get(node + "/api/object_info/UNETLoader", timeout=TIMEOUT).json()["UNETLoader"]
+    assert info["input"]["required"]["unet_name"][0] == sorted(
+        PROFILE["models"]["diffusion_models"]
+    )
+    assert info["input_order"] == {"required": ["unet_name", "weight_dtype"]}
+    assert info["output"] == ["MODEL"] and info["output_node"] is False
+    assert requests.get(node + "/object_info/NotARealNode", timeout=TIMEOUT).json() == {}
+    every = requests.get(node + "/object_info", timeout=TIMEOUT).json()
+    used = {
+        n["class_type"]
+        for w in (REPO / "workflows").glob("*.json")
+        for n in json.loads(w.read_text()).values()
+    }
+    assert used <= set(every)
+    assert every["SaveVideo"]["output_node"] is True
+
+
+def test_malformed_json_origin_check_and_partial_validity(node):
+    resp = requests.post(node + "/prompt", data=b"{not json", timeout=TIMEOUT)
+    assert resp.status_code == 500 and resp.headers["Content-Type"].startswith("text/plain")
+    headers = {"Origin": "http://evil.example.com"}
+    assert requests.get(node + "/queue", headers=headers, timeout=TIMEOUT).status_code == 403
+    graph = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+        },
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},  # no filename_prefix
+    }
+    client = Client(node)
+    resp = client.submit(graph)
+    assert resp.status_code == 200
+    errors = resp.json()["node_errors"]
+    assert errors["3"]["errors"][0]["type"] == "required_input_missing"
+    assert errors["3"]["dependent_outputs"] == ["3"]
+    client.events(resp.json()["prompt_id"])
+    entry = client.history(resp.json()["prompt_id"])[resp.json()["prompt_id"]]
+    assert list(entry["outputs"]) == ["2"] and entry["outputs"]["2"]["images"][0]["type"] == "temp"
+
+
+def test_model_the_node_lacks_is_value_not_in_list(node):
+    resp = Client(node).submit(wan_t2v(model="hunyuan_video_t2v_720p_bf16.safetensors"))
+    assert resp.status_code == 400
+    body = resp.json()
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    (error,) = body["node_errors"]["37"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert error["details"].startswith(
+        "unet_name: 'hunyuan_video_t2v_720p_bf16.safetensors' not in ["
+    )
+    assert error["extra_info"]["input_name"] == "unet_name"
+    assert body["node_errors"]["37"]["dependent_outputs"] == ["50"]
+
+
+def test_missing_start_image_is_a_custom_validation_error(node):
+    graph = json.loads((REPO / "workflows" / "wan_i2v.json").read_text())
+    graph["52"]["inputs"]["image"] = "farm/missing.png"
+    resp = Client(node).submit(graph)
+    assert resp.status_code == 400
+    (error,) = resp.json()["node_errors"]["52"]["errors"]
+    assert error["type"] == "custom_validation_failed"
+    assert error["details"] == "image - Invalid image file: farm/missing.png"
+
+
+def test_huge_job_runs_out_of_memory(node):
+    client = Client(node)
+    resp = client.submit(wan_t2v(width=1920, height=1088, length=161))
+    assert resp.status_code == 200
+    pid = resp.json()["prompt_id"]
+    events = client.events(pid)
+    (error,) = [d for t, d in events if t == "execution_error"]
+    assert error["exception_type"] == "torch.OutOfMemoryError"
+    assert error["exception_message"].startswith("Allocation on device")
+    assert "ran out of memory" in error["exception_message"]
+    assert error["node_id"] == "3" and error["node_type"] == "KSampler"
+    assert error["current_inputs"]["steps"] == [3] and isinstance(error["traceback"], list)
+    status = client.history(pid)[pid]["status"]
+    assert status["status_str"] == "error" and status["completed"] is False
+    assert status["messages"][-1][0] == "execution_error"
+
+
+def test_odd_size_fails_in_save_video(node):
+    graph = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 65, "height": 64, "batch_size": 3, "color": 0},
+        },
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8.0}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {
+                "video": ["2", 0],
+                "filename_prefix": "odd/x",
+                "format": "mp4",
+                "codec": "h264",
+            },
+        },
+    }
+    client = Client(node)
+    pid = client.submit(graph).json()["prompt_id"]
+    (error,) = [d for t, d in client.events(pid) if t == "execution_error"]
+    assert error["node_type"] == "SaveVideo" and "not divisible by 2" in error["exception_message"]
+    assert sorted(error["executed"]) == ["1", "2"]
+
+
+def test_queue_listing_delete_and_interrupt(node):
+    client = Client(node, preview_metadata=True)
+    assert json.loads(client.ws.recv())["type"] == "feature_flags"
+    long_job = client.submit(wan_t2v(width=832, height=480, length=81, steps=200), prompt_id="long")
+    assert long_job.status_code == 200
+    client.events("long", until="progress")
+    pending = client.submit(wan_t2v(), prompt_id="pending")
+    queue = requests.get(node + "/queue", timeout=TIMEOUT).json()
+    assert [item[1] for item in queue["queue_running"]] == ["long"]
+    assert [item[1] for item in queue["queue_pending"]] == ["pending"]
+    number, pid, graph, extra, outputs = queue["queue_pending"][0]
+    assert pid == "pending" and extra == {"client_id": client.id} and outputs == ["50"]
+    assert number == pending.json()["number"] and graph["50"]["class_type"] == "SaveVideo"
+
+    requests.post(node + "/queue", json={"delete": ["pending"]}, timeout=TIMEOUT)
+    queue = requests.get(node + "/queue", timeout=TIMEOUT).json()
+    assert queue["queue_pending"] == [] and client.history("pending") == {}
+    assert client.history("long") == {}  # running: no history yet
+
+    requests.post(node + "/interrupt", json={"prompt_id": "another"}, timeout=TIMEOUT)
+    client.events("long", until="progress")  # a foreign id interrupts nothing
+    assert requests.post(node + "/interrupt", json={"prompt_id": "long"}, timeout=TIMEOUT).ok
+    events = client.events("long")
+    (stop,) = [d for t, d in events if t == "execution_interrupted"]
+    assert stop["node_id"] == "3" and stop["node_type"] == "KSampler" and "timestamp" in stop
+    status = client.history("long")["long"]["status"]
+    assert status["status_str"] == "error" and status["completed"] is False
+    assert status["messages"][-1][0] == "execution_interrupted"
+    typed = [m for m in client.binary if struct.unpack(">I", m[:4])[0] == 4]
+    assert typed, "previews with metadata after the feature flag"
+    size = struct.unpack(">I", typed[0][4:8])[0]
+    meta = json.loads(typed[0][8 : 8 + size])
+    assert meta["prompt_id"] == "long" and meta["node_id"] == "3"
+    assert meta["image_type"] == "image/jpeg" and typed[0][8 + size : 10 + size] == b"\xff\xd8"
+
+
+def test_upload_naming_rule(node):
+    def upload(data: bytes) -> dict:
+        files = {"image": ("start.png", data, "image/png")}
+        resp = requests.post(
+            node + "/upload/image", files=files, data={"subfolder": "farm"}, timeout=TIMEOUT
+        )
+        assert resp.status_code == 200
+        return resp.json()
+
+    assert upload(b"one") == {"name": "start.png", "subfolder": "farm", "type": "input"}
+    assert upload(b"one")["name"] == "start.png"  # same name, same bytes: kept
+    assert upload(b"two")["name"] == "start (1).png"  # same name, other bytes: renamed
+    assert upload(b"three")["name"] == "start (2).png"
+    got = requests.get(
+        node + "/view", params={"filename": "start (1).png", "subfolder": "farm", "type": "input"}
+    )
+    assert got.content == b"two"
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"filename": "../profile.json"}, 400),
+        ({"filename": "/etc/passwd"}, 400),
+        ({"filename": "passwd", "subfolder": "../../../../etc"}, 403),
+        ({"filename": "example.png", "type": "secret"}, 400),
+        ({"filename": "nothing-here.mp4"}, 404),
+        ({"filename": "example.png", "type": "input"}, 200),
+    ],
+)
+def test_view_refuses_path_escapes(node, params, status):
+    assert requests.get(node + "/view", params=params, timeout=TIMEOUT).status_code == status
+
+
+def test_profile_errors_name_the_field_and_the_fix():
+    bad = {**PROFILE, "vram_gb": 0, "speed": -1, "failure_rate": 2, "colour": "red"}
+    bad["models"] = {"unets": ["x"]}
+    with pytest.raises(ConfigError) as err:
+        parse_profile(bad, "bad.json")
+    text = str(err.value)
+    for field in ("vram_gb", "speed", "failure_rate", "'colour'", "models.unets"):
+        assert field in text
+    assert "use a number of gigabytes > 0" in text
+
+
+def test_vram_model_fits_demo_sizes_and_refuses_huge_ones():
+    profile = json.loads((REPO / "deploy" / "nodes" / "gpu-a.json").read_text())
+    for file in profile["models"]["diffusion_models"]:
+        assert fits_in_vram(model_size(file), 24, workload(832, 480, 81))
+        assert not fits_in_vram(model_size(file), 24, workload(1920, 1088, 161))
+
+
+def test_failures_are_deterministic_per_prompt_id():
+    flaky = parse_profile({**PROFILE, "failure_rate": 0.5})
+    ids = [f"job-{i}" for i in range(200)]
+    first = [failure_step(flaky, i, 30) for i in ids]
+    assert first == [failure_step(flaky, i, 30) for i in ids]
+    assert 60 < sum(f is not None for f in first) < 140 and {f for f in first if f} == {15}
+    assert failure_step(parse_profile(PROFILE), "job-1", 30) is None
