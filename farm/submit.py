@@ -31,5 +31,8 @@ def enqueue(
     quality = quality or scene.quality
     jobs = place_scene(plan_scene(scene, quality), rt.registry.infos(), rt.registry.loads())
     rt.state.create_scene(scene.to_dict(), [j.to_dict() for j in jobs], quality, replace=replace)
-    scene_canvas(scene.id, jobs, rt.settings.cpu_queue).apply_async()
+    result = scene_canvas(scene.id, jobs, rt.settings.cpu_queue).apply_async()
+    # progress is read from the farm state, not from Celery results: drop the subscription
+    # the Redis result backend opened for this result, so nothing lingers in this process
+    result.backend.remove_pending_result(result)
     return jobs
