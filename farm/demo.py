@@ -62,7 +62,10 @@ def run_demo(
     )
     for shot in status["shots"]:
         clip = shot["outputs"].get("final") or shot["outputs"].get("preview") or shot.get("error")
-        console.print(f"  shot {shot['id']:<12} {shot['state']:<7} {shot['node'] or '-':<6} {clip}", soft_wrap=True)
+        console.print(
+            f"  shot {shot['id']:<12} {shot['state']:<7} {shot['node'] or '-':<6} {clip}",
+            soft_wrap=True,
+        )
     for name, path in status["outputs"].items():
         console.print(f"  {name:<8} {path}", soft_wrap=True)
     summary = (status.get("metrics") or {}).get("summary")

@@ -32,7 +32,18 @@ def enqueue(
     jobs = place_scene(plan_scene(scene, quality), rt.registry.infos(), rt.registry.loads())
     rt.state.create_scene(scene.to_dict(), [j.to_dict() for j in jobs], quality, replace=replace)
     result = scene_canvas(scene.id, jobs, rt.settings.cpu_queue).apply_async()
-    # progress is read from the farm state, not from Celery results: drop the subscription
-    # the Redis result backend opened for this result, so nothing lingers in this process
-    result.backend.remove_pending_result(result)
+    _unsubscribe(result)
     return jobs
+
+
+def _unsubscribe(result) -> None:
+    """Drop the pub/sub subscriptions the Redis result backend opened for the chord's tasks:
+    progress is read from the farm state, and nothing should linger in this process."""
+    consumer = result.backend.result_consumer
+    pending = [result]
+    while pending:
+        res = pending.pop()
+        consumer.cancel_for(res.id)
+        pending += [r for r in (getattr(res, "results", None) or []) if r is not None]
+        if res.parent is not None:
+            pending.append(res.parent)

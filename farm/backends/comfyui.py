@@ -104,7 +104,10 @@ def rejection(status: int, body: Any) -> FarmError:
                 f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: "
                 f"{e.get('message')}{got} [{e.get('type')}]"
             )
-            missing |= e.get("type") in {"value_not_in_list", "custom_validation_failed"} and name in MODEL_INPUTS
+            missing |= (
+                e.get("type") in {"value_not_in_list", "custom_validation_failed"}
+                and name in MODEL_INPUTS
+            )
     message = error.get("message") or "node refused the prompt"
     detail = "; ".join(parts) or str(error.get("details") or "")
     text = f"{message}: {detail}" if detail else message
