@@ -22,14 +22,13 @@ from farm.planning import plan_job
 from farm.scene import parse_scene
 from farm.settings import Settings
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui-transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "comfyui-transcripts"
 
 
 def transcript(name):
     return json.loads((TRANSCRIPTS / name).read_text())["response"]
 
 
-@pytest.mark.skipif(not TRANSCRIPTS.is_dir(), reason="shared/reference is not beside the project")
 def test_validation_bodies_name_node_class_and_input():
     err = rejection(400, transcript("error_value_out_of_range.json")["body"])
     assert isinstance(err, NodeRejected)
