@@ -63,24 +63,7 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
     heartbeat.beat()  # registered before the first task can arrive
     heartbeat.start()
     try:
-        app.worker_main(
-            [
-                "worker",
-                "-Q",
-                node_queue(node.name),
-                "-n",
-                f"{node.name}@%h",
-                "-c",
-                "1",
-                "--pool",
-                "prefork",
-                "-E",
-                "-l",
-                loglevel,
-                "--without-mingle",
-                "--without-gossip",
-            ]
-        )
+        run_worker(node_queue(node.name), f"{node.name}@%h", 1, loglevel)
     finally:
         heartbeat.stopped.set()
         heartbeat.registry.mark_down(node.name, "worker stopped")
@@ -90,21 +73,12 @@ def run_cpu_worker(
     settings: Settings, concurrency: int | None = None, loglevel: str = "INFO"
 ) -> None:
     """Run a worker for the CPU queue (assembly and scoring)."""
-    app.worker_main(
-        [
-            "worker",
-            "-Q",
-            settings.cpu_queue,
-            "-n",
-            f"cpu{os.getpid()}@%h",
-            "-c",
-            str(concurrency or os.cpu_count() or 1),
-            "--pool",
-            "prefork",
-            "-E",
-            "-l",
-            loglevel,
-            "--without-mingle",
-            "--without-gossip",
-        ]
+    run_worker(
+        settings.cpu_queue, f"cpu{os.getpid()}@%h", concurrency or os.cpu_count() or 1, loglevel
     )
+
+
+def run_worker(queue: str, name: str, concurrency: int, loglevel: str) -> None:
+    """A prefork Celery worker on one queue, sending events (for Flower)."""
+    app.worker_main(["worker", "-Q", queue, "-n", name, "-c", str(concurrency), "--pool", "prefork",
+                     "-E", "-l", loglevel, "--without-mingle", "--without-gossip"])  # fmt: skip
