@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from farm.errors import InvalidInput
+from farm.jsonfile import read_json
 
 SCHEMA_FILE = "scene-v1.schema.json"
 
@@ -127,14 +128,7 @@ def schema() -> dict[str, Any]:
 def load_scene(path: str | Path) -> Scene:
     """Read and validate a scene file; relative ``start_image`` paths are relative to it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInput(f"scene file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"scene file {path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    data = read_json(path, "scene file", InvalidInput)
     return parse_scene(data, base_dir=path.resolve().parent)
 
 

@@ -84,13 +84,8 @@ def run_job(
         job.scene_id,
         job.shot_id,
         {
-            "attempt": job.attempt,
-            "kind": job.kind,
-            "node": job.node,
-            "state": "done",
-            "seconds": seconds,
+            **_attempt(job, "done", seconds),
             "backend_job_id": result.backend_job_id,
-            "model": job.model,
             "workflow": job.workflow,
             "seed": job.params.get("seed"),
         },
@@ -147,14 +142,9 @@ def _failed(rt: Runtime, job: Job, exc: FarmError, seconds: float) -> Outcome:
         job.scene_id,
         job.shot_id,
         {
-            "attempt": job.attempt,
-            "kind": job.kind,
-            "node": job.node,
-            "state": "failed",
-            "seconds": round(seconds, 2),
+            **_attempt(job, "failed", seconds),
             "error_kind": exc.kind,
             "error": str(exc),
-            "model": job.model,
         },
     )
     nxt = None
@@ -191,6 +181,12 @@ def _failed(rt: Runtime, job: Job, exc: FarmError, seconds: float) -> Outcome:
         finished=time.time(),
     )
     return Outcome(record=_record(job, "failed", error=message))
+
+
+def _attempt(job: Job, state: str, seconds: float) -> dict[str, Any]:
+    """The common part of an attempt-log entry."""
+    return {"attempt": job.attempt, "kind": job.kind, "node": job.node, "state": state,
+            "seconds": round(seconds, 2), "model": job.model}  # fmt: skip
 
 
 def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:

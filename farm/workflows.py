@@ -7,11 +7,11 @@ farm parameter to ``(title, input name)``. Nothing is ever bound by node positio
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from farm.errors import WorkflowError
+from farm.jsonfile import read_json
 
 #: farm parameter -> (node title, input name)
 BINDINGS: dict[str, tuple[str, str]] = {
@@ -35,12 +35,7 @@ Graph = dict[str, dict[str, Any]]
 def load_workflow(name: str, folder: Path) -> Graph:
     """Read ``folder/name.json`` and check it is an API-format graph."""
     path = folder / f"{name}.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise WorkflowError(f"workflow {name!r} not found: {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise WorkflowError(f"workflow {path} is not valid JSON: {exc}") from None
+    data = read_json(path, f"workflow {name!r}", WorkflowError)
     check_api_format(data, str(path))
     return data
 

@@ -12,7 +12,6 @@ The cost models are pure functions of the profile and the job, so tests need no 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError
+from farm.jsonfile import read_json
 
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras")
 #: the workload ``step_s`` is measured at: 832x480 pixels, 81 frames
@@ -59,12 +59,7 @@ class NodeProfile:
 def load_profile(path: Path) -> NodeProfile:
     """Read and check a profile file; ConfigError names each bad field and its fix."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"node profile {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"node profile {path} is not valid JSON: {exc}") from None
+    data = read_json(path, "node profile", ConfigError)
     return parse_profile(data, str(path))
 
 
