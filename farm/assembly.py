@@ -10,10 +10,14 @@ from typing import Any
 
 from farm import media
 from farm.runtime import Runtime
-from farm.scene import Scene, parse_scene
+from farm.scene import Scene, Shot, parse_scene
 from farm.state import SceneState, ShotState
+from farm.trajectory import resample
 
 log = logging.getLogger(__name__)
+
+#: samples of a smooth target path handed to the metrics (not 121: that is the ATI grid)
+TARGET_SAMPLES = 256
 
 
 def scene_dir(storage: Path, scene_id: str) -> Path:
@@ -77,6 +81,16 @@ def _slate(path: Path, shot_id: str, error: Any, size: media.VideoInfo, frames: 
     return path
 
 
+def _target_paths(shot: Shot) -> list[list[tuple[float, float]]]:
+    """The shot's tracks as the paths it was asked to follow: the drawn points for linear
+    interpolation, a dense resampling of the smooth curve otherwise (metrics interpolate
+    linearly between the points they are given)."""
+    tracks = [[(p.x, p.y) for p in t] for t in shot.trajectories]
+    if shot.trajectory_interpolation == "linear":
+        return tracks
+    return [resample(t, TARGET_SAMPLES, shot.trajectory_interpolation) for t in tracks]
+
+
 def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
     """Score every rendered shot and the cuts between them; write ``metrics.json``."""
     from farm import metrics  # OpenCV-heavy: imported only where scoring runs
@@ -93,7 +107,7 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
             "id": shot.id,
             "path": shot_clip(shots[shot.id]),
             "canvas": (shot.width, shot.height),
-            "trajectories": [[(p.x, p.y) for p in t] for t in shot.trajectories] or None,
+            "trajectories": _target_paths(shot) or None,
         }
         for shot in scene.shots
         if shots[shot.id].get("state") == ShotState.DONE and shot_clip(shots[shot.id])

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from farm.errors import ConfigError, FarmError, InvalidInput
@@ -33,7 +34,7 @@ def fail(exc: FarmError) -> NoReturn:
         if isinstance(exc, ConfigError)
         else EXIT_FAILED
     )
-    err_console.print(f"[red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -205,20 +206,154 @@ def worker(
     loglevel: str,
 ) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
-    from farm.settings import NodeConfig, get_settings
+    from farm.settings import NodeConfig, get_settings, node_name_for
     from farm.worker import run_cpu_worker, run_node_worker
 
-    if cpu == bool(node_name):
-        fail(InvalidInput("give exactly one of --node NAME or --cpu"))
+    if cpu == bool(node_name or url):
+        fail(InvalidInput("give exactly one of --node NAME (or --url URL) or --cpu"))
     try:
         settings = get_settings()
         if cpu:
             run_cpu_worker(settings, concurrency, loglevel)
             return
-        node = NodeConfig(node_name, kind, url.rstrip("/")) if url else settings.node(node_name)
+        if url:
+            node = NodeConfig(node_name or node_name_for(url), kind, url.rstrip("/"))
+        else:
+            node = settings.node(node_name)
         run_node_worker(node, settings, loglevel)
     except FarmError as exc:
         fail(exc)
+
+
+@cli.command()
+@click.argument("scene_id")
+@click.argument("shot_id")
+@click.option(
+    "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the image here."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print mime, size and age as JSON.")
+def preview(scene_id: str, shot_id: str, out: Path | None, as_json: bool) -> None:
+    """The newest preview frame a node sent for a running shot."""
+    try:
+        rt = runtime()
+        rt.state.scene(scene_id)  # a clear error for an unknown scene
+        frame = rt.state.preview(scene_id, shot_id)
+    except FarmError as exc:
+        fail(exc)
+    if frame is None:
+        fail(InvalidInput(f"no preview for shot {shot_id!r} of scene {scene_id!r} (yet)"))
+    if out:
+        out.write_bytes(frame["image"])
+    info = {"scene": scene_id, "shot": shot_id, "mime": frame["mime"], "bytes": frame["bytes"],
+            "at": frame["at"], "path": str(out) if out else None}  # fmt: skip
+    if as_json:
+        print_json(info)
+    else:
+        where = f" → {out}" if out else " (use -o FILE to save it)"
+        console.print(f"{shot_id}: {frame['mime']}, {frame['bytes']} bytes{where}")
+
+
+@cli.group()
+def comfy() -> None:
+    """Talk to one ComfyUI server directly (check a node, run any workflow)."""
+
+
+@comfy.command("run")
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--url", required=True, help="ComfyUI server, e.g. http://10.0.0.5:8188 (or .../api)."
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="TITLE.input=VALUE",
+    help="Set an input of the node with that title (or id); VALUE is JSON or text. Repeatable.",
+)  # fmt: skip
+@click.option(
+    "--upload", "uploads", multiple=True, metavar="[TITLE.input=]FILE",
+    help="Upload an input image first; set that input, or every image input naming FILE.",
+)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Folder for the downloaded outputs.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def comfy_run(
+    workflow: Path, url: str, sets: tuple[str, ...], uploads: tuple[str, ...], out: Path,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Run WORKFLOW (API or editor format) on a ComfyUI server and download its outputs.
+
+    Exits 0 when the job succeeds, 1 when the server rejects or fails it (its error is
+    printed), 2 for bad input, 3 when the server cannot be reached.
+    """
+    from farm.comfy_run import run_workflow
+    from farm.settings import get_settings
+
+    settings = get_settings()
+    shown = [-1.0]
+
+    def progress(fraction: float, message: str = "", preview: bytes | None = None) -> None:
+        if preview is None and fraction - shown[0] >= 0.1:
+            shown[0] = fraction
+            err_console.print(f"{fraction:4.0%} {message}", highlight=False)
+
+    try:
+        summary = run_workflow(
+            url.rstrip("/"), workflow, out, sets=sets, uploads=uploads,
+            http_timeout=settings.http_timeout, idle_timeout=settings.node_idle_timeout,
+            max_bytes=settings.max_download_bytes, progress=progress,
+        )  # fmt: skip
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(summary)
+    else:
+        colour = "green" if summary["status"] == "success" else "red"
+        console.print(
+            f"[{colour}]{summary['status']}[/] prompt {summary['prompt_id']} "
+            f"in {summary['seconds']:.1f}s; events: "
+            + ", ".join(f"{k} {v}" for k, v in summary["events"].items())
+        )
+        for item in summary["outputs"]:
+            console.print(f"  {item['path']} ({item['bytes']} bytes)")
+        if summary["error"]:
+            err_console.print(
+                f"[red]error:[/] {escape(summary['error'])}", highlight=False, soft_wrap=True
+            )
+    if summary["status"] != "success":
+        unreachable = summary["error_kind"] in {"node_unavailable", "timeout"}
+        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_FAILED)
+
+
+@comfy.command("info")
+@click.option("--url", required=True, help="ComfyUI server, e.g. http://10.0.0.5:8188.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def comfy_info(url: str, as_json: bool) -> None:
+    """Discover a ComfyUI server: version, GPU, models and the farm workflows it can run."""
+    from farm.backends.comfyui import ComfyUIBackend
+    from farm.errors import NodeTimeout, NodeUnavailable
+    from farm.settings import get_settings
+
+    try:
+        info = ComfyUIBackend(url, get_settings()).describe()
+    except (NodeUnavailable, NodeTimeout) as exc:
+        fail(ConfigError(str(exc)))
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(info)
+        return
+    vram = info["vram_total"] / 2**30
+    console.print(f"ComfyUI {info['version'] or '?'} on {info['gpu'] or '?'} ({vram:.0f} GiB), "
+                  f"{info['classes']} node classes")  # fmt: skip
+    for folder, files in info["models"].items():
+        console.print(f"  {folder}: {', '.join(files)}", highlight=False)
+    for name, cap in info["workflows"].items():
+        if cap["ok"]:
+            usable = ", ".join(cap["catalog"]) or "no catalogue model"
+            console.print(f"  [green]can run[/] {name} ({usable}) with models: "
+                          f"{escape(', '.join(cap['models']) or '-')}")  # fmt: skip
+        else:
+            console.print(f"  [red]cannot run[/] {name}: {escape('; '.join(cap['missing']))}")
 
 
 @cli.group()

@@ -5,8 +5,14 @@ GPU, version) and then beats every ``FARM_HEARTBEAT`` seconds. A node whose last
 is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, is down.
 
     farm:nodes          set of node names
-    farm:node:{name}    hash: name, kind, url, queue, models (JSON), gpu, vram_total, version,
-                        last_seen, ok, reason, started
+    farm:node:{name}    hash: name, kind, url, queue, models (JSON), gpu, vram_total,
+                        vram_free, devices (JSON), version, classes, workflows (JSON:
+                        name -> {ok, missing, models}), described, last_seen, ok, reason,
+                        started
+
+Discovery (``Backend.describe``) runs at registration and again every
+``FARM_DISCOVERY_INTERVAL`` seconds and whenever the node comes back, so models added
+to a node are seen without restarting anything.
 """
 
 from __future__ import annotations
@@ -44,17 +50,31 @@ class NodeRegistry:
                 "kind": kind,
                 "url": url,
                 "queue": node_queue(name),
-                "models": json.dumps(description.get("models", {})),
-                "gpu": description.get("gpu", ""),
-                "vram_total": str(description.get("vram_total", 0)),
-                "version": description.get("version", ""),
-                "last_seen": str(now),
                 "started": str(now),
                 "ok": "1",
                 "reason": "",
             },
         )
+        self.update_description(name, description)
         self.r.sadd(self.s.key("nodes"), name)
+
+    def update_description(self, name: str, description: dict[str, Any]) -> None:
+        """Store what discovery found (an empty description: the node did not answer)."""
+        now = time.time()
+        fields = {
+            "models": json.dumps(description.get("models", {})),
+            "gpu": description.get("gpu", ""),
+            "vram_total": str(description.get("vram_total", 0)),
+            "vram_free": str(description.get("vram_free", 0)),
+            "devices": json.dumps(description.get("devices", [])),
+            "version": description.get("version", ""),
+            "classes": str(description.get("classes", 0)),
+            "last_seen": str(now),
+        }
+        if "workflows" in description:
+            fields["workflows"] = json.dumps(description["workflows"])
+            fields["described"] = str(now)
+        self.r.hset(self.key(name), mapping=fields)
 
     def beat(self, name: str, ok: bool, reason: str = "") -> None:
         """A heartbeat: the worker lives; ``ok`` says whether its node server answered."""
@@ -91,7 +111,12 @@ class NodeRegistry:
                     "models": json.loads(raw.get("models") or "{}"),
                     "gpu": raw.get("gpu", ""),
                     "vram_total": int(float(raw.get("vram_total") or 0)),
+                    "vram_free": int(float(raw.get("vram_free") or 0)),
+                    "devices": json.loads(raw.get("devices") or "[]"),
                     "version": raw.get("version", ""),
+                    "classes": int(raw.get("classes") or 0),
+                    "workflows": json.loads(raw["workflows"]) if raw.get("workflows") else None,
+                    "described": float(raw.get("described") or 0),
                     "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
                     "age": round(age, 1),
                     "reason": raw.get("reason", ""),
@@ -108,6 +133,9 @@ class NodeRegistry:
                 kind=r["kind"],
                 alive=r["alive"],
                 models={k: tuple(v) for k, v in r["models"].items()},
+                workflows=None
+                if r["workflows"] is None
+                else {w: tuple(c["models"]) for w, c in r["workflows"].items() if c.get("ok")},
             )
             for r in self.records()
         ]

@@ -13,6 +13,7 @@ from typing import Any
 from farm.catalog import Catalog, Model, load_catalog
 from farm.errors import NoCapableNode
 from farm.scene import Scene, Shot
+from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
 
 REFERENCE_WORKLOAD = 832 * 480 * 81
 #: cost of loading another model on a node, in reference sampler steps
@@ -36,6 +37,8 @@ class NodeInfo:
     alive: bool = True
     models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     speed: float = 1.0
+    #: workflows the node can run → diffusion models it offers for them (None: not discovered)
+    workflows: Mapping[str, tuple[str, ...]] | None = None
 
     def missing(self, files: Mapping[str, Iterable[str]]) -> list[str]:
         """Files of ``files`` (folder → names) this node does not hold."""
@@ -45,6 +48,16 @@ class NodeInfo:
             for name in names
             if name not in self.models.get(folder, ())
         ]
+
+    def cannot_run(self, job: Job) -> str | None:
+        """Why this node cannot run ``job``'s workflow with its model, or None if it can."""
+        if self.workflows is None:
+            return None
+        if job.workflow not in self.workflows:
+            return f"cannot run workflow {job.workflow} (see `farm nodes`)"
+        if job.model not in self.workflows[job.workflow]:
+            return f"offers no {job.model} to workflow {job.workflow}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,11 +143,16 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
     if shot.start_image:
         params["start_image"] = shot.start_image
     if shot.trajectories:
-        sx, sy = width / shot.width, height / shot.height
-        params["tracks"] = [
-            [{"x": round(p.x * sx, 2), "y": round(p.y * sy, 2)} for p in track]
-            for track in shot.trajectories
-        ]
+        if not ati_length_ok(params["length"]):  # WanTrackToVideo fails at 121 and 241
+            params["length"] -= model.engine.frame_step
+        params["tracks"] = ati_tracks(
+            [[(p.x, p.y) for p in track] for track in shot.trajectories],
+            width,
+            height,
+            shot.trajectory_interpolation,
+            src_size=(shot.width, shot.height),
+            length=params["length"],
+        )
     return Job(
         scene_id=scene.id,
         shot_id=shot.id,
@@ -177,12 +195,15 @@ def place(
     reasons: list[str] = []
     for node in nodes:
         missing = node.missing(job.files)
+        unable = node.cannot_run(job)
         if node.name in exclude:
             reasons.append(f"{node.name}: already failed this shot")
         elif not node.alive:
             reasons.append(f"{node.name}: down (no heartbeat)")
         elif missing:
             reasons.append(f"{node.name}: lacks {', '.join(missing)}")
+        elif unable:
+            reasons.append(f"{node.name}: {unable}")
         else:
             switch = 0.0 if last_model.get(node.name) == job.model else MODEL_SWITCH_COST
             score = (load.get(node.name, 0.0) + job.cost + switch) / max(node.speed, 1e-3)
@@ -238,10 +259,7 @@ def next_attempt(
         p = dict(job.params)
         w, h = snap(p["width"] * 0.75, 16, minimum=64), snap(p["height"] * 0.75, 16, minimum=64)
         if "tracks" in p:
-            p["tracks"] = [
-                [{"x": q["x"] * w / p["width"], "y": q["y"] * h / p["height"]} for q in t]
-                for t in p["tracks"]
-            ]
+            p["tracks"] = scale_tracks(p["tracks"], (p["width"], p["height"]), (w, h))
         p.update(width=w, height=h)
         nxt = replace(nxt, params=p)
     exclude = tried if error_kind in NODE_KINDS else ()

@@ -19,6 +19,7 @@ import jsonschema
 
 from farm.errors import InvalidInput
 from farm.jsonfile import read_json
+from farm.trajectory import track_problems
 
 SCHEMA_FILE = "scene-v1.schema.json"
 
@@ -62,6 +63,7 @@ class Shot:
     seed: int = 0
     start_image: str | None = None
     trajectories: tuple[tuple[Point, ...], ...] = ()
+    trajectory_interpolation: str = "linear"
 
     @property
     def prompt(self) -> str:
@@ -97,6 +99,8 @@ class Scene:
             for key in ("start_image", "trajectories"):
                 if not raw[key]:
                     del raw[key]
+            if not shot.trajectories and shot.trajectory_interpolation == "linear":
+                del raw["trajectory_interpolation"]  # the default, and nothing to interpolate
         return data
 
 
@@ -177,6 +181,7 @@ def _shot(scene_id: str, raw: dict[str, Any], base_dir: Path | None) -> Shot:
             tuple(Point(float(p["x"]), float(p["y"])) for p in track)
             for track in raw.get("trajectories", ())
         ),
+        trajectory_interpolation=raw.get("trajectory_interpolation", "linear"),
     )
 
 
@@ -203,14 +208,9 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
                 f"{where}.id: shot id {shot['id']!r} is already used by $.shots[{seen[shot['id']]}]; shot ids must be unique"
             )
         seen.setdefault(shot["id"], i)
-        width, height = shot.get("width", 832), shot.get("height", 480)
-        for t, track in enumerate(shot.get("trajectories", ())):
-            for k, p in enumerate(track):
-                if not (0 <= p["x"] <= width and 0 <= p["y"] <= height):
-                    problems.append(
-                        f"{where}.trajectories[{t}][{k}]: point ({p['x']}, {p['y']}) is outside the "
-                        f"{width}x{height} canvas; points are pixels with 0 <= x <= width, 0 <= y <= height"
-                    )
+        if "trajectories" in shot:
+            width, height = shot.get("width", 832), shot.get("height", 480)
+            problems += track_problems(shot["trajectories"], width, height, f"{where}.trajectories")
         if shot.get("trajectories") and not shot.get("start_image"):
             problems.append(
                 f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image"

@@ -7,6 +7,7 @@ Every process (CLI, workers, emulators, tests) builds its settings with
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,19 +29,23 @@ class NodeConfig:
 
 
 def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
-    """Parse ``FARM_NODES``: ``name=URL`` pairs separated by commas.
+    """Parse ``FARM_NODES``: ``name=URL`` pairs or bare URLs, separated by commas.
 
     The URL may carry the backend kind as a scheme prefix (``comfyui+http://...``,
-    ``wan2gp+http://...``); plain ``http(s)://`` means ComfyUI.
+    ``wan2gp+http://...``); plain ``http(s)://`` means ComfyUI. A bare URL's node is
+    named after its host and port (``http://10.0.0.5:8188`` → ``10-0-0-5-8188``).
     """
     nodes: list[NodeConfig] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, url = item.partition("=")
+        if "://" in name:  # a bare URL (its query may hold an '=')
+            name, sep, url = "", "=", item
         name, url = name.strip(), url.strip()
-        if not sep or not name or not url:
+        if not sep or not url:
             raise ConfigError(
-                f"FARM_NODES: {item!r} is not 'name=URL' (e.g. gpu0=http://10.0.0.5:8188)"
+                f"FARM_NODES: {item!r} is not 'name=URL' or a URL (e.g. gpu0=http://10.0.0.5:8188)"
             )
+        name = name or node_name_for(url)
         kind = "comfyui"
         scheme, plus, rest = url.partition("+")
         if plus and scheme in NODE_KINDS:
@@ -53,6 +58,12 @@ def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
             raise ConfigError(f"FARM_NODES: node {name!r} is listed twice")
         nodes.append(NodeConfig(name=name, kind=kind, url=url.rstrip("/")))
     return tuple(nodes)
+
+
+def node_name_for(url: str) -> str:
+    """A node name made from a URL's host and port."""
+    netloc = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", netloc).strip("-") or "node"
 
 
 def _env(name: str, help: str, default: str) -> dict:
@@ -80,13 +91,15 @@ class Settings:
     workflows_dir: Path = field(
         **_env(
             "FARM_WORKFLOWS",
-            "Folder of ComfyUI API-format workflow files",
+            "Folder of ComfyUI workflow files (API or editor format)",
             str(REPO_ROOT / "workflows"),
         )
     )
     nodes: tuple[NodeConfig, ...] = field(
         **_env(
-            "FARM_NODES", "GPU nodes, 'name=URL,...' (URL may start with comfyui+ or wan2gp+)", ""
+            "FARM_NODES",
+            "GPU nodes: 'name=URL' or bare URLs, comma-separated (URL may start with comfyui+ or wan2gp+)",
+            "",
         )
     )
     key_prefix: str = field(**_env("FARM_PREFIX", "Prefix of every farm key in Redis", "farm"))
@@ -114,6 +127,13 @@ class Settings:
         )
     )
     heartbeat: float = field(**_env("FARM_HEARTBEAT", "Seconds between node heartbeats", "5"))
+    discovery_interval: float = field(
+        **_env(
+            "FARM_DISCOVERY_INTERVAL",
+            "Seconds between re-discoveries of a node's models and workflows",
+            "300",
+        )
+    )
     node_ttl: float = field(
         **_env(
             "FARM_NODE_TTL", "Seconds without a heartbeat after which a node counts as down", "20"

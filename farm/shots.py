@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from farm.backends import Backend, make_backend
+from farm.backends import Backend, image_mime, make_backend
 from farm.errors import FarmError, NodeUnavailable
 from farm.planning import Job, next_attempt, place, plan_job
 from farm.runtime import Runtime
@@ -25,6 +25,7 @@ from farm.state import SceneState, ShotState
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5  # seconds between progress writes to Redis
+PREVIEW_EVERY = 1.0  # seconds between preview frames kept
 
 
 @dataclass
@@ -202,20 +203,26 @@ def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:
 
 
 def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
-    """A progress callback that writes at most every PROGRESS_EVERY seconds."""
-    last = [0.0]
+    """A progress callback that writes at most every PROGRESS_EVERY seconds, and keeps
+    the newest preview frame (file beside the shot, and in Redis) every PREVIEW_EVERY."""
+    last = {"progress": 0.0, "preview": 0.0}
 
     def report(fraction: float, message: str = "", preview: bytes | None = None) -> None:
         now = time.monotonic()
         if preview is not None:
-            path = folder / "preview.jpg"
+            mime = image_mime(preview)
+            if mime is None or now - last["preview"] < PREVIEW_EVERY:
+                return
+            last["preview"] = now
+            path = folder / ("preview.png" if mime == "image/png" else "preview.jpg")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(preview)
-            if now - last[0] >= PROGRESS_EVERY:
-                rt.state.update_shot(job.scene_id, job.shot_id, preview=str(path))
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_bytes(preview)
+            tmp.replace(path)
+            rt.state.set_preview(job.scene_id, job.shot_id, preview, mime, str(path))
             return
-        if now - last[0] >= PROGRESS_EVERY or fraction >= 1.0:
-            last[0] = now
+        if now - last["progress"] >= PROGRESS_EVERY or fraction >= 1.0:
+            last["progress"] = now
             rt.state.update_shot(
                 job.scene_id,
                 job.shot_id,

@@ -6,12 +6,15 @@ Keys (all under the settings' prefix, ``farm`` by default)::
     farm:scene:{scene}          hash: id, title, quality, priority, state, spec, shots, outputs, metrics, ...
     farm:shot:{scene}:{shot}    hash: id, state, progress, node, attempts, outputs, error, ...
     farm:events:{scene}         stream of {type, shot?, ...} events, capped
+    farm:preview:{scene}:{shot} hash: the newest preview frame of a running shot
+                                (mime, data = base64 image, bytes, at)
 
 Names and numbers are stored as plain text, everything else as JSON text.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from enum import StrEnum
@@ -24,6 +27,7 @@ from farm.errors import ConfigError, InvalidInput
 from farm.settings import Settings
 
 EVENTS_MAXLEN = 2000
+MAX_PREVIEW_BYTES = 512 * 1024
 PLAIN = frozenset({"id", "title", "state", "quality", "kind", "node"})
 NUMBERS: dict[str, type] = {
     "progress": float,
@@ -33,6 +37,7 @@ NUMBERS: dict[str, type] = {
     "updated": float,
     "started": float,
     "finished": float,
+    "preview_at": float,
 }
 
 
@@ -202,6 +207,7 @@ class FarmState:
         shots = self.scene(scene_id).get("shots", []) if self.exists(scene_id) else []
         keys = [self.scene_key(scene_id), self.events_key(scene_id)]
         keys += [self.shot_key(scene_id, s) for s in shots]
+        keys += [self.preview_key(scene_id, s) for s in shots]
         self.r.delete(*keys)
         self.r.zrem(self.s.key("scenes"), scene_id)
 
@@ -277,6 +283,38 @@ class FarmState:
         self.update_shot(scene_id, shot_id, attempt_log=log, attempts=len(log))
         return log
 
+    # previews
+    def preview_key(self, scene_id: str, shot_id: str) -> str:
+        return self.s.key("preview", scene_id, shot_id)
+
+    def set_preview(self, scene_id: str, shot_id: str, image: bytes, mime: str, path: str) -> bool:
+        """Keep ``image`` as the shot's newest preview (False if over MAX_PREVIEW_BYTES)."""
+        if len(image) > MAX_PREVIEW_BYTES:
+            return False
+        now = time.time()
+        pipe = self.r.pipeline()
+        key = self.preview_key(scene_id, shot_id)
+        pipe.hset(
+            key,
+            mapping={"mime": mime, "data": base64.b64encode(image).decode(),
+                     "bytes": len(image), "at": f"{now:.3f}"},
+        )  # fmt: skip
+        pipe.expire(key, self.s.result_expires)
+        pipe.hset(
+            self.shot_key(scene_id, shot_id),
+            mapping=_encode({"preview": path, "preview_at": now, "updated": now}),
+        )
+        pipe.execute()
+        return True
+
+    def preview(self, scene_id: str, shot_id: str) -> dict[str, Any] | None:
+        """The shot's newest preview: ``{"mime", "image": bytes, "bytes", "at"}`` or None."""
+        raw = self.r.hgetall(self.preview_key(scene_id, shot_id))
+        if not raw:
+            return None
+        return {"mime": raw["mime"], "image": base64.b64decode(raw["data"]),
+                "bytes": int(raw["bytes"]), "at": float(raw["at"])}  # fmt: skip
+
     # events
     def event(self, scene_id: str, type_: str, **data: Any) -> str:
         fields = {"type": type_, "time": f"{time.time():.3f}", **_encode(data)}
@@ -308,6 +346,7 @@ class FarmState:
                 "used_fallback": s.get("used_fallback", False),
                 "primary_error": s.get("primary_error"),
                 "preview": s.get("preview"),
+                "preview_at": s.get("preview_at"),
             }
             for s in self.shots(scene_id)
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from farm.backends import make_backend
 from farm.celery_app import app
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Probes the node every ``settings.heartbeat`` seconds and records the result."""
+    """Probes the node every ``settings.heartbeat`` seconds and records the result;
+    re-discovers it every ``settings.discovery_interval`` seconds and when it comes back."""
 
     def __init__(self, node: NodeConfig, settings: Settings) -> None:
         super().__init__(name=f"heartbeat-{node.name}", daemon=True)
@@ -30,23 +32,33 @@ class Heartbeat(threading.Thread):
         self.registry = NodeRegistry(connect(settings, check=False), settings)
         self.backend = make_backend(node.kind, node.url, settings)
         self.stopped = threading.Event()
-        self.described = False
+        self.registered = False
+        self.described_at: float | None = None  # None: describe at the next beat
 
     def beat(self) -> None:
         try:
-            if not self.described:
-                self.registry.register(
-                    self.node.name, self.node.kind, self.node.url, self.backend.describe()
-                )
-                self.described = True
+            due = self.described_at is None or (
+                time.monotonic() - self.described_at >= self.settings.discovery_interval
+            )
+            if due:
+                description = self.backend.describe()
+                if self.registered:
+                    self.registry.update_description(self.node.name, description)
+                else:
+                    self.registry.register(
+                        self.node.name, self.node.kind, self.node.url, description
+                    )
+                    self.registered = True
+                self.described_at = time.monotonic()
             else:
                 self.backend.probe()
-                self.registry.beat(self.node.name, ok=True)
+            self.registry.beat(self.node.name, ok=True)
         except FarmError as exc:
             log.warning("node %s does not answer: %s", self.node.name, exc)
-            if not self.described:
+            if not self.registered:
                 self.registry.register(self.node.name, self.node.kind, self.node.url, {})
-                self.described = False
+                self.registered = True
+            self.described_at = None  # describe again once it answers
             self.registry.beat(self.node.name, ok=False, reason=str(exc))
         except Exception:  # Redis hiccups must not kill the heartbeat
             log.exception("heartbeat of %s failed", self.node.name)

@@ -1,15 +1,19 @@
-"""ComfyUI workflows in API format, with parameters bound by node title.
+"""ComfyUI workflows, with parameters bound by node title.
 
-A workflow names its parameter nodes with ``_meta.title``; :data:`BINDINGS` maps each
-farm parameter to ``(title, input name)``. Nothing is ever bound by node position.
+Workflows are API-format graphs, or editor-format files converted with the node's
+``/object_info`` (:mod:`farm.comfy_editor`). A workflow names its parameter nodes with
+``_meta.title`` (the node's title in the editor); :data:`BINDINGS` maps each farm
+parameter to ``(title, input name)``. Nothing is ever bound by node position.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from farm.comfy_editor import editor_to_api, is_editor_format
 from farm.errors import WorkflowError
 from farm.jsonfile import read_json
 
@@ -32,11 +36,34 @@ BINDINGS: dict[str, tuple[str, str]] = {
 Graph = dict[str, dict[str, Any]]
 
 
-def load_workflow(name: str, folder: Path) -> Graph:
-    """Read ``folder/name.json`` and check it is an API-format graph."""
+def workflow_names(folder: Path) -> list[str]:
+    """The workflows in ``folder`` (``*.json``), by name."""
+    return sorted(p.stem for p in Path(folder).glob("*.json"))
+
+
+def load_workflow(
+    name: str, folder: Path, object_info: Callable[[], dict[str, Any]] | None = None
+) -> Graph:
+    """Read ``folder/name.json`` as an API-format graph.
+
+    An editor-format file is converted with ``object_info()`` (the node's class
+    definitions); without it, it is refused with the export hint.
+    """
     path = folder / f"{name}.json"
     data = read_json(path, f"workflow {name!r}", WorkflowError)
-    check_api_format(data, str(path))
+    return as_api_graph(data, str(path), object_info)
+
+
+def as_api_graph(
+    data: Any, where: str, object_info: Callable[[], dict[str, Any]] | None = None
+) -> Graph:
+    """``data`` as an API-format graph, converting the editor format when possible."""
+    if is_editor_format(data) and object_info is not None:
+        try:
+            data = editor_to_api(data, object_info())
+        except WorkflowError as exc:
+            raise WorkflowError(f"{where}: editor-format workflow not converted:\n{exc}") from None
+    check_api_format(data, where)
     return data
 
 

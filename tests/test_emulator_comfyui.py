@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -76,15 +77,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    """Base URL of an emulated node started as ``python -m farm.emulators.comfyui``."""
-    root = tmp_path_factory.mktemp("emulator")
-    profile = root / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
+def start_emulator(root: Path, profile: dict) -> tuple[str, subprocess.Popen]:
+    """(base URL, process) of ``python -m farm.emulators.comfyui`` on a free loopback port;
+    its output goes to ``root/server.log``."""
+    (root / "profile.json").write_text(json.dumps(profile))
     port = free_port()
     cmd = [sys.executable, "-m", "farm.emulators.comfyui", "--port", str(port)]
-    cmd += ["--profile", str(profile), "--data", str(root / "data")]
+    cmd += ["--profile", str(root / "profile.json"), "--data", str(root / "data")]
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -92,12 +91,19 @@ def node(tmp_path_factory):
     while True:
         try:
             requests.get(url + "/system_stats", timeout=1).raise_for_status()
-            break
+            return url, proc
         except requests.RequestException:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError((root / "server.log").read_text()) from None
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """Base URL of an emulated node started as ``python -m farm.emulators.comfyui``."""
+    root = tmp_path_factory.mktemp("emulator")
+    url, proc = start_emulator(root, PROFILE)
     yield url
     proc.terminate()
     assert proc.wait(timeout=10) == 0, (root / "server.log").read_text()

@@ -16,6 +16,7 @@ from farm.planning import (
     snap_frames,
 )
 from farm.scene import parse_scene
+from farm.trajectory import track_at
 
 CAT = load_catalog()
 
@@ -74,9 +75,16 @@ def test_start_image_and_trajectories_choose_image_engines():
     sc = scene(start_image="/a.png", trajectories=tracks)
     job = plan_job(sc, sc.shots[0], "preview", CAT)
     assert job.workflow == "wan_ati" and job.params["start_image"] == "/a.png"
-    assert job.params["tracks"] == [
-        [{"x": 50.0, "y": 50.0}, {"x": 400.0, "y": 200.0}]
-    ]  # scaled to 416x240
+    [track] = job.params["tracks"]  # scaled to 416x240, on WanTrackToVideo's 121 samples
+    assert len(track) == 121
+    assert track[0] == {"x": 50.0, "y": 50.0} and track[-1] == {"x": 400.0, "y": 200.0}
+    length = job.params["length"]
+    for k in range(length):  # each frame reads the straight line's position at its time
+        x, y = track_at([(p["x"], p["y"]) for p in track], k, length)
+        t = k / (length - 1)
+        assert abs(x - (50 + 350 * t)) < 0.02 and abs(y - (50 + 150 * t)) < 0.02
+    long = scene(start_image="/a.png", trajectories=tracks, frames=121)
+    assert plan_job(long, long.shots[0], "final", CAT).params["length"] == 117  # not 121
     sc = scene(start_image="/a.png")
     assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan_i2v"
 
@@ -117,6 +125,23 @@ def test_no_capable_node_says_what_each_node_lacks():
         and "hunyuan_video_t2v_720p_bf16.safetensors" in text
         and "b: down" in text
     )
+
+
+def test_discovered_workflows_decide_what_a_node_can_run():
+    sc = scene()
+    job = plan_job(sc, sc.shots[0], "preview", CAT)
+    files = node("x", "wan_t2v_fast").models
+    undiscovered = NodeInfo("a", models=files)
+    no_workflow = NodeInfo("b", models=files, workflows={"wan_i2v": (job.model,)})
+    other_model = NodeInfo("c", models=files, workflows={job.workflow: ("other.safetensors",)})
+    able = NodeInfo("d", models=files, workflows={job.workflow: (job.model,)})
+    assert undiscovered.cannot_run(job) is None and able.cannot_run(job) is None
+    with pytest.raises(NoCapableNode) as info:
+        place(job, [no_workflow, other_model])
+    text = str(info.value)
+    assert f"b: cannot run workflow {job.workflow} (see `farm nodes`)" in text
+    assert f"c: offers no {job.model} to workflow {job.workflow}" in text
+    assert place(job, [no_workflow, other_model, able]) == "d"
 
 
 def test_place_scene_balances_and_groups_models():

@@ -175,3 +175,55 @@ def test_prompt_skips_empty_parts():
 def test_every_camera_movement_has_its_phrase(move):
     s = parse_scene({"id": "x", "shots": [shot(camera_movements=[move])]}).shots[0]
     assert build_prompt(s) == "A fox runs, " + CAMERA_PHRASES[move]
+
+
+def tracked(tmp_path, **kw):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"x")
+    return shot(start_image=str(img), **kw)
+
+
+def test_trajectory_interpolation_defaults_to_linear(tmp_path):
+    track = [[{"x": 1, "y": 1}, {"x": 2, "y": 2}]]
+    s = parse_scene({"id": "x", "shots": [tracked(tmp_path, trajectories=track)]}).shots[0]
+    assert s.trajectory_interpolation == "linear"
+
+
+def test_smooth_trajectories_round_trip(tmp_path):
+    track = [[{"x": 1, "y": 1}, {"x": 20, "y": 30}, {"x": 2, "y": 2}]]
+    raw = tracked(tmp_path, trajectories=track, trajectory_interpolation="smooth")
+    scene = parse_scene({"id": "x", "shots": [raw, shot(id="s2")]})
+    assert scene.shots[0].trajectory_interpolation == "smooth"
+    data = scene.to_dict()
+    assert data["shots"][0]["trajectory_interpolation"] == "smooth"
+    assert "trajectory_interpolation" not in data["shots"][1]  # no tracks, default: left out
+    assert parse_scene(json.loads(json.dumps(data))) == scene
+
+
+def test_interpolation_without_trajectories_survives_the_round_trip():
+    scene = parse_scene({"id": "x", "shots": [shot(trajectory_interpolation="smooth")]})
+    assert parse_scene(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+def test_unknown_trajectory_interpolation_is_refused():
+    found = problems({"id": "x", "shots": [shot(trajectory_interpolation="cubic")]})
+    assert found == [
+        "$.shots[0].trajectory_interpolation: 'cubic' is not allowed; use one of: linear, smooth"
+    ]
+
+
+def test_every_trajectory_point_problem_is_listed(tmp_path):
+    tracks = [
+        [{"x": -1, "y": 10}, {"x": 10, "y": 10}],
+        [{"x": 10, "y": 10}, {"x": 10, "y": float("nan")}, {"x": 10, "y": 200}],
+    ]
+    found = problems(
+        {"id": "x", "shots": [tracked(tmp_path, width=320, height=192, trajectories=tracks)]}
+    )
+    assert found == [
+        "$.shots[0].trajectories[0][0]: point (-1, 10) is outside the 320x192 canvas; "
+        "points are pixels with 0 <= x <= 320, 0 <= y <= 192",
+        "$.shots[0].trajectories[1][1].y: expected a finite number, got nan; give y in pixels",
+        "$.shots[0].trajectories[1][2]: point (10, 200) is outside the 320x192 canvas; "
+        "points are pixels with 0 <= x <= 320, 0 <= y <= 192",
+    ]

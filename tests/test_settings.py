@@ -31,6 +31,15 @@ def test_nodes_are_parsed_with_their_kind():
     ]
 
 
+def test_a_bare_url_is_a_node_named_after_its_host_and_port():
+    nodes = parse_nodes("http://10.0.0.5:8188, comfyui+https://gpu.example/api,b=http://h:1/")
+    assert [(n.name, n.kind, n.url) for n in nodes] == [
+        ("10-0-0-5-8188", "comfyui", "http://10.0.0.5:8188"),
+        ("gpu-example", "comfyui", "https://gpu.example/api"),
+        ("b", "comfyui", "http://h:1"),
+    ]
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [("a", "'name=URL'"), ("a=ftp://x", "http://"), ("a=http://x,a=http://y", "twice")],

@@ -84,6 +84,23 @@ def test_attempts_are_logged(scratch_settings):
     assert shot["attempts"] == 2 and [e["attempt"] for e in shot["attempt_log"]] == [1, 2]
 
 
+def test_the_newest_preview_is_kept_for_the_cli_and_blender(scratch_settings):
+    state, _ = make(scratch_settings)
+    state.create_scene(SPEC, JOBS, "final")
+    assert state.preview("sc1", "a") is None
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256))
+    assert state.set_preview("sc1", "a", b"\xff\xd8\xff old", "image/jpeg", "/p/a.jpg")
+    assert state.set_preview("sc1", "a", jpeg, "image/jpeg", "/p/a.jpg")
+    frame = state.preview("sc1", "a")
+    assert frame["image"] == jpeg and frame["mime"] == "image/jpeg" and frame["bytes"] == 260
+    shot = state.status("sc1")["shots"][0]
+    assert shot["preview"] == "/p/a.jpg" and abs(shot["preview_at"] - frame["at"]) < 0.01
+    assert not state.set_preview("sc1", "b", b"\xff" * (600 * 1024), "image/jpeg", "/p/b.jpg")
+    assert state.preview("sc1", "b") is None
+    state.delete_scene("sc1")
+    assert state.preview("sc1", "a") is None
+
+
 def test_nodes_live_by_heartbeat(scratch_settings):
     settings = Settings.from_env(
         {"FARM_REDIS_URL": scratch_settings.redis_url, "FARM_NODE_TTL": "0.5"},
@@ -96,6 +113,13 @@ def test_nodes_live_by_heartbeat(scratch_settings):
     registry.beat("n1", ok=False, reason="refused")
     assert not registry.records()[0]["alive"] and registry.records()[0]["reason"] == "refused"
     registry.beat("n1", ok=True)
+    assert registry.infos()[0].workflows is None  # not discovered: no workflow filter
+    flows = {"wan_t2v": {"ok": True, "missing": [], "models": ["m"]},
+             "hunyuan_t2v": {"ok": False, "missing": ["node 1: class X is not installed"],
+                             "models": []}}  # fmt: skip
+    registry.update_description("n1", {"models": {"vae": ["v"]}, "workflows": flows})
+    assert registry.records()[0]["workflows"] == flows
+    assert registry.infos()[0].workflows == {"wan_t2v": ("m",)}
     time.sleep(0.7)
     assert not registry.infos()[0].alive  # no heartbeat within the TTL
 

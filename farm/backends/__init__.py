@@ -16,7 +16,19 @@ from farm.planning import Job
 from farm.settings import Settings
 
 
+def image_mime(data: bytes) -> str | None:
+    """``image/jpeg`` or ``image/png`` from the bytes' signature, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    return None
+
+
 class ProgressFn(Protocol):
+    """``progress(fraction, message)``; ``progress(-1, "preview", image)`` for a preview
+    frame. It may raise :class:`~farm.errors.JobCancelled` to stop the render."""
+
     def __call__(
         self, fraction: float, message: str = "", preview: bytes | None = None
     ) -> None: ...
@@ -39,7 +51,8 @@ class Backend(Protocol):
     url: str
 
     def describe(self) -> dict[str, Any]:
-        """Discovery: ``{"models": {folder: [files]}, "gpu", "vram_total", "version"}``."""
+        """Discovery: ``{"models": {folder: [files]}, "gpu", "vram_total", "vram_free",
+        "devices", "version", "classes", "workflows": {name: {ok, missing, models}}}``."""
         ...
 
     def probe(self) -> None:
@@ -48,6 +61,10 @@ class Backend(Protocol):
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         """Render ``job``, download its outputs into ``out_dir`` and return them."""
+        ...
+
+    def cancel(self, job: Job) -> str:
+        """Take ``job``'s attempt off the node: ``removed``, ``interrupted`` or ``not_found``."""
         ...
 
 

@@ -1,8 +1,11 @@
-"""ComfyUI nodes: HTTP (requests) to queue and fetch, websocket (websocket-client) to follow.
+"""ComfyUI nodes: HTTP (requests) to queue, cancel and fetch; websocket (websocket-client)
+to follow. See ../shared/reference/comfyui-api.md for the protocol.
+
+:class:`ComfyClient` runs any API graph on one server (``farm comfy run`` uses it directly);
+:class:`ComfyUIBackend` turns a farm job into a graph, runs it and keeps the video.
 
 The prompt id is derived from scene, shot, quality and attempt, so a redelivered task
 finds its own queued, running or finished job on the node instead of rendering twice.
-See ../shared/reference/comfyui-api.md for the protocol.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 import websocket
 
-from farm.backends import ProgressFn, RenderResult
+from farm.backends import ProgressFn, RenderResult, image_mime
+from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
     FarmError,
@@ -33,28 +38,24 @@ from farm.errors import (
 )
 from farm.planning import Job
 from farm.settings import Settings
-from farm.workflows import bind, load_workflow
+from farm.workflows import Graph, bind, load_workflow
 
 log = logging.getLogger(__name__)
 
 PROMPT_NAMESPACE = uuid.UUID("6f1d7a3e-2b8c-4f5e-9a0d-3c2b1e4f5a6b")
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras")
+#: loader inputs whose values are file names: a value the node lacks is a missing model
 MODEL_INPUTS = frozenset(
-    {
-        "unet_name",
-        "clip_name",
-        "clip_name1",
-        "clip_name2",
-        "vae_name",
-        "ckpt_name",
-        "lora_name",
-        "image",
-    }
-)
+    {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name",
+     "image", "model_name"}
+)  # fmt: skip
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
-WS_RECV_TIMEOUT = 2.0
-POLL_EVERY = 5.0
+WS_RECV_TIMEOUT = 2.0  # seconds a websocket receive may block
+POLL_EVERY = 5.0  # seconds between /history + /queue reconciliations while following
 RECONNECT_FOR = 30.0  # at most; never longer than the idle timeout
+PREVIEW_MIME = {1: "image/jpeg", 2: "image/png"}
+
+EventFn = Callable[[str, dict[str, Any]], None]
 
 
 def prompt_id_for(job: Job) -> str:
@@ -70,6 +71,33 @@ def safe_name(name: str) -> str:
     return base[:120] or "output"
 
 
+def parse_preview(frame: bytes, prompt_id: str) -> bytes | None:
+    """The image of a binary preview frame of ``prompt_id`` (types 1 and 4), else None."""
+    if len(frame) < 8:
+        return None
+    event = int.from_bytes(frame[:4], "big")
+    if event == 1:  # >I image type, then the image
+        image = frame[8:]
+    elif event == 4:  # >I metadata length, JSON metadata, then the image
+        size = int.from_bytes(frame[4:8], "big")
+        try:
+            meta = json.loads(frame[8 : 8 + size])
+        except ValueError:
+            return None
+        if isinstance(meta, dict) and meta.get("prompt_id") not in (None, prompt_id):
+            return None
+        image = frame[8 + size :]
+    else:
+        return None
+    return image if image_mime(image) else None
+
+
+def gpu_label(device: str) -> str:
+    """The GPU's name from a ComfyUI device name (``cuda:0 NVIDIA … : cudaMallocAsync``)."""
+    name = re.sub(r"^[a-z]+:\d+\s+", "", device)
+    return re.sub(r"\s+:\s+\w+$", "", name).strip()
+
+
 def classify_execution_error(data: dict[str, Any]) -> FarmError:
     """An ``execution_error`` event as a farm error: out of memory, missing file, or other."""
     etype = str(data.get("exception_type", ""))
@@ -77,13 +105,15 @@ def classify_execution_error(data: dict[str, Any]) -> FarmError:
     where = f"{data.get('node_type', '?')} (node {data.get('node_id', '?')})"
     text = f"{where}: {etype}: {message}"
     low = f"{etype} {message}".lower()
-    if (
-        "outofmemory" in low.replace(" ", "")
-        or "out of memory" in low
-        or "allocation on device" in low
-    ):
+    squeezed = low.replace(" ", "").replace("_", "")
+    if "outofmemory" in squeezed or "allocation on device" in low or "oom" in low.split():
         return OutOfMemory(text)
-    if "filenotfound" in low or "no such file" in low or "model not found" in low:
+    if (
+        "filenotfound" in squeezed
+        or "no such file" in low
+        or "model not found" in low
+        or ("safetensors" in low and "not found" in low)
+    ):
         return ModelMissing(text)
     return RenderFailed(text)
 
@@ -92,36 +122,49 @@ def rejection(status: int, body: Any) -> FarmError:
     """A refused ``POST /prompt`` (400, or 200 with node_errors) as a farm error that
     names each node, its class and the input at fault."""
     if not isinstance(body, dict):
-        return BadNodeResponse(f"node refused the prompt (HTTP {status}): {str(body)[:300]}")
+        text = str(body).strip().replace("\n\n", ": ")
+        return BadNodeResponse(f"node refused the prompt (HTTP {status}): {text[:300]}")
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     parts, missing = [], False
     for node_id, node in (body.get("node_errors") or {}).items():
         for e in node.get("errors", []):
             extra = e.get("extra_info") or {}
-            name = extra.get("input_name") or e.get("details") or "?"
+            name = extra.get("input_name") or "?"
             got = f" (got {extra['received_value']!r})" if "received_value" in extra else ""
+            details = f" — {e['details']}" if e.get("details") not in (None, "", name) else ""
             parts.append(
                 f"node {node_id} ({node.get('class_type', '?')}) input {name!r}: "
-                f"{e.get('message')}{got} [{e.get('type')}]"
+                f"{e.get('message')}{got}{details} [{e.get('type')}]"
             )
             missing |= (
                 e.get("type") in {"value_not_in_list", "custom_validation_failed"}
                 and name in MODEL_INPUTS
             )
     message = error.get("message") or "node refused the prompt"
+    if error.get("type") and error.get("type") != "prompt_outputs_failed_validation":
+        message = f"{message} [{error['type']}]"
     detail = "; ".join(parts) or str(error.get("details") or "")
+    if status == 200:
+        message = f"node would run only part of the workflow: {message}"
     text = f"{message}: {detail}" if detail else message
     return ModelMissing(text) if missing else NodeRejected(text)
 
 
 class ComfyClient:
-    """Thin HTTP client for one ComfyUI server; every call has a timeout."""
+    """One ComfyUI server: every HTTP call and websocket receive has a timeout.
 
-    def __init__(self, url: str, timeout: float) -> None:
+    ``url`` may carry a path prefix (``http://host:8188/api``, or a reverse proxy's path);
+    every route, the websocket included, is addressed below it.
+    """
+
+    def __init__(self, url: str, timeout: float, idle_timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
+        self.ws_url = re.sub(r"^http", "ws", self.url) + "/ws"
         self.timeout = (min(5.0, timeout), timeout)
+        self.idle_timeout = idle_timeout
         self.http = requests.Session()
 
+    # plain HTTP
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:
             return self.http.request(method, self.url + path, timeout=self.timeout, **kw)
@@ -132,6 +175,8 @@ class ComfyClient:
 
     def get_json(self, path: str, **kw: Any) -> Any:
         resp = self._call("GET", path, **kw)
+        if resp.status_code >= 500:
+            raise NodeUnavailable(f"GET {path} answered HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code != 200:
             raise BadNodeResponse(f"GET {path} answered HTTP {resp.status_code}: {resp.text[:200]}")
         try:
@@ -139,153 +184,199 @@ class ComfyClient:
         except ValueError:
             raise BadNodeResponse(f"GET {path} did not answer JSON: {resp.text[:200]}") from None
 
-    def submit(self, graph: dict[str, Any], prompt_id: str, client_id: str) -> None:
+    def post_json(self, path: str, body: dict[str, Any]) -> None:
+        resp = self._call("POST", path, json=body)
+        if resp.status_code != 200:
+            raise BadNodeResponse(
+                f"POST {path} answered HTTP {resp.status_code}: {resp.text[:200]}"
+            )
+
+    def submit(self, graph: Graph, prompt_id: str, client_id: str) -> None:
+        """Queue ``graph`` as ``prompt_id``; a refusal raises with every node error."""
         body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id}
         resp = self._call("POST", "/prompt", json=body)
         try:
-            data = resp.json()
+            data: Any = resp.json()
         except ValueError:
             data = resp.text
         if resp.status_code == 200 and isinstance(data, dict) and not data.get("node_errors"):
             return
+        if resp.status_code == 200:  # queued without its invalid outputs: not what was asked
+            error = rejection(200, data)
+            self._abandon(prompt_id, error)
+            raise error
         if resp.status_code >= 500:
-            raise RenderFailed(
-                f"node failed to take the prompt (HTTP {resp.status_code}): {str(data)[:300]}"
+            text = str(data).strip().replace("\n\n", ": ")[:300]
+            raise NodeUnavailable(
+                f"node failed to take the prompt (HTTP {resp.status_code}): {text}"
             )
         raise rejection(resp.status_code, data)
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         data = self.get_json(f"/history/{prompt_id}")
-        return data.get(prompt_id) if isinstance(data, dict) else None
+        entry = data.get(prompt_id) if isinstance(data, dict) else None
+        if entry is not None and not isinstance(entry, dict):
+            raise BadNodeResponse(f"/history/{prompt_id} is not an object: {str(entry)[:200]}")
+        return entry
 
     def queue_state(self, prompt_id: str) -> str | None:
         """``"running"``, ``"pending"`` or None for a prompt id on the node's queue."""
         data = self.get_json("/queue")
+        if not isinstance(data, dict):
+            raise BadNodeResponse(f"/queue is not an object: {str(data)[:200]}")
         for state in ("running", "pending"):
-            if any(
-                len(item) > 1 and item[1] == prompt_id for item in data.get(f"queue_{state}", [])
-            ):
+            items = data.get(f"queue_{state}") or []
+            if any(isinstance(i, list) and len(i) > 1 and i[1] == prompt_id for i in items):
                 return state
         return None
 
-    def upload_image(self, path: Path) -> str:
-        """Upload a start image (content-addressed name) and return its LoadImage value."""
+    def cancel(self, prompt_id: str) -> str:
+        """Take ``prompt_id`` off the node: ``removed`` from the queue, ``interrupted`` while
+        running, or ``not_found`` (finished or unknown)."""
+        state = self.queue_state(prompt_id)
+        if state == "pending":
+            self.post_json("/queue", {"delete": [prompt_id]})
+            state = self.queue_state(prompt_id)  # it may have started meanwhile
+            if state != "running":
+                return "removed"
+        if state == "running":
+            self.post_json("/interrupt", {"prompt_id": prompt_id})
+            return "interrupted"
+        return "not_found"
+
+    def upload(self, path: Path, subfolder: str = "farm") -> str:
+        """Upload an input file (content-addressed name) and return its LoadImage value."""
         data = path.read_bytes()
         name = hashlib.sha256(data).hexdigest()[:16] + path.suffix.lower()
         resp = self._call(
             "POST",
             "/upload/image",
             files={"image": (name, data)},
-            data={"type": "input", "subfolder": "farm"},
+            data={"type": "input", "subfolder": subfolder},
         )
         if resp.status_code != 200:
             raise BadNodeResponse(
-                f"image upload answered HTTP {resp.status_code}: {resp.text[:200]}"
+                f"upload of {path.name} answered HTTP {resp.status_code}: {resp.text[:200]}"
             )
-        body = resp.json()
-        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+        try:
+            body = resp.json()
+            return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+        except (ValueError, KeyError, TypeError):
+            raise BadNodeResponse(
+                f"upload of {path.name}: unexpected answer {resp.text[:200]}"
+            ) from None
 
     def download(self, item: dict[str, Any], dest: Path, max_bytes: int) -> Path:
+        """Fetch one output through ``/view`` into ``dest``, refusing more than ``max_bytes``."""
         params = {
-            "filename": item["filename"],
-            "subfolder": item.get("subfolder", ""),
-            "type": item.get("type", "output"),
+            "filename": str(item["filename"]),
+            "subfolder": str(item.get("subfolder", "")),
+            "type": str(item.get("type", "output")),
         }
-        try:
-            resp = self.http.get(
-                self.url + "/view", params=params, timeout=self.timeout, stream=True
-            )
-        except requests.RequestException as exc:
-            raise NodeUnavailable(
-                f"{self.url}: download of {item['filename']} failed: {exc}"
-            ) from exc
-        if resp.status_code != 200:
-            raise BadNodeResponse(f"/view {item['filename']} answered HTTP {resp.status_code}")
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        size = 0
-        with tmp.open("wb") as fh:
-            for chunk in resp.iter_content(1 << 20):
-                size += len(chunk)
-                if size > max_bytes:
+        resp = self._call("GET", "/view", params=params, stream=True)
+        with resp:
+            if resp.status_code != 200:
+                raise BadNodeResponse(
+                    f"/view {params['filename']} answered HTTP {resp.status_code}"
+                )
+            size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
+            cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
+            if int(resp.headers.get("Content-Length") or 0) > max_bytes:
+                raise BadNodeResponse(f"output {params['filename']} exceeds {cap}")
+            tmp = dest.with_name(dest.name + ".part")
+            size, complete = 0, False
+            try:
+                with tmp.open("wb") as fh:
+                    for chunk in resp.iter_content(1 << 20):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise BadNodeResponse(f"output {params['filename']} exceeds {cap}")
+                        fh.write(chunk)
+                complete = True
+            except requests.RequestException as exc:
+                raise NodeUnavailable(f"download of {params['filename']} broke off: {exc}") from exc
+            finally:
+                if not complete:
                     tmp.unlink(missing_ok=True)
-                    raise BadNodeResponse(
-                        f"output {item['filename']} exceeds the {max_bytes >> 20} MiB download cap (FARM_MAX_DOWNLOAD_MB)"
-                    )
-                fh.write(chunk)
         tmp.replace(dest)
         return dest
 
-
-class ComfyUIBackend:
-    """Render farm jobs on a ComfyUI server."""
-
-    kind = "comfyui"
-
-    def __init__(self, url: str, settings: Settings) -> None:
-        self.url = url.rstrip("/")
-        self.settings = settings
-        self.client = ComfyClient(self.url, settings.http_timeout)
-        self.ws_url = re.sub(r"^http", "ws", self.url) + "/ws"
-
     # discovery
-    def probe(self) -> None:
-        self.client.get_json("/system_stats")
+    def object_info(self) -> dict[str, Any]:
+        data = self.get_json("/object_info")
+        if not isinstance(data, dict):
+            raise BadNodeResponse("/object_info is not an object")
+        return data
 
-    def describe(self) -> dict[str, Any]:
-        stats = self.client.get_json("/system_stats")
-        devices = stats.get("devices") or [{}]
-        models: dict[str, list[str]] = {}
-        for folder in MODEL_FOLDERS:
-            resp = self.client._call("GET", f"/models/{folder}")
-            if resp.status_code == 200 and isinstance(resp.json(), list):
-                models[folder] = [str(m) for m in resp.json()]
-        return {
-            "models": models,
-            "gpu": str(devices[0].get("name", "")),
-            "vram_total": int(devices[0].get("vram_total", 0) or 0),
-            "version": str((stats.get("system") or {}).get("comfyui_version", "")),
-        }
+    def model_folders(self) -> list[str]:
+        """The node's model folders (``GET /models``), or the usual ones on older servers."""
+        try:
+            folders = self.get_json("/models")
+        except BadNodeResponse:
+            return list(MODEL_FOLDERS)
+        return [str(f) for f in folders] if isinstance(folders, list) else list(MODEL_FOLDERS)
 
-    # rendering
-    def graph_for(self, job: Job) -> dict[str, Any]:
-        params = dict(job.params)
-        params["model"] = job.model
-        params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.kind}_a{job.attempt}"
-        if "start_image" in params:
-            params["start_image"] = self.client.upload_image(Path(params["start_image"]))
-        if "tracks" in params:
-            params["tracks"] = json.dumps(params["tracks"])
-        graph = load_workflow(job.workflow, self.settings.workflows_dir)
-        return bind(graph, params, name=job.workflow)
+    def models(self, folder: str) -> list[str]:
+        try:
+            files = self.get_json(f"/models/{folder}")
+        except BadNodeResponse:
+            return []
+        return [str(f) for f in files] if isinstance(files, list) else []
 
-    def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
-        prompt_id = prompt_id_for(job)
-        entry = self.client.history(prompt_id)
+    # running a graph
+    def run(
+        self,
+        graph: Graph,
+        prompt_id: str,
+        progress: ProgressFn,
+        on_event: EventFn | None = None,
+    ) -> dict[str, Any]:
+        """Run ``graph`` as ``prompt_id`` (or follow/collect it if the node already has it)
+        and return its history entry. A failed or interrupted run raises its farm error.
+
+        ``progress`` may raise :class:`JobCancelled`: the job is then taken off the node.
+        """
+        entry = self.history(prompt_id)
         if entry is None:
             client_id = uuid.uuid4().hex
             ws = self._connect(client_id)
             try:
-                if self.client.queue_state(prompt_id) is None:
-                    self.client.submit(self.graph_for(job), prompt_id, client_id)
+                if self.queue_state(prompt_id) is None:
+                    self.submit(graph, prompt_id, client_id)
                     progress(0.02, "queued on node")
                 else:
                     log.info("job %s is already on %s: following it", prompt_id, self.url)
-                ws = self._follow(prompt_id, client_id, ws, progress)
+                ws = self._follow(prompt_id, client_id, ws, progress, on_event)
+            except (JobCancelled, NodeTimeout) as exc:
+                self._abandon(prompt_id, exc)
+                raise
             finally:
                 ws.close()
             entry = self._final_history(prompt_id)
-        return self._collect(prompt_id, entry, out_dir)
+        raise_for_status(prompt_id, entry)
+        return entry
+
+    def _abandon(self, prompt_id: str, why: Exception) -> None:
+        """Free the node of a job the farm gives up on (cancelled, or hung)."""
+        try:
+            outcome = self.cancel(prompt_id)
+            log.info("job %s on %s: %s (%s)", prompt_id, self.url, outcome, why)
+        except FarmError as exc:
+            log.warning("could not cancel job %s on %s: %s", prompt_id, self.url, exc)
 
     def _connect(self, client_id: str) -> websocket.WebSocket:
         try:
-            return websocket.create_connection(
+            ws = websocket.create_connection(
                 f"{self.ws_url}?clientId={client_id}", timeout=WS_RECV_TIMEOUT
             )
+            flags = {"supports_preview_metadata": True}
+            ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+            return ws
         except (OSError, websocket.WebSocketException) as exc:
             raise NodeUnavailable(f"{self.ws_url}: websocket connection failed: {exc}") from exc
 
     def _reconnect(self, client_id: str) -> websocket.WebSocket:
-        deadline = time.monotonic() + min(RECONNECT_FOR, self.settings.node_idle_timeout)
+        deadline = time.monotonic() + min(RECONNECT_FOR, self.idle_timeout)
         while True:
             try:
                 return self._connect(client_id)
@@ -295,7 +386,12 @@ class ComfyUIBackend:
                 time.sleep(1.0)
 
     def _follow(
-        self, prompt_id: str, client_id: str, ws: websocket.WebSocket, progress: ProgressFn
+        self,
+        prompt_id: str,
+        client_id: str,
+        ws: websocket.WebSocket,
+        progress: ProgressFn,
+        on_event: EventFn | None,
     ) -> websocket.WebSocket:
         """Follow the job's events until it ends; returns the (possibly new) socket."""
         last_activity = last_poll = time.monotonic()
@@ -308,92 +404,210 @@ class ComfyUIBackend:
                 log.warning("websocket to %s dropped; reconnecting", self.url)
                 ws.close()
                 ws = self._reconnect(client_id)
+                if on_event:
+                    on_event("reconnected", {})
                 last_poll = 0.0  # reconcile at once: events while away are not replayed
                 msg = None
             now = time.monotonic()
             if isinstance(msg, bytes):
-                if len(msg) > 8 and int.from_bytes(msg[:4], "big") == 1:
-                    progress(-1, "preview", msg[8:])
+                image = parse_preview(msg, prompt_id)
+                if image is not None:
+                    last_activity = now
+                    if on_event:
+                        on_event("preview_image", {"bytes": len(image)})
+                    progress(-1, "preview", image)
                 continue
             if msg:
-                event = json.loads(msg)
-                data = event.get("data") or {}
-                if data.get("prompt_id") != prompt_id:
+                try:
+                    event = json.loads(msg)
+                    kind, data = str(event["type"]), event.get("data") or {}
+                except (ValueError, KeyError, TypeError):
+                    raise BadNodeResponse(
+                        f"websocket sent a malformed message: {msg[:200]}"
+                    ) from None
+                if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                     continue
                 last_activity = now
-                if self._handle(event["type"], data, progress):
+                if on_event:
+                    on_event(kind, data)
+                if _handle(kind, data, progress):
                     return ws
             if now - last_poll >= POLL_EVERY:
                 last_poll = now
-                if self.client.history(prompt_id) is not None:
+                state = self._reconcile(prompt_id)
+                if state == "ended":
                     return ws
-                state = self.client.queue_state(prompt_id)
-                if state is None:
-                    raise NodeUnavailable(
-                        f"job {prompt_id} vanished from {self.url} (node restarted?)"
-                    )
                 if state == "pending":
-                    last_activity = now
-            if now - last_activity > self.settings.node_idle_timeout:
+                    last_activity = now  # waiting behind other work is not a hang
+            if now - last_activity > self.idle_timeout:
                 raise NodeTimeout(
-                    f"job {prompt_id} on {self.url} made no progress for {self.settings.node_idle_timeout:g}s"
+                    f"job {prompt_id} on {self.url} made no progress for {self.idle_timeout:g}s"
                 )
 
-    @staticmethod
-    def _handle(kind: str, data: dict[str, Any], progress: ProgressFn) -> bool:
-        """React to one event of our job; True when the job has ended."""
-        if kind == "execution_start":
-            progress(0.05, "started")
-        elif kind == "progress":
-            value, maximum = float(data.get("value", 0)), float(data.get("max", 1) or 1)
-            progress(0.05 + 0.85 * min(1.0, value / maximum), f"step {int(value)}/{int(maximum)}")
-        elif kind == "execution_error":
-            raise classify_execution_error(data)
-        elif kind == "execution_interrupted":
-            raise JobCancelled(
-                f"job interrupted on node at {data.get('node_type', '?')} (node {data.get('node_id', '?')})"
-            )
-        elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
-            return True
-        return False
+    def _reconcile(self, prompt_id: str) -> str:
+        """``ended``, ``running`` or ``pending`` from /history and /queue."""
+        if self.history(prompt_id) is not None:
+            return "ended"
+        state = self.queue_state(prompt_id)
+        if state is None:
+            if self.history(prompt_id) is not None:  # it ended between the two calls
+                return "ended"
+            raise NodeUnavailable(f"job {prompt_id} vanished from {self.url} (node restarted?)")
+        return state
 
     def _final_history(self, prompt_id: str) -> dict[str, Any]:
         for _ in range(20):  # history is written just before the final event; allow a beat
-            entry = self.client.history(prompt_id)
+            entry = self.history(prompt_id)
             if entry is not None:
                 return entry
             time.sleep(0.25)
         raise BadNodeResponse(f"job {prompt_id} ended but /history has no entry for it")
 
-    def _collect(self, prompt_id: str, entry: dict[str, Any], out_dir: Path) -> RenderResult:
-        status = entry.get("status") or {}
-        if status.get("status_str") == "error":
-            for name, data in status.get("messages", []):
-                if name == "execution_error":
-                    raise classify_execution_error(data)
-                if name == "execution_interrupted":
-                    raise JobCancelled(f"job {prompt_id} was interrupted on the node")
-            raise RenderFailed(f"job {prompt_id} failed on the node (no error message recorded)")
-        items = [
-            item
-            for node_out in (entry.get("outputs") or {}).values()
-            for values in node_out.values()
-            if isinstance(values, list)
-            for item in values
-            if isinstance(item, dict)
-            and "filename" in item
-            and item.get("type", "output") == "output"
-        ]
+    def collect(
+        self,
+        entry: dict[str, Any],
+        out_dir: Path,
+        max_bytes: int,
+        types: tuple[str, ...] = ("output",),
+    ) -> list[Path]:
+        """Download every file listed in the entry's outputs, under any key, into ``out_dir``.
+
+        Names from the node are untrusted: each is reduced to a plain file name inside
+        ``out_dir`` and made unique.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
+        root = out_dir.resolve()
         files: list[Path] = []
-        for item in items:
+        for item in output_items(entry, types):
             dest = out_dir / safe_name(str(item["filename"]))
-            while dest in files:
-                dest = dest.with_name(f"{dest.stem}_{len(files)}{dest.suffix}")
-            files.append(self.client.download(item, dest, self.settings.max_download_bytes))
+            n = 1
+            while dest in files or dest.exists():
+                dest = out_dir / f"{Path(safe_name(str(item['filename']))).stem}_{n}{dest.suffix}"
+                n += 1
+            if dest.resolve().parent != root:  # cannot happen after safe_name; kept as a guard
+                raise BadNodeResponse(f"output name {item['filename']!r} escapes {out_dir}")
+            files.append(self.download(item, dest, max_bytes))
+        return files
+
+
+def output_items(entry: dict[str, Any], types: tuple[str, ...] = ("output",)) -> list[dict]:
+    """Every ``{filename, subfolder, type}`` listed under any key of the entry's outputs."""
+    outputs = entry.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        return []
+    return [
+        item
+        for node_out in outputs.values()
+        if isinstance(node_out, dict)
+        for values in node_out.values()
+        if isinstance(values, list)
+        for item in values
+        if isinstance(item, dict)
+        and isinstance(item.get("filename"), str)
+        and item.get("type", "output") in types
+    ]
+
+
+def raise_for_status(prompt_id: str, entry: dict[str, Any]) -> None:
+    """Raise the farm error recorded in a history entry whose run failed."""
+    status = entry.get("status") or {}
+    if status.get("status_str") != "error":
+        return
+    for name, data in status.get("messages", []):
+        if name == "execution_error":
+            raise classify_execution_error(data)
+        if name == "execution_interrupted":
+            raise JobCancelled(f"job {prompt_id} was interrupted on the node")
+    raise RenderFailed(f"job {prompt_id} failed on the node (no error message recorded)")
+
+
+def _handle(kind: str, data: dict[str, Any], progress: ProgressFn) -> bool:
+    """React to one event of our job; True when the job has ended."""
+    if kind == "execution_start":
+        progress(0.05, "started")
+    elif kind == "progress":
+        value, maximum = float(data.get("value", 0)), float(data.get("max", 1) or 1)
+        progress(0.05 + 0.85 * min(1.0, value / maximum), f"step {int(value)}/{int(maximum)}")
+    elif kind == "execution_error":
+        raise classify_execution_error(data)
+    elif kind == "execution_interrupted":
+        raise JobCancelled(
+            f"job interrupted on the node at {data.get('node_type', '?')} "
+            f"(node {data.get('node_id', '?')})"
+        )
+    elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
+        return True
+    return False
+
+
+class ComfyUIBackend:
+    """Render farm jobs on a ComfyUI server."""
+
+    kind = "comfyui"
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url.rstrip("/")
+        self.settings = settings
+        self.client = ComfyClient(self.url, settings.http_timeout, settings.node_idle_timeout)
+        self._object_info: dict[str, Any] | None = None
+
+    def object_info(self) -> dict[str, Any]:
+        if self._object_info is None:
+            self._object_info = self.client.object_info()
+        return self._object_info
+
+    # discovery
+    def probe(self) -> None:
+        self.client.get_json("/system_stats")
+
+    def describe(self) -> dict[str, Any]:
+        """What the node is and can render: version, devices, model files, classes and the
+        farm workflows it can run with which diffusion models."""
+        stats = self.client.get_json("/system_stats")
+        if not isinstance(stats, dict):
+            raise BadNodeResponse("/system_stats is not an object")
+        devices = [d for d in stats.get("devices") or [] if isinstance(d, dict)]
+        self._object_info = None
+        info = self.object_info()
+        models = {f: self.client.models(f) for f in self.client.model_folders()}
+        first = devices[0] if devices else {}
+        return {
+            "models": {k: v for k, v in models.items() if v},
+            "gpu": gpu_label(str(first.get("name", ""))),
+            "vram_total": int(first.get("vram_total", 0) or 0),
+            "vram_free": int(first.get("vram_free", 0) or 0),
+            "devices": [
+                {k: d.get(k) for k in ("name", "type", "index", "vram_total", "vram_free")}
+                for d in devices
+            ],
+            "version": str((stats.get("system") or {}).get("comfyui_version", "")),
+            "classes": len(info),
+            "workflows": node_capabilities(info, self.settings.workflows_dir),
+        }
+
+    # rendering
+    def graph_for(self, job: Job) -> Graph:
+        params = dict(job.params)
+        params["model"] = job.model
+        params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.kind}_a{job.attempt}"
+        if "start_image" in params:
+            params["start_image"] = self.client.upload(Path(params["start_image"]))
+        if "tracks" in params:
+            params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
+        graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info)
+        return bind(graph, params, name=job.workflow)
+
+    def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
+        prompt_id = prompt_id_for(job)
+        entry = self.client.run(self.graph_for(job), prompt_id, progress)
+        files = self.client.collect(entry, out_dir, self.settings.max_download_bytes)
         videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         if not videos:
             raise BadNodeResponse(
                 f"job {prompt_id} finished without a video output (outputs: {[f.name for f in files]})"
             )
         return RenderResult(video=videos[0], files=files, backend_job_id=prompt_id)
+
+    def cancel(self, job: Job) -> str:
+        """Take the job's current attempt off the node (see :meth:`ComfyClient.cancel`)."""
+        return self.client.cancel(prompt_id_for(job))

@@ -3,8 +3,12 @@
 It answers the routes a farm uses with ComfyUI 0.3.64's shapes and status codes (also
 under ``/api``), runs one prompt at a time from a FIFO heap queue, walks the graph in
 ComfyUI's order with its caching, and streams the same websocket events (JSON and binary
-previews). Node classes, validation and the timing/VRAM/failure models live in
-:mod:`farm.emulators.comfy_nodes` and :mod:`farm.emulators.profile`.
+previews). This module holds the routes, the websocket hub, the queue and history stores
+and the CLI; the executor is :mod:`farm.emulators.comfy_executor`, node classes
+:mod:`farm.emulators.comfy_nodes` (runners in ``comfy_runners``, validation in
+``comfy_validation``) and the timing/VRAM/failure models :mod:`farm.emulators.profile`.
+The emulator-only ``/emulator/faults`` route (:mod:`farm.emulators.comfy_admin`) switches
+the injected faults of the profile on a running node.
 
     python -m farm.emulators.comfyui --port 8188 --profile deploy/nodes/gpu-a.json
 """
@@ -14,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import hashlib
 import heapq
 import io
@@ -26,38 +29,26 @@ import mimetypes
 import os
 import shutil
 import socket
-import struct
 import sys
-import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from PIL import Image
 
-from farm.emulators.comfy_nodes import (
-    Dirs,
-    GpuState,
-    Interrupted,
-    NodeDef,
-    NodeFailure,
-    annotated_path,
-    definitions,
-    downstream_fps,
-    format_value,
-    full_type_name,
-    is_link,
-    signature,
-    traceback_lines,
-    validate_prompt,
-)
-from farm.emulators.profile import NodeProfile, load_profile
+from farm.emulators.comfy_admin import admin_routes
+from farm.emulators.comfy_executor import CacheEntry, worker
+from farm.emulators.comfy_nodes import NodeDef, definitions
+from farm.emulators.comfy_runners import Dirs, GpuState, annotated_path
+from farm.emulators.comfy_validation import validate_prompt
+from farm.emulators.profile import Fault, NodeProfile, http_500_hits, load_profile
 from farm.errors import FarmError
 
 log = logging.getLogger("farm.emulators.comfyui")
@@ -67,33 +58,54 @@ MAX_UPLOAD = 100 * 1024 * 1024
 MAX_HISTORY = 10000
 GIB = 1 << 30
 CONTEXT_BYTES = 400 << 20  # CUDA context and allocator reserve, always in use
-OOM_TIPS = (
-    "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before "
-    "you might have accidentally set the batch_size to a large number."
-)
 MODEL_FOLDER_NAMES = [
     "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
     "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
     "upscale_models", "latent_upscale_models", "custom_nodes", "hypernetworks", "photomaker",
     "classifiers", "model_patches", "audio_encoders",
 ]  # fmt: skip
-PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4
 mimetypes.add_type("image/webp", ".webp")
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+class InjectedFault(RuntimeError):
+    """Raised by a handler to answer as an unhandled exception does (the ``http_500`` fault)."""
 
 
 # --- websocket clients ---------------------------------------------------------------------
 
 
 class Hub:
-    """The connected websockets by client id, with the feature flags each one sent."""
+    """The connected websockets by client id, with the feature flags each one sent.
+
+    Events go to the newest socket of a client id (a second socket takes over, as in
+    ComfyUI); ``open`` keeps every socket still open, superseded ones included.
+    """
 
     def __init__(self) -> None:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.flags: dict[str, dict[str, Any]] = {}
+        self.open: dict[str, set[web.WebSocketResponse]] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    def connect(self, sid: str, ws: web.WebSocketResponse) -> None:
+        self.sockets[sid], self.flags[sid] = ws, {}
+        self.open.setdefault(sid, set()).add(ws)
+
+    def disconnect(self, sid: str, ws: web.WebSocketResponse) -> None:
+        self.open.get(sid, set()).discard(ws)
+        if not self.open.get(sid):
+            self.open.pop(sid, None)
+        if self.sockets.get(sid) is ws:
+            del self.sockets[sid]
+            self.flags.pop(sid, None)
+
+    def drop(self, sid: str) -> None:
+        """Close every socket of client ``sid`` now (closing handshakes run in the background)."""
+        for ws in list(self.open.get(sid, ())):
+            self.disconnect(sid, ws)
+            task = asyncio.create_task(ws.close(code=WSCloseCode.GOING_AWAY, message=b"ws_drop"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def supports_metadata(self, sid: str | None) -> bool:
         return sid is not None and bool(self.flags.get(sid, {}).get("supports_preview_metadata"))
@@ -197,306 +209,6 @@ class History:
         return out
 
 
-# --- execution -------------------------------------------------------------------------------
-
-
-@dataclass
-class CacheEntry:
-    values: tuple
-    ui: dict[str, Any] | None
-
-
-class ExecutionOrder:
-    """ComfyUI's ExecutionList: runs ready nodes, output nodes (and their feeders) first."""
-
-    def __init__(self, prompt: dict[str, Any], defs: dict[str, NodeDef], cached: set[str]) -> None:
-        self.prompt, self.defs, self.cached = prompt, defs, cached
-        self.pending: dict[str, None] = {}
-        self.blocks: dict[str, int] = {}
-        self.blocking: dict[str, set[str]] = {}
-
-    def add(self, node_id: str) -> None:
-        stack, links = [node_id], []
-        while stack:
-            nid = stack.pop()
-            if nid in self.pending:
-                continue
-            self.pending[nid], self.blocks[nid], self.blocking[nid] = None, 0, set()
-            for value in self.prompt[nid]["inputs"].values():
-                if is_link(value) and value[0] not in self.cached:
-                    stack.append(value[0])
-                    links.append((value[0], nid))
-        for source, target in links:
-            if target not in self.blocking[source]:
-                self.blocking[source].add(target)
-                self.blocks[target] += 1
-
-    def _is_output(self, node_id: str) -> bool:
-        return self.defs[self.prompt[node_id]["class_type"]].output_node
-
-    def next(self) -> str | None:
-        """The node to run next, or None when the pending nodes form a cycle."""
-        ready = [n for n in self.pending if self.blocks[n] == 0]
-        feeds = [
-            lambda n: self._is_output(n),
-            lambda n: any(self._is_output(b) for b in self.blocking[n]),
-            lambda n: any(self._is_output(c) for b in self.blocking[n] for c in self.blocking[b]),
-        ]
-        for rule in feeds:
-            picked = next((n for n in ready if rule(n)), None)
-            if picked is not None:
-                return picked
-        return ready[0] if ready else None
-
-    def done(self, node_id: str) -> None:
-        del self.pending[node_id]
-        for blocked in self.blocking.pop(node_id):
-            self.blocks[blocked] -= 1
-
-
-class Progress:
-    """ComfyUI's progress registry: every state change is broadcast as ``progress_state``."""
-
-    def __init__(self, hub: Hub, prompt_id: str) -> None:
-        self.hub, self.prompt_id = hub, prompt_id
-        self.nodes: dict[str, dict[str, Any]] = {}
-
-    async def set(
-        self, node_id: str, state: str, value: float | None = None, top: float | None = None
-    ) -> None:
-        entry = self.nodes.setdefault(node_id, {"value": 0, "max": 1, "state": "pending"})
-        if state == "running" and value is None:
-            entry.update(value=0.0, max=1.0)
-        elif state == "finished":
-            entry["value"] = entry["max"]
-        else:
-            entry.update(value=value, max=top)
-        entry["state"] = state
-        nodes = {
-            nid: {
-                **e,
-                "node_id": nid,
-                "prompt_id": self.prompt_id,
-                "display_node_id": nid,
-                "parent_node_id": None,
-                "real_node_id": nid,
-            }
-            for nid, e in self.nodes.items()
-            if e["state"] != "pending"
-        }
-        await self.hub.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
-
-
-@dataclass
-class Failure:
-    node_id: str
-    error: BaseException
-    inputs: dict[str, Any] | None
-
-
-class RunContext:
-    """What one running node sees (implements comfy_nodes.NodeContext)."""
-
-    def __init__(self, run: JobRun, node_id: str) -> None:
-        self.run, self.node_id = run, node_id
-        self.profile, self.gpu, self.dirs = run.node.profile, run.node.gpu, run.node.dirs
-        self.prompt_id = run.item.prompt_id
-
-    @functools.cached_property
-    def fps(self) -> float:
-        return downstream_fps(self.run.item.prompt, self.node_id)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    async def progress(self, value: int, total: int, preview_jpeg: bytes | None) -> None:
-        self.run.check_interrupt()
-        await self.run.report_progress(self.node_id, value, total, preview_jpeg)
-
-    async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
-
-
-class JobRun:
-    """One execution of a queued prompt: ComfyUI's PromptExecutor.execute."""
-
-    def __init__(self, node: EmulatedNode, item: QueueItem) -> None:
-        self.node, self.item = node, item
-        self.client = item.client_id
-        self.hub = node.hub
-        self.progress = Progress(node.hub, item.prompt_id)
-        self.messages: list[list[Any]] = []
-        self.values: dict[str, tuple] = {}
-        self.ui: dict[str, dict[str, Any]] = {}
-        self.executed: set[str] = set()
-        self.success = False
-
-    def check_interrupt(self) -> None:
-        if self.node.interrupted:
-            self.node.interrupted = False
-            raise Interrupted("Processing interrupted")
-
-    async def message(self, event: str, data: dict[str, Any], broadcast: bool = False) -> None:
-        """Record a status message for history and send it (to the job's client)."""
-        data = {**data, "timestamp": now_ms()}
-        self.messages.append([event, data])
-        if self.client is not None or broadcast:
-            await self.hub.send(event, data, self.client)
-
-    async def execute(self) -> None:
-        prompt, pid = self.item.prompt, self.item.prompt_id
-        self.node.interrupted = False
-        self.node.client_id = self.client
-        await self.message("execution_start", {"prompt_id": pid})
-        defs = self.node.definitions()
-        memo: dict[str, str] = {}
-        sigs = {nid: signature(prompt, defs, nid, memo) for nid in prompt}
-        live = set(sigs.values())
-        self.node.cache = {k: v for k, v in self.node.cache.items() if k in live}
-        cached = [nid for nid in prompt if sigs[nid] in self.node.cache]
-        self.values = {nid: self.node.cache[sigs[nid]].values for nid in cached}
-        await self.message("execution_cached", {"nodes": cached, "prompt_id": pid})
-        order = ExecutionOrder(prompt, defs, set(cached))
-        for out in self.item.outputs:
-            order.add(out)
-        while order.pending:
-            nid = order.next()
-            if nid is None:
-                await self.report(self.cycle(order), cached)
-                break
-            failure = await self.run_node(nid, defs, sigs)
-            if failure is not None:
-                await self.report(failure, cached)
-                break
-            order.done(nid)
-        else:
-            self.success = True
-            await self.message("execution_success", {"prompt_id": pid})
-        self.node.last_node_id = None
-
-    def cycle(self, order: ExecutionOrder) -> Failure:
-        blamed = next(iter(order.pending))
-        return Failure(
-            blamed, NodeFailure("graph.DependencyCycleError", "Dependency cycle detected"), {}
-        )
-
-    async def run_node(
-        self, nid: str, defs: dict[str, NodeDef], sigs: dict[str, str]
-    ) -> Failure | None:
-        node = self.item.prompt[nid]
-        d = defs[node["class_type"]]
-        hit = self.node.cache.get(sigs[nid])
-        if hit is not None:
-            if self.client is not None:
-                output = hit.ui["output"] if hit.ui else None
-                await self.send_client(
-                    "executed", {"node": nid, "display_node": nid, "output": output}
-                )
-            if hit.ui:
-                self.ui[nid] = hit.ui
-            self.values[nid] = hit.values
-            await self.progress.set(nid, "finished")
-            return None
-        await self.progress.set(nid, "running")
-        inputs = self.gather(node["inputs"], d)
-        if self.client is not None:
-            self.node.last_node_id = nid
-            await self.send_client("executing", {"node": nid, "display_node": nid})
-        try:
-            self.check_interrupt()
-            out = await d.run(RunContext(self, nid), **inputs)
-        except Interrupted as ex:
-            return Failure(nid, ex, None)
-        except Exception as ex:
-            if not isinstance(ex, NodeFailure):
-                log.exception("node %s (%s) failed", nid, d.name)
-            return Failure(nid, ex, inputs)
-        self.values[nid] = out.values
-        ui = None
-        if out.ui:
-            meta = {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
-            ui = self.ui[nid] = {"meta": meta, "output": out.ui}
-            if self.client is not None:
-                await self.send_client(
-                    "executed", {"node": nid, "display_node": nid, "output": out.ui}
-                )
-        self.node.cache[sigs[nid]] = CacheEntry(out.values, ui)
-        await self.progress.set(nid, "finished")
-        self.executed.add(nid)
-        return None
-
-    def gather(self, raw: dict[str, Any], d: NodeDef) -> dict[str, Any]:
-        """The node's declared inputs: linked values from upstream outputs, widget values as is."""
-        inputs = {}
-        for name, _, _, _ in d.inputs():
-            if name in raw:
-                value = raw[name]
-                inputs[name] = self.values[value[0]][value[1]] if is_link(value) else value
-        return inputs
-
-    async def send_client(self, event: str, data: dict[str, Any]) -> None:
-        await self.hub.send(event, {**data, "prompt_id": self.item.prompt_id}, self.client)
-
-    async def report_progress(self, nid: str, value: int, total: int, jpeg: bytes | None) -> None:
-        """One sampler tick, in ComfyUI's order: state, (preview+meta), progress, (preview)."""
-        await self.progress.set(nid, "running", value, total)
-        with_meta = self.hub.supports_metadata(self.client)
-        if jpeg and with_meta:
-            meta = {
-                "node_id": nid,
-                "prompt_id": self.item.prompt_id,
-                "display_node_id": nid,
-                "parent_node_id": None,
-                "real_node_id": nid,
-                "image_type": "image/jpeg",
-            }
-            blob = json.dumps(meta).encode()
-            head = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(blob))
-            await self.hub.send_bytes(head + blob + jpeg, self.client)
-        data = {"value": value, "max": total, "prompt_id": self.item.prompt_id, "node": nid}
-        await self.hub.send("progress", data, self.client)
-        if jpeg and not with_meta:
-            await self.hub.send_bytes(struct.pack(">II", PREVIEW_IMAGE, 1) + jpeg, self.client)
-
-    async def report(self, failure: Failure, cached: list[str]) -> None:
-        pid, nid, ex = self.item.prompt_id, failure.node_id, failure.error
-        base = {
-            "prompt_id": pid,
-            "node_id": nid,
-            "node_type": self.item.prompt[nid]["class_type"],
-            "executed": list(self.executed),
-        }
-        if isinstance(ex, Interrupted):
-            await self.message("execution_interrupted", base, broadcast=True)
-            return
-        kind = ex.exception_type if isinstance(ex, NodeFailure) else full_type_name(type(ex))
-        tips = OOM_TIPS if kind == "torch.OutOfMemoryError" else ""
-        inputs = {k: [format_value(v)] for k, v in (failure.inputs or {}).items()}
-        await self.message(
-            "execution_error",
-            {
-                **base,
-                "exception_message": f"{ex}\n{tips}",
-                "exception_type": kind,
-                "traceback": traceback_lines(ex),
-                "current_inputs": inputs,
-                "current_outputs": cached,
-            },
-        )
-
-    def history_entry(self) -> dict[str, Any]:
-        return {
-            "prompt": self.item.as_list(),
-            "outputs": {nid: ui["output"] for nid, ui in self.ui.items()},
-            "status": {
-                "status_str": "success" if self.success else "error",
-                "completed": self.success,
-                "messages": self.messages,
-            },
-            "meta": {nid: ui["meta"] for nid, ui in self.ui.items()},
-        }
-
-
 # --- the node --------------------------------------------------------------------------------
 
 
@@ -517,6 +229,12 @@ class EmulatedNode:
     client_id: str | None = None
     last_node_id: str | None = None
     free_flags: dict[str, bool] = field(default_factory=dict)
+    #: the active faults (the profile's until ``PUT /emulator/faults``) and POSTs per prompt id
+    faults: Mapping[str, Fault] = field(init=False)
+    posts: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.faults = dict(self.profile.faults)
 
     def definitions(self) -> dict[str, NodeDef]:
         return definitions(self.profile, self.dirs)
@@ -527,24 +245,21 @@ class EmulatedNode:
     async def queue_updated(self) -> None:
         await self.hub.send("status", {"status": self.queue_info()})
 
-    async def worker(self) -> None:
-        """Run queued prompts one at a time, forever."""
-        while True:
-            item = await self.queue.get()
-            await self.queue_updated()
-            run = JobRun(self, item)
-            try:
-                await run.execute()
-            except Exception:
-                log.exception("prompt %s crashed the emulator's executor", item.prompt_id)
-            self.queue.running.remove(item)
-            self.history.add(item.prompt_id, run.history_entry())
-            await self.queue_updated()
-            if item.client_id is not None:
-                await self.hub.send(
-                    "executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id
-                )
-            self.apply_free()
+    async def next_job(self) -> QueueItem:
+        item = await self.queue.get()
+        await self.queue_updated()
+        return item
+
+    async def job_done(self, item: QueueItem, entry: dict[str, Any]) -> None:
+        """Running -> history, then ``status`` and ``executing {node: null}``; apply /free."""
+        self.queue.running.remove(item)
+        self.history.add(item.prompt_id, entry)
+        await self.queue_updated()
+        if item.client_id is not None:
+            await self.hub.send(
+                "executing", {"node": None, "prompt_id": item.prompt_id}, item.client_id
+            )
+        self.apply_free()
 
     def apply_free(self) -> None:
         """Honour ``POST /free`` flags between prompts."""
@@ -657,7 +372,7 @@ class Routes:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         sid = request.rel_url.query.get("clientId", "") or uuid.uuid4().hex
-        hub.sockets[sid], hub.flags[sid] = ws, {}
+        hub.connect(sid, ws)
         try:
             await hub.send("status", {"status": node.queue_info(), "sid": sid}, sid)
             if node.client_id == sid and node.last_node_id is not None:
@@ -672,9 +387,7 @@ class Routes:
                             await hub.send("feature_flags", self.server_features(), sid)
                     first = False
         finally:
-            if hub.sockets.get(sid) is ws:
-                del hub.sockets[sid]
-                hub.flags.pop(sid, None)
+            hub.disconnect(sid, ws)
         return ws
 
     @staticmethod
@@ -705,6 +418,9 @@ class Routes:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        node.posts[prompt_id] += 1
+        if http_500_hits(node.faults, prompt_id, node.posts[prompt_id]):
+            raise InjectedFault(f"http_500 fault: POST /prompt of {prompt_id}")  # aiohttp's 500
         valid = validate_prompt(prompt, node.definitions(), body.get("partial_execution_targets"))
         extra = body.get("extra_data", {})
         if "client_id" in body:
@@ -929,15 +645,17 @@ def make_app(
     for method, path, handler in Routes(node).table():
         app.router.add_route(method, "/api" + path, handler)
         app.router.add_route(method, path, handler)
+    for method, path, handler in admin_routes(node):  # emulator-only: not under /api
+        app.router.add_route(method, path, handler)
     app["node"] = node
 
     async def start(app: web.Application) -> None:
         shutil.rmtree(node.dirs.temp, ignore_errors=True)  # ComfyUI empties temp at start-up
         node.dirs.temp.mkdir(parents=True, exist_ok=True)
-        app["worker"] = asyncio.create_task(node.worker())
+        app["worker"] = asyncio.create_task(worker(node))
 
     async def close_sockets(app: web.Application) -> None:
-        for ws in list(node.hub.sockets.values()):
+        for ws in [ws for sockets in node.hub.open.values() for ws in sockets]:
             await ws.close()
 
     async def stop(app: web.Application) -> None:

@@ -4,7 +4,11 @@ A profile is a JSON file (see ``deploy/nodes/*.json`` and docs/emulators.md)::
 
     {"name": "gpu-a", "gpu": "NVIDIA GeForce RTX 4090", "vram_gb": 24,
      "models": {"diffusion_models": [...], "text_encoders": [...], "vae": [...]},
-     "speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
+     "speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0,
+     "faults": {"hang": {"rate": 0.1, "at_step": 2}}}
+
+``faults`` (optional) injects node failures for tests: ``crash``, ``hang``, ``slow``,
+``http_500`` and ``ws_drop`` (see docs/emulators.md, "Fault injection").
 
 The cost models are pure functions of the profile and the job, so tests need no server.
 """
@@ -12,6 +16,7 @@ The cost models are pure functions of the profile and the job, so tests need no 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -35,7 +40,29 @@ ACT_BASE_GB = 2.5
 ACT_PER_BPARAM_GB = 0.15
 
 _DEFAULTS: dict[str, Any] = {"speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
-_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS)
+_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults")
+#: each fault and its settings (``rate`` is the share of prompts it hits)
+FAULTS: dict[str, tuple[str, ...]] = {
+    "crash": ("rate", "at_step"),
+    "hang": ("rate", "at_step"),
+    "slow": ("rate", "factor"),
+    "http_500": ("rate",),
+    "ws_drop": ("rate", "at_step"),
+}
+_FAULT_FIXES = {
+    "rate": "a fraction between 0 and 1, e.g. 0.5 (default 1.0)",
+    "at_step": "a sampler step >= 1 (a whole number), e.g. 2 (default 1)",
+    "factor": "a slowdown multiplier > 0, e.g. 4.0 (default 4.0)",
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: the share of prompts it hits, and its step or slowdown factor."""
+
+    rate: float = 1.0
+    at_step: int = 1
+    factor: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,7 @@ class NodeProfile:
     model_load_s: float = 2.0
     step_s: float = 0.15
     failure_rate: float = 0.0
+    faults: Mapping[str, Fault] = field(default_factory=dict)
 
     def files(self, folder: str) -> list[str]:
         """The model files held in ``folder`` (empty for an unknown folder)."""
@@ -92,6 +120,7 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         if not _is_number(value) or not ok(value):
             problems.append(f"{key}: got {value!r}; use {fix}")
     models = _parse_models(values.get("models"), problems)
+    faults = _parse_faults(values.get("faults", {}), problems)
     if problems:
         raise ConfigError(
             "\n".join([f"invalid node profile {where}:", *(f"  - {p}" for p in problems)])
@@ -105,7 +134,22 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         model_load_s=float(values["model_load_s"]),
         step_s=float(values["step_s"]),
         failure_rate=float(values["failure_rate"]),
+        faults=faults,
     )
+
+
+def parse_faults(data: Any) -> dict[str, Fault]:
+    """Check a decoded ``faults`` object (as ``PUT /emulator/faults`` takes it)."""
+    problems: list[str] = []
+    faults = _parse_faults(data, problems)
+    if problems:
+        raise ConfigError("\n".join(["invalid faults:", *(f"  - {p}" for p in problems)]))
+    return faults
+
+
+def faults_json(faults: Mapping[str, Fault]) -> dict[str, dict[str, float]]:
+    """The ``faults`` object of ``faults``, every setting spelled out."""
+    return {name: {k: getattr(f, k) for k in FAULTS[name]} for name, f in faults.items()}
 
 
 def _is_number(value: Any) -> bool:
@@ -129,6 +173,50 @@ def _parse_models(raw: Any, problems: list[str]) -> dict[str, tuple[str, ...]]:
         else:
             models[folder] = tuple(sorted(set(files)))
     return models
+
+
+def _parse_faults(raw: Any, problems: list[str]) -> dict[str, Fault]:
+    names = ", ".join(FAULTS)
+    if not isinstance(raw, dict):
+        problems.append(
+            f'faults: got {raw!r}; use an object such as {{"hang": {{"rate": 1.0, "at_step": 2}}}}'
+            f" (faults: {names})"
+        )
+        return {}
+    faults: dict[str, Fault] = {}
+    for name, settings in raw.items():
+        if name not in FAULTS:
+            problems.append(f"faults.{name}: unknown fault; use one of {names}")
+            continue
+        known = FAULTS[name]
+        if not isinstance(settings, dict):
+            example = json.dumps({"rate": 1.0, **{k: getattr(Fault(), k) for k in known[1:]}})
+            problems.append(f"faults.{name}: got {settings!r}; use an object such as {example}")
+            continue
+        before = len(problems)
+        for key in settings:
+            if key not in known:
+                problems.append(
+                    f"faults.{name}.{key}: unknown setting; remove it (known: {', '.join(known)})"
+                )
+        for key in known:
+            if key in settings and not _fault_setting_ok(key, settings[key]):
+                problems.append(
+                    f"faults.{name}.{key}: got {settings[key]!r}; use {_FAULT_FIXES[key]}"
+                )
+        if len(problems) == before:
+            faults[name] = Fault(
+                **{k: settings[k] if k == "at_step" else float(settings[k]) for k in settings}
+            )
+    return faults
+
+
+def _fault_setting_ok(key: str, value: Any) -> bool:
+    if key == "at_step":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not _is_number(value):
+        return False
+    return 0 <= value <= 1 if key == "rate" else value > 0
 
 
 # --- cost models -------------------------------------------------------------------------
@@ -221,3 +309,15 @@ def failure_step(profile: NodeProfile, prompt_id: str, steps: int) -> int | None
     if profile.failure_rate <= 0 or unit_hash("fail", prompt_id) >= profile.failure_rate:
         return None
     return max(1, math.ceil(steps / 2))
+
+
+def fault_hits(faults: Mapping[str, Fault], name: str, prompt_id: str) -> Fault | None:
+    """Fault ``name`` if it hits prompt ``prompt_id`` (deterministic per id, like failures)."""
+    fault = faults.get(name)
+    return fault if fault is not None and unit_hash(name, prompt_id) < fault.rate else None
+
+
+def http_500_hits(faults: Mapping[str, Fault], prompt_id: str, attempt: int) -> bool:
+    """Whether the ``attempt``-th ``POST /prompt`` (from 1) of ``prompt_id`` answers HTTP 500."""
+    fault = faults.get("http_500")
+    return fault is not None and unit_hash("http_500", prompt_id, str(attempt)) < fault.rate

@@ -1,0 +1,59 @@
+"""Emulator-only routes, not part of ComfyUI: switch injected faults on a running node.
+
+    GET /emulator/faults   the active faults object (every setting spelled out)
+    PUT /emulator/faults   a new faults object replaces the active one; 400 with the error text
+
+They answer only requests from loopback (404 otherwise, as for any unknown route) and are
+not registered under ``/api``. The faults object is the profile's ``faults`` field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from aiohttp import web
+
+from farm.emulators.profile import Fault, faults_json, parse_faults
+from farm.errors import ConfigError
+
+log = logging.getLogger("farm.emulators.comfyui")
+
+
+class FaultyNode(Protocol):
+    """A node whose active faults can be replaced (``comfyui.EmulatedNode``)."""
+
+    faults: Mapping[str, Fault]
+
+
+def admin_routes(node: FaultyNode) -> list[tuple[str, str, Callable]]:
+    """(method, path, handler) of the emulator-only routes of ``node``."""
+
+    async def get_faults(request: web.Request) -> web.Response:
+        _loopback_only(request)
+        return web.json_response(faults_json(node.faults))
+
+    async def put_faults(request: web.Request) -> web.Response:
+        _loopback_only(request)
+        try:
+            node.faults = parse_faults(await request.json())
+        except json.JSONDecodeError as exc:
+            return web.Response(status=400, text=f"invalid faults: the body is not JSON ({exc})")
+        except ConfigError as exc:
+            return web.Response(status=400, text=str(exc))
+        log.info("emulated faults now %s", json.dumps(faults_json(node.faults)))
+        return web.json_response(faults_json(node.faults))
+
+    return [("GET", "/emulator/faults", get_faults), ("PUT", "/emulator/faults", put_faults)]
+
+
+def _loopback_only(request: web.Request) -> None:
+    try:
+        loopback = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise web.HTTPNotFound()
