@@ -167,16 +167,18 @@ def nodes(as_json: bool) -> None:
     if as_json:
         print_json(records)
         return
-    table = Table("node", "kind", "state", "gpu", "queued", "video models", "url", box=None)
+    table = Table("node", "kind", "state", "gpu", "queued", "can render", "url", box=None)
     for r in records:
-        state = "[green]up[/]" if r["alive"] else f"[red]down[/] {r['reason'][:40]}"
+        state = "[green]up[/]" if r["alive"] else f"[red]down[/] {escape(r['reason'][:40])}"
+        flows = r["workflows"] or {}
+        usable = sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
         table.add_row(
             r["name"],
             r["kind"],
             state,
             r["gpu"],
             str(r["queued"]),
-            ", ".join(r["models"].get("diffusion_models", [])),
+            ", ".join(usable) if r["workflows"] is not None else "(not discovered yet)",
             r["url"],
         )
     console.print(table if records else "no nodes registered: start `farm worker --node NAME`")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import EXAMPLES
 
@@ -55,6 +56,13 @@ def test_nodes_lists_the_registered_nodes(cli_env):
         nodes["node-a"]["alive"]
         and "wan2.1_t2v_14B_fp16.safetensors" in nodes["node-a"]["models"]["diffusion_models"]
     )
+    # discovery: what each node can run, from its /object_info
+    assert nodes["node-a"]["version"] and nodes["node-a"]["classes"] > 20
+    assert nodes["node-a"]["workflows"]["wan_t2v"]["ok"]
+    assert nodes["node-c"]["workflows"]["wan_ati"]["catalog"] == ["wan_ati"]
+    assert not nodes["node-c"]["workflows"]["hunyuan_t2v"]["ok"]
+    table = farm("nodes", env=cli_env).stdout
+    assert "hunyuan_t2v" in table and "wan_ati" in table
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):
@@ -97,6 +105,17 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
     assert again.returncode == 2 and "--replace" in again.stderr
     human = farm("status", "cli-scene", env=cli_env)
     assert human.returncode == 0 and "one" in human.stdout and "done" in human.stdout
+    # the newest preview frame the node streamed is kept for the CLI (and Blender)
+    assert all(s["preview"] and s["preview_at"] for s in status["shots"])
+    frame = tmp_path / "frame.jpg"
+    shown = farm("preview", "cli-scene", "one", "-o", str(frame), "--json", env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert info["mime"] == "image/jpeg" and info["bytes"] == frame.stat().st_size > 100
+    assert frame.read_bytes()[:3] == b"\xff\xd8\xff"
+    assert frame.read_bytes() == Path(status["shots"][0]["preview"]).read_bytes()
+    missing = farm("preview", "cli-scene", "nope", env=cli_env)
+    assert missing.returncode == 2 and "no preview for shot 'nope'" in missing.stderr
 
 
 def test_unknown_scene_status_exit_2(cli_env):
