@@ -1,4 +1,5 @@
-"""The model catalogue (``farm/data/catalog.json``): templates → engines and model files."""
+"""The model catalogue: templates → ComfyUI engines and model files (``data/catalog.json``)
+and → WanGP model ids per tier (its ``wan2gp`` part, with ``data/wan2gp_models.json``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,34 @@ class Model:
 
 
 @dataclass(frozen=True)
+class WanModel:
+    """A WanGP model id (``model_type``) and the facts the farm needs of it."""
+
+    id: str
+    name: str
+    family: str
+    tier: str  # "fast" (previews) | "full" (finals)
+    mode: str  # "t2v" | "i2v" | "ti2v" (either)
+    params_b: float
+    fps: int
+    frame_step: int  # frames = frame_step·n + 1
+    min_frames: int
+    size_step: int
+    resolution: str
+    frames: int
+    steps: int
+
+    @property
+    def takes_image(self) -> bool:
+        return self.mode in ("i2v", "ti2v")
+
+    def snap_frames(self, frames: int) -> int:
+        """``frames`` on this model's grid, at least ``min_frames``."""
+        n = max(0, int((frames - 1) / self.frame_step + 0.5))
+        return max(self.min_frames, n * self.frame_step + 1)
+
+
+@dataclass(frozen=True)
 class Catalog:
     engines: dict[str, Engine]
     models: dict[str, Model]
@@ -45,6 +74,19 @@ class Catalog:
     image_models: dict[str, str]
     preview_scale: float
     min_preview_side: int
+    wan_models: dict[str, WanModel]
+    wan_templates: dict[str, dict[str, dict[str, str]]]
+    oom_profiles: tuple[int, ...]
+
+    def wan_model_for(
+        self, template: str, kind: str, *, start_image: bool, trajectories: bool
+    ) -> WanModel | None:
+        """The WanGP model for a shot of ``template`` at ``kind``; None when WanGP cannot
+        render it (trajectory control is ComfyUI's Wan ATI only)."""
+        if trajectories:
+            return None
+        column = "i2v" if start_image else "t2v"
+        return self.wan_models[self.wan_templates[template][column][kind]]
 
     def model_for(
         self, template: str, kind: str, *, start_image: bool, trajectories: bool
@@ -80,6 +122,8 @@ def load_catalog() -> Catalog:
         key: Model(key=key, engine=engines[m["engine"]], file=m["file"])
         for key, m in raw["models"].items()
     }
+    wan_raw = json.loads(resources.files("farm").joinpath("data", "wan2gp_models.json").read_text())
+    wan_models = {key: WanModel(id=key, **m) for key, m in wan_raw["models"].items()}
     return Catalog(
         engines=engines,
         models=models,
@@ -87,4 +131,7 @@ def load_catalog() -> Catalog:
         image_models=raw["image_models"],
         preview_scale=raw["preview_scale"],
         min_preview_side=raw["min_preview_side"],
+        wan_models=wan_models,
+        wan_templates=raw["wan2gp"]["templates"],
+        oom_profiles=tuple(raw["wan2gp"]["oom_profiles"]),
     )

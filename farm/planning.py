@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from farm.catalog import Catalog, Model, load_catalog
+from farm.catalog import Catalog, load_catalog
 from farm.errors import NoCapableNode
 from farm.scene import Scene, Shot
 from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
@@ -51,7 +51,7 @@ class NodeInfo:
 
     def cannot_run(self, job: Job) -> str | None:
         """Why this node cannot run ``job``'s workflow with its model, or None if it can."""
-        if self.workflows is None:
+        if self.workflows is None or job.backend != "comfyui":
             return None
         if job.workflow not in self.workflows:
             return f"cannot run workflow {job.workflow} (see `farm nodes`)"
@@ -78,6 +78,7 @@ class Job:
     then_final: bool = False
     tried_nodes: tuple[str, ...] = ()
     primary_error: str | None = None
+    backend: str = "comfyui"  # the node kind that runs it: "comfyui" | "wan2gp"
 
     @property
     def cost(self) -> float:
@@ -107,9 +108,9 @@ def snap_frames(frames: int, step: int) -> int:
     return max(1, int((frames - 1) / step + 0.5) * step + 1)
 
 
-def render_size(shot: Shot, kind: str, model: Model, catalog: Catalog) -> tuple[int, int]:
-    """Width and height to render, snapped to the model's block; previews are scaled down."""
-    step = model.engine.size_step
+def render_size(shot: Shot, kind: str, step: int, catalog: Catalog) -> tuple[int, int]:
+    """Width and height to render, snapped to the model's ``step`` block; previews are
+    scaled down."""
     scale = 1.0
     if kind == "preview":
         scale = max(catalog.preview_scale, catalog.min_preview_side / min(shot.width, shot.height))
@@ -129,7 +130,7 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
         start_image=bool(shot.start_image),
         trajectories=bool(shot.trajectories),
     )
-    width, height = render_size(shot, kind, model, catalog)
+    width, height = render_size(shot, kind, model.engine.size_step, catalog)
     params: dict[str, Any] = {
         "prompt": shot.prompt,
         "negative": shot.negative_prompt,
@@ -166,34 +167,79 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
     )
 
 
+def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job | None:
+    """The job that renders ``shot`` at ``kind`` on a WanGP node, or None if WanGP cannot."""
+    catalog = catalog or load_catalog()
+    model = catalog.wan_model_for(
+        shot.template,
+        kind,
+        start_image=bool(shot.start_image),
+        trajectories=bool(shot.trajectories),
+    )
+    if model is None:
+        return None
+    width, height = render_size(shot, kind, model.size_step, catalog)
+    params: dict[str, Any] = {
+        "prompt": shot.prompt,
+        "negative": shot.negative_prompt,
+        "seed": shot.seed,
+        "steps": model.steps,
+        "width": width,
+        "height": height,
+        "length": model.snap_frames(round(shot.frames * model.fps / shot.fps)),
+        "fps": model.fps,
+    }
+    if shot.start_image:
+        params["start_image"] = shot.start_image
+    return Job(
+        scene_id=scene.id,
+        shot_id=shot.id,
+        kind=kind,
+        engine=model.family,
+        workflow="wangp",
+        model=model.id,
+        files={"wangp": [model.id]},
+        params=params,
+        priority=scene.priority,
+        backend="wan2gp",
+    )
+
+
+def plan_variants(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> list[Job]:
+    """Every way to render ``shot`` at ``kind``: on ComfyUI, and on WanGP when it can."""
+    wan = plan_wan_job(scene, shot, kind, catalog)
+    return [plan_job(scene, shot, kind, catalog), *([wan] if wan else [])]
+
+
 def plan_scene(
     scene: Scene, quality: str | None = None, catalog: Catalog | None = None
-) -> list[Job]:
-    """One job per shot, in shot order. ``preview_then_final`` renders the preview first;
-    its task then hands over to the final render of the same shot."""
+) -> list[list[Job]]:
+    """The variants of each shot's first job, in shot order. ``preview_then_final`` renders
+    the preview first; its task then hands over to the final render of the same shot."""
     quality = quality or scene.quality
     kind = "final" if quality == "final" else "preview"
     return [
-        replace(plan_job(scene, shot, kind, catalog), then_final=quality == "preview_then_final")
+        [
+            replace(job, then_final=quality == "preview_then_final")
+            for job in plan_variants(scene, shot, kind, catalog)
+        ]
         for shot in scene.shots
     ]
 
 
-def place(
+def _best_node(
     job: Job,
     nodes: Iterable[NodeInfo],
-    load: Mapping[str, float] | None = None,
-    last_model: Mapping[str, str] | None = None,
-    exclude: Iterable[str] = (),
-) -> str:
-    """The best node for ``job``: capable and alive, least loaded counting a model switch.
-
-    Raises :class:`NoCapableNode` with what each node lacks when none qualifies.
-    """
-    load, last_model, exclude = load or {}, last_model or {}, set(exclude)
+    load: Mapping[str, float],
+    last_model: Mapping[str, str],
+    exclude: set[str],
+) -> tuple[tuple[float, str] | None, list[str]]:
+    """The best ``(score, node)`` for ``job`` and why every other node was refused."""
     best: tuple[float, str] | None = None
     reasons: list[str] = []
     for node in nodes:
+        if node.kind != job.backend:
+            continue
         missing = node.missing(job.files)
         unable = node.cannot_run(job)
         if node.name in exclude:
@@ -209,27 +255,64 @@ def place(
             score = (load.get(node.name, 0.0) + job.cost + switch) / max(node.speed, 1e-3)
             if best is None or (score, node.name) < best:
                 best = (score, node.name)
+    return best, reasons
+
+
+def place_any(
+    variants: Iterable[Job],
+    nodes: Iterable[NodeInfo],
+    load: Mapping[str, float] | None = None,
+    last_model: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+) -> Job:
+    """The best variant on its best node: capable and alive, least loaded counting a model
+    switch. Raises :class:`NoCapableNode` with what each node lacks when none qualifies."""
+    load, last_model, exclude = load or {}, last_model or {}, set(exclude)
+    nodes = list(nodes)
+    variants = list(variants)
+    best: tuple[float, str, int] | None = None
+    reasons: list[str] = []
+    for i, job in enumerate(variants):
+        found, why = _best_node(job, nodes, load, last_model, exclude)
+        reasons += [r for r in why if r not in reasons]
+        if found is not None and (best is None or (*found, i) < best):
+            best = (*found, i)
     if best is None:
+        job = variants[0]
+        models = " or ".join(dict.fromkeys(v.model for v in variants))
         detail = "; ".join(reasons) or "no nodes are registered (start `farm worker --node NAME`)"
-        raise NoCapableNode(f"no live node can render shot {job.shot_id!r} ({job.model}): {detail}")
-    return best[1]
+        raise NoCapableNode(f"no live node can render shot {job.shot_id!r} ({models}): {detail}")
+    return replace(variants[best[2]], node=best[1])
+
+
+def place(
+    job: Job,
+    nodes: Iterable[NodeInfo],
+    load: Mapping[str, float] | None = None,
+    last_model: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+) -> str:
+    """The best node for ``job`` (see :func:`place_any`)."""
+    return place_any([job], nodes, load, last_model, exclude).node or ""
 
 
 def place_scene(
-    jobs: list[Job], nodes: list[NodeInfo], load: Mapping[str, float] | None = None
+    shots: list[list[Job]], nodes: list[NodeInfo], load: Mapping[str, float] | None = None
 ) -> list[Job]:
-    """Place every job; same-model jobs are placed together so nodes reload less."""
+    """Place one variant of every shot; same-model shots are placed together so nodes
+    reload less."""
     load = dict(load or {})
     last_model: dict[str, str] = {}
     placed: dict[int, Job] = {}
-    order = sorted(range(len(jobs)), key=lambda i: (jobs[i].model, -jobs[i].cost))
+    order = sorted(range(len(shots)), key=lambda i: (shots[i][0].model, -shots[i][0].cost))
     for i in order:
-        name = place(jobs[i], nodes, load, last_model)
-        switch = 0.0 if last_model.get(name) == jobs[i].model else MODEL_SWITCH_COST
-        load[name] = load.get(name, 0.0) + jobs[i].cost + switch
-        last_model[name] = jobs[i].model
-        placed[i] = replace(jobs[i], node=name)
-    return [placed[i] for i in range(len(jobs))]
+        job = place_any(shots[i], nodes, load, last_model)
+        name = job.node or ""
+        switch = 0.0 if last_model.get(name) == job.model else MODEL_SWITCH_COST
+        load[name] = load.get(name, 0.0) + job.cost + switch
+        last_model[name] = job.model
+        placed[i] = job
+    return [placed[i] for i in range(len(shots))]
 
 
 def next_attempt(
@@ -255,6 +338,13 @@ def next_attempt(
         primary_error=job.primary_error or error,
         node=None,
     )
+    if error_kind == "out_of_memory" and job.backend == "wan2gp":
+        profiles = load_catalog().oom_profiles  # WanGP trades speed for memory first
+        current = job.params.get("override_profile")
+        lower = [q for q in profiles if current is None or q > current]
+        if lower:
+            nxt = replace(nxt, params={**job.params, "override_profile": lower[0]})
+            return replace(nxt, node=job.node)  # same node, lower-memory profile
     if error_kind == "out_of_memory":
         p = dict(job.params)
         w, h = snap(p["width"] * 0.75, 16, minimum=64), snap(p["height"] * 0.75, 16, minimum=64)

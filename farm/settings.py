@@ -50,9 +50,12 @@ def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
         scheme, plus, rest = url.partition("+")
         if plus and scheme in NODE_KINDS:
             kind, url = scheme, rest
-        if not url.startswith(("http://", "https://")):
+        if kind == "wan2gp" and url.startswith("file://"):
+            pass  # a WanGP checkout run in CLI batch mode on this machine
+        elif not url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"FARM_NODES: node {name!r} URL {url!r} must start with http:// or https://"
+                " (or, for a WanGP node in CLI mode, wan2gp+file:///path/to/Wan2GP)"
             )
         if any(n.name == name for n in nodes):
             raise ConfigError(f"FARM_NODES: node {name!r} is listed twice")

@@ -11,13 +11,13 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.backends import Backend, image_mime, make_backend
 from farm.errors import FarmError, NodeUnavailable
-from farm.planning import Job, next_attempt, place, plan_job
+from farm.planning import Job, next_attempt, place_any, plan_variants
 from farm.runtime import Runtime
 from farm.scene import parse_scene
 from farm.state import SceneState, ShotState
@@ -121,11 +121,11 @@ def run_job(
 def _final_after_preview(rt: Runtime, job: Job) -> Job:
     """The final render of a previewed shot, preferring the node that has the model loaded."""
     scene = parse_scene(rt.state.scene(job.scene_id)["spec"], check_files=False)
-    final = replace(plan_job(scene, scene.shot(job.shot_id), "final"), attempt=1)
-    node = place(
-        final, rt.registry.infos(), rt.registry.loads(), last_model={job.node or "": final.model}
+    variants = plan_variants(scene, scene.shot(job.shot_id), "final")
+    loaded = next((v.model for v in variants if v.backend == job.backend), "")
+    return place_any(
+        variants, rt.registry.infos(), rt.registry.loads(), last_model={job.node or "": loaded}
     )
-    return replace(final, node=node)
 
 
 def _failed(rt: Runtime, job: Job, exc: FarmError, seconds: float) -> Outcome:

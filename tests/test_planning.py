@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from farm.catalog import load_catalog
@@ -13,6 +15,7 @@ from farm.planning import (
     place_scene,
     plan_job,
     plan_scene,
+    plan_wan_job,
     snap_frames,
 )
 from farm.scene import parse_scene
@@ -90,9 +93,67 @@ def test_start_image_and_trajectories_choose_image_engines():
 
 
 def test_quality_decides_the_first_job():
-    assert plan_scene(scene("final"))[0].kind == "final"
-    first = plan_scene(scene("preview_then_final"))[0]
-    assert first.kind == "preview" and first.then_final
+    assert {v.kind for v in plan_scene(scene("final"))[0]} == {"final"}
+    variants = plan_scene(scene("preview_then_final"))[0]
+    assert all(v.kind == "preview" and v.then_final for v in variants)
+
+
+def wan_node(name, *models, alive=True):
+    return NodeInfo(name, kind="wan2gp", alive=alive, models={"wangp": models}, workflows={})
+
+
+def test_wangp_tiers_follow_the_templates():
+    expected = {  # template -> (preview, final) for text-only shots
+        "quick_preview": ("hunyuan_t2v_fast", "hunyuan_t2v_fast"),
+        "standard_generation": ("hunyuan_t2v_fast", "hunyuan"),
+        "high_quality": ("ltxv_distilled", "ltxv_13B"),
+    }
+    for template, tiers in expected.items():
+        sc = scene(template=template)
+        got = tuple(plan_wan_job(sc, sc.shots[0], k, CAT).model for k in ("preview", "final"))
+        assert got == tiers, template
+    portrait = scene(template="character_focus", start_image="/a.png")
+    assert plan_wan_job(portrait, portrait.shots[0], "final", CAT).model == "hunyuan_avatar"
+    fantasy = scene(template="fantasy_content", start_image="/a.png")
+    job = plan_wan_job(fantasy, fantasy.shots[0], "final", CAT)
+    assert job.model == "fantasy" and job.params["start_image"] == "/a.png"
+    tracks = [[{"x": 1, "y": 1}, {"x": 9, "y": 9}]]
+    ati = scene(start_image="/a.png", trajectories=tracks)
+    assert plan_wan_job(ati, ati.shots[0], "final", CAT) is None  # Wan ATI is ComfyUI's
+
+
+def test_wangp_jobs_use_the_models_grid_block_and_fps():
+    sc = scene(template="high_quality", width=840, height=470, frames=33, fps=16)
+    job = plan_wan_job(sc, sc.shots[0], "final", CAT)  # LTX: 8n+1 frames, 32-pixel block, 30 fps
+    assert job.backend == "wan2gp" and job.files == {"wangp": ["ltxv_13B"]}
+    assert (job.params["width"], job.params["height"]) == (832, 480)
+    assert job.params["fps"] == 30 and job.params["length"] == 65  # 33 at 16 fps ≈ 62 at 30
+    assert job.params["steps"] == 30
+
+
+def test_placement_picks_a_backend_that_can_render_the_shot():
+    sc = scene()
+    variants = plan_scene(sc)[0]
+    assert [v.backend for v in variants] == ["comfyui", "wan2gp"]
+    wan = wan_node("w", "hunyuan_t2v_fast")
+    placed = place_scene([variants], [node("a", "hunyuan_t2v", alive=False), wan])[0]
+    assert (placed.node, placed.backend, placed.model) == ("w", "wan2gp", "hunyuan_t2v_fast")
+    placed = place_scene([variants], [node("a", "wan_t2v_fast"), wan], load={"w": 500.0})[0]
+    assert (placed.node, placed.backend) == ("a", "comfyui")  # the idle node wins
+    with pytest.raises(NoCapableNode) as info:
+        place_scene([variants], [wan_node("w", "hunyuan")])
+    assert "w: lacks wangp/hunyuan_t2v_fast" in str(info.value)
+
+
+def test_wangp_out_of_memory_lowers_the_memory_profile_on_the_same_node():
+    sc = scene()
+    job = replace(plan_wan_job(sc, sc.shots[0], "final", CAT), node="w")
+    nodes = [wan_node("w", job.model), wan_node("v", job.model)]
+    first = next_attempt(job, "out_of_memory", "oom", nodes)
+    assert first.node == "w" and first.params["override_profile"] == 4
+    second = next_attempt(first, "out_of_memory", "oom", nodes)
+    assert second.params["override_profile"] == 5 and second.attempt == 3
+    assert next_attempt(second, "out_of_memory", "oom", nodes) is None  # attempts exhausted
 
 
 def test_place_prefers_capable_idle_nodes():

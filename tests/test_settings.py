@@ -38,6 +38,10 @@ def test_a_bare_url_is_a_node_named_after_its_host_and_port():
         ("gpu-example", "comfyui", "https://gpu.example/api"),
         ("b", "comfyui", "http://h:1"),
     ]
+    (cli,) = parse_nodes("w=wan2gp+file:///opt/Wan2GP")
+    assert (cli.kind, cli.url) == ("wan2gp", "file:///opt/Wan2GP")
+    with pytest.raises(ConfigError, match="wan2gp\\+file:///path/to/Wan2GP"):
+        parse_nodes("c=file:///opt/ComfyUI")
 
 
 @pytest.mark.parametrize(

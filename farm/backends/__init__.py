@@ -74,4 +74,8 @@ def make_backend(kind: str, url: str, settings: Settings) -> Backend:
         from farm.backends.comfyui import ComfyUIBackend
 
         return ComfyUIBackend(url, settings)
-    raise ConfigError(f"no backend for node kind {kind!r} (supported: comfyui)")
+    if kind == "wan2gp":
+        from farm.backends.wan2gp import make_wan2gp_backend
+
+        return make_wan2gp_backend(url, settings)
+    raise ConfigError(f"no backend for node kind {kind!r} (supported: comfyui, wan2gp)")
