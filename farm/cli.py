@@ -189,7 +189,7 @@ def nodes(as_json: bool) -> None:
 @click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
 @click.option(
     "--kind",
-    type=click.Choice(["comfyui"]),
+    type=click.Choice(["comfyui", "wan2gp"]),
     default="comfyui",
     show_default=True,
     help="Node backend with --url.",
@@ -356,6 +356,69 @@ def comfy_info(url: str, as_json: bool) -> None:
                           f"{escape(', '.join(cap['models']) or '-')}")  # fmt: skip
         else:
             console.print(f"  [red]cannot run[/] {name}: {escape('; '.join(cap['missing']))}")
+
+
+@cli.group()
+def wan() -> None:
+    """Talk to one WanGP node directly (run any WanGP settings file)."""
+
+
+@wan.command("run")
+@click.argument("settings_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--url", required=True,
+    help="WanGP MCP server (http://host:7866) or WanGP folder in CLI mode (file:///opt/Wan2GP).",
+)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Folder for the outputs.",
+)  # fmt: skip
+@click.option(
+    "--download", is_flag=True,
+    help="Fetch outputs through the node's gallery even when their path exists here.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def wan_run(settings_file: Path, url: str, out: Path, download: bool, as_json: bool) -> None:
+    """Run SETTINGS_FILE (a WanGP settings object or a list of them) on a WanGP node.
+
+    Exits 0 when the job succeeds, 1 when the node rejects or fails it (its error is
+    printed), 2 for bad input, 3 when the node cannot be reached.
+    """
+    from farm.settings import get_settings
+    from farm.wan_run import run_settings
+
+    shown = [-1.0]
+
+    def progress(fraction: float, message: str = "", preview: bytes | None = None) -> None:
+        if preview is None and fraction - shown[0] >= 0.1:
+            shown[0] = fraction
+            err_console.print(f"{fraction:4.0%} {message}", highlight=False)
+
+    try:
+        summary = run_settings(
+            url.rstrip("/"), settings_file, out, get_settings(),
+            shared=False if download else None, progress=progress,
+        )  # fmt: skip
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(summary)
+    else:
+        colour = "green" if summary["status"] == "success" else "red"
+        console.print(
+            f"[{colour}]{summary['status']}[/] job {summary['job_id']} "
+            f"in {summary['seconds']:.1f}s; events: "
+            + ", ".join(f"{k} {v}" for k, v in summary["events"].items())
+        )
+        for item in summary["outputs"]:
+            console.print(f"  {item['path']} ({item['bytes']} bytes)")
+        if summary["error"]:
+            err_console.print(
+                f"[red]error:[/] {escape(summary['error'])}", highlight=False, soft_wrap=True
+            )
+    if summary["status"] != "success":
+        unreachable = summary["error_kind"] in {"node_unavailable", "timeout"}
+        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_FAILED)
 
 
 @cli.group()

@@ -27,7 +27,10 @@ from typing import Any
 from farm.errors import ConfigError
 from farm.jsonfile import read_json
 
-MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras")
+MODEL_FOLDERS = (
+    "diffusion_models", "text_encoders", "vae", "clip_vision", "checkpoints", "loras",
+    "wangp",  # WanGP nodes: the model_type ids whose weights are on disk
+)  # fmt: skip
 #: the workload ``step_s`` is measured at: 832x480 pixels, 81 frames
 REFERENCE_VOXELS = 832 * 480 * 81
 MIN_STEP_S = 0.01
