@@ -255,6 +255,27 @@ def preview(scene_id: str, shot_id: str, out: Path | None, as_json: bool) -> Non
         console.print(f"{shot_id}: {frame['mime']}, {frame['bytes']} bytes{where}")
 
 
+def finish_run(summary: dict[str, Any], label: str, as_json: bool) -> None:
+    """Print a `comfy run` / `wan run` summary and exit with its code."""
+    if as_json:
+        print_json(summary)
+    else:
+        colour = "green" if summary["status"] == "success" else "red"
+        console.print(
+            f"[{colour}]{summary['status']}[/] {label} in {summary['seconds']:.1f}s; events: "
+            + ", ".join(f"{k} {v}" for k, v in summary["events"].items())
+        )
+        for item in summary["outputs"]:
+            console.print(f"  {item['path']} ({item['bytes']} bytes)")
+        if summary["error"]:
+            err_console.print(
+                f"[red]error:[/] {escape(summary['error'])}", highlight=False, soft_wrap=True
+            )
+    if summary["status"] != "success":
+        unreachable = summary["error_kind"] in {"node_unavailable", "timeout"}
+        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_FAILED)
+
+
 @cli.group()
 def comfy() -> None:
     """Talk to one ComfyUI server directly (check a node, run any workflow)."""
@@ -306,24 +327,7 @@ def comfy_run(
         )  # fmt: skip
     except FarmError as exc:
         fail(exc)
-    if as_json:
-        print_json(summary)
-    else:
-        colour = "green" if summary["status"] == "success" else "red"
-        console.print(
-            f"[{colour}]{summary['status']}[/] prompt {summary['prompt_id']} "
-            f"in {summary['seconds']:.1f}s; events: "
-            + ", ".join(f"{k} {v}" for k, v in summary["events"].items())
-        )
-        for item in summary["outputs"]:
-            console.print(f"  {item['path']} ({item['bytes']} bytes)")
-        if summary["error"]:
-            err_console.print(
-                f"[red]error:[/] {escape(summary['error'])}", highlight=False, soft_wrap=True
-            )
-    if summary["status"] != "success":
-        unreachable = summary["error_kind"] in {"node_unavailable", "timeout"}
-        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_FAILED)
+    finish_run(summary, f"prompt {summary['prompt_id']}", as_json)
 
 
 @comfy.command("info")
@@ -401,24 +405,7 @@ def wan_run(settings_file: Path, url: str, out: Path, download: bool, as_json: b
         )  # fmt: skip
     except FarmError as exc:
         fail(exc)
-    if as_json:
-        print_json(summary)
-    else:
-        colour = "green" if summary["status"] == "success" else "red"
-        console.print(
-            f"[{colour}]{summary['status']}[/] job {summary['job_id']} "
-            f"in {summary['seconds']:.1f}s; events: "
-            + ", ".join(f"{k} {v}" for k, v in summary["events"].items())
-        )
-        for item in summary["outputs"]:
-            console.print(f"  {item['path']} ({item['bytes']} bytes)")
-        if summary["error"]:
-            err_console.print(
-                f"[red]error:[/] {escape(summary['error'])}", highlight=False, soft_wrap=True
-            )
-    if summary["status"] != "success":
-        unreachable = summary["error_kind"] in {"node_unavailable", "timeout"}
-        sys.exit(EXIT_UNAVAILABLE if unreachable else EXIT_FAILED)
+    finish_run(summary, f"job {summary['job_id']}", as_json)
 
 
 @cli.group()

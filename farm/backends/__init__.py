@@ -7,6 +7,7 @@ fall back from and what is permanent. One module per backend kind.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,12 @@ from typing import Any, Protocol
 from farm.errors import ConfigError
 from farm.planning import Job
 from farm.settings import Settings
+
+
+def safe_name(name: str) -> str:
+    """A file name from a node, made safe to write locally (no folders, no odd characters)."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")
+    return base[:120] or "output"
 
 
 def image_mime(data: bytes) -> str | None:

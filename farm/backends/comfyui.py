@@ -23,7 +23,7 @@ from typing import Any
 import requests
 import websocket
 
-from farm.backends import ProgressFn, RenderResult, image_mime
+from farm.backends import ProgressFn, RenderResult, image_mime, safe_name
 from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
@@ -63,12 +63,6 @@ def prompt_id_for(job: Job) -> str:
     return str(
         uuid.uuid5(PROMPT_NAMESPACE, f"{job.scene_id}/{job.shot_id}/{job.kind}/{job.attempt}")
     )
-
-
-def safe_name(name: str) -> str:
-    """A file name from a node, made safe to write locally (no folders, no odd characters)."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")
-    return base[:120] or "output"
 
 
 def parse_preview(frame: bytes, prompt_id: str) -> bytes | None:

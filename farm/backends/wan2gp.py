@@ -41,7 +41,7 @@ from typing import Any
 
 import requests
 
-from farm.backends import ProgressFn, RenderResult, image_mime
+from farm.backends import ProgressFn, RenderResult, image_mime, safe_name
 from farm.errors import (
     BadNodeResponse,
     ConfigError,
@@ -89,12 +89,6 @@ class UnknownJob(NodeUnavailable):
 
 
 # -- pure helpers ---------------------------------------------------------------------------
-
-
-def safe_name(name: str) -> str:
-    """A file name from a node, made safe to write locally (no folders, no odd characters)."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")
-    return base[:120] or "output"
 
 
 def job_key(job: Job) -> str:
