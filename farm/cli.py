@@ -255,6 +255,18 @@ def preview(scene_id: str, shot_id: str, out: Path | None, as_json: bool) -> Non
         console.print(f"{shot_id}: {frame['mime']}, {frame['bytes']} bytes{where}")
 
 
+def stderr_progress():
+    """A progress callback for `comfy run` / `wan run`: one stderr line per 10 %."""
+    shown = [-1.0]
+
+    def progress(fraction: float, message: str = "", preview: bytes | None = None) -> None:
+        if preview is None and fraction - shown[0] >= 0.1:
+            shown[0] = fraction
+            err_console.print(f"{fraction:4.0%} {message}", highlight=False)
+
+    return progress
+
+
 def finish_run(summary: dict[str, Any], label: str, as_json: bool) -> None:
     """Print a `comfy run` / `wan run` summary and exit with its code."""
     if as_json:
@@ -312,13 +324,7 @@ def comfy_run(
     from farm.settings import get_settings
 
     settings = get_settings()
-    shown = [-1.0]
-
-    def progress(fraction: float, message: str = "", preview: bytes | None = None) -> None:
-        if preview is None and fraction - shown[0] >= 0.1:
-            shown[0] = fraction
-            err_console.print(f"{fraction:4.0%} {message}", highlight=False)
-
+    progress = stderr_progress()
     try:
         summary = run_workflow(
             url.rstrip("/"), workflow, out, sets=sets, uploads=uploads,
@@ -391,13 +397,7 @@ def wan_run(settings_file: Path, url: str, out: Path, download: bool, as_json: b
     from farm.settings import get_settings
     from farm.wan_run import run_settings
 
-    shown = [-1.0]
-
-    def progress(fraction: float, message: str = "", preview: bytes | None = None) -> None:
-        if preview is None and fraction - shown[0] >= 0.1:
-            shown[0] = fraction
-            err_console.print(f"{fraction:4.0%} {message}", highlight=False)
-
+    progress = stderr_progress()
     try:
         summary = run_settings(
             url.rstrip("/"), settings_file, out, get_settings(),

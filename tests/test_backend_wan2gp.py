@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import requests
 
 from farm.backends.wan2gp import (
     RECORD,
@@ -48,6 +47,8 @@ from farm.media import probe
 from farm.planning import Job
 from farm.settings import Settings
 
+from .emulated import EmulatorProcess
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "examples" / "images" / "meadow.jpg"
 PROFILE = {
@@ -60,38 +61,13 @@ PROFILE = {
 }
 
 
-class Server:
-    """An emulated WanGP node run as ``python -m farm.emulators.wan2gp`` in a subprocess."""
+class Server(EmulatorProcess):
+    """An emulated WanGP node run as ``python -m farm.emulators.wan2gp``."""
 
-    def __init__(self, root: Path, profile: dict, *args: str) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.profile = root / "profile.json"
-        self.profile.write_text(json.dumps(profile))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data = root / "data"
-        self.log = root / "server.log"
-        self.args = args
-        self.proc: subprocess.Popen | None = None
+    module = "farm.emulators.wan2gp"
 
-    def start(self) -> Server:
-        cmd = [sys.executable, "-m", "farm.emulators.wan2gp", "--port", str(self.port)]
-        cmd += ["--profile", str(self.profile), "--data", str(self.data), *self.args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self.log.open("a"), stderr=subprocess.STDOUT
-        )
-        wait_for(lambda: WanClient(self.url, 1).server_info(), 20, "emulator", self.proc, self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def faults(self, faults: dict) -> None:
-        resp = requests.put(self.url + "/emulator/faults", json=faults, timeout=5)
-        assert resp.status_code == 200, resp.text
+    def ready(self) -> bool:
+        return bool(WanClient(self.url, 1).server_info())
 
     def outputs(self) -> list[Path]:
         return sorted((self.data / "outputs").glob("*.mp4"))

@@ -39,6 +39,8 @@ from farm.local import free_port, wait_for
 from farm.media import probe
 from farm.settings import Settings
 
+from .emulated import EmulatorProcess
+
 REPO = Path(__file__).resolve().parent.parent
 T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
 PROFILE = {
@@ -56,41 +58,13 @@ PROFILE = {
 }
 
 
-class Server:
-    """An emulated node run as ``python -m farm.emulators.comfyui`` in a subprocess."""
+class Server(EmulatorProcess):
+    """An emulated ComfyUI node run as ``python -m farm.emulators.comfyui``."""
 
-    def __init__(self, root: Path, profile: dict) -> None:
-        self.root = root
-        self.profile = root / "profile.json"
-        self.profile.write_text(json.dumps(profile))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / "server.log"
-        self.proc: subprocess.Popen | None = None
+    module = "farm.emulators.comfyui"
 
-    def start(self) -> Server:
-        cmd = [sys.executable, "-m", "farm.emulators.comfyui", "--port", str(self.port)]
-        cmd += ["--profile", str(self.profile), "--data", str(self.root / "data")]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self.log.open("a"), stderr=subprocess.STDOUT
-        )
-        wait_for(
-            lambda: requests.get(self.url + "/system_stats", timeout=1).ok,
-            20,
-            "emulator",
-            self.proc,
-            self.log,
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def faults(self, faults: dict) -> None:
-        resp = requests.put(self.url + "/emulator/faults", json=faults, timeout=5)
-        assert resp.status_code == 200, resp.text
+    def ready(self) -> bool:
+        return requests.get(self.url + "/system_stats", timeout=1).ok
 
     def history(self) -> dict:
         return requests.get(self.url + "/history", timeout=5).json()
