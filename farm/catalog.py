@@ -77,6 +77,8 @@ class Catalog:
     wan_models: dict[str, WanModel]
     wan_templates: dict[str, dict[str, dict[str, str]]]
     oom_profiles: tuple[int, ...]
+    #: the memory profile a WanGP node runs when a job does not override it (WanGP's default)
+    wan_default_profile: int = 4
 
     def wan_model_for(
         self, template: str, kind: str, *, start_image: bool, trajectories: bool
@@ -134,4 +136,5 @@ def load_catalog() -> Catalog:
         wan_models=wan_models,
         wan_templates=raw["wan2gp"]["templates"],
         oom_profiles=tuple(raw["wan2gp"]["oom_profiles"]),
+        wan_default_profile=int(raw["wan2gp"]["default_profile"]),
     )

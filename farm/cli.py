@@ -189,10 +189,10 @@ def nodes(as_json: bool) -> None:
 @click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
 @click.option(
     "--kind",
-    type=click.Choice(["comfyui", "wan2gp"]),
-    default="comfyui",
+    type=click.Choice(["auto", "comfyui", "wan2gp"]),
+    default="auto",
     show_default=True,
-    help="Node backend with --url.",
+    help="Node backend with --url; auto asks the server which it is.",
 )
 @click.option("--cpu", is_flag=True, help="Serve the CPU queue (assembly, scoring) instead.")
 @click.option(
@@ -219,6 +219,10 @@ def worker(
             run_cpu_worker(settings, concurrency, loglevel)
             return
         if url:
+            if kind == "auto":
+                from farm.backends import detect_kind
+
+                kind = detect_kind(url, settings.http_timeout)
             node = NodeConfig(node_name or node_name_for(url), kind, url.rstrip("/"))
         else:
             node = settings.node(node_name)
@@ -442,6 +446,57 @@ def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
         fail(exc)
 
 
+@emulate.command("wan2gp")
+@click.option("--port", type=click.IntRange(1, 65535), default=7866, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Node profile JSON (WanGP model ids, VRAM, speed, costs); see deploy/nodes/wan-a.json.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/emulator-wan"),
+    show_default=True,
+    help="Folder for the node's outputs/ and uploads/.",
+)
+@click.option(
+    "--allow-read-file-system",
+    is_flag=True,
+    help="Accept file paths in tool arguments (WanGP's --mcp-allow-read-file-system).",
+)
+@click.option(
+    "--memory-profile",
+    type=click.IntRange(1, 5),
+    default=4,
+    show_default=True,
+    help="WanGP's --profile N memory profile (lower needs more VRAM).",
+)
+def emulate_wan2gp(
+    port: int,
+    host: str,
+    profile: Path,
+    data: Path,
+    allow_read_file_system: bool,
+    memory_profile: int,
+) -> None:
+    """Serve WanGP's MCP server (streamable HTTP at /mcp) on HOST:PORT.
+
+    For WanGP's CLI batch mode, install an emulated wgp.py with
+    `python -m farm.emulators.wgp_cli --install FOLDER --profile FILE`."""
+    from farm.emulators.profile import load_profile
+    from farm.emulators.wan2gp import serve
+
+    try:
+        serve(load_profile(profile), host, port, data, allow_read_file_system, memory_profile)
+    except FarmError as exc:
+        fail(exc)
+
+
 @cli.command()
 @click.option(
     "--root",
@@ -462,7 +517,7 @@ def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
     help="Override the scene's quality.",
 )
 def demo(root: Path, scene_file: Path | None, quality: str | None) -> None:
-    """Start a whole farm here (Redis, 2 emulated GPU nodes, workers), render the example
+    """Start a whole farm here (Redis, 3 emulated GPU nodes, workers), render the example
     scene with live progress, print where the outputs are, and stop it all."""
     from farm.demo import DEMO_SCENE, run_demo
 

@@ -1,7 +1,8 @@
 """``farm demo``: a whole farm on this machine renders the bundled example scene.
 
 Starts its own Redis (AOF, data under the demo folder), two emulated ComfyUI nodes with
-different models and speeds, a worker per node queue and a CPU worker; submits
+different models and speeds, one emulated WanGP node (its MCP server), a worker per node
+queue and a CPU worker; submits
 ``examples/demo_scene.json``; shows live progress; prints where the outputs are; stops
 everything it started.
 """
@@ -28,6 +29,7 @@ DEMO_SCENE = REPO_ROOT / "examples" / "demo_scene.json"
 DEMO_NODES = [
     EmulatedNode("gpu-a", REPO_ROOT / "deploy" / "nodes" / "gpu-a.json"),
     EmulatedNode("gpu-b", REPO_ROOT / "deploy" / "nodes" / "gpu-b.json"),
+    EmulatedNode("wan-a", REPO_ROOT / "deploy" / "nodes" / "wan-a.json", kind="wan2gp"),
 ]
 
 
@@ -47,9 +49,10 @@ def run_demo(
         settings_mod._current = None  # this process now talks to the demo farm
         rt = get_runtime()
         for node in rt.registry.records():
+            models = node["models"].get("diffusion_models") or node["models"].get("wangp") or []
             console.print(
-                f"  node [cyan]{node['name']}[/] {node['gpu']} at {node['url']}: "
-                f"{len(node['models'].get('diffusion_models', []))} video models"
+                f"  node [cyan]{node['name']}[/] ({node['kind']}) {node['gpu']} at {node['url']}: "
+                f"{len(models)} video models"
             )
         jobs = enqueue(scene, rt, quality)
         console.print(

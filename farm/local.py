@@ -27,10 +27,18 @@ from farm.settings import Settings
 
 @dataclass(frozen=True)
 class EmulatedNode:
-    """A node to emulate: its name and emulator profile file."""
+    """A node to emulate: its name, emulator profile file and backend kind
+    (``comfyui`` or ``wan2gp``, the WanGP MCP server)."""
 
     name: str
     profile: Path
+    kind: str = "comfyui"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("comfyui", "wan2gp"):
+            raise ConfigError(
+                f"node {self.name}: kind must be comfyui or wan2gp, not {self.kind!r}"
+            )
 
 
 def free_port() -> int:
@@ -110,7 +118,10 @@ class LocalFarm:
         return {
             "FARM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "FARM_STORAGE": str(self.storage),
-            "FARM_NODES": ",".join(f"{n.name}={self.node_url(n.name)}" for n in self.nodes),
+            "FARM_NODES": ",".join(
+                f"{n.name}={'wan2gp+' if n.kind == 'wan2gp' else ''}{self.node_url(n.name)}"
+                for n in self.nodes
+            ),
             **self.extra_env,
         }
 
@@ -144,7 +155,7 @@ class LocalFarm:
             for node in self.nodes:
                 self.start_emulator(node)
             for node in self.nodes:
-                url = self.node_url(node.name) + "/system_stats"
+                url = self.node_url(node.name) + "/emulator/faults"  # served by both kinds
                 wait_for(
                     lambda u=url: requests.get(u, timeout=1).ok,
                     30,
@@ -201,7 +212,7 @@ class LocalFarm:
                 "-m",
                 "farm",
                 "emulate",
-                "comfyui",
+                node.kind,
                 "--port",
                 str(self.ports[node.name]),
                 "--profile",

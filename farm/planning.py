@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from farm.catalog import Catalog, load_catalog
-from farm.errors import NoCapableNode
+from farm.errors import InvalidInput, NoCapableNode
 from farm.scene import Scene, Shot
 from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
 
@@ -206,9 +206,17 @@ def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = 
 
 
 def plan_variants(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> list[Job]:
-    """Every way to render ``shot`` at ``kind``: on ComfyUI, and on WanGP when it can."""
-    wan = plan_wan_job(scene, shot, kind, catalog)
-    return [plan_job(scene, shot, kind, catalog), *([wan] if wan else [])]
+    """Every way to render ``shot`` at ``kind``: on ComfyUI, and on WanGP when it can;
+    only the shot's ``backend`` when it names one."""
+    comfy = plan_job(scene, shot, kind, catalog) if shot.backend != "wan2gp" else None
+    wan = plan_wan_job(scene, shot, kind, catalog) if shot.backend != "comfyui" else None
+    variants = [job for job in (comfy, wan) if job is not None]
+    if not variants:  # parse_scene refuses trajectories on wan2gp; a Scene built in code may not
+        raise InvalidInput(
+            f"shot {shot.id!r}: backend {shot.backend} cannot render this shot"
+            " (trajectories need Wan ATI on ComfyUI); set backend to any"
+        )
+    return variants
 
 
 def plan_scene(
@@ -339,9 +347,9 @@ def next_attempt(
         node=None,
     )
     if error_kind == "out_of_memory" and job.backend == "wan2gp":
-        profiles = load_catalog().oom_profiles  # WanGP trades speed for memory first
-        current = job.params.get("override_profile")
-        lower = [q for q in profiles if current is None or q > current]
+        catalog = load_catalog()  # WanGP trades speed for memory first
+        current = job.params.get("override_profile", catalog.wan_default_profile)
+        lower = [q for q in catalog.oom_profiles if q > current]
         if lower:
             nxt = replace(nxt, params={**job.params, "override_profile": lower[0]})
             return replace(nxt, node=job.node)  # same node, lower-memory profile

@@ -64,6 +64,8 @@ class Shot:
     start_image: str | None = None
     trajectories: tuple[tuple[Point, ...], ...] = ()
     trajectory_interpolation: str = "linear"
+    #: the node kind to render on: ``any`` (the farm chooses), ``comfyui`` or ``wan2gp``
+    backend: str = "any"
 
     @property
     def prompt(self) -> str:
@@ -101,6 +103,8 @@ class Scene:
                     del raw[key]
             if not shot.trajectories and shot.trajectory_interpolation == "linear":
                 del raw["trajectory_interpolation"]  # the default, and nothing to interpolate
+            if shot.backend == "any":
+                del raw["backend"]
         return data
 
 
@@ -182,6 +186,7 @@ def _shot(scene_id: str, raw: dict[str, Any], base_dir: Path | None) -> Shot:
             for track in raw.get("trajectories", ())
         ),
         trajectory_interpolation=raw.get("trajectory_interpolation", "linear"),
+        backend=raw.get("backend", "any"),
     )
 
 
@@ -214,6 +219,11 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
         if shot.get("trajectories") and not shot.get("start_image"):
             problems.append(
                 f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image"
+            )
+        if shot.get("trajectories") and shot.get("backend") == "wan2gp":
+            problems.append(
+                f"{where}.backend: trajectory control (Wan ATI) runs on ComfyUI nodes only;"
+                " set backend to comfyui or any, or remove the trajectories"
             )
         start = shot.get("start_image")
         if start:

@@ -16,11 +16,11 @@ from typing import Any
 from farm.backends import ProgressFn
 from farm.backends.wan2gp import (
     WanClient,
-    WgpCliBackend,
     collect,
     failure,
     make_wan2gp_backend,
 )
+from farm.backends.wgp_cli import WgpCliBackend
 from farm.errors import BadNodeResponse, FarmError, InvalidInput, JobCancelled, NodeTimeout
 from farm.jsonfile import read_json
 from farm.settings import Settings

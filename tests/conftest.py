@@ -29,16 +29,18 @@ for tool in ("redis-server", "ffmpeg"):
 
 @pytest.fixture(scope="session")
 def farm_cluster(tmp_path_factory):
-    """A running local farm with three emulated nodes:
+    """A running local farm with four emulated nodes:
 
     node-a: Wan t2v 1.3B/14B and Wan i2v; node-b: Hunyuan and Wan t2v 1.3B (slower);
-    node-c: Wan ATI only (so trajectory shots land there).
+    node-c: Wan ATI only (so trajectory shots land there); node-w: a WanGP MCP server
+    (tests/nodes/wan-a.json: fast Hunyuan, Wan 2.2, LTX distilled, Fantasy).
     """
     from farm import runtime, settings
     from farm.celery_app import app, celery_config
     from farm.local import EmulatedNode, LocalFarm
 
     nodes = [EmulatedNode(n, NODES / f"{n}.json") for n in ("node-a", "node-b", "node-c")]
+    nodes.append(EmulatedNode("node-w", NODES / "wan-a.json", kind="wan2gp"))
     farm = LocalFarm(
         tmp_path_factory.mktemp("farm"),
         nodes,

@@ -26,12 +26,12 @@ from farm.backends.wan2gp import (
     NodeBusy,
     Wan2GPBackend,
     WanClient,
-    WgpCliBackend,
     collect,
     make_wan2gp_backend,
     parse_sse,
     tool_result,
 )
+from farm.backends.wgp_cli import WgpCliBackend
 from farm.errors import (
     BadNodeResponse,
     JobCancelled,

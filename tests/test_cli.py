@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import redis as redis_lib
 
 from .conftest import EXAMPLES
 
@@ -51,7 +54,9 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     out = farm("nodes", "--json", env=cli_env)
     assert out.returncode == 0
     nodes = {n["name"]: n for n in json.loads(out.stdout)}
-    assert {"node-a", "node-b", "node-c"} <= set(nodes)
+    assert {"node-a", "node-b", "node-c", "node-w"} <= set(nodes)
+    assert (nodes["node-a"]["kind"], nodes["node-w"]["kind"]) == ("comfyui", "wan2gp")
+    assert "hunyuan_t2v_fast" in nodes["node-w"]["models"]["wangp"]
     assert (
         nodes["node-a"]["alive"]
         and "wan2.1_t2v_14B_fp16.safetensors" in nodes["node-a"]["models"]["diffusion_models"]
@@ -121,3 +126,26 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
 def test_unknown_scene_status_exit_2(cli_env):
     out = farm("status", "no-such-scene", env=cli_env)
     assert out.returncode == 2 and "no scene 'no-such-scene'" in out.stderr
+
+
+def test_worker_with_a_bare_url_detects_a_wangp_node(cli_env, farm_cluster):
+    """`farm worker --url URL` asks the server what it is and registers it with that kind."""
+    prefix = f"t{os.getpid()}w"
+    env = {**cli_env, "FARM_PREFIX": prefix}
+    url = farm_cluster.node_url("node-w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm", "worker", "--url", url, "--node", "auto-w"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis_lib.Redis.from_url(cli_env["FARM_REDIS_URL"], decode_responses=True)
+        deadline = time.monotonic() + 60
+        record: dict = {}
+        while time.monotonic() < deadline and not record.get("models"):
+            record = client.hgetall(f"{prefix}:node:auto-w")
+            time.sleep(0.2)
+        assert record.get("kind") == "wan2gp" and record["url"] == url
+        assert "hunyuan_t2v_fast" in json.loads(record["models"])["wangp"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -150,10 +150,19 @@ def test_wangp_out_of_memory_lowers_the_memory_profile_on_the_same_node():
     job = replace(plan_wan_job(sc, sc.shots[0], "final", CAT), node="w")
     nodes = [wan_node("w", job.model), wan_node("v", job.model)]
     first = next_attempt(job, "out_of_memory", "oom", nodes)
-    assert first.node == "w" and first.params["override_profile"] == 4
+    # the node ran WanGP's default profile 4, so the next lower-memory one is 5
+    assert first.node == "w" and first.params["override_profile"] == 5
+    assert (first.params["width"], first.params["height"]) == (
+        job.params["width"],
+        job.params["height"],
+    )
     second = next_attempt(first, "out_of_memory", "oom", nodes)
+    # no lower profile left: a smaller render
     assert second.params["override_profile"] == 5 and second.attempt == 3
+    assert second.params["width"] < job.params["width"]
     assert next_attempt(second, "out_of_memory", "oom", nodes) is None  # attempts exhausted
+    at_three = replace(job, params={**job.params, "override_profile": 3})
+    assert next_attempt(at_three, "out_of_memory", "oom", nodes).params["override_profile"] == 4
 
 
 def test_place_prefers_capable_idle_nodes():
@@ -257,3 +266,14 @@ def test_jobs_round_trip_through_json_dicts():
 
     job = place_scene(plan_scene(scene()), [node("a", "wan_t2v_fast")])[0]
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_a_shot_pinned_to_a_backend_is_planned_only_there():
+    assert [v.backend for v in plan_scene(scene(backend="comfyui"))[0]] == ["comfyui"]
+    assert [v.backend for v in plan_scene(scene(backend="wan2gp"))[0]] == ["wan2gp"]
+    pinned = plan_scene(scene(backend="wan2gp"))[0]
+    with pytest.raises(NoCapableNode) as info:  # a ComfyUI node with the model is no use
+        place_scene([pinned], [node("a", "hunyuan_t2v", "wan_t2v_fast")])
+    assert "no live node" in str(info.value)
+    placed = place_scene([pinned], [node("a", "wan_t2v_fast"), wan_node("w", pinned[0].model)])
+    assert (placed[0].node, placed[0].backend) == ("w", "wan2gp")

@@ -28,6 +28,7 @@ def test_example_scene_is_valid_and_covers_the_demo_cases():
     assert any(s.trajectories for s in scene.shots)
     assert any(s.camera_movements for s in scene.shots)
     assert any(s.start_image and not s.trajectories for s in scene.shots)
+    assert any(s.backend == "wan2gp" for s in scene.shots)  # the demo's WanGP node renders it
     for s in scene.shots:
         if s.start_image:
             assert s.start_image.startswith(str(EXAMPLES))  # resolved against the scene file
@@ -226,4 +227,24 @@ def test_every_trajectory_point_problem_is_listed(tmp_path):
         "$.shots[0].trajectories[1][1].y: expected a finite number, got nan; give y in pixels",
         "$.shots[0].trajectories[1][2]: point (10, 200) is outside the 320x192 canvas; "
         "points are pixels with 0 <= x <= 320, 0 <= y <= 192",
+    ]
+
+
+def test_backend_pins_a_shot_to_a_node_kind():
+    s = parse_scene({"id": "x", "shots": [shot(backend="wan2gp")]})
+    assert s.shots[0].backend == "wan2gp" and s.to_dict()["shots"][0]["backend"] == "wan2gp"
+    default = parse_scene({"id": "x", "shots": [shot()]})
+    assert default.shots[0].backend == "any" and "backend" not in default.to_dict()["shots"][0]
+    assert any(
+        p.startswith("$.shots[0].backend:")
+        for p in problems({"id": "x", "shots": [shot(backend="gpu")]})
+    )
+    img = str(EXAMPLES / "images" / "meadow.jpg")
+    track = [{"x": 10, "y": 10}, {"x": 100, "y": 100}]
+    found = problems(
+        {"id": "x", "shots": [shot(backend="wan2gp", start_image=img, trajectories=[track])]}
+    )
+    assert found == [
+        "$.shots[0].backend: trajectory control (Wan ATI) runs on ComfyUI nodes only;"
+        " set backend to comfyui or any, or remove the trajectories"
     ]

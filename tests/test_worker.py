@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from farm.backends import make_backend
+import pytest
+
+from farm.backends import detect_kind, make_backend
+from farm.errors import NodeUnavailable
 from farm.local import free_port
 from farm.settings import NodeConfig, Settings
 from farm.worker import Heartbeat
@@ -41,3 +44,13 @@ def test_a_node_that_comes_back_is_described_again(farm_cluster, scratch_setting
     (up,) = beat.registry.records()
     assert up["alive"] and up["workflows"]["wan_t2v"]["ok"] and up["described"] > 0
     assert "wan2.1_t2v_14B_fp16.safetensors" in beat.registry.infos()[0].workflows["wan_t2v"]
+
+
+def test_the_node_kind_is_detected_from_what_answers(farm_cluster):
+    assert detect_kind(farm_cluster.node_url("node-a")) == "comfyui"
+    assert detect_kind(farm_cluster.node_url("node-w")) == "wan2gp"
+    assert detect_kind("file:///opt/Wan2GP") == "wan2gp"
+    with pytest.raises(NodeUnavailable) as info:
+        detect_kind(f"http://127.0.0.1:{free_port()}", timeout=2)
+    assert "neither a ComfyUI server nor a WanGP MCP server" in str(info.value)
+    assert "give --kind" in str(info.value)

@@ -86,3 +86,35 @@ def make_backend(kind: str, url: str, settings: Settings) -> Backend:
 
         return make_wan2gp_backend(url, settings)
     raise ConfigError(f"no backend for node kind {kind!r} (supported: comfyui, wan2gp)")
+
+
+def detect_kind(url: str, timeout: float = 5.0) -> str:
+    """Which server answers at ``url``: ``comfyui`` (``GET /system_stats``) or ``wan2gp``
+    (an MCP ``initialize`` at ``/mcp``). A ``file://`` URL is a WanGP folder (CLI mode).
+    Raises :class:`~farm.errors.NodeUnavailable` when neither answers."""
+    import requests
+
+    from farm.errors import FarmError, NodeUnavailable
+
+    if url.startswith("file://"):
+        return "wan2gp"
+    tried = []
+    try:
+        reply = requests.get(url.rstrip("/") + "/system_stats", timeout=timeout)
+        if reply.ok and isinstance(reply.json().get("system"), dict):
+            return "comfyui"
+        tried.append(f"GET /system_stats: HTTP {reply.status_code}")
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        tried.append(f"GET /system_stats: {type(exc).__name__}")
+    from farm.backends.wan2gp import WanClient
+
+    try:
+        if WanClient(url, timeout).server_info():
+            return "wan2gp"
+        tried.append("MCP initialize at /mcp: no serverInfo")
+    except FarmError as exc:
+        tried.append(f"MCP initialize at /mcp: {exc}")
+    raise NodeUnavailable(
+        f"{url} is neither a ComfyUI server nor a WanGP MCP server ({'; '.join(tried)});"
+        " check the URL, or give --kind"
+    )

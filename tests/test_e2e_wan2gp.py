@@ -1,0 +1,106 @@
+"""End to end on a WanGP node: scenes through real Celery chords on the emulated WanGP MCP
+server (node-w) next to the ComfyUI nodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from farm.media import probe
+from farm.scene import parse_scene
+from farm.submit import enqueue
+
+from .conftest import EXAMPLES
+from .test_e2e import wait_done
+
+
+def embedded_settings(path: str) -> dict:
+    """The WanGP settings the node wrote into the mp4's ``comment`` tag."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags=comment", "-of", "json", path],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return json.loads(json.loads(out.stdout)["format"]["tags"]["comment"])
+
+
+def wan_shot(shot_id: str, seed: int, **extra) -> dict:
+    return {
+        "id": shot_id,
+        "action_description": f"shot {shot_id}",
+        "backend": "wan2gp",
+        "width": 320,
+        "height": 192,
+        "frames": 17,
+        "fps": 16,
+        "seed": seed,
+        **extra,
+    }
+
+
+def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt):
+    img = str(EXAMPLES / "images" / "meadow.jpg")
+    scene = parse_scene(
+        {
+            "id": "e2e-wan",
+            "quality": "final",
+            "shots": [
+                wan_shot("hy", 11, template="quick_preview"),
+                wan_shot("fantasy", 12, template="fantasy_content", start_image=img),
+                {**wan_shot("comfy", 13), "backend": "comfyui"},
+            ],
+        }
+    )
+    jobs = {j.shot_id: j for j in enqueue(scene, rt)}
+    assert {k: (j.node, j.backend, j.model) for k, j in jobs.items()} == {
+        "hy": ("node-w", "wan2gp", "hunyuan_t2v_fast"),
+        "fantasy": ("node-w", "wan2gp", "fantasy"),
+        "comfy": ("node-a", "comfyui", jobs["comfy"].model),
+    }
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", status
+    shots = {s["id"]: s for s in status["shots"]}
+    assert [shots[k]["node"] for k in ("hy", "fantasy", "comfy")] == ["node-w", "node-w", "node-a"]
+    # 17 frames at 16 fps become the model's own grid and rate: Hunyuan 24 fps, Fantasy 23
+    for shot_id, model, fps in (("hy", "hunyuan_t2v_fast", 24), ("fantasy", "fantasy", 23)):
+        clip = shots[shot_id]["outputs"]["final"]
+        info = probe(Path(clip))
+        assert (info.width, info.height, round(info.fps)) == (320, 192, fps)
+        assert info.frames % 4 == 1 and abs(info.frames / fps - 17 / 16) < 0.2
+        settings = embedded_settings(clip)
+        assert settings["model_type"] == model and settings["seed"] == jobs[shot_id].params["seed"]
+        assert settings["multi_prompts_gen_type"] == "FG"
+        log = rt.state.shot(scene.id, shot_id)["attempt_log"]
+        assert len(log) == 1 and log[0]["backend_job_id"]
+    assert "image_start" in embedded_settings(shots["fantasy"]["outputs"]["final"])
+    video = probe(Path(status["outputs"]["video"]))
+    assert video.width == 320 and video.frames > 0
+    assert json.loads(Path(status["outputs"]["metrics"]).read_text())["shots"]
+
+
+def test_out_of_memory_on_wangp_retries_with_a_lower_memory_profile(rt):
+    """1280x720 with Hunyuan needs 6.2 GB at WanGP's default profile 4 on a 6 GB card and
+    4.6 GB at the fail-safe profile 5: the shot fails once, then renders on the same node."""
+    scene = parse_scene(
+        {
+            "id": "e2e-wan-oom",
+            "quality": "final",
+            "shots": [wan_shot("big", 21, template="quick_preview", width=1280, height=720)],
+        }
+    )
+    enqueue(scene, rt)
+    status = wait_done(rt, scene.id)
+    (shot,) = status["shots"]
+    assert status["state"] == "done", status
+    assert shot["attempts"] == 2 and shot["used_fallback"]
+    assert (
+        "out_of_memory" in shot["primary_error"] and "CUDA out of memory" in shot["primary_error"]
+    )
+    log = rt.state.shot(scene.id, "big")["attempt_log"]
+    assert [(a["state"], a["node"]) for a in log] == [("failed", "node-w"), ("done", "node-w")]
+    settings = embedded_settings(shot["outputs"]["final"])
+    assert settings["override_profile"] == 5
+    assert (probe(Path(shot["outputs"]["final"])).width, settings["resolution"]) == (
+        1280,
+        "1280x720",
+    )
