@@ -37,6 +37,9 @@ def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
     record = state.scene(scene_id)
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}
+    if str(record.get("cancel")) == "1":
+        state.update_scene(scene_id, "scene_cancelled", state=SceneState.CANCELLED)
+        return {"scene_id": scene_id, "video": None}
     state.update_scene(scene_id, "scene_assembling", state=SceneState.ASSEMBLING)
     done = [
         s
@@ -97,7 +100,7 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
 
     state = rt.state
     record = state.scene(scene_id)
-    if record.get("state") == SceneState.FAILED:
+    if record.get("state") in (SceneState.FAILED, SceneState.CANCELLED):
         return {"scene_id": scene_id, "metrics": None}
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}

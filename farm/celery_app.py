@@ -49,6 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_priority": 4,
         "task_routes": {
             "farm.assemble_scene": {"queue": settings.cpu_queue},
+            "farm.close_shot": {"queue": settings.cpu_queue},
             "farm.score_scene": {"queue": settings.cpu_queue},
         },
         # Flower and `farm status` see task events

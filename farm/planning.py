@@ -323,48 +323,94 @@ def place_scene(
     return [placed[i] for i in range(len(shots))]
 
 
-def next_attempt(
+@dataclass(frozen=True)
+class Rung:
+    """What a shot renders next: its variants (one per backend that can), the node it must
+    stay on (a WanGP lower-memory retry), the nodes it must avoid, and what changed."""
+
+    variants: tuple[Job, ...]
+    pin: str | None = None
+    exclude: tuple[str, ...] = ()
+    step: str = "first"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variants": [v.to_dict() for v in self.variants], "pin": self.pin,
+                "exclude": list(self.exclude), "step": self.step}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rung:
+        return cls(tuple(Job.from_dict(v) for v in data["variants"]), data.get("pin"),
+                   tuple(data.get("exclude", ())), data.get("step", "first"))  # fmt: skip
+
+
+def _capable(nodes: Iterable[NodeInfo], variants: Iterable[Job], exclude: Iterable[str]) -> bool:
+    skip = set(exclude)
+    return any(
+        n.alive and n.name not in skip and n.kind == v.backend and not n.missing(v.files)
+        and not n.cannot_run(v)
+        for n in nodes for v in variants
+    )  # fmt: skip
+
+
+def next_rung(
     job: Job,
     error_kind: str,
-    error: str,
-    nodes: list[NodeInfo],
-    load: Mapping[str, float] | None = None,
+    current: Iterable[Job],
+    fast: Iterable[Job],
+    nodes: Iterable[NodeInfo],
     max_attempts: int = 3,
-) -> Job | None:
-    """The job's next rung after a failure of ``error_kind``, or None when it should stop.
+) -> Rung | None:
+    """The shot's next rung after ``job`` (one of the ``current`` rung's variants) failed
+    with ``error_kind``, or None when it should stop. ``fast`` are the shot's fast-tier
+    (preview model) variants.
 
-    Node trouble → the same work on another node; out of memory → a smaller render;
-    a run-time failure → once more, elsewhere when possible; permanent errors → stop.
+    - permanent errors (validation, a rejected graph, cancelled) and spent attempts: stop;
+    - out of memory: a WanGP job first retries on the same node at the next lower-memory
+      profile; then every variant at 0.75 x the size; then the fast tier at that size;
+    - node down, timeout, connection lost, model missing: the same work on another live
+      node (of either backend: another engine with the model is as good); none: stop;
+    - other run-time failures: once more, on another node when one can take it.
     """
     if error_kind in PERMANENT_KINDS or job.attempt >= max_attempts:
         return None
-    tried = (*job.tried_nodes, job.node) if job.node else job.tried_nodes
-    nxt = replace(
-        job,
-        attempt=job.attempt + 1,
-        tried_nodes=tried,
-        primary_error=job.primary_error or error,
-        node=None,
-    )
-    if error_kind == "out_of_memory" and job.backend == "wan2gp":
-        catalog = load_catalog()  # WanGP trades speed for memory first
-        current = job.params.get("override_profile", catalog.wan_default_profile)
-        lower = [q for q in catalog.oom_profiles if q > current]
-        if lower:
-            nxt = replace(nxt, params={**job.params, "override_profile": lower[0]})
-            return replace(nxt, node=job.node)  # same node, lower-memory profile
+    nodes = list(nodes)
+    tried = tuple(dict.fromkeys(n for n in (*job.tried_nodes, job.node) if n))
+    current = [replace(v, tried_nodes=tried, node=None) for v in current]
     if error_kind == "out_of_memory":
-        p = dict(job.params)
-        w, h = snap(p["width"] * 0.75, 16, minimum=64), snap(p["height"] * 0.75, 16, minimum=64)
-        if "tracks" in p:
-            p["tracks"] = scale_tracks(p["tracks"], (p["width"], p["height"]), (w, h))
-        p.update(width=w, height=h)
-        nxt = replace(nxt, params=p)
-    exclude = tried if error_kind in NODE_KINDS else ()
-    try:
-        node = place(nxt, nodes, load, exclude=exclude)
-    except NoCapableNode:
-        if error_kind in NODE_KINDS or not job.node:
-            return None
-        node = job.node  # a run-time failure may pass on a second try on the same node
-    return replace(nxt, node=node)
+        if job.backend == "wan2gp":
+            catalog = load_catalog()  # WanGP trades speed for memory first
+            ran_at = job.params.get("override_profile", catalog.wan_default_profile)
+            lower = [q for q in catalog.oom_profiles if q > ran_at]
+            if lower:
+                params = {**job.params, "override_profile": lower[0]}
+                retry = replace(job, params=params, tried_nodes=tried, node=None)
+                return Rung((retry,), pin=job.node, step=f"WanGP memory profile {lower[0]}")
+        width, height = job.params["width"], job.params["height"]
+        w, h = snap(width * 0.75, 16, minimum=64), snap(height * 0.75, 16, minimum=64)
+        if not job.params.get("reduced"):
+            return Rung(tuple(_resized(v, w, h) for v in current), step=f"{w}x{h} (0.75x size)")
+        if not job.params.get("fast_tier"):
+            faster = [
+                replace(_resized(v, width, height), kind=job.kind, tried_nodes=tried,
+                        params={**_resized(v, width, height).params, "fast_tier": True})
+                for v in fast
+            ]  # fmt: skip
+            if faster and any(v.model != job.model for v in faster):
+                return Rung(tuple(faster), step="fast tier")
+        return None
+    if error_kind in NODE_KINDS:
+        if not _capable(nodes, current, tried):
+            return None  # no other live node can: the shot fails now rather than wait
+        return Rung(tuple(current), exclude=tried, step="another node")
+    if _capable(nodes, current, tried):
+        return Rung(tuple(current), exclude=tried, step="again on another node")
+    return Rung(tuple(current), step="again")
+
+
+def _resized(job: Job, width: int, height: int) -> Job:
+    """``job`` at ``width`` x ``height`` (its trajectories scaled), marked as reduced."""
+    p = {**job.params, "reduced": True}
+    if "tracks" in p:
+        p["tracks"] = scale_tracks(p["tracks"], (p["width"], p["height"]), (width, height))
+    p.update(width=width, height=height)
+    return replace(job, params=p)

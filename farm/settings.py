@@ -145,6 +145,28 @@ class Settings:
     max_attempts: int = field(
         **_env("FARM_MAX_ATTEMPTS", "Render attempts per shot, fallbacks included", "3")
     )
+    lease_ttl: float = field(
+        **_env(
+            "FARM_LEASE_TTL",
+            "Seconds a shot attempt's lease lives unless its renderer renews it (a dead "
+            "renderer's shot is taken over after this)",
+            "15",
+        )
+    )
+    wait_timeout: float = field(
+        **_env(
+            "FARM_WAIT_TIMEOUT",
+            "Seconds a waiting shot may have no live capable node before it fails",
+            "900",
+        )
+    )
+    blocklist_after: int = field(
+        **_env(
+            "FARM_BLOCKLIST_AFTER",
+            "Failed shots of one scene after which a node is blocklisted for that scene",
+            "3",
+        )
+    )
     max_download_mb: int = field(
         **_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096")
     )

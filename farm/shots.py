@@ -1,205 +1,324 @@
-"""Rendering one shot job: the plain function behind the preview, final and fallback tasks.
+"""Rendering one bound shot: the plain function behind the preview, final and fallback tasks.
 
-:func:`run_job` drives the node's backend, keeps the shot record current and decides
-what comes next: done, another attempt (fallback), the final after a preview, or a
-failure record. It never raises for a render failure, so a scene's chord always completes.
+:func:`run_bound` checks that the task still holds the shot's binding, takes the attempt's
+lease (so a task Celery delivers twice renders once), drives the node's backend while a
+guard thread renews the lease and watches for a cancel, keeps the shot record current and
+decides what comes next: done, the final after a preview, the next rung of the fallback
+ladder (back to the backlog), or a failure record. It never raises for a render failure,
+so a scene's chord always completes.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from farm.backends import Backend, image_mime, make_backend
-from farm.errors import FarmError, NodeUnavailable
-from farm.planning import Job, next_attempt, place_any, plan_variants
+from farm.dispatch import Dispatcher
+from farm.errors import FarmError, JobCancelled, NodeUnavailable
+from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import parse_scene
+from farm.scheduler import Group
 from farm.state import SceneState, ShotState
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5  # seconds between progress writes to Redis
 PREVIEW_EVERY = 1.0  # seconds between preview frames kept
-
-
-@dataclass
-class Outcome:
-    """The result of one attempt: a record for the chord, or the next job to hand over to."""
-
-    record: dict[str, Any]
-    next_job: Job | None = None
+GUARD_EVERY = 0.5  # seconds between cancel checks of a running render
+#: error kinds that count against a node for the scene's blocklist
+NODE_FAULTS = frozenset(
+    {"node_unavailable", "timeout", "render_failed", "out_of_memory", "model_missing",
+     "retryable", "bad_response", "error"}
+)  # fmt: skip
 
 
 def shot_dir(storage: Path, scene_id: str, shot_id: str) -> Path:
     return storage / "scenes" / scene_id / "shots" / shot_id
 
 
-def run_job(
-    job: Job, rt: Runtime, backend_for: Callable[[str, str], Backend] | None = None
-) -> Outcome:
-    """Render ``job`` on its node and record what happened."""
+# -- the task body ------------------------------------------------------------------------
+
+
+def run_bound(
+    rt: Runtime,
+    d: Dispatcher,
+    scene_id: str,
+    shot_id: str,
+    token: str,
+    backend_for: Callable[[str, str], Backend] | None = None,
+) -> dict[str, Any] | None:
+    """Render the shot bound with ``token``; the chord record, or None when this delivery
+    must do nothing (a stale binding, a duplicate, a paused scene: the slot stays open)."""
+    state = rt.state
+    shot = state.shot(scene_id, shot_id)
+    if not shot or shot.get("binding") != token:
+        log.info("shot %s/%s: binding %s is stale; ignored", scene_id, shot_id, token[:8])
+        return None
+    job = Job.from_dict(shot["job"])
+    node = job.node or ""
+    flags = _flags(rt, scene_id, shot_id)
+    if flags["cancel"]:
+        d.release(scene_id, shot_id, node, token)
+        return cancelled(rt, scene_id, shot_id, job)
+    if flags["paused"]:
+        d.release(scene_id, shot_id, node, token)
+        _back_to_backlog(rt, d, scene_id, shot_id, Rung.from_dict(shot["rung"]))
+        return None
+    if not _take_lease(rt, scene_id, shot_id, token):
+        return None
+    try:
+        return _render(rt, d, job, token, backend_for)
+    finally:
+        lease = rt.settings.key("lease", scene_id, shot_id)
+        if rt.redis.get(lease) == token:
+            rt.redis.delete(lease)
+        d.release(scene_id, shot_id, node, token)
+        d.dispatch()
+
+
+def _flags(rt: Runtime, scene_id: str, shot_id: str) -> dict[str, bool]:
+    scene = rt.redis.hmget(rt.state.scene_key(scene_id), ["cancel", "paused"])
+    shot = rt.redis.hget(rt.state.shot_key(scene_id, shot_id), "cancel")
+    return {"cancel": scene[0] == "1" or shot == "1", "paused": scene[1] == "1"}
+
+
+def _take_lease(rt: Runtime, scene_id: str, shot_id: str, token: str) -> bool:
+    """The attempt's lease. Held by another renderer of this binding (Celery delivered the
+    task again after its worker died, or past the visibility timeout): wait for that lease
+    to lapse — a live renderer renews it — or for the shot to move on."""
+    key, ttl = rt.settings.key("lease", scene_id, shot_id), rt.settings.lease_ttl
+    deadline = time.monotonic() + 4 * ttl
+    while True:
+        if rt.redis.set(key, token, nx=True, px=int(ttl * 1000)):
+            return True
+        shot = rt.redis.hmget(rt.state.shot_key(scene_id, shot_id), ["binding", "state"])
+        if shot[0] != token or time.monotonic() > deadline:
+            log.info("shot %s/%s is rendered elsewhere; this delivery is a duplicate",
+                     scene_id, shot_id)  # fmt: skip
+            return False
+        time.sleep(0.25)
+
+
+class Guard(threading.Thread):
+    """Renews the lease while the render runs and cancels the backend job when the shot
+    or its scene is cancelled (checked every GUARD_EVERY seconds)."""
+
+    def __init__(self, rt: Runtime, job: Job, token: str, backend: Backend) -> None:
+        super().__init__(name=f"guard-{job.shot_id}", daemon=True)
+        self.rt, self.job, self.token, self.backend = rt, job, token, backend
+        self.stopped = threading.Event()
+        self.cancelled = False
+
+    def run(self) -> None:
+        key = self.rt.settings.key("lease", self.job.scene_id, self.job.shot_id)
+        ttl_ms = int(self.rt.settings.lease_ttl * 1000)
+        renew_every = self.rt.settings.lease_ttl / 3
+        renewed = time.monotonic()
+        while not self.stopped.wait(GUARD_EVERY):
+            try:
+                if time.monotonic() - renewed >= renew_every:
+                    if self.rt.redis.get(key) == self.token:
+                        self.rt.redis.pexpire(key, ttl_ms)
+                    renewed = time.monotonic()
+                if not self.cancelled and _flags(self.rt, self.job.scene_id, self.job.shot_id)["cancel"]:
+                    self.cancelled = True
+                    how = self.backend.cancel(self.job)
+                    log.info("shot %s/%s cancelled on %s: %s", self.job.scene_id,
+                             self.job.shot_id, self.job.node, how)  # fmt: skip
+            except Exception:  # Redis or node hiccups: try again next round
+                log.exception("guard of %s/%s", self.job.scene_id, self.job.shot_id)
+
+
+def _render(
+    rt: Runtime,
+    d: Dispatcher,
+    job: Job,
+    token: str,
+    backend_for: Callable[[str, str], Backend] | None,
+) -> dict[str, Any] | None:
     state, settings = rt.state, rt.settings
     backend_for = backend_for or (lambda kind, url: make_backend(kind, url, settings))
     if state.scene(job.scene_id).get("state") == SceneState.QUEUED:
         state.update_scene(job.scene_id, "scene_rendering", state=SceneState.RENDERING)
-    state.update_shot(
-        job.scene_id,
-        job.shot_id,
-        "shot_started",
-        state=ShotState.RUNNING,
-        node=job.node,
-        kind=job.kind,
-        progress=0.0,
-        started=time.time(),
-    )
+    state.update_shot(job.scene_id, job.shot_id, "shot_started", state=ShotState.RUNNING,
+                      node=job.node, kind=job.kind, progress=0.0, started=time.time())  # fmt: skip
     folder = shot_dir(settings.storage, job.scene_id, job.shot_id)
     started = time.monotonic()
+    guard = None
     try:
         node = next((r for r in rt.registry.records() if r["name"] == job.node), None)
         if node is None:
             raise NodeUnavailable(f"node {job.node!r} is not registered (is its worker running?)")
         backend = backend_for(node["kind"], node["url"])
+        guard = Guard(rt, job, token, backend)
+        guard.start()
         result = backend.render(
             job, folder / f"{job.kind}_a{job.attempt}", _progress(rt, job, folder)
         )
     except FarmError as exc:
-        return _failed(rt, job, exc, time.monotonic() - started)
+        if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):
+            exc = JobCancelled(f"cancelled by the user ({exc})")
+        return _failed(rt, d, job, exc, time.monotonic() - started)
     except Exception as exc:  # a bug must not hang the scene: record it, never retry it
         log.exception("internal error rendering %s/%s", job.scene_id, job.shot_id)
-        return _failed(
-            rt,
-            job,
-            FarmError(f"internal error: {exc.__class__.__name__}: {exc}"),
-            time.monotonic() - started,
-        )
+        error = FarmError(f"internal error: {exc.__class__.__name__}: {exc}")
+        return _failed(rt, d, job, error, time.monotonic() - started)
+    finally:
+        if guard is not None:
+            guard.stopped.set()
     clip = folder / f"{job.kind}.mp4"
     shutil.copyfile(result.video, clip)
     seconds = round(time.monotonic() - started, 2)
-    state.log_attempt(
-        job.scene_id,
-        job.shot_id,
-        {
-            **_attempt(job, "done", seconds),
-            "backend_job_id": result.backend_job_id,
-            "workflow": job.workflow,
-            "seed": job.params.get("seed"),
-        },
-    )
+    state.log_attempt(job.scene_id, job.shot_id, {
+        **_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
+        "workflow": job.workflow, "seed": job.params.get("seed"),
+    })  # fmt: skip
     outputs = {**(state.shot(job.scene_id, job.shot_id).get("outputs") or {}), job.kind: str(clip)}
     if job.then_final and job.kind == "preview":
-        final = _final_after_preview(rt, job)
-        state.update_shot(
-            job.scene_id,
-            job.shot_id,
-            "shot_preview_done",
-            outputs=outputs,
-            state=ShotState.QUEUED,
-            kind="final",
-            node=final.node,
-            progress=0.0,
-        )
-        return Outcome(record={}, next_job=final)
-    state.update_shot(
-        job.scene_id,
-        job.shot_id,
-        "shot_done",
-        state=ShotState.DONE,
-        outputs=outputs,
-        progress=1.0,
-        finished=time.time(),
-        error=None,
-    )
-    return Outcome(record=_record(job, "done", clip=str(clip)))
+        state.update_shot(job.scene_id, job.shot_id, "shot_preview_done", outputs=outputs,
+                          kind="final", progress=0.0, attempt=0)  # fmt: skip
+        scene = parse_scene(state.scene(job.scene_id)["spec"], check_files=False)
+        finals = plan_variants(scene, scene.shot(job.shot_id), "final")
+        # the final of a previewed shot follows the preview's node when it can (warm cache)
+        d.wait("final", job.priority, job.scene_id, job.shot_id, Rung(tuple(finals)))
+        return None  # the slot stays open for the final
+    state.update_shot(job.scene_id, job.shot_id, "shot_done", state=ShotState.DONE,
+                      outputs=outputs, progress=1.0, finished=time.time(), error=None)  # fmt: skip
+    return _record(job, "done", clip=str(clip))
 
 
-def _final_after_preview(rt: Runtime, job: Job) -> Job:
-    """The final render of a previewed shot, preferring the node that has the model loaded."""
-    scene = parse_scene(rt.state.scene(job.scene_id)["spec"], check_files=False)
-    variants = plan_variants(scene, scene.shot(job.shot_id), "final")
-    loaded = next((v.model for v in variants if v.backend == job.backend), "")
-    return place_any(
-        variants, rt.registry.infos(), rt.registry.loads(), last_model={job.node or "": loaded}
-    )
-
-
-def _failed(rt: Runtime, job: Job, exc: FarmError, seconds: float) -> Outcome:
+def _failed(
+    rt: Runtime, d: Dispatcher, job: Job, exc: FarmError, seconds: float
+) -> dict[str, Any] | None:
+    """Record the failed attempt; put the next rung in the backlog (None: the slot stays
+    open for it), or close the shot as failed or cancelled."""
     state = rt.state
     message = f"{exc.kind}: {exc}"
-    log.warning(
-        "shot %s/%s attempt %d on %s failed: %s",
-        job.scene_id,
-        job.shot_id,
-        job.attempt,
-        job.node,
-        message,
-    )
-    state.log_attempt(
-        job.scene_id,
-        job.shot_id,
-        {
-            **_attempt(job, "failed", seconds),
-            "error_kind": exc.kind,
-            "error": str(exc),
-        },
-    )
-    nxt = None
-    if exc.kind != "error":  # internal errors are bugs: retrying would repeat them
-        try:
-            nxt = next_attempt(
-                job,
-                exc.kind,
-                message,
-                rt.registry.infos(),
-                rt.registry.loads(),
-                rt.settings.max_attempts,
-            )
-        except FarmError:
-            nxt = None
-    if nxt is not None:
-        state.update_shot(
-            job.scene_id,
-            job.shot_id,
-            "shot_retry",
-            state=ShotState.RETRYING,
-            error=message,
-            node=nxt.node,
-            used_fallback=True,
-            primary_error=nxt.primary_error,
-        )
-        return Outcome(record={}, next_job=nxt)
-    state.update_shot(
-        job.scene_id,
-        job.shot_id,
-        "shot_failed",
-        state=ShotState.FAILED,
-        error=message,
-        finished=time.time(),
-    )
-    return Outcome(record=_record(job, "failed", error=message))
+    log.warning("shot %s/%s attempt %d on %s failed: %s", job.scene_id, job.shot_id,
+                job.attempt, job.node, message)  # fmt: skip
+    state.log_attempt(job.scene_id, job.shot_id,
+                      {**_attempt(job, "failed", seconds), "error_kind": exc.kind,
+                       "error": str(exc)})  # fmt: skip
+    if exc.kind == "cancelled":
+        return cancelled(rt, job.scene_id, job.shot_id, job)
+    if exc.kind in NODE_FAULTS and job.node:
+        count = d.count_failure(job.scene_id, job.node)
+        if count == rt.settings.blocklist_after:
+            state.event(job.scene_id, "node_blocklisted", node=job.node, failures=count)
+    rung = _next(rt, job, exc.kind)
+    shot = state.shot(job.scene_id, job.shot_id)
+    if rung is not None and not _flags(rt, job.scene_id, job.shot_id)["cancel"]:
+        primary = shot.get("primary_error") or message
+        state.update_shot(job.scene_id, job.shot_id, "shot_retry", state=ShotState.RETRYING,
+                          error=message, used_fallback=True, primary_error=primary,
+                          fallback=rung.step)  # fmt: skip
+        d.wait(job.kind, job.priority, job.scene_id, job.shot_id, rung)
+        return None
+    state.update_shot(job.scene_id, job.shot_id, "shot_failed", state=ShotState.FAILED,
+                      error=message, finished=time.time())  # fmt: skip
+    return _record(job, "failed", error=message)
+
+
+def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
+    if error_kind in PERMANENT_KINDS or error_kind == "error":
+        return None  # internal errors are bugs: retrying would repeat them
+    state = rt.state
+    shot = state.shot(job.scene_id, job.shot_id)
+    scene = parse_scene(state.scene(job.scene_id)["spec"], check_files=False)
+    current = Rung.from_dict(shot["rung"]).variants
+    fast = plan_variants(scene, scene.shot(job.shot_id), "preview")
+    return next_rung(job, error_kind, current, fast, rt.registry.infos(),
+                     rt.settings.max_attempts)  # fmt: skip
+
+
+def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:
+    rt.state.update_shot(scene_id, shot_id, "shot_cancelled", state=ShotState.CANCELLED,
+                         error="cancelled", finished=time.time())  # fmt: skip
+    record = {"scene_id": scene_id, "shot_id": shot_id, "state": "cancelled"}
+    return {**(_record(job, "cancelled") if job else record), "error": "cancelled"}
+
+
+def _back_to_backlog(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, rung: Rung) -> None:
+    """Put a bound shot back in the backlog as it was (paused scene: the binding did not
+    become an attempt)."""
+    shot = rt.state.shot(scene_id, shot_id)
+    rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, shot["attempt"] - 1))
+    job = Job.from_dict(shot["job"])
+    d.wait(job.kind, job.priority, scene_id, shot_id, rung)
+
+
+# -- called by the dispatcher's housekeeping ---------------------------------------------
+
+
+def requeue_from_dead_node(
+    rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, token: str, node: dict[str, Any]
+) -> None:
+    """A shot bound to a node that stopped beating, with no live renderer: its job there
+    is cancelled if the node still answers, and the shot goes back to the backlog without
+    that node while it is down, as a new attempt (started ones) or as it was (queued ones)."""
+    shot = rt.state.shot(scene_id, shot_id)
+    if shot.get("binding") != token or shot.get("state") not in (ShotState.QUEUED, ShotState.RUNNING):
+        return
+    job = Job.from_dict(shot["job"])
+    started = shot.get("state") == ShotState.RUNNING
+    reason = f"node {node['name']} stopped beating ({node.get('reason') or 'no heartbeat'})"
+    if started:
+        try:  # the node may live on without its worker: do not let it render for nobody
+            make_backend(node["kind"], node["url"], rt.settings).cancel(job)
+        except Exception as exc:
+            log.info("could not cancel %s/%s on %s: %s", scene_id, shot_id, node["name"], exc)
+        rt.state.log_attempt(scene_id, shot_id, {**_attempt(job, "lost", 0.0),
+                             "error_kind": "node_unavailable", "error": reason})  # fmt: skip
+    else:
+        rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, job.attempt - 1))
+    rung = Rung.from_dict(shot["rung"])  # a dead node is no candidate; back, it may take it
+    rung = Rung(rung.variants, None if rung.pin == node["name"] else rung.pin, rung.exclude,
+                "another node")  # fmt: skip
+    rt.state.update_shot(scene_id, shot_id, "shot_requeued", error=reason,
+                         used_fallback=started or bool(shot.get("used_fallback")),
+                         primary_error=shot.get("primary_error") or (reason if started else None))  # fmt: skip
+    d.wait(job.kind, job.priority, scene_id, shot_id, rung)
+
+
+def fail_waiting(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, group: Group) -> None:
+    """A shot that waited FARM_WAIT_TIMEOUT seconds with no live node able to take it."""
+    models = " or ".join(dict.fromkeys(v.model for v in group.variants))
+    message = (f"no_capable_node: no live node could render {models} for "
+               f"{rt.settings.wait_timeout:g}s")  # fmt: skip
+    rt.state.update_shot(scene_id, shot_id, "shot_failed", state=ShotState.FAILED,
+                         error=message, finished=time.time())  # fmt: skip
+    d.close(scene_id, shot_id, {"scene_id": scene_id, "shot_id": shot_id, "state": "failed",
+                                "error": message})  # fmt: skip
+
+
+def finish_scene(rt: Runtime, scene_id: str) -> None:
+    """The watchdog's way to run a scene's chord body (assemble, then score) once more."""
+    from farm.celery_app import app
+
+    queue = rt.settings.cpu_queue
+    (app.signature("farm.assemble_scene", args=([], scene_id), queue=queue)
+     | app.signature("farm.score_scene", args=(scene_id,), queue=queue)).apply_async()  # fmt: skip
+
+
+# -- records -------------------------------------------------------------------------------
 
 
 def _attempt(job: Job, state: str, seconds: float) -> dict[str, Any]:
     """The common part of an attempt-log entry."""
     return {"attempt": job.attempt, "kind": job.kind, "node": job.node, "state": state,
-            "seconds": round(seconds, 2), "model": job.model}  # fmt: skip
+            "seconds": round(seconds, 2), "model": job.model, "backend": job.backend}  # fmt: skip
 
 
 def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "scene_id": job.scene_id,
-        "shot_id": job.shot_id,
-        "state": state,
-        "kind": job.kind,
-        "node": job.node,
-        "attempt": job.attempt,
-        **extra,
-    }
+    return {"scene_id": job.scene_id, "shot_id": job.shot_id, "state": state, "kind": job.kind,
+            "node": job.node, "attempt": job.attempt, **extra}  # fmt: skip
 
 
 def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
@@ -223,12 +342,7 @@ def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
             return
         if now - last["progress"] >= PROGRESS_EVERY or fraction >= 1.0:
             last["progress"] = now
-            rt.state.update_shot(
-                job.scene_id,
-                job.shot_id,
-                "shot_progress",
-                progress=round(fraction, 3),
-                message=message,
-            )
+            rt.state.update_shot(job.scene_id, job.shot_id, "shot_progress",
+                                 progress=round(fraction, 3), message=message)  # fmt: skip
 
     return report

@@ -28,7 +28,9 @@ from farm.settings import Settings
 
 EVENTS_MAXLEN = 2000
 MAX_PREVIEW_BYTES = 512 * 1024
-PLAIN = frozenset({"id", "title", "state", "quality", "kind", "node"})
+PLAIN = frozenset(
+    {"id", "title", "state", "quality", "kind", "node", "binding", "group", "task_id", "chord_id"}
+)
 NUMBERS: dict[str, type] = {
     "progress": float,
     "attempts": int,
@@ -38,6 +40,8 @@ NUMBERS: dict[str, type] = {
     "started": float,
     "finished": float,
     "preview_at": float,
+    "attempt": int,
+    "slot": int,
 }
 
 
@@ -49,18 +53,22 @@ class SceneState(StrEnum):
     DONE = "done"  # every shot rendered
     PARTIAL = "partial"  # assembled, some shots failed
     FAILED = "failed"  # no shot rendered
+    CANCELLED = "cancelled"  # `farm cancel`
 
 
 class ShotState(StrEnum):
-    QUEUED = "queued"
+    QUEUED = "queued"  # waiting in the backlog, or bound to a node's queue
     RUNNING = "running"
     RETRYING = "retrying"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-TERMINAL_SCENE = frozenset({SceneState.DONE, SceneState.PARTIAL, SceneState.FAILED})
-TERMINAL_SHOT = frozenset({ShotState.DONE, ShotState.FAILED})
+TERMINAL_SCENE = frozenset(
+    {SceneState.DONE, SceneState.PARTIAL, SceneState.FAILED, SceneState.CANCELLED}
+)
+TERMINAL_SHOT = frozenset({ShotState.DONE, ShotState.FAILED, ShotState.CANCELLED})
 
 
 def redacted(url: str) -> str:

@@ -64,8 +64,15 @@ class Heartbeat(threading.Thread):
             log.exception("heartbeat of %s failed", self.node.name)
 
     def run(self) -> None:
+        from farm.dispatch import Dispatcher
+        from farm.runtime import get_runtime
+
         while not self.stopped.is_set():
             self.beat()
+            try:  # the farm's housekeeping rides on every node's heartbeat
+                Dispatcher(get_runtime(), app).tick()
+            except Exception:
+                log.exception("dispatcher tick failed")
             self.stopped.wait(self.settings.heartbeat)
 
 

@@ -10,7 +10,8 @@ from farm.catalog import load_catalog
 from farm.errors import NoCapableNode
 from farm.planning import (
     NodeInfo,
-    next_attempt,
+    Rung,
+    next_rung,
     place,
     place_scene,
     plan_job,
@@ -149,20 +150,19 @@ def test_wangp_out_of_memory_lowers_the_memory_profile_on_the_same_node():
     sc = scene()
     job = replace(plan_wan_job(sc, sc.shots[0], "final", CAT), node="w")
     nodes = [wan_node("w", job.model), wan_node("v", job.model)]
-    first = next_attempt(job, "out_of_memory", "oom", nodes)
-    # the node ran WanGP's default profile 4, so the next lower-memory one is 5
-    assert first.node == "w" and first.params["override_profile"] == 5
-    assert (first.params["width"], first.params["height"]) == (
-        job.params["width"],
-        job.params["height"],
-    )
-    second = next_attempt(first, "out_of_memory", "oom", nodes)
-    # no lower profile left: a smaller render
-    assert second.params["override_profile"] == 5 and second.attempt == 3
-    assert second.params["width"] < job.params["width"]
-    assert next_attempt(second, "out_of_memory", "oom", nodes) is None  # attempts exhausted
+    first = next_rung(job, "out_of_memory", [job], [], nodes)
+    # the node ran WanGP's default profile 4, so the next lower-memory one is 5, same node
+    (retry,) = first.variants
+    assert first.pin == "w" and retry.params["override_profile"] == 5
+    assert (retry.params["width"], retry.params["height"]) == (
+        job.params["width"], job.params["height"])  # fmt: skip
+    second = next_rung(replace(retry, node="w", attempt=2), "out_of_memory", [retry], [], nodes)
+    # no lower profile left: a smaller render, anywhere
+    assert second.pin is None and second.variants[0].params["width"] < job.params["width"]
+    assert second.variants[0].params["override_profile"] == 5
     at_three = replace(job, params={**job.params, "override_profile": 3})
-    assert next_attempt(at_three, "out_of_memory", "oom", nodes).params["override_profile"] == 4
+    lower = next_rung(at_three, "out_of_memory", [at_three], [], nodes)
+    assert lower.variants[0].params["override_profile"] == 4
 
 
 def test_place_prefers_capable_idle_nodes():
@@ -222,41 +222,74 @@ def test_place_scene_balances_and_groups_models():
     assert sorted(j.node for j in jobs) == ["a", "a", "b", "b"]
 
 
-def test_node_failure_moves_the_job_to_another_node():
+def test_node_failure_moves_the_work_to_another_node():
     sc = scene()
-    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast")])[0]
+    variants = plan_scene(sc)[0]
+    job = replace(variants[0], node="a")
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
-    nxt = next_attempt(job, "node_unavailable", "refused", nodes)
-    assert (
-        nxt.node == "b"
-        and nxt.attempt == 2
-        and nxt.tried_nodes == ("a",)
-        and nxt.primary_error == "refused"
-    )
-    assert next_attempt(job, "node_unavailable", "refused", [node("a", "wan_t2v_fast")]) is None
+    rung = next_rung(job, "node_unavailable", variants, [], nodes)
+    assert rung.exclude == ("a",) and rung.pin is None and rung.step == "another node"
+    assert [v.backend for v in rung.variants] == ["comfyui", "wan2gp"]  # either engine
+    assert all(v.tried_nodes == ("a",) and v.node is None for v in rung.variants)
+    # no other live node can take it: the shot fails now
+    assert next_rung(job, "node_unavailable", variants, [], [node("a", "wan_t2v_fast")]) is None
+    dead_b = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast", alive=False)]
+    assert next_rung(job, "timeout", variants, [], dead_b) is None
 
 
-def test_out_of_memory_shrinks_the_render():
+def test_model_missing_falls_back_to_another_engine():
+    sc = scene()
+    variants = plan_scene(sc)[0]
+    job = replace(variants[0], node="a")
+    wan = wan_node("w", variants[1].model)
+    rung = next_rung(job, "model_missing", variants, [], [node("a", "wan_t2v_fast"), wan])
+    assert rung.exclude == ("a",) and variants[1].model in [v.model for v in rung.variants]
+
+
+def test_out_of_memory_shrinks_then_takes_the_fast_tier():
     sc = scene("final")
-    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_full")])[0]
-    nxt = next_attempt(job, "out_of_memory", "oom", [node("a", "wan_t2v_full")])
+    finals = plan_scene(sc)[0]
+    fast = plan_scene(sc, "preview")[0]
+    job = replace(finals[0], node="a")
+    nodes = [node("a", "wan_t2v_full", "wan_t2v_fast")]
+    shrunk = next_rung(job, "out_of_memory", finals, fast, nodes)
+    small = shrunk.variants[0]
     assert (
-        nxt.node == "a"
-        and nxt.params["width"] < job.params["width"]
-        and nxt.params["height"] < job.params["height"]
+        small.params["width"] < job.params["width"]
+        and small.params["height"] < job.params["height"]
     )
+    assert small.model == job.model and small.kind == "final"
+    tier = next_rung(
+        replace(small, node="a", attempt=2), "out_of_memory", shrunk.variants, fast, nodes
+    )
+    assert tier.step == "fast tier" and tier.variants[0].model == fast[0].model
+    assert tier.variants[0].kind == "final"  # still the shot's final, on the faster model
+    assert tier.variants[0].params["width"] == small.params["width"]
+    spent = replace(tier.variants[0], node="a", attempt=3)
+    assert next_rung(spent, "out_of_memory", tier.variants, fast, nodes, max_attempts=5) is None
 
 
 def test_permanent_errors_and_exhausted_attempts_stop():
     sc = scene()
-    job = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast")])[0]
+    variants = plan_scene(sc)[0]
+    job = replace(variants[0], node="a")
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
-    assert next_attempt(job, "rejected", "bad input", nodes) is None
-    last = next_attempt(next_attempt(job, "render_failed", "x", nodes), "render_failed", "x", nodes)
-    assert (
-        last.attempt == 3
-        and next_attempt(last, "render_failed", "x", nodes, max_attempts=3) is None
-    )
+    for kind in ("rejected", "invalid_input", "workflow", "cancelled", "bad_response"):
+        assert next_rung(job, kind, variants, [], nodes) is None
+    again = next_rung(job, "render_failed", variants, [], nodes)
+    assert again.exclude == ("a",)  # elsewhere when another node can
+    alone = next_rung(job, "render_failed", variants, [], [node("a", "wan_t2v_fast")])
+    assert alone.exclude == () and alone.step == "again"
+    last = replace(job, attempt=3)
+    assert next_rung(last, "render_failed", variants, [], nodes, max_attempts=3) is None
+
+
+def test_rungs_round_trip_through_json():
+    import json
+
+    variants = plan_scene(scene())[0]
+    rung = Rung(tuple(variants), pin="w", exclude=("a",), step="x")
+    assert Rung.from_dict(json.loads(json.dumps(rung.to_dict()))) == rung
 
 
 def test_jobs_round_trip_through_json_dicts():

@@ -1,8 +1,11 @@
-"""Shot tasks, routed to the chosen GPU node's own queue: preview, final and fallback.
+"""Shot tasks, published to the bound GPU node's own queue by the dispatcher
+(:mod:`farm.dispatch`): preview, final and fallback (a later rung of a failed shot).
 
-Each returns a small record for the scene's chord, or hands over to the next task with
-``Task.replace`` (keeping its place in the chord): the final after a preview, or the
-fallback attempt after a failure.
+Each holds one slot of its scene's chord. It returns the shot's record to the chord when
+the shot is over; when the shot goes on (the final after a preview, the next fallback
+rung, a paused scene) or this delivery is stale or a duplicate, it raises ``Ignore``: the
+slot stays open and the dispatcher publishes the shot's next task into it, as
+``Task.replace`` would (same task id, chord, group and index).
 """
 
 from __future__ import annotations
@@ -10,42 +13,43 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from farm.celery_app import app
-from farm.nodes import node_queue
-from farm.planning import Job
+from farm.dispatch import Dispatcher
 from farm.runtime import get_runtime
-from farm.shots import run_job
+from farm.shots import run_bound
 
 
-def _run(task: Task, job_data: dict[str, Any]) -> dict[str, Any]:
-    outcome = run_job(Job.from_dict(job_data), get_runtime())
-    nxt = outcome.next_job
-    if nxt is not None:
-        follow = final if nxt.kind == "final" and nxt.attempt == 1 else fallback
-        raise task.replace(shot_signature(nxt, follow))
-    return outcome.record
-
-
-def shot_signature(job: Job, task: Task | None = None):
-    """The signature that runs ``job`` on its node's queue."""
-    task = task or {"preview": preview, "final": final}[job.kind]
-    return task.si(job.to_dict()).set(queue=node_queue(job.node or ""), priority=9 - job.priority)
+def _run(scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
+    rt = get_runtime()
+    record = run_bound(rt, Dispatcher(rt, app), scene_id, shot_id, binding)
+    if record is None:
+        raise Ignore()
+    return record
 
 
 @app.task(name="farm.preview", bind=True)
-def preview(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+def preview(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
     """Render a shot at preview quality."""
-    return _run(self, job)
+    return _run(scene_id, shot_id, binding)
 
 
 @app.task(name="farm.final", bind=True)
-def final(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+def final(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
     """Render a shot at final quality."""
-    return _run(self, job)
+    return _run(scene_id, shot_id, binding)
 
 
 @app.task(name="farm.fallback", bind=True)
-def fallback(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    """Run the next rung of a failed shot's fallback ladder (another node or lighter settings)."""
-    return _run(self, job)
+def fallback(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
+    """Run the next rung of a failed shot's fallback ladder (another node, a lower-memory
+    setting, a smaller size, the fast tier)."""
+    return _run(scene_id, shot_id, binding)
+
+
+@app.task(name="farm.close_shot")
+def close_shot(record: dict[str, Any]) -> dict[str, Any]:
+    """Fill a shot's chord slot without rendering (cancelled before it ran, or no node
+    could take it): returns its record."""
+    return record

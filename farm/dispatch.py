@@ -1,0 +1,317 @@
+"""Late binding: the farm's backlog of waiting shots, and the dispatcher that binds them to
+GPU nodes as nodes get room (the policy is :mod:`farm.scheduler`, pure).
+
+A scene's chord is frozen when it is submitted, but its header tasks are not published
+then: each shot keeps its place in the chord (a *slot*: the header task id and index; the
+scene keeps the chord id and body) and waits in the backlog. :meth:`Dispatcher.dispatch`
+publishes a slot to a node's queue (``farm.preview`` / ``farm.final`` / ``farm.fallback``
+with the slot's task id, group and index: what ``Task.replace`` does) only when that node
+has room, so no node holds a long backlog while another idles. A failed attempt's next rung
+goes back to the backlog and is published into the same slot; Celery counts a slot once
+(its chord join de-duplicates by task id and index), so the body runs once.
+
+Every publication carries a fresh *binding* token, also stored on the shot; a task whose
+token is not the shot's (a node was given up, the shot re-bound) does nothing. Redis keys::
+
+    farm:groups            hash: group id -> {"variants", "pin", "exclude"} (scheduler.Group)
+    farm:wait:{group}      sorted set: "scene/shot" by scheduler.score
+    farm:bound:{node}      hash: "scene/shot" -> binding token (running or queued there)
+    farm:lease:{scene}:{shot}   the renderer's lease (value: binding token), renewed
+    farm:blocklist:{scene} hash: node -> failed shots of the scene on it
+    farm:dispatch:lock / farm:dispatch:dirty   one dispatcher at a time; nothing missed
+
+:meth:`Dispatcher.tick` (from every node worker's heartbeat) also takes shots back from
+nodes that stopped beating, fails shots that waited too long for any capable node, and
+assembles a scene whose shots are all over when its chord body was lost (the watchdog).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from celery import Celery
+
+from farm.nodes import node_queue
+from farm.planning import Job, Rung
+from farm.runtime import Runtime
+from farm.scheduler import (
+    CLASS_SPAN,
+    DEPTH,
+    Assignment,
+    Group,
+    NodeLoad,
+    assign,
+    can_run,
+    group_id,
+    score,
+)
+from farm.state import TERMINAL_SCENE, TERMINAL_SHOT, SceneState, ShotState
+
+log = logging.getLogger(__name__)
+
+LOCK_MS = 10_000
+#: seconds a scene whose shots are all over may wait for its chord body before the watchdog
+WATCHDOG_GRACE = 30.0
+
+
+def shot_key(scene_id: str, shot_id: str) -> str:
+    return f"{scene_id}/{shot_id}"
+
+
+class Dispatcher:
+    """The backlog and the binding of its shots to node queues."""
+
+    def __init__(self, rt: Runtime, app: Celery) -> None:
+        self.rt, self.app = rt, app
+        self.r, self.s = rt.redis, rt.settings
+
+    # keys
+    def k(self, *parts: str) -> str:
+        return self.s.key(*parts)
+
+    # -- submission ---------------------------------------------------------------------
+    def open_scene(self, scene_id: str, shot_ids: Sequence[str], body) -> None:
+        """Freeze the scene's chord (header: one slot per shot; ``body`` after them) and
+        record its slots; the shots are then put in the backlog with :meth:`wait`."""
+        from celery import chord
+
+        header = [self.app.signature("farm.render", args=(scene_id, s)) for s in shot_ids]
+        ch = chord(header, body)
+        ch.freeze()
+        gid = ch.tasks.id
+        self.app.backend.set_chord_size(gid, len(shot_ids))
+        _unsubscribe(self.app, [t.id for t in ch.tasks.tasks])
+        chord_body = dict(ch.tasks.tasks[0].options["chord"]) if shot_ids else {}
+        pipe = self.r.pipeline()
+        pipe.hset(self.rt.state.scene_key(scene_id),
+                  mapping={"chord_id": gid, "chord": json.dumps(chord_body)})  # fmt: skip
+        for sig, shot_id in zip(ch.tasks.tasks, shot_ids, strict=True):
+            pipe.hset(self.rt.state.shot_key(scene_id, shot_id),
+                      mapping={"task_id": sig.id, "slot": str(sig.options["group_index"])})  # fmt: skip
+        pipe.execute()
+
+    def wait(self, job_kind: str, priority: int, scene_id: str, shot_id: str, rung: Rung) -> None:
+        """Put a shot (its next rung) in the backlog."""
+        gid = group_id(rung.variants, rung.pin, rung.exclude)
+        needs = {"variants": [v.to_dict() for v in rung.variants], "pin": rung.pin,
+                 "exclude": sorted(rung.exclude)}  # fmt: skip
+        gid = "g" + gid
+        pipe = self.r.pipeline()
+        pipe.hsetnx(self.k("groups"), gid, json.dumps(needs))
+        pipe.hset(self.rt.state.shot_key(scene_id, shot_id),
+                  mapping={"rung": json.dumps(rung.to_dict()), "group": gid, "binding": "",
+                           "node": "", "state": ShotState.QUEUED})  # fmt: skip
+        pipe.zadd(self.k("wait", gid),
+                  {shot_key(scene_id, shot_id): score(job_kind, priority, time.time())})  # fmt: skip
+        pipe.execute()
+
+    def unwait(self, scene_id: str, shot_id: str) -> bool:
+        """Take a shot out of the backlog; True if it was waiting."""
+        gid = self.r.hget(self.rt.state.shot_key(scene_id, shot_id), "group") or ""
+        return bool(gid) and bool(self.r.zrem(self.k("wait", gid), shot_key(scene_id, shot_id)))
+
+    # -- dispatching --------------------------------------------------------------------
+    def dispatch(self) -> list[Assignment]:
+        """Bind what can be bound now. Only one process dispatches at a time; a call that
+        finds the lock taken marks the backlog dirty, and the holder runs once more."""
+        lock, dirty = self.k("dispatch", "lock"), self.k("dispatch", "dirty")
+        token = uuid.uuid4().hex
+        done: list[Assignment] = []
+        self.r.set(dirty, "1")
+        while self.r.get(dirty):
+            if not self.r.set(lock, token, nx=True, px=LOCK_MS):
+                return done  # the holder will see the dirty mark
+            try:
+                while self.r.delete(dirty):
+                    done += self._dispatch_once()
+            finally:
+                if self.r.get(lock) == token:
+                    self.r.delete(lock)
+        return done
+
+    def _dispatch_once(self) -> list[Assignment]:
+        groups = self._groups()
+        if not groups:
+            return []
+        nodes = self._loads()
+        room = sum(max(0, DEPTH - n.bound) for n in nodes if n.info.alive)
+        if room == 0:
+            return []
+        pipe = self.r.pipeline()
+        for g in groups:
+            pipe.zrange(self.k("wait", g.id), 0, room - 1, withscores=True)
+        for g, heads in zip(groups, pipe.execute(), strict=True):
+            g.shots = [(sc, key) for key, sc in heads]
+        scenes = {key.split("/", 1)[0] for g in groups for _, key in g.shots}
+        blocked = self._blocklisted(scenes)
+        for node in nodes:
+            node.blocked = frozenset(s for s, names in blocked.items() if node.info.name in names)
+        out = []
+        for a in assign(groups, nodes):
+            if self.publish(a):
+                out.append(a)
+        return out
+
+    def _groups(self) -> list[Group]:
+        raw = self.r.hgetall(self.k("groups"))
+        groups = []
+        for gid, text in raw.items():
+            needs = json.loads(text)
+            groups.append(Group(gid, tuple(Job.from_dict(v) for v in needs["variants"]), [],
+                                needs.get("pin"), frozenset(needs.get("exclude", ()))))  # fmt: skip
+        return groups
+
+    def _loads(self) -> list[NodeLoad]:
+        infos = self.rt.registry.infos()
+        pipe = self.r.pipeline()
+        for info in infos:
+            pipe.hlen(self.k("bound", info.name))
+            pipe.hget(self.rt.registry.key(info.name), "model")
+        replies = pipe.execute()
+        return [
+            NodeLoad(info, int(replies[2 * i]), replies[2 * i + 1] or "")
+            for i, info in enumerate(infos)
+        ]
+
+    def _blocklisted(self, scenes: set[str]) -> dict[str, set[str]]:
+        pipe = self.r.pipeline()
+        for scene_id in scenes:
+            pipe.hgetall(self.k("blocklist", scene_id))
+        limit = self.s.blocklist_after
+        return {
+            scene_id: {n for n, c in counts.items() if int(c) >= limit}
+            for scene_id, counts in zip(scenes, pipe.execute(), strict=True)
+        }
+
+    def publish(self, a: Assignment) -> bool:
+        """Bind the shot of ``a`` to its node and publish its slot there."""
+        scene_id, shot_id = a.key.split("/", 1)
+        if not self.r.zrem(self.k("wait", a.group), a.key):
+            return False  # taken meanwhile (cancelled)
+        state = self.rt.state
+        shot = state.shot(scene_id, shot_id)
+        scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
+        rung = Rung.from_dict(shot["rung"])
+        job = rung.variants[a.variant]
+        attempt = int(shot.get("attempt") or 0) + 1
+        job = replace(job, node=a.node, attempt=attempt)
+        token = uuid.uuid4().hex
+        pipe = self.r.pipeline()
+        pipe.hset(state.shot_key(scene_id, shot_id),
+                  mapping={"binding": token, "job": json.dumps(job.to_dict()), "node": a.node,
+                           "attempt": str(attempt), "kind": job.kind})  # fmt: skip
+        pipe.hset(self.k("bound", a.node), a.key, token)
+        pipe.hset(self.rt.registry.key(a.node), "model", job.model)
+        pipe.execute()
+        state.event(scene_id, "shot_bound", shot=shot_id, node=a.node, attempt=attempt)
+        name = "farm.fallback" if attempt > 1 else f"farm.{job.kind}"
+        self._send(name, scene_id, shot_id, token, shot, scene, node_queue(a.node), job.priority)
+        return True
+
+    def _send(self, name, scene_id, shot_id, token, shot, scene, queue, priority) -> None:
+        chord_id, chord_body, _ = scene
+        self.app.send_task(
+            name,
+            args=(scene_id, shot_id, token),
+            task_id=shot["task_id"],
+            group_id=chord_id,
+            group_index=int(shot["slot"]),
+            chord=json.loads(chord_body),
+            queue=queue,
+            priority=9 - max(0, min(9, priority)),
+        )
+
+    def close(self, scene_id: str, shot_id: str, record: dict[str, Any]) -> None:
+        """Fill a shot's chord slot without rendering (cancelled, failed while waiting): a
+        ``farm.close_shot`` task on the CPU queue returns ``record``."""
+        state = self.rt.state
+        shot = state.shot(scene_id, shot_id)
+        scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
+        self.app.send_task(
+            "farm.close_shot", args=(record,), task_id=shot["task_id"], group_id=scene[0],
+            group_index=int(shot["slot"]), chord=json.loads(scene[1]), queue=self.s.cpu_queue,
+        )  # fmt: skip
+
+    # -- bound shots ----------------------------------------------------------------------
+    def release(self, scene_id: str, shot_id: str, node: str, token: str) -> None:
+        """The shot no longer occupies ``node`` (if it still holds this binding there)."""
+        key, bound = shot_key(scene_id, shot_id), self.k("bound", node)
+        if self.r.hget(bound, key) == token:
+            self.r.hdel(bound, key)
+
+    def count_failure(self, scene_id: str, node: str) -> int:
+        """One more failed shot of ``scene_id`` on ``node``; returns the count."""
+        return int(self.r.hincrby(self.k("blocklist", scene_id), node, 1))
+
+    # -- housekeeping (every heartbeat) ---------------------------------------------------
+    def tick(self) -> None:
+        """Take shots back from dead nodes, fail shots no node can take, run the watchdog,
+        then dispatch."""
+        for record in self.rt.registry.records():
+            if not record["alive"]:
+                self._reclaim(record)
+        self._expire_waiting()
+        self._watchdog()
+        self.dispatch()
+
+    def _reclaim(self, node: dict[str, Any]) -> None:
+        """Shots bound to a dead node whose renderer holds no lease go back to the backlog,
+        with that node excluded, as a new attempt."""
+        from farm.shots import requeue_from_dead_node
+
+        for key, token in self.r.hgetall(self.k("bound", node["name"])).items():
+            scene_id, shot_id = key.split("/", 1)
+            if self.r.exists(self.k("lease", scene_id, shot_id)):
+                continue  # its renderer lives and will report what happened
+            self.r.hdel(self.k("bound", node["name"]), key)
+            requeue_from_dead_node(self.rt, self, scene_id, shot_id, token, node)
+
+    def _expire_waiting(self) -> None:
+        from farm.shots import fail_waiting
+
+        nodes = self.rt.registry.infos()
+        now = time.time()
+        for group in self._groups():
+            if any(n.alive and any(can_run(n, v) for v in group.variants) for n in nodes):
+                continue
+            limit = now - self.s.wait_timeout
+            for key, sc in self.r.zrange(self.k("wait", group.id), 0, -1, withscores=True):
+                if sc % CLASS_SPAN < limit:
+                    scene_id, shot_id = key.split("/", 1)
+                    if self.r.zrem(self.k("wait", group.id), key):
+                        fail_waiting(self.rt, self, scene_id, shot_id, group)
+
+    def _watchdog(self) -> None:
+        from farm.shots import finish_scene
+
+        state = self.rt.state
+        for info in state.list_scenes(limit=200):
+            if info["state"] in TERMINAL_SCENE or info["state"] in (
+                SceneState.ASSEMBLING, SceneState.SCORING):  # fmt: skip
+                continue
+            scene = state.scene(info["id"])
+            shots = state.shots(info["id"])
+            if not shots or any(s.get("state") not in TERMINAL_SHOT for s in shots):
+                continue
+            if time.time() - max(s.get("updated", 0.0) for s in shots) < WATCHDOG_GRACE:
+                continue
+            if self.r.set(self.k("watchdog", info["id"]), "1", nx=True, ex=3600):
+                log.warning("scene %s: every shot is over but it was not assembled; "
+                            "assembling it now", info["id"])  # fmt: skip
+                finish_scene(self.rt, scene["id"])
+
+
+def _unsubscribe(app: Celery, task_ids: Sequence[str]) -> None:
+    """Freezing a chord subscribes this process to its results; progress is read from the
+    farm state, so drop the subscriptions."""
+    consumer = app.backend.result_consumer
+    for task_id in task_ids:
+        with contextlib.suppress(Exception):  # not subscribed
+            consumer.cancel_for(task_id)
