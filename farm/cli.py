@@ -156,6 +156,62 @@ def status(scene_id: str | None, as_json: bool) -> None:
         console.print(table if data else "no scenes yet: submit one with `farm enqueue SCENE.json`")
 
 
+def _dispatcher():
+    from farm.celery_app import app
+    from farm.dispatch import Dispatcher
+
+    rt = runtime()
+    return rt, Dispatcher(rt, app)
+
+
+@cli.command()
+@click.argument("scene_id")
+@click.option("--shot", "shot_id", help="Cancel only this shot (the scene goes on).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cancel(scene_id: str, shot_id: str | None, as_json: bool) -> None:
+    """Cancel a scene or one of its shots: waiting shots are dropped, running renders are
+    interrupted on their node (ComfyUI interrupt, WanGP cancel) within about a second."""
+    try:
+        rt, d = _dispatcher()
+        rt.state.scene(scene_id)  # exit 2 for an unknown scene
+        counts = d.cancel(scene_id, shot_id)
+    except FarmError as exc:
+        fail(exc)
+    what = f"shot {shot_id} of scene {scene_id}" if shot_id else f"scene {scene_id}"
+    if as_json:
+        print_json({"scene": scene_id, "shot": shot_id, **counts})
+    else:
+        console.print(f"cancelled {what}: {counts['dropped']} waiting dropped, "
+                      f"{counts['interrupting']} running or queued being stopped, "
+                      f"{counts['over']} already over")  # fmt: skip
+
+
+@cli.command()
+@click.argument("scene_id")
+def pause(scene_id: str) -> None:
+    """Stop starting shots of a scene (running renders finish); `farm resume` goes on."""
+    try:
+        rt, d = _dispatcher()
+        rt.state.scene(scene_id)
+        parked = d.pause(scene_id)
+    except FarmError as exc:
+        fail(exc)
+    console.print(f"paused scene {scene_id}: {parked} waiting shots held")
+
+
+@cli.command()
+@click.argument("scene_id")
+def resume(scene_id: str) -> None:
+    """Go on with a paused scene."""
+    try:
+        rt, d = _dispatcher()
+        rt.state.scene(scene_id)
+        back = d.resume(scene_id)
+    except FarmError as exc:
+        fail(exc)
+    console.print(f"resumed scene {scene_id}: {back} shots back in the backlog")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def nodes(as_json: bool) -> None:

@@ -103,19 +103,83 @@ class Dispatcher:
         needs = {"variants": [v.to_dict() for v in rung.variants], "pin": rung.pin,
                  "exclude": sorted(rung.exclude)}  # fmt: skip
         gid = "g" + gid
+        key, at = shot_key(scene_id, shot_id), score(job_kind, priority, time.time())
         pipe = self.r.pipeline()
         pipe.hsetnx(self.k("groups"), gid, json.dumps(needs))
         pipe.hset(self.rt.state.shot_key(scene_id, shot_id),
                   mapping={"rung": json.dumps(rung.to_dict()), "group": gid, "binding": "",
                            "node": "", "state": ShotState.QUEUED})  # fmt: skip
-        pipe.zadd(self.k("wait", gid),
-                  {shot_key(scene_id, shot_id): score(job_kind, priority, time.time())})  # fmt: skip
+        if self.r.hget(self.rt.state.scene_key(scene_id), "paused") == "1":
+            pipe.hset(self.k("parked", scene_id), key, json.dumps([gid, at]))
+        else:
+            pipe.zadd(self.k("wait", gid), {key: at})
         pipe.execute()
 
     def unwait(self, scene_id: str, shot_id: str) -> bool:
         """Take a shot out of the backlog; True if it was waiting."""
         gid = self.r.hget(self.rt.state.shot_key(scene_id, shot_id), "group") or ""
         return bool(gid) and bool(self.r.zrem(self.k("wait", gid), shot_key(scene_id, shot_id)))
+
+    # -- control: pause, resume, cancel ---------------------------------------------------
+    def pause(self, scene_id: str) -> int:
+        """Stop binding the scene's shots (running ones finish; queued ones come back to the
+        backlog when their task arrives); returns how many waiting shots were parked."""
+        state = self.rt.state
+        state.update_scene(scene_id, "scene_paused", paused="1")
+        parked = 0
+        for shot in state.shots(scene_id):
+            gid, key = shot.get("group") or "", shot_key(scene_id, shot["id"])
+            at = self.r.zscore(self.k("wait", gid), key) if gid else None
+            if at is not None and self.r.zrem(self.k("wait", gid), key):
+                self.r.hset(self.k("parked", scene_id), key, json.dumps([gid, at]))
+                parked += 1
+        return parked
+
+    def resume(self, scene_id: str) -> int:
+        """Put a paused scene's shots back in the backlog, in their old order; dispatch."""
+        self.rt.state.update_scene(scene_id, "scene_resumed", paused="0")
+        parked = self.r.hgetall(self.k("parked", scene_id))
+        pipe = self.r.pipeline()
+        for key, text in parked.items():
+            gid, at = json.loads(text)
+            pipe.zadd(self.k("wait", gid), {key: at})
+        pipe.delete(self.k("parked", scene_id))
+        pipe.execute()
+        self.dispatch()
+        return len(parked)
+
+    def cancel(self, scene_id: str, shot_id: str | None = None) -> dict[str, int]:
+        """Cancel a scene or one shot: waiting shots are dropped at once (their chord slots
+        filled with a cancelled record), bound ones end when their task starts, running
+        ones are interrupted on their node by the render's guard within a second."""
+        from farm.shots import cancelled
+
+        state = self.rt.state
+        if shot_id is None:
+            state.update_scene(scene_id, "scene_cancel", cancel="1")
+            targets = [s for s in state.shots(scene_id)]
+        else:
+            shot = state.shot(scene_id, shot_id)
+            if not shot:
+                from farm.errors import InvalidInput
+
+                raise InvalidInput(f"scene {scene_id!r} has no shot {shot_id!r}")
+            state.update_shot(scene_id, shot_id, "shot_cancel", cancel="1")
+            targets = [shot]
+        counts = {"dropped": 0, "interrupting": 0, "over": 0}
+        for shot in targets:
+            key = shot_key(scene_id, shot["id"])
+            if shot.get("state") in TERMINAL_SHOT:
+                counts["over"] += 1
+                continue
+            parked = self.r.hdel(self.k("parked", scene_id), key)
+            if parked or self.unwait(scene_id, shot["id"]):
+                record = cancelled(self.rt, scene_id, shot["id"], None)
+                self.close(scene_id, shot["id"], record)
+                counts["dropped"] += 1
+            else:
+                counts["interrupting"] += 1
+        return counts
 
     # -- dispatching --------------------------------------------------------------------
     def dispatch(self) -> list[Assignment]:

@@ -52,8 +52,16 @@ def class_of(value: float) -> int:
 
 
 def can_run(node: NodeInfo, job: Job) -> bool:
-    """Whether ``node`` can render ``job`` (liveness aside)."""
-    return node.kind == job.backend and not node.missing(job.files) and not node.cannot_run(job)
+    """Whether ``node`` can render ``job`` (liveness aside): ``not node.missing(job.files)``
+    without building the list, as the dispatcher asks it for every node and group."""
+    if node.kind != job.backend:
+        return False
+    for folder, names in job.files.items():
+        held = node.models.get(folder, ())
+        for name in names:
+            if name not in held:
+                return False
+    return not node.cannot_run(job)
 
 
 def group_id(variants: Sequence[Job], pin: str | None, exclude: Sequence[str]) -> str:
@@ -94,54 +102,121 @@ class Assignment:
     group: str
 
 
-def _variant_for(group: Group, node: NodeLoad, cache: dict) -> int | None:
-    """Index of the first variant of ``group`` that ``node`` can run, or None."""
-    key = (group.id, node.info.name)
-    if key not in cache:
-        ok = (
-            node.info.alive
-            and node.info.name not in group.exclude
-            and (group.pin is None or group.pin == node.info.name)
-        )
-        cache[key] = next(
-            (i for i, v in enumerate(group.variants) if ok and can_run(node.info, v)), None
-        )
-    return cache[key]
+def _able(group_list: Sequence[Group], node: NodeLoad) -> dict[int, int]:
+    """Position in ``group_list`` → index of the first variant ``node`` can run, for each
+    group it may take shots of (liveness aside: only live nodes are asked)."""
+    info = node.info
+    name, kind = info.name, info.kind
+    able = {}
+    for j, group in enumerate(group_list):
+        if name in group.exclude or (group.pin is not None and group.pin != name):
+            continue
+        for i, variant in enumerate(group.variants):
+            if variant.backend == kind and can_run(info, variant):
+                able[j] = i
+                break
+    return able
+
+
+#: a node's best candidate: (rank class, affinity, score, group position, head shot)
+_Candidate = tuple[int, int, float, int, tuple[float, str]]
+
+
+class _Slot:
+    """A node with room, the groups it may take shots of, and its best candidate among
+    them (the smallest; the first group on a tie)."""
+
+    __slots__ = ("node", "able", "best")
+
+    def __init__(self, node: NodeLoad, able: dict[int, int]) -> None:
+        self.node = node
+        self.able = able  # group position -> index of the variant this node runs
+        self.best: _Candidate | None = None
+
+    def rank(self) -> tuple:
+        """Idle first, then the candidate's class, affinity and score, then the faster."""
+        cls, affinity, value, _, _ = self.best  # type: ignore[misc]
+        return (self.node.bound > 0, cls, affinity, value, -self.node.info.speed)
+
+    def candidate(self, live: Sequence[Group], j: int) -> _Candidate | None:
+        """The head of ``live[j]`` for this node (its first shot of a scene the node is not
+        blocklisted for), or None."""
+        group, node = live[j], self.node
+        if node.blocked:
+            found = (s for s in group.shots if s[1].split("/", 1)[0] not in node.blocked)
+            head = next(found, None)
+        else:
+            head = group.shots[0] if group.shots else None
+        if head is None:
+            return None
+        affinity = 0 if node.model == group.variants[self.able[j]].model else 1
+        return (class_of(head[0]), affinity, head[0], j, head)
+
+    def rescan(self, live: Sequence[Group]) -> None:
+        found = [c for j in self.able if (c := self.candidate(live, j)) is not None]
+        self.best = min(found) if found else None
+
+    def changed(self, live: Sequence[Group], j: int) -> None:
+        """Group ``live[j]`` lost a shot: rescan if the best came from it, else compare."""
+        if j not in self.able:
+            return
+        if self.best is not None and self.best[3] == j:
+            self.rescan(live)
+            return
+        new = self.candidate(live, j)
+        if new is not None and (self.best is None or new < self.best):
+            self.best = new
+
+    def take(self, live: Sequence[Group], depth: int) -> Assignment:
+        """Bind the best candidate to this node."""
+        _, _, _, j, head = self.best  # type: ignore[misc]
+        group, node, index = live[j], self.node, self.able[j]
+        group.shots.remove(head)
+        node.bound += 1
+        node.model = group.variants[index].model
+        if node.bound < depth:
+            self.rescan(live)
+        else:
+            self.best = None
+        return Assignment(head[1], node.info.name, index, node.model, group.id)
+
+
+def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list[_Slot]:
+    """The nodes with room that have a candidate, in the order given (a node listed twice
+    ties with itself, so its first place is kept)."""
+    slots: list[_Slot] = []
+    seen: set[int] = set()
+    for node in nodes:
+        if node.bound >= depth or not node.info.alive or id(node) in seen:
+            continue
+        seen.add(id(node))
+        slot = _Slot(node, _able(live, node))
+        slot.rescan(live)
+        if slot.best is not None:
+            slots.append(slot)
+    return slots
 
 
 def assign(
     groups: Sequence[Group], nodes: Sequence[NodeLoad], depth: int = DEPTH
 ) -> list[Assignment]:
     """Bind waiting shots to nodes with room, by the rules above. ``groups`` and ``nodes``
-    are updated as shots are bound (heads popped, ``bound`` and ``model`` advanced)."""
-    cache: dict = {}
-    out: list[Assignment] = []
+    are updated as shots are bound (heads popped, ``bound`` and ``model`` advanced).
+
+    Each bind takes the smallest ``(busy, class, affinity, score, -speed)`` over every pair
+    of a node with room and a group it can take from; on a tie, the first node listed, then
+    the first group. Each node keeps its best candidate: a bind changes one node and one
+    group's head, so only that node and those whose best came from that group rescan their
+    groups; the others compare that group's new head with their best."""
     live = [g for g in groups if g.shots]
-    while True:
-        best: tuple | None = None
-        for node in nodes:
-            if node.bound >= depth or not node.info.alive:
-                continue
-            for group in live:
-                index = _variant_for(group, node, cache)
-                if index is None:
-                    continue
-                job = group.variants[index]
-                head = next(
-                    (s for s in group.shots if s[1].split("/", 1)[0] not in node.blocked), None
-                )
-                if head is None:
-                    continue
-                affinity = 0 if node.model == job.model else 1
-                rank = (node.bound > 0, class_of(head[0]), affinity, head[0], -node.info.speed)
-                if best is None or rank < best[0]:
-                    best = (rank, node, group, head, index, job.model)
-        if best is None:
-            return out
-        _, node, group, head, index, model = best
-        group.shots.remove(head)
-        if not group.shots:
-            live.remove(group)
-        node.bound += 1
-        node.model = model
-        out.append(Assignment(head[1], node.info.name, index, model, group.id))
+    slots = _slots(live, nodes, depth)
+    out: list[Assignment] = []
+    while slots:
+        chosen = min(slots, key=_Slot.rank)  # the first of equal ranks
+        j = chosen.best[3]  # type: ignore[index]
+        out.append(chosen.take(live, depth))
+        for slot in slots:
+            if slot is not chosen:
+                slot.changed(live, j)
+        slots = [slot for slot in slots if slot.best is not None]
+    return out

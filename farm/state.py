@@ -29,7 +29,20 @@ from farm.settings import Settings
 EVENTS_MAXLEN = 2000
 MAX_PREVIEW_BYTES = 512 * 1024
 PLAIN = frozenset(
-    {"id", "title", "state", "quality", "kind", "node", "binding", "group", "task_id", "chord_id"}
+    {
+        "id",
+        "title",
+        "state",
+        "quality",
+        "kind",
+        "node",
+        "binding",
+        "group",
+        "task_id",
+        "chord_id",
+        "cancel",
+        "paused",
+    }
 )
 NUMBERS: dict[str, type] = {
     "progress": float,
@@ -353,6 +366,7 @@ class FarmState:
                 "kind": s.get("kind"),
                 "used_fallback": s.get("used_fallback", False),
                 "primary_error": s.get("primary_error"),
+                "fallback": s.get("fallback"),
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),
             }
@@ -362,6 +376,7 @@ class FarmState:
             "id": scene["id"],
             "title": scene.get("title", ""),
             "state": scene["state"],
+            "paused": scene.get("paused") == "1",
             "quality": scene.get("quality"),
             "shots": shots,
             "outputs": scene.get("outputs", {}),

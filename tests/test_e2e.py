@@ -75,14 +75,13 @@ def small_scene(scene_id, quality="final", **extra):
 
 def test_a_scene_renders_assembles_and_scores(rt):
     scene = small_scene("e2e-main")
-    jobs = enqueue(scene, rt)
-    assert {j.shot_id: j.node for j in jobs} == {
-        "t2v": "node-a",
-        "i2v": "node-a",
-        "ati": "node-c",
-        "hy": "node-b",
-    }
+    enqueue(scene, rt)
     status = wait_done(rt, scene.id)
+    nodes = {s["id"]: s["node"] for s in status["shots"]}
+    # bound late, to whichever capable node had room: ATI only on node-c, Hunyuan (or
+    # WanGP's Wan 2.2) on node-b or the WanGP node
+    assert nodes["ati"] == "node-c" and nodes["hy"] in {"node-b", "node-w"}
+    assert {nodes["t2v"], nodes["i2v"]} <= {"node-a", "node-b", "node-w"}
     assert status["state"] == "done", status
     assert [s["state"] for s in status["shots"]] == ["done"] * 4
     for shot in status["shots"]:

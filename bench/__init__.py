@@ -1,0 +1,1 @@
+"""Benchmarks of the farm's pure policies (run as modules: ``python -m bench.simulate``)."""

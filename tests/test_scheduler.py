@@ -1,0 +1,435 @@
+"""The dispatch policy, pure: every rule of :func:`farm.scheduler.assign`, one per test."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from farm.catalog import load_catalog
+from farm.planning import Job, NodeInfo, plan_scene
+from farm.scene import parse_scene
+from farm.scheduler import (
+    CLASS_SPAN,
+    Assignment,
+    Group,
+    NodeLoad,
+    assign,
+    can_run,
+    class_of,
+    group_id,
+    rank_class,
+    score,
+)
+
+CAT = load_catalog()
+
+
+def job(model: str = "m1", backend: str = "comfyui", workflow: str = "wan_t2v") -> Job:
+    """A job needing only its model file (a ComfyUI diffusion model or a WanGP model id)."""
+    files = {"diffusion_models": [model]} if backend == "comfyui" else {"wangp": [model]}
+    return Job("s", "a", "preview", "wan", workflow, model, files, {}, backend=backend)
+
+
+def node(name: str, *models: str, speed: float = 1.0, kind: str = "comfyui", **info) -> NodeInfo:
+    folder = "diffusion_models" if kind == "comfyui" else "wangp"
+    return NodeInfo(name, kind, models={folder: models}, speed=speed, **info)
+
+
+def load(
+    info: NodeInfo, bound: int = 0, model: str = "", blocked: tuple[str, ...] = ()
+) -> NodeLoad:
+    return NodeLoad(info, bound, model, frozenset(blocked))
+
+
+def group(
+    *variants: Job,
+    shots: list[tuple[float, str]],
+    pin: str | None = None,
+    exclude: tuple[str, ...] = (),
+) -> Group:
+    """A group of ``shots``: ``[(score, "scene/shot"), ...]`` (sorted here, best first)."""
+    gid = group_id(variants, pin, exclude)
+    return Group(gid, tuple(variants), sorted(shots), pin, frozenset(exclude))
+
+
+def at(kind: str = "preview", priority: int = 5, since: float = 0.0) -> float:
+    return score(kind, priority, since)
+
+
+def bound_to(out: list[Assignment]) -> dict[str, str]:
+    """Shot key → node name."""
+    return {a.key: a.node for a in out}
+
+
+# -- scores ---------------------------------------------------------------------------------
+def test_scores_order_previews_then_priority_then_age():
+    ordered = [
+        at("preview", 9, 100.0),
+        at("preview", 9, 200.0),
+        at("preview", 0, 0.0),
+        at("final", 9, 0.0),
+        at("final", 0, 0.0),
+    ]
+    assert ordered == sorted(ordered)
+    assert [class_of(s) for s in ordered] == [0, 0, 9, 10, 19]
+    assert rank_class("final", 42) == rank_class("final", 9)  # priorities clamp to 0..9
+    assert class_of(at("final", 3, CLASS_SPAN - 1)) == rank_class("final", 3)
+
+
+# -- rule 1: only a capable node is a candidate ---------------------------------------------
+def test_only_a_node_of_the_variants_backend_is_a_candidate():
+    same_files = NodeInfo("wan", "wan2gp", models={"diffusion_models": ("m1",)}, speed=9.0)
+    nodes = [load(same_files), load(node("comfy", "m1"))]
+    out = assign([group(job("m1"), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "comfy"}
+
+
+def test_a_node_lacking_a_file_of_the_job_is_not_a_candidate():
+    needy = replace(job("m1"), files={"diffusion_models": ["m1"], "vae": ["v.st"]})
+    partial = node("partial", "m1", speed=9.0)
+    full = NodeInfo("full", models={"diffusion_models": ("m1",), "vae": ("v.st",)})
+    out = assign([group(needy, shots=[(at(), "s/1")])], [load(partial), load(full)])
+    assert bound_to(out) == {"s/1": "full"}
+
+
+def test_a_wangp_node_lacking_the_model_is_not_a_candidate():
+    nodes = [load(node("w1", "other", kind="wan2gp")), load(node("w2", "hunyuan", kind="wan2gp"))]
+    out = assign([group(job("hunyuan", "wan2gp", "wangp"), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "w2"}
+
+
+def test_a_node_that_cannot_run_the_workflow_or_offers_another_model_is_not_a_candidate():
+    wanted = job("m1", workflow="wan_t2v")
+    other_flow = node("a", "m1", speed=9.0, workflows={"wan_i2v": ("m1",)})
+    other_model = node("b", "m1", speed=9.0, workflows={"wan_t2v": ("m2",)})
+    able = node("c", "m1", workflows={"wan_t2v": ("m1",)})
+    out = assign(
+        [group(wanted, shots=[(at(), "s/1")])], [load(n) for n in (other_flow, other_model, able)]
+    )
+    assert bound_to(out) == {"s/1": "c"}
+
+
+def test_an_undiscovered_node_is_trusted_with_any_workflow_of_its_files():
+    assert can_run(node("a", "m1"), job("m1", workflow="anything"))
+
+
+def test_a_dead_node_gets_nothing():
+    dead = load(node("dead", "m1", speed=9.0, alive=False))
+    out = assign([group(job(), shots=[(at(), "s/1"), (at(since=1), "s/2")])], [dead])
+    assert out == [] and dead.bound == 0
+
+
+def test_an_excluded_node_gets_nothing():
+    g = group(job(), shots=[(at(), "s/1")], exclude=("failed",))
+    out = assign([g], [load(node("failed", "m1", speed=9.0)), load(node("other", "m1"))])
+    assert bound_to(out) == {"s/1": "other"}
+
+
+def test_a_pinned_shot_goes_only_to_its_node():
+    g = group(job(), shots=[(at(), "s/1")], pin="pinned")
+    nodes = [load(node("fast", "m1", speed=9.0)), load(node("pinned", "m1"), bound=1)]
+    out = assign([g], nodes)
+    assert bound_to(out) == {"s/1": "pinned"}
+
+
+def test_a_pinned_shot_waits_when_its_node_is_full():
+    g = group(job(), shots=[(at(), "s/1")], pin="pinned")
+    out = assign([g], [load(node("idle", "m1")), load(node("pinned", "m1"), bound=2)])
+    assert out == [] and g.shots == [(at(), "s/1")]
+
+
+def test_a_node_blocklisted_for_a_scene_takes_the_next_shot_of_another_scene():
+    g = group(job(), shots=[(at(since=0), "bad/1"), (at(since=5), "good/1")])
+    out = assign([g], [load(node("a", "m1"), blocked=("bad",))], depth=1)
+    assert bound_to(out) == {"good/1": "a"} and g.shots == [(at(since=0), "bad/1")]
+
+
+def test_a_node_blocklisted_for_every_waiting_scene_gets_nothing():
+    g = group(job(), shots=[(at(), "bad/1")])
+    out = assign([g], [load(node("a", "m1"), blocked=("bad",))])
+    assert out == []
+
+
+def test_a_node_holds_at_most_depth_shots():
+    g = group(job(), shots=[(at(since=i), f"s/{i}") for i in range(10)])
+    nodes = [load(node("a", "m1")), load(node("b", "m1"), bound=1), load(node("c", "m1"), bound=3)]
+    out = assign([g], nodes, depth=3)
+    assert [n.bound for n in nodes] == [3, 3, 3] and len(out) == 5
+    assert len(g.shots) == 5 and g.shots[0] == (at(since=5), "s/5")
+
+
+def test_nothing_waits_or_no_room_binds_nothing():
+    assert assign([group(job(), shots=[])], [load(node("a", "m1"))]) == []
+    assert assign([group(job(), shots=[(at(), "s/1")])], [load(node("a", "m1"), bound=2)]) == []
+    assert assign([], []) == []
+
+
+# -- rule 2: idle nodes first ---------------------------------------------------------------
+def test_an_idle_node_is_filled_before_a_busy_node_queues_more():
+    busy = load(node("busy", "m1", speed=9.0), bound=1, model="m1")  # faster, model loaded
+    idle = load(node("idle", "m1"), model="m2")
+    out = assign([group(job("m1"), shots=[(at(), "s/1")])], [busy, idle])
+    assert bound_to(out) == {"s/1": "idle"}
+
+
+def test_an_idle_node_takes_a_lower_class_before_a_busy_node_takes_a_higher_one():
+    busy = load(node("busy", "m1", "m2"), bound=1)
+    idle = load(node("idle", "m2"))
+    groups = [group(job("m1"), shots=[(at("preview"), "p/1")]),
+              group(job("m2"), shots=[(at("final"), "f/1")])]  # fmt: skip
+    out = assign(groups, [busy, idle])
+    assert [(a.key, a.node) for a in out] == [("f/1", "idle"), ("p/1", "busy")]
+
+
+def test_every_node_gets_one_shot_before_any_gets_a_second():
+    g = group(job(), shots=[(at(since=i), f"s/{i}") for i in range(4)])
+    nodes = [load(node(n, "m1", speed=s)) for n, s in (("a", 1.0), ("b", 2.0), ("c", 3.0))]
+    out = assign([g], nodes)
+    assert [a.node for a in out] == ["c", "b", "a", "c"]
+
+
+# -- rule 3: previews, then priority --------------------------------------------------------
+def test_previews_go_before_finals():
+    groups = [group(job("m1"), shots=[(at("final", 9, since=0), "f/1")]),
+              group(job("m2"), shots=[(at("preview", 0, since=50), "p/1")])]  # fmt: skip
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m1")], depth=1)
+    assert bound_to(out) == {"p/1": "a"}
+
+
+def test_higher_priority_goes_first():
+    groups = [group(job("m1"), shots=[(at("final", 3, since=0), "low/1")]),
+              group(job("m2"), shots=[(at("final", 7, since=50), "high/1")])]  # fmt: skip
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m1")], depth=1)
+    assert bound_to(out) == {"high/1": "a"}
+
+
+def test_affinity_does_not_cross_a_class():
+    groups = [group(job("m1"), shots=[(at("final", 5), "loaded/1")]),
+              group(job("m2"), shots=[(at("final", 6, since=50), "other/1")])]  # fmt: skip
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m1")], depth=1)
+    assert bound_to(out) == {"other/1": "a"}
+
+
+# -- rule 4: model affinity within a class --------------------------------------------------
+def test_within_a_class_the_loaded_model_beats_age():
+    groups = [group(job("m1"), shots=[(at(since=0), "old/1")]),
+              group(job("m2"), shots=[(at(since=50), "new/1")])]  # fmt: skip
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m2")], depth=1)
+    assert bound_to(out) == {"new/1": "a"}
+
+
+def test_the_model_a_node_will_have_loaded_counts_for_its_next_shot():
+    groups = [group(job("m1"), shots=[(at(since=0), "a/1"), (at(since=9), "a/2")]),
+              group(job("m2"), shots=[(at(since=5), "b/1")])]  # fmt: skip
+    n = load(node("a", "m1", "m2"))
+    out = assign(groups, [n])
+    assert [a.key for a in out] == ["a/1", "a/2"] and n.model == "m1"
+
+
+def test_a_node_with_the_model_loaded_beats_a_faster_one():
+    nodes = [load(node("fast", "m1", speed=9.0)), load(node("loaded", "m1"), model="m1")]
+    out = assign([group(job("m1"), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "loaded"}
+
+
+def test_each_node_takes_the_model_it_has_loaded():
+    groups = [group(job("m1"), shots=[(at(since=0), "a/1")]),
+              group(job("m2"), shots=[(at(since=1), "b/1")])]  # fmt: skip
+    nodes = [
+        load(node("x", "m1", "m2", speed=2.0), model="m2"),
+        load(node("y", "m1", "m2"), model="m1"),
+    ]
+    out = assign(groups, nodes)
+    assert bound_to(out) == {"a/1": "y", "b/1": "x"}
+
+
+# -- rule 5: oldest first, then the faster node ---------------------------------------------
+def test_without_affinity_the_oldest_shot_goes_first():
+    groups = [group(job("m1"), shots=[(at(since=50), "new/1")]),
+              group(job("m2"), shots=[(at(since=10), "old/1")])]  # fmt: skip
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m3")], depth=1)
+    assert bound_to(out) == {"old/1": "a"}
+
+
+def test_a_group_binds_its_shots_oldest_first():
+    g = group(job(), shots=[(at(since=30), "s/3"), (at(since=10), "s/1"), (at(since=20), "s/2")])
+    out = assign([g], [load(node("a", "m1"))], depth=3)
+    assert [a.key for a in out] == ["s/1", "s/2", "s/3"]
+
+
+def test_the_faster_of_equal_idle_nodes_is_chosen():
+    nodes = [load(node(n, "m1", speed=s)) for n, s in (("slow", 0.5), ("fast", 2.0), ("mid", 1.0))]
+    out = assign([group(job(), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "fast"}
+
+
+def test_between_identical_nodes_the_first_listed_is_chosen():
+    nodes = [load(node(n, "m1")) for n in ("b", "a", "c")]
+    out = assign([group(job(), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "b"}
+
+
+# -- variants -------------------------------------------------------------------------------
+def test_a_shot_with_two_backends_binds_to_either_with_its_variant():
+    sc = parse_scene(
+        {
+            "id": "sc",
+            "quality": "preview",
+            "shots": [{"id": f"s{i}", "action_description": "x"} for i in range(2)],
+        },
+        check_files=False,
+    )
+    variants = tuple(plan_scene(sc, catalog=CAT)[0])
+    comfy, wan = variants
+    assert (comfy.backend, wan.backend) == ("comfyui", "wan2gp")
+    files = {k: tuple(v) for k, v in comfy.files.items()}
+    nodes = [
+        load(NodeInfo("c", models=files)),
+        load(node("w", wan.model, kind="wan2gp", workflows={})),
+    ]
+    g = group(*variants, shots=[(at(since=0), "sc/s0"), (at(since=1), "sc/s1")])
+    out = assign([g], nodes, depth=1)
+    assert {(a.node, a.variant, a.model) for a in out} == {
+        ("c", 0, comfy.model),
+        ("w", 1, wan.model),
+    }
+    assert {n.info.name: n.model for n in nodes} == {"c": comfy.model, "w": wan.model}
+    assert all(a.group == g.id for a in out)
+
+
+def test_binding_pops_the_shot_and_advances_the_node():
+    g = group(job("m1"), shots=[(at(since=0), "s/1"), (at(since=1), "s/2")])
+    n = load(node("a", "m1"), model="m0")
+    out = assign([g], [n], depth=1)
+    assert out == [Assignment("s/1", "a", 0, "m1", g.id)]
+    assert g.shots == [(at(since=1), "s/2")] and (n.bound, n.model) == (1, "m1")
+
+
+# -- properties over random farms -----------------------------------------------------------
+MODELS = ("m1", "m2", "m3", "m4")
+
+
+def random_farm(rng: random.Random, depth: int) -> tuple[list[Group], list[NodeLoad]]:
+    """A small random farm: nodes of both kinds with random models, speeds, load, liveness
+    and blocklists; groups of one or two variants, some pinned or excluding a node."""
+    names = [f"n{i}" for i in range(rng.randint(1, 6))]
+    scenes = ["s0", "s1", "s2"]
+    nodes = []
+    for name in names:
+        kind = rng.choice(("comfyui", "wan2gp"))
+        held = rng.sample(MODELS, rng.randint(0, 3))
+        info = node(
+            name, *held, kind=kind, speed=rng.choice((0.5, 1.0, 2.0)), alive=rng.random() < 0.9
+        )
+        blocked = tuple(s for s in scenes if rng.random() < 0.15)
+        nodes.append(load(info, rng.randint(0, depth), rng.choice(("", *MODELS)), blocked))
+    groups = []
+    for _ in range(rng.randint(1, 5)):
+        variants = [job(rng.choice(MODELS))]
+        if rng.random() < 0.5:
+            variants.append(job(rng.choice(MODELS), "wan2gp", "wangp"))
+        rng.shuffle(variants)
+        pin = rng.choice(names) if rng.random() < 0.1 else None
+        exclude = tuple(n for n in names if rng.random() < 0.1)
+        shots = [
+            (at(rng.choice(("preview", "final")), rng.choice((0, 5, 9)), float(rng.randint(0, 5))),
+             f"{rng.choice(scenes)}/{len(groups)}-{k}")
+            for k in range(rng.randint(0, 6))
+        ]  # fmt: skip
+        groups.append(group(*variants, shots=shots, pin=pin, exclude=exclude))
+    return groups, nodes
+
+
+def runnable(g: Group, n: NodeLoad, key: str) -> bool:
+    """Whether ``n`` may take shot ``key`` of ``g`` at all (room aside)."""
+    return (
+        n.info.alive
+        and n.info.name not in g.exclude
+        and g.pin in (None, n.info.name)
+        and key.split("/", 1)[0] not in n.blocked
+        and any(can_run(n.info, v) for v in g.variants)
+    )
+
+
+def test_random_farms_leave_no_capable_idle_node_idle_and_no_node_over_depth():
+    rng = random.Random(20240601)
+    for _ in range(500):
+        depth = rng.randint(1, 3)
+        groups, nodes = random_farm(rng, depth)
+        before = {n.info.name: n.bound for n in nodes}
+        assign(groups, nodes, depth)
+        for n in nodes:
+            assert n.bound <= max(depth, before[n.info.name])
+            if n.bound == 0:
+                waiting = [k for g in groups for _, k in g.shots if runnable(g, n, k)]
+                assert not waiting, (n.info.name, waiting)
+
+
+def test_random_farms_bind_only_capable_nodes_with_the_first_variant_they_can_run():
+    rng = random.Random(7)
+    for _ in range(500):
+        depth = rng.randint(1, 3)
+        groups, nodes = random_farm(rng, depth)
+        waiting = {k: g for g in groups for _, k in g.shots}
+        by_name = {n.info.name: n for n in nodes}
+        room = {n.info.name: depth - n.bound for n in nodes}
+        out = assign(groups, nodes, depth)
+        assert len({a.key for a in out}) == len(out)
+        for a in out:
+            g, n = waiting[a.key], by_name[a.node]
+            assert runnable(g, n, a.key) and room[a.node] > 0
+            first = next(i for i, v in enumerate(g.variants) if can_run(n.info, v))
+            assert a.variant == first and a.model == g.variants[first].model
+            assert all(k != a.key for _, k in g.shots)
+            room[a.node] -= 1
+        for n in nodes:  # nothing left that a node with room could take
+            if room[n.info.name] > 0:
+                assert not [k for g in groups for _, k in g.shots if runnable(g, n, k)]
+
+
+def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> list[Assignment]:
+    """The rules written plainly: every bind rescans every (node with room, group) pair."""
+    out: list[Assignment] = []
+    while True:
+        best = None
+        for n in nodes:
+            if n.bound >= depth or not n.info.alive:
+                continue
+            for g in groups:
+                ok = n.info.name not in g.exclude and g.pin in (None, n.info.name)
+                index = next(
+                    (i for i, v in enumerate(g.variants) if ok and can_run(n.info, v)), None
+                )
+                head = next((s for s in g.shots if s[1].split("/", 1)[0] not in n.blocked), None)
+                if index is None or head is None:
+                    continue
+                affinity = 0 if n.model == g.variants[index].model else 1
+                rank = (n.bound > 0, class_of(head[0]), affinity, head[0], -n.info.speed)
+                if best is None or rank < best[0]:
+                    best = (rank, n, g, head, index)
+        if best is None:
+            return out
+        _, n, g, head, index = best
+        g.shots.remove(head)
+        n.bound += 1
+        n.model = g.variants[index].model
+        out.append(Assignment(head[1], n.info.name, index, n.model, g.id))
+
+
+def test_assign_decides_as_the_plain_rules_on_random_farms():
+    rng = random.Random(99)
+    for trial in range(1500):
+        depth = rng.randint(1, 3)
+        state = rng.getstate()
+        groups, nodes = random_farm(rng, depth)
+        if trial % 3 == 0:  # the same shapes, unsorted, to pin "first in list order"
+            for g in groups:
+                rng.shuffle(g.shots)
+        rng.setstate(state)
+        ref_groups, ref_nodes = random_farm(rng, depth)
+        for g, r in zip(groups, ref_groups, strict=True):
+            r.shots[:] = g.shots
+        got = assign(groups, nodes, depth)
+        assert got == reference_assign(ref_groups, ref_nodes, depth), trial
+        assert [g.shots for g in groups] == [g.shots for g in ref_groups]
+        assert [(n.bound, n.model) for n in nodes] == [(n.bound, n.model) for n in ref_nodes]
