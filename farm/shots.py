@@ -127,7 +127,10 @@ class Guard(threading.Thread):
                     if self.rt.redis.get(key) == self.token:
                         self.rt.redis.pexpire(key, ttl_ms)
                     renewed = time.monotonic()
-                if not self.cancelled and _flags(self.rt, self.job.scene_id, self.job.shot_id)["cancel"]:
+                if (
+                    not self.cancelled
+                    and _flags(self.rt, self.job.scene_id, self.job.shot_id)["cancel"]
+                ):
                     self.cancelled = True
                     how = self.backend.cancel(self.job)
                     log.info("shot %s/%s cancelled on %s: %s", self.job.scene_id,
@@ -264,7 +267,10 @@ def requeue_from_dead_node(
     is cancelled if the node still answers, and the shot goes back to the backlog without
     that node while it is down, as a new attempt (started ones) or as it was (queued ones)."""
     shot = rt.state.shot(scene_id, shot_id)
-    if shot.get("binding") != token or shot.get("state") not in (ShotState.QUEUED, ShotState.RUNNING):
+    if shot.get("binding") != token or shot.get("state") not in (
+        ShotState.QUEUED,
+        ShotState.RUNNING,
+    ):
         return
     job = Job.from_dict(shot["job"])
     started = shot.get("state") == ShotState.RUNNING
