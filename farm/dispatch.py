@@ -84,10 +84,15 @@ class Dispatcher:
 
         header = [self.app.signature("farm.render", args=(scene_id, s)) for s in shot_ids]
         ch = chord(header, body)
-        ch.freeze()
+        body_result = ch.freeze()
         gid = ch.tasks.id
         self.app.backend.set_chord_size(gid, len(shot_ids))
-        _unsubscribe(self.app, [t.id for t in ch.tasks.tasks])
+        ids = [t.id for t in ch.tasks.tasks] + [body_result.id]
+        parent = body_result.parent
+        while parent is not None:
+            ids.append(parent.id)
+            parent = parent.parent
+        _unsubscribe(self.app, ids)
         chord_body = dict(ch.tasks.tasks[0].options["chord"]) if shot_ids else {}
         pipe = self.r.pipeline()
         pipe.hset(self.rt.state.scene_key(scene_id),
@@ -281,7 +286,7 @@ class Dispatcher:
 
     def _send(self, name, scene_id, shot_id, token, shot, scene, queue, priority) -> None:
         chord_id, chord_body, _ = scene
-        self.app.send_task(
+        result = self.app.send_task(
             name,
             args=(scene_id, shot_id, token),
             task_id=shot["task_id"],
@@ -291,6 +296,7 @@ class Dispatcher:
             queue=queue,
             priority=9 - max(0, min(9, priority)),
         )
+        _unsubscribe(self.app, [result.id])  # publishing subscribed this process to it
 
     def close(self, scene_id: str, shot_id: str, record: dict[str, Any]) -> None:
         """Fill a shot's chord slot without rendering (cancelled, failed while waiting): a
@@ -298,10 +304,11 @@ class Dispatcher:
         state = self.rt.state
         shot = state.shot(scene_id, shot_id)
         scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
-        self.app.send_task(
+        result = self.app.send_task(
             "farm.close_shot", args=(record,), task_id=shot["task_id"], group_id=scene[0],
             group_index=int(shot["slot"]), chord=json.loads(scene[1]), queue=self.s.cpu_queue,
         )  # fmt: skip
+        _unsubscribe(self.app, [result.id])
 
     # -- bound shots ----------------------------------------------------------------------
     def release(self, scene_id: str, shot_id: str, node: str, token: str) -> None:
@@ -373,9 +380,16 @@ class Dispatcher:
 
 
 def _unsubscribe(app: Celery, task_ids: Sequence[str]) -> None:
-    """Freezing a chord subscribes this process to its results; progress is read from the
-    farm state, so drop the subscriptions."""
-    consumer = app.backend.result_consumer
+    """Freezing a chord subscribes this process to its header results; progress is read
+    from the farm state, so drop them now, while Redis is up (not at interpreter exit)."""
+    backend = app.backend
+    pending = getattr(backend, "_pending_results", None)
     for task_id in task_ids:
+        result = None
+        if pending is not None:
+            result = pending.concrete.get(task_id) or pending.weak.get(task_id)
         with contextlib.suppress(Exception):  # not subscribed
-            consumer.cancel_for(task_id)
+            if result is not None:
+                backend.remove_pending_result(result)
+            else:
+                backend.result_consumer.cancel_for(task_id)
