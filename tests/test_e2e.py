@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import cv2
+import requests
 
+from farm.local import wait_for
 from farm.media import probe
 from farm.scene import parse_scene
 from farm.state import TERMINAL_SCENE
@@ -143,6 +145,10 @@ def test_a_shot_whose_node_is_down_fails_and_the_scene_still_assembles(rt, farm_
         status = wait_done(rt, scene.id)
     finally:
         farm_cluster.start_emulator(next(n for n in farm_cluster.nodes if n.name == "node-c"))
+        url = farm_cluster.node_url("node-c") + "/emulator/faults"
+        wait_for(lambda: requests.get(url, timeout=1).ok, 30, "node-c back")
+        alive = lambda: any(r["name"] == "node-c" and r["alive"] for r in rt.registry.records())  # noqa: E731
+        wait_for(alive, 30, "node-c alive again in the registry")
     shots = {s["id"]: s for s in status["shots"]}
     assert status["state"] == "partial"
     assert shots["ati"]["state"] == "failed" and "node_unavailable" in shots["ati"]["error"]
