@@ -285,18 +285,8 @@ class Dispatcher:
         return True
 
     def _send(self, name, scene_id, shot_id, token, shot, scene, queue, priority) -> None:
-        chord_id, chord_body, _ = scene
-        result = self.app.send_task(
-            name,
-            args=(scene_id, shot_id, token),
-            task_id=shot["task_id"],
-            group_id=chord_id,
-            group_index=int(shot["slot"]),
-            chord=json.loads(chord_body),
-            queue=queue,
-            priority=9 - max(0, min(9, priority)),
-        )
-        _unsubscribe(self.app, [result.id])  # publishing subscribed this process to it
+        self._fill_slot(name, (scene_id, shot_id, token), shot, scene, queue,
+                        priority=9 - max(0, min(9, priority)))  # fmt: skip
 
     def close(self, scene_id: str, shot_id: str, record: dict[str, Any]) -> None:
         """Fill a shot's chord slot without rendering (cancelled, failed while waiting): a
@@ -304,11 +294,16 @@ class Dispatcher:
         state = self.rt.state
         shot = state.shot(scene_id, shot_id)
         scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
+        self._fill_slot("farm.close_shot", (record,), shot, scene, self.s.cpu_queue)
+
+    def _fill_slot(self, name, args, shot, scene, queue, **options) -> None:
+        """Publish task ``name`` into the shot's chord slot (its task id, group, index)."""
+        chord_id, chord_body, _ = scene
         result = self.app.send_task(
-            "farm.close_shot", args=(record,), task_id=shot["task_id"], group_id=scene[0],
-            group_index=int(shot["slot"]), chord=json.loads(scene[1]), queue=self.s.cpu_queue,
+            name, args=args, task_id=shot["task_id"], group_id=chord_id,
+            group_index=int(shot["slot"]), chord=json.loads(chord_body), queue=queue, **options,
         )  # fmt: skip
-        _unsubscribe(self.app, [result.id])
+        _unsubscribe(self.app, [result.id])  # publishing subscribed this process to it
 
     # -- bound shots ----------------------------------------------------------------------
     def release(self, scene_id: str, shot_id: str, node: str, token: str) -> None:
