@@ -48,6 +48,7 @@ from farm.scheduler import (
     Group,
     NodeLoad,
     assign,
+    assign_naive,
     can_run,
     group_id,
     score,
@@ -210,20 +211,27 @@ class Dispatcher:
         if not groups:
             return []
         nodes = self._loads()
-        room = sum(max(0, DEPTH - n.bound) for n in nodes if n.info.alive)
+        naive = self.s.placement == "naive"
+        room = -1 if naive else sum(max(0, DEPTH - n.bound) for n in nodes if n.info.alive)
         if room == 0:
             return []
         pipe = self.r.pipeline()
         for g in groups:
-            pipe.zrange(self.k("wait", g.id), 0, room - 1, withscores=True)
+            pipe.zrange(self.k("wait", g.id), 0, room - 1 if room > 0 else -1, withscores=True)
         for g, heads in zip(groups, pipe.execute(), strict=True):
             g.shots = [(sc, key) for key, sc in heads]
         scenes = {key.split("/", 1)[0] for g in groups for _, key in g.shots}
         blocked = self._blocklisted(scenes)
         for node in nodes:
             node.blocked = frozenset(s for s, names in blocked.items() if node.info.name in names)
+        if naive:
+            turn = int(self.r.get(self.k("dispatch", "turn")) or 0)
+            chosen, turn = assign_naive(groups, nodes, turn)
+            self.r.set(self.k("dispatch", "turn"), turn)
+        else:
+            chosen = assign(groups, nodes)
         out = []
-        for a in assign(groups, nodes):
+        for a in chosen:
             if self.publish(a):
                 out.append(a)
         return out

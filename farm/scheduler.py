@@ -220,3 +220,32 @@ def assign(
                 slot.changed(live, j)
         slots = [slot for slot in slots if slot.best is not None]
     return out
+
+
+def assign_naive(
+    groups: Sequence[Group], nodes: Sequence[NodeLoad], turn: int
+) -> tuple[list[Assignment], int]:
+    """The baseline the benchmarks compare against (``FARM_PLACEMENT=naive``): every waiting
+    shot is bound at once, oldest first (no preview or priority classes), to the next
+    capable node in round-robin order starting at ``turn``, with no regard for loaded
+    models or for how many shots a node already holds (early binding). Returns the
+    assignments and the next turn."""
+    live = [n for n in nodes if n.info.alive]
+    shots = sorted(
+        ((value % CLASS_SPAN, key, g) for g in groups for value, key in g.shots),
+        key=lambda s: (s[0], s[1]),
+    )
+    out: list[Assignment] = []
+    for _, key, group in shots:
+        scene_id = key.split("/", 1)[0]
+        for step in range(len(live)):
+            node = live[(turn + step) % len(live)]
+            able = _able([group], node)
+            if 0 in able and scene_id not in node.blocked:
+                turn += step + 1
+                model = group.variants[able[0]].model
+                node.bound += 1
+                node.model = model
+                out.append(Assignment(key, node.info.name, able[0], model, group.id))
+                break
+    return out, turn % max(1, len(live))

@@ -167,6 +167,21 @@ class Settings:
             "3",
         )
     )
+    placement: str = field(
+        **_env(
+            "FARM_PLACEMENT",
+            "Placement policy: 'late' (model-aware late binding) or 'naive' (round-robin at "
+            "enqueue, first in first out; a baseline for benchmarks)",
+            "late",
+        )
+    )
+    cache: int = field(
+        **_env(
+            "FARM_CACHE",
+            "1: serve a shot whose request was rendered before from the render cache; 0: off",
+            "1",
+        )
+    )
     max_download_mb: int = field(
         **_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096")
     )
@@ -198,6 +213,8 @@ class Settings:
                 f"FARM_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed FARM_RENDER_TIME_LIMIT "
                 f"({self.render_time_limit}), or Redis redelivers running renders to a second worker"
             )
+        if self.placement not in ("late", "naive"):
+            raise ConfigError(f"FARM_PLACEMENT {self.placement!r} must be 'late' or 'naive'")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://"

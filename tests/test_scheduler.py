@@ -433,3 +433,18 @@ def test_assign_decides_as_the_plain_rules_on_random_farms():
         assert got == reference_assign(ref_groups, ref_nodes, depth), trial
         assert [g.shots for g in groups] == [g.shots for g in ref_groups]
         assert [(n.bound, n.model) for n in nodes] == [(n.bound, n.model) for n in ref_nodes]
+
+
+
+def test_naive_baseline_binds_everything_round_robin_oldest_first():
+    """The benchmark baseline ignores depth, classes and affinity: every waiting shot is
+    bound at once, oldest first, to the next capable node in turn."""
+    from farm.scheduler import assign_naive
+
+    g = group(job("m1"), shots=[(at("final", since=3.0), "s/3"), (at("preview", since=1.0), "s/1"),
+                                (at("final", since=2.0), "s/2")])  # fmt: skip
+    loads = [load(node("a", "m1"), bound=2, model="other"), load(node("b", "m1")),
+             load(node("c", "m2"))]  # fmt: skip
+    out, turn = assign_naive([g], loads, 1)
+    assert [(x.key, x.node) for x in out] == [("s/1", "b"), ("s/2", "a"), ("s/3", "b")]
+    assert turn == 2 and loads[0].bound == 3 and loads[1].bound == 2 and loads[2].bound == 0
