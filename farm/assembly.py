@@ -155,6 +155,7 @@ def _provenance(scene: Scene, shots: dict[str, dict[str, Any]]) -> dict[str, Any
         s.id: {
             "state": shots[s.id].get("state"),
             "node": shots[s.id].get("node"),
+            "cache_hit": shots[s.id].get("cache_hit", False),
             "seed": s.seed,
             "template": s.template,
             "attempts": shots[s.id].get("attempt_log", []),

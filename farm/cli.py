@@ -96,22 +96,29 @@ def validate(scene_file: Path, as_json: bool) -> None:
 )
 @click.option("--replace", is_flag=True, help="Render again a scene id that already finished.")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Render every shot even when the same request is in the render cache.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print the placed jobs (or final status with --watch) as JSON.",
 )
 def enqueue(
-    scene_file: Path, quality: str | None, follow: bool, replace: bool, as_json: bool
-) -> None:
-    """Validate SCENE_FILE, place its shots on GPU nodes and start rendering it."""
+    scene_file: Path, quality: str | None, follow: bool, replace: bool, force: bool,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Validate SCENE_FILE, place its shots on GPU nodes and start rendering it. A shot
+    whose request was rendered before is served from the render cache (see --force)."""
     from farm.scene import load_scene
     from farm.submit import enqueue as submit
 
     try:
         scene = load_scene(scene_file)
         rt = runtime()
-        jobs = submit(scene, rt, quality, replace=replace)
+        jobs = submit(scene, rt, quality, replace=replace, force=force)
     except FarmError as exc:
         fail(exc)
     if not follow:
@@ -210,6 +217,61 @@ def resume(scene_id: str) -> None:
     except FarmError as exc:
         fail(exc)
     console.print(f"resumed scene {scene_id}: {back} shots back in the backlog")
+
+
+@cli.command()
+@click.argument("scene_id")
+@click.option(
+    "--shot", "shot_ids", multiple=True,
+    help="Shot to render again (repeatable; default: every failed or cancelled shot).",
+)  # fmt: skip
+@click.option("--watch", "follow", is_flag=True, help="Show live progress until it finishes.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def retry(scene_id: str, shot_ids: tuple[str, ...], follow: bool, as_json: bool) -> None:
+    """Render shots of a finished scene again (never from the render cache), then assemble
+    and score the scene once more."""
+    from farm.submit import retry as retry_shots
+
+    try:
+        rt = runtime()
+        ids = retry_shots(rt, scene_id, list(shot_ids))
+    except FarmError as exc:
+        fail(exc)
+    if not follow:
+        if as_json:
+            print_json({"scene": scene_id, "shots": ids})
+        else:
+            console.print(f"retrying scene {scene_id}: {', '.join(ids)}")
+        return
+    from farm.watch import watch
+
+    status = watch(rt.state, scene_id, err_console if as_json else console)
+    if as_json:
+        print_json(status)
+    sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--clear", is_flag=True, help="Forget every entry and delete the cached clips.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cache(clear: bool, as_json: bool) -> None:
+    """Show (or clear) the render cache: clips kept by request, served instead of
+    rendering the same request again."""
+    from farm.cache import RenderCache
+
+    try:
+        rc = RenderCache(runtime())
+        removed = rc.clear() if clear else None
+        data = {**rc.stats(), **({"removed": removed} if clear else {})}
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(data)
+    elif clear:
+        console.print(f"render cache cleared: {removed} entries removed")
+    else:
+        console.print(f"render cache: {data['entries']} entries, "
+                      f"{data['bytes'] / 1e6:.1f} MB in {data['folder']}")  # fmt: skip
 
 
 @cli.command()

@@ -278,7 +278,7 @@ class Dispatcher:
         rung = Rung.from_dict(shot["rung"])
         job = rung.variants[a.variant]
         attempt = int(shot.get("attempt") or 0) + 1
-        job = replace(job, node=a.node, attempt=attempt)
+        job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("retries") or 0))
         token = uuid.uuid4().hex
         pipe = self.r.pipeline()
         pipe.hset(state.shot_key(scene_id, shot_id),

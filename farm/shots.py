@@ -11,14 +11,15 @@ so a scene's chord always completes.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from farm.backends import Backend, image_mime, make_backend
+from farm.cache import RenderCache, place_file
 from farm.dispatch import Dispatcher
 from farm.errors import FarmError, JobCancelled, NodeUnavailable
 from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
@@ -162,9 +163,7 @@ def _render(
         backend = backend_for(node["kind"], node["url"])
         guard = Guard(rt, job, token, backend)
         guard.start()
-        result = backend.render(
-            job, folder / f"{job.kind}_a{job.attempt}", _progress(rt, job, folder)
-        )
+        result = backend.render(job, folder / job.label, _progress(rt, job, folder))
     except FarmError as exc:
         if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):
             exc = JobCancelled(f"cancelled by the user ({exc})")
@@ -176,25 +175,86 @@ def _render(
     finally:
         if guard is not None:
             guard.stopped.set()
-    clip = folder / f"{job.kind}.mp4"
-    shutil.copyfile(result.video, clip)
+    clip = place_file(Path(result.video), folder / f"{job.kind}.mp4")
     seconds = round(time.monotonic() - started, 2)
+    cache_key = RenderCache(rt).store(job, clip, result.backend_job_id)
     state.log_attempt(job.scene_id, job.shot_id, {
         **_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
-        "workflow": job.workflow, "seed": job.params.get("seed"),
+        "workflow": job.workflow, "seed": job.params.get("seed"), "cache_key": cache_key,
     })  # fmt: skip
-    outputs = {**(state.shot(job.scene_id, job.shot_id).get("outputs") or {}), job.kind: str(clip)}
+    return _rendered(rt, d, job, clip, cache_hit=False)
+
+
+def _rendered(
+    rt: Runtime, d: Dispatcher, job: Job, clip: Path, *, cache_hit: bool
+) -> dict[str, Any] | None:
+    """``job``'s clip is ready (rendered or from the cache): hand a preview over to its
+    final (None: the slot stays open for it, unless the final is cached too), or close
+    the shot as done."""
+    state = rt.state
+    shot = state.shot(job.scene_id, job.shot_id)
+    outputs = {**(shot.get("outputs") or {}), job.kind: str(clip)}
     if job.then_final and job.kind == "preview":
         state.update_shot(job.scene_id, job.shot_id, "shot_preview_done", outputs=outputs,
                           kind="final", progress=0.0, attempt=0)  # fmt: skip
         scene = parse_scene(state.scene(job.scene_id)["spec"], check_files=False)
         finals = plan_variants(scene, scene.shot(job.shot_id), "final")
         # the final of a previewed shot follows the preview's node when it can (warm cache)
-        d.wait("final", job.priority, job.scene_id, job.shot_id, Rung(tuple(finals)))
-        return None  # the slot stays open for the final
+        return begin(rt, d, job.scene_id, job.shot_id, "final", finals, job.priority,
+                     force=_forced(rt, job.scene_id, job.shot_id))  # fmt: skip
     state.update_shot(job.scene_id, job.shot_id, "shot_done", state=ShotState.DONE,
-                      outputs=outputs, progress=1.0, finished=time.time(), error=None)  # fmt: skip
-    return _record(job, "done", clip=str(clip))
+                      outputs=outputs, progress=1.0, finished=time.time(), error=None,
+                      cache_hit=cache_hit)  # fmt: skip
+    return _record(job, "done", clip=str(clip), cache_hit=cache_hit)
+
+
+# -- starting a shot: the render cache, else the backlog ----------------------------------
+
+Hit = tuple[Job, dict[str, Any]]
+
+
+def begin(
+    rt: Runtime,
+    d: Dispatcher,
+    scene_id: str,
+    shot_id: str,
+    kind: str,
+    variants: list[Job],
+    priority: int,
+    *,
+    force: bool = False,
+    hit: Hit | None = None,
+    looked: bool = False,
+) -> dict[str, Any] | None:
+    """Start rendering a shot at ``kind``: served from the render cache when one of its
+    ``variants`` was rendered before (unless ``force``), else put in the backlog. Returns
+    the shot's chord record when it is over without rendering (every kind it needed was
+    cached), else None. ``looked``: the caller looked the cache up already (``hit``)."""
+    if not force and not looked:
+        hit = RenderCache(rt).lookup([variants])[0]
+    if force or hit is None:
+        d.wait(kind, priority, scene_id, shot_id, Rung(tuple(variants)))
+        return None
+    job, entry = hit
+    job = replace(job, attempt=0, node=None)
+    clip = place_file(Path(entry["clip"]), shot_dir(rt.settings.storage, scene_id, shot_id)
+                  / f"{kind}.mp4")  # fmt: skip
+    rt.state.log_attempt(scene_id, shot_id, {
+        **_attempt(job, "cached", 0.0), "node": entry.get("node"), "cache_key": entry["key"],
+        "source": f"{entry['scene']}/{entry['shot']}", "workflow": job.workflow,
+        "seed": job.params.get("seed"),
+    })  # fmt: skip
+    rt.state.event(scene_id, "shot_cache_hit", shot=shot_id, kind=kind,
+                   source=f"{entry['scene']}/{entry['shot']}")  # fmt: skip
+    return _rendered(rt, d, job, clip, cache_hit=True)
+
+
+def _forced(rt: Runtime, scene_id: str, shot_id: str) -> bool:
+    """Whether the shot must be rendered even when its request is cached (``--force``,
+    ``farm retry``)."""
+    scene = rt.redis.hget(rt.state.scene_key(scene_id), "force")
+    shot = rt.redis.hget(rt.state.shot_key(scene_id, shot_id), "force")
+    return scene == "1" or shot == "1"
 
 
 def _failed(

@@ -42,6 +42,7 @@ PLAIN = frozenset(
         "chord_id",
         "cancel",
         "paused",
+        "force",
     }
 )
 NUMBERS: dict[str, type] = {
@@ -55,6 +56,7 @@ NUMBERS: dict[str, type] = {
     "preview_at": float,
     "attempt": int,
     "slot": int,
+    "retries": int,
 }
 
 
@@ -367,6 +369,8 @@ class FarmState:
                 "used_fallback": s.get("used_fallback", False),
                 "primary_error": s.get("primary_error"),
                 "fallback": s.get("fallback"),
+                "cache_hit": s.get("cache_hit", False),
+                "retries": s.get("retries", 0),
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),
             }

@@ -34,10 +34,11 @@ def render_status(status: dict[str, Any]) -> Group:
     for shot in status["shots"]:
         style = STATE_STYLE.get(shot["state"] or "", "")
         note = shot.get("error") or ""
+        node = "cache" if shot.get("cache_hit") else shot.get("node") or "-"
         table.add_row(
             shot["id"],
             Text(f"{shot['state']} {shot.get('kind') or ''}".strip(), style=style),
-            shot.get("node") or "-",
+            node,
             str(shot.get("attempts", 0)),
             ProgressBar(total=1.0, completed=float(shot.get("progress") or 0), width=24),
             Text(note[:70], style="red") if note else "",

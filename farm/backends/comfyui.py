@@ -60,9 +60,7 @@ EventFn = Callable[[str, dict[str, Any]], None]
 
 def prompt_id_for(job: Job) -> str:
     """The node-side id of a job: the same for every delivery of the same attempt."""
-    return str(
-        uuid.uuid5(PROMPT_NAMESPACE, f"{job.scene_id}/{job.shot_id}/{job.kind}/{job.attempt}")
-    )
+    return str(uuid.uuid5(PROMPT_NAMESPACE, job.attempt_id))
 
 
 def parse_preview(frame: bytes, prompt_id: str) -> bytes | None:
@@ -583,7 +581,7 @@ class ComfyUIBackend:
     def graph_for(self, job: Job) -> Graph:
         params = dict(job.params)
         params["model"] = job.model
-        params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.kind}_a{job.attempt}"
+        params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
         if "start_image" in params:
             params["start_image"] = self.client.upload(Path(params["start_image"]))
         if "tracks" in params:

@@ -87,7 +87,7 @@ class UnknownJob(NodeUnavailable):
 
 def job_key(job: Job) -> str:
     """What identifies one attempt of one job, across redeliveries."""
-    return f"{job.scene_id}/{job.shot_id}/{job.kind}/{job.attempt}"
+    return job.attempt_id
 
 
 def is_out_of_memory(text: str) -> bool:
