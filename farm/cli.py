@@ -125,10 +125,11 @@ def enqueue(
         if as_json:
             print_json({"id": scene.id, "jobs": [j.to_dict() for j in jobs]})
         else:
-            console.print(
-                f"queued scene [bold]{scene.id}[/]: "
-                + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs)
-            )
+            cached = {s["id"] for s in rt.state.shots(scene.id) if s.get("cache_hit")}
+            where = {j.shot_id: j.node or ("cache" if j.shot_id in cached else "waiting")
+                     for j in jobs}  # fmt: skip
+            console.print(f"queued scene [bold]{scene.id}[/]: "
+                          + ", ".join(f"{k}→{v}" for k, v in where.items()))  # fmt: skip
         return
     from farm.watch import watch
 
