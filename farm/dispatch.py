@@ -32,7 +32,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -320,6 +320,11 @@ class Dispatcher:
         if self.r.hget(bound, key) == token:
             self.r.hdel(bound, key)
 
+    def blocklisted(self, scene_id: str, node: str) -> bool:
+        """Whether ``node`` failed FARM_BLOCKLIST_AFTER shots of ``scene_id``."""
+        failures = int(self.r.hget(self.k("blocklist", scene_id), node) or 0)
+        return failures >= self.s.blocklist_after
+
     def count_failure(self, scene_id: str, node: str) -> int:
         """One more failed shot of ``scene_id`` on ``node``; returns the count."""
         return int(self.r.hincrby(self.k("blocklist", scene_id), node, 1))
@@ -344,8 +349,10 @@ class Dispatcher:
             scene_id, shot_id = key.split("/", 1)
             if self.r.exists(self.k("lease", scene_id, shot_id)):
                 continue  # its renderer lives and will report what happened
-            self.r.hdel(self.k("bound", node["name"]), key)
-            requeue_from_dead_node(self.rt, self, scene_id, shot_id, token, node)
+            if not self.r.hdel(self.k("bound", node["name"]), key):
+                continue  # another dispatcher took it back
+            if not requeue_from_dead_node(self.rt, self, scene_id, shot_id, token, node):
+                self.r.hset(self.k("bound", node["name"]), key, token)  # still stopping there
 
     def _expire_waiting(self) -> None:
         from farm.shots import fail_waiting
@@ -388,11 +395,12 @@ def _unsubscribe(app: Celery, task_ids: Sequence[str]) -> None:
     backend = app.backend
     pending = getattr(backend, "_pending_results", None)
     for task_id in task_ids:
-        result = None
-        if pending is not None:
-            result = pending.concrete.get(task_id) or pending.weak.get(task_id)
+        results = []
+        for mapping in pending or ():  # celery 5.7: task id -> {id(result): result}
+            waiting = mapping.get(task_id)
+            results += list(waiting.values()) if isinstance(waiting, Mapping) else [waiting]
         with contextlib.suppress(Exception):  # not subscribed
-            if result is not None:
+            for result in filter(None, results):
                 backend.remove_pending_result(result)
-            else:
+            if not any(results):
                 backend.result_consumer.cancel_for(task_id)

@@ -26,13 +26,15 @@ from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import parse_scene
 from farm.scheduler import Group
-from farm.state import SceneState, ShotState
+from farm.state import TERMINAL_SHOT, SceneState, ShotState
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 0.5  # seconds between progress writes to Redis
 PREVIEW_EVERY = 1.0  # seconds between preview frames kept
 GUARD_EVERY = 0.5  # seconds between cancel checks of a running render
+#: marks the fallback ladder leaves in a job's params (planning.next_rung): not settings
+LADDER_MARKS = ("reduced", "fast_tier")
 #: error kinds that count against a node for the scene's blocklist
 NODE_FAULTS = frozenset(
     {"node_unavailable", "timeout", "render_failed", "out_of_memory", "model_missing",
@@ -59,8 +61,8 @@ def run_bound(
     must do nothing (a stale binding, a duplicate, a paused scene: the slot stays open)."""
     state = rt.state
     shot = state.shot(scene_id, shot_id)
-    if not shot or shot.get("binding") != token:
-        log.info("shot %s/%s: binding %s is stale; ignored", scene_id, shot_id, token[:8])
+    if not shot or shot.get("binding") != token or shot.get("state") in TERMINAL_SHOT:
+        log.info("shot %s/%s: binding %s is stale or over; ignored", scene_id, shot_id, token[:8])
         return None
     job = Job.from_dict(shot["job"])
     node = job.node or ""
@@ -68,9 +70,10 @@ def run_bound(
     if flags["cancel"]:
         d.release(scene_id, shot_id, node, token)
         return cancelled(rt, scene_id, shot_id, job)
-    if flags["paused"]:
+    if flags["paused"] or d.blocklisted(scene_id, node):  # (bound before it was blocklisted)
         d.release(scene_id, shot_id, node, token)
         _back_to_backlog(rt, d, scene_id, shot_id, Rung.from_dict(shot["rung"]))
+        d.dispatch()  # the node has room again
         return None
     if not _take_lease(rt, scene_id, shot_id, token):
         return None
@@ -97,10 +100,14 @@ def _take_lease(rt: Runtime, scene_id: str, shot_id: str, token: str) -> bool:
     key, ttl = rt.settings.key("lease", scene_id, shot_id), rt.settings.lease_ttl
     deadline = time.monotonic() + 4 * ttl
     while True:
-        if rt.redis.set(key, token, nx=True, px=int(ttl * 1000)):
-            return True
+        taken = rt.redis.set(key, token, nx=True, px=int(ttl * 1000))
         shot = rt.redis.hmget(rt.state.shot_key(scene_id, shot_id), ["binding", "state"])
-        if shot[0] != token or time.monotonic() > deadline:
+        moved_on = shot[0] != token or shot[1] in TERMINAL_SHOT  # e.g. the other one ended it
+        if taken and not moved_on:
+            return True
+        if taken:
+            rt.redis.delete(key)
+        if moved_on or time.monotonic() > deadline:
             log.info("shot %s/%s is rendered elsewhere; this delivery is a duplicate",
                      scene_id, shot_id)  # fmt: skip
             return False
@@ -163,7 +170,7 @@ def _render(
         backend = backend_for(node["kind"], node["url"])
         guard = Guard(rt, job, token, backend)
         guard.start()
-        result = backend.render(job, folder / job.label, _progress(rt, job, folder))
+        result = backend.render(_settings_only(job), folder / job.label, _progress(rt, job, folder))
     except FarmError as exc:
         if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):
             exc = JobCancelled(f"cancelled by the user ({exc})")
@@ -301,6 +308,11 @@ def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
                      rt.settings.max_attempts)  # fmt: skip
 
 
+def _settings_only(job: Job) -> Job:
+    """``job`` without the ladder's marks, which no workflow or WanGP setting takes."""
+    return replace(job, params={k: v for k, v in job.params.items() if k not in LADDER_MARKS})
+
+
 def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:
     rt.state.update_shot(scene_id, shot_id, "shot_cancelled", state=ShotState.CANCELLED,
                          error="cancelled", finished=time.time())  # fmt: skip
@@ -322,24 +334,23 @@ def _back_to_backlog(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, ru
 
 def requeue_from_dead_node(
     rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, token: str, node: dict[str, Any]
-) -> None:
+) -> bool:
     """A shot bound to a node that stopped beating, with no live renderer: its job there
     is cancelled if the node still answers, and the shot goes back to the backlog without
-    that node while it is down, as a new attempt (started ones) or as it was (queued ones)."""
+    that node while it is down, as a new attempt (started ones) or as it was (queued ones).
+    False while the node still runs the job it was asked to stop: call again later."""
     shot = rt.state.shot(scene_id, shot_id)
     if shot.get("binding") != token or shot.get("state") not in (
         ShotState.QUEUED,
         ShotState.RUNNING,
     ):
-        return
+        return True
     job = Job.from_dict(shot["job"])
     started = shot.get("state") == ShotState.RUNNING
     reason = f"node {node['name']} stopped beating ({node.get('reason') or 'no heartbeat'})"
     if started:
-        try:  # the node may live on without its worker: do not let it render for nobody
-            make_backend(node["kind"], node["url"], rt.settings).cancel(job)
-        except Exception as exc:
-            log.info("could not cancel %s/%s on %s: %s", scene_id, shot_id, node["name"], exc)
+        if not _off_node(rt, node, job, shot):
+            return False
         rt.state.log_attempt(scene_id, shot_id, {**_attempt(job, "lost", 0.0),
                              "error_kind": "node_unavailable", "error": reason})  # fmt: skip
     else:
@@ -347,10 +358,28 @@ def requeue_from_dead_node(
     rung = Rung.from_dict(shot["rung"])  # a dead node is no candidate; back, it may take it
     rung = Rung(rung.variants, None if rung.pin == node["name"] else rung.pin, rung.exclude,
                 "another node")  # fmt: skip
-    rt.state.update_shot(scene_id, shot_id, "shot_requeued", error=reason,
+    rt.state.update_shot(scene_id, shot_id, "shot_requeued", error=reason, stopping=None,
                          used_fallback=started or bool(shot.get("used_fallback")),
                          primary_error=shot.get("primary_error") or (reason if started else None))  # fmt: skip
     d.wait(job.kind, job.priority, scene_id, shot_id, rung)
+    return True
+
+
+def _off_node(rt: Runtime, node: dict[str, Any], job: Job, shot: dict[str, Any]) -> bool:
+    """Ask the node of a dead worker to drop ``job`` (it may live on without its worker:
+    it must not render for nobody, nor beside the next attempt). True once the job is off
+    it, or the node cannot be asked, or it had FARM_NODE_IDLE_TIMEOUT seconds to stop."""
+    try:
+        how = make_backend(node["kind"], node["url"], rt.settings).cancel(job)
+    except Exception as exc:
+        log.info("could not cancel %s/%s on %s: %s", job.scene_id, job.shot_id, node["name"], exc)
+        return True
+    if how != "interrupted":  # removed from its queue, or not (any more) there
+        return True
+    since = float(shot.get("stopping") or 0)
+    if not since:
+        rt.redis.hset(rt.state.shot_key(job.scene_id, job.shot_id), "stopping", time.time())
+    return bool(since) and time.time() - since > rt.settings.node_idle_timeout
 
 
 def fail_waiting(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, group: Group) -> None:

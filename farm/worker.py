@@ -12,14 +12,32 @@ import os
 import threading
 import time
 
+import redis
+from celery.signals import worker_process_init
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
 from farm.backends import make_backend
 from farm.celery_app import app
 from farm.errors import FarmError
 from farm.nodes import NodeRegistry, node_queue
+from farm.runtime import get_runtime
 from farm.settings import NodeConfig, Settings
 from farm.state import connect
 
 log = logging.getLogger(__name__)
+
+
+def patient(client: redis.Redis) -> redis.Redis:
+    """``client``, retrying a lost connection for about a minute (Redis restarting)
+    instead of failing the render, the bookkeeping or the heartbeat that needed it."""
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=60))
+    return client
+
+
+@worker_process_init.connect
+def _patient_pool_process(**_: object) -> None:
+    patient(get_runtime().redis)
 
 
 class Heartbeat(threading.Thread):
@@ -29,7 +47,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, node: NodeConfig, settings: Settings) -> None:
         super().__init__(name=f"heartbeat-{node.name}", daemon=True)
         self.node, self.settings = node, settings
-        self.registry = NodeRegistry(connect(settings, check=False), settings)
+        self.registry = NodeRegistry(patient(connect(settings, check=False)), settings)
         self.backend = make_backend(node.kind, node.url, settings)
         self.stopped = threading.Event()
         self.registered = False
@@ -65,8 +83,8 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         from farm.dispatch import Dispatcher
-        from farm.runtime import get_runtime
 
+        patient(get_runtime().redis)
         while not self.stopped.is_set():
             self.beat()
             try:  # the farm's housekeeping rides on every node's heartbeat

@@ -3,6 +3,7 @@ worker subprocesses), started once per session by the same code as ``farm demo``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -77,3 +78,46 @@ def scratch_settings(farm_cluster):
 def cli_env(farm_cluster):
     """Environment for running the `farm` CLI as a subprocess against the session farm."""
     return {**os.environ, **farm_cluster.env()}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_render_cache(request):
+    """Tests on the session farm start with an empty render cache, so a shot one test
+    rendered is not served from the cache in another (tests of the cache fill it)."""
+    if "farm_cluster" in request.fixturenames:
+        import redis
+
+        env = request.getfixturevalue("farm_cluster").env()
+        with redis.Redis.from_url(env["FARM_REDIS_URL"]) as client:
+            client.delete(f"{env.get('FARM_PREFIX', 'farm')}:cache")
+    yield
+
+
+@contextlib.contextmanager
+def pointed_at(env: dict[str, str]):
+    """Point this process (settings, runtime, the Celery app) at the farm whose ``FARM_*``
+    variables are ``env`` for the ``with`` block, then back at what it pointed at before."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("FARM_")}
+    _point(env)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("FARM_")]:
+            del os.environ[key]
+        _point(saved)
+
+
+def _point(env: dict[str, str]) -> None:
+    from farm import runtime, settings
+    from farm.celery_app import app, celery_config
+
+    os.environ.update(env)
+    settings._current = None
+    runtime._runtime = None
+    app.conf.update(celery_config(settings.get_settings()))
+    if app._pool is not None:  # connections made for another Redis
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    vars(app._local).pop("backend", None)

@@ -13,6 +13,8 @@ from pathlib import Path
 import requests
 
 from farm.backends.comfyui import prompt_id_for
+from farm.celery_app import app
+from farm.dispatch import Dispatcher
 from farm.planning import plan_scene
 from farm.scene import parse_scene
 from farm.submit import enqueue
@@ -164,18 +166,17 @@ def test_retry_without_shots_takes_the_cancelled_ones(rt, cli_env):
     assert status["state"] == "done" and [s["state"] for s in status["shots"]] == ["done"] * 2
 
 
-def test_retry_refuses_what_it_cannot_do(rt, cli_env, tmp_path):
-    image = tmp_path / "start.jpg"
-    shutil.copyfile(EXAMPLES / "images" / "meadow.jpg", image)
-    scene = scene_of("retry-refused", image)
+def test_retry_refuses_what_it_cannot_do(rt, cli_env):
+    scene = ati_scene("retry-refused", 3)  # one node renders them: the third one waits
     enqueue(scene, rt)
-    assert farm("pause", scene.id, env=cli_env).returncode == 0  # not finished while paused
-    out = farm("retry", scene.id, "--shot", "t2v", env=cli_env)
+    # paused at once, in this process: its waiting shot is parked, so it cannot finish
+    assert Dispatcher(rt, app).pause(scene.id) >= 1
+    out = farm("retry", scene.id, "--shot", "s0", env=cli_env)
     assert out.returncode == 2 and "still" in out.stderr and "farm cancel" in out.stderr
     assert farm("resume", scene.id, env=cli_env).returncode == 0
-    wait_done(rt, scene.id)
+    assert wait_done(rt, scene.id)["state"] == "done"
     out = farm("retry", scene.id, "--shot", "nope", env=cli_env)
-    assert out.returncode == 2 and "'nope'" in out.stderr and "t2v" in out.stderr
+    assert out.returncode == 2 and "'nope'" in out.stderr and "s0" in out.stderr
     out = farm("retry", scene.id, env=cli_env)  # nothing failed
     assert out.returncode == 2 and "--shot" in out.stderr
     assert farm("retry", "no-such-scene", env=cli_env).returncode == 2

@@ -1,7 +1,9 @@
-"""Emulator-only routes, not part of ComfyUI: switch injected faults on a running node.
+"""Emulator-only routes, not part of ComfyUI: switch injected faults on a running node and
+read the log of the executions it started.
 
     GET /emulator/faults   the active faults object (every setting spelled out)
     PUT /emulator/faults   a new faults object replaces the active one; 400 with the error text
+    GET /emulator/jobs     {"jobs": [...]}: every prompt execution started (farm.emulators.joblog)
 
 They answer only requests from loopback (404 otherwise, as for any unknown route) and are
 not registered under ``/api``. The faults object is the profile's ``faults`` field.
@@ -17,6 +19,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from farm.emulators.joblog import JobLog
 from farm.emulators.profile import Fault, faults_json, parse_faults
 from farm.errors import ConfigError
 
@@ -24,9 +27,11 @@ log = logging.getLogger("farm.emulators.comfyui")
 
 
 class FaultyNode(Protocol):
-    """A node whose active faults can be replaced (``comfyui.EmulatedNode``)."""
+    """A node whose active faults can be replaced and whose executions are logged
+    (``comfyui.EmulatedNode``)."""
 
     faults: Mapping[str, Fault]
+    jobs: JobLog
 
 
 def admin_routes(node: FaultyNode) -> list[tuple[str, str, Callable]]:
@@ -47,7 +52,15 @@ def admin_routes(node: FaultyNode) -> list[tuple[str, str, Callable]]:
         log.info("emulated faults now %s", json.dumps(faults_json(node.faults)))
         return web.json_response(faults_json(node.faults))
 
-    return [("GET", "/emulator/faults", get_faults), ("PUT", "/emulator/faults", put_faults)]
+    async def get_jobs(request: web.Request) -> web.Response:
+        _loopback_only(request)
+        return web.json_response({"jobs": node.jobs.snapshot()})
+
+    return [
+        ("GET", "/emulator/faults", get_faults),
+        ("PUT", "/emulator/faults", put_faults),
+        ("GET", "/emulator/jobs", get_jobs),
+    ]
 
 
 def _loopback_only(request: web.Request) -> None:

@@ -7,8 +7,9 @@ previews). This module holds the routes, the websocket hub, the queue and histor
 and the CLI; the executor is :mod:`farm.emulators.comfy_executor`, node classes
 :mod:`farm.emulators.comfy_nodes` (runners in ``comfy_runners``, validation in
 ``comfy_validation``) and the timing/VRAM/failure models :mod:`farm.emulators.profile`.
-The emulator-only ``/emulator/faults`` route (:mod:`farm.emulators.comfy_admin`) switches
-the injected faults of the profile on a running node.
+The emulator-only routes (:mod:`farm.emulators.comfy_admin`) switch the injected faults of
+the profile on a running node (``/emulator/faults``) and list every execution it started
+(``/emulator/jobs``).
 
     python -m farm.emulators.comfyui --port 8188 --profile deploy/nodes/gpu-a.json
 """
@@ -48,6 +49,7 @@ from farm.emulators.comfy_executor import CacheEntry, worker
 from farm.emulators.comfy_nodes import NodeDef, definitions
 from farm.emulators.comfy_runners import Dirs, GpuState, annotated_path
 from farm.emulators.comfy_validation import validate_prompt
+from farm.emulators.joblog import JobLog
 from farm.emulators.profile import Fault, NodeProfile, http_500_hits, load_profile
 from farm.errors import FarmError
 
@@ -139,6 +141,7 @@ class QueueItem:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     outputs: list[str]
+    run: int = 0  # its execution's number in the node's job log, once started
 
     def as_list(self) -> list[Any]:
         return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
@@ -232,6 +235,8 @@ class EmulatedNode:
     #: the active faults (the profile's until ``PUT /emulator/faults``) and POSTs per prompt id
     faults: Mapping[str, Fault] = field(init=False)
     posts: Counter[str] = field(default_factory=Counter)
+    #: every prompt execution started (the emulator-only ``GET /emulator/jobs``)
+    jobs: JobLog = field(default_factory=lambda: JobLog(None))
 
     def __post_init__(self) -> None:
         self.faults = dict(self.profile.faults)
@@ -247,6 +252,7 @@ class EmulatedNode:
 
     async def next_job(self) -> QueueItem:
         item = await self.queue.get()
+        item.run = self.jobs.started(item.prompt_id, item.client_id, number=item.number)
         await self.queue_updated()
         return item
 
@@ -254,6 +260,8 @@ class EmulatedNode:
         """Running -> history, then ``status`` and ``executing {node: null}``; apply /free."""
         self.queue.running.remove(item)
         self.history.add(item.prompt_id, entry)
+        status, details = _outcome(entry)
+        self.jobs.ended(item.run, status, **details)
         await self.queue_updated()
         if item.client_id is not None:
             await self.hub.send(
@@ -296,6 +304,19 @@ class EmulatedNode:
             "argv": self.argv,
         }
         return {"system": system, "devices": [device]}
+
+
+def _outcome(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A history entry's outcome for the job log: status and, for an error, its type."""
+    status = entry["status"]
+    if status["status_str"] == "success":
+        return "success", {}
+    for name, data in status["messages"]:
+        if name == "execution_interrupted":
+            return "interrupted", {}
+        if name == "execution_error":
+            return "error", {"exception_type": data.get("exception_type")}
+    return "error", {}
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -639,7 +660,10 @@ def make_app(
 ) -> web.Application:
     """The emulated node's aiohttp application (its worker starts with the app)."""
     node = EmulatedNode(
-        profile, make_dirs(data_dir), argv or ["main.py", "--preview-method", "auto"]
+        profile,
+        make_dirs(data_dir),
+        argv or ["main.py", "--preview-method", "auto"],
+        jobs=JobLog(Path(data_dir).resolve()),
     )
     app = web.Application(client_max_size=MAX_UPLOAD, middlewares=[origin_check])
     for method, path, handler in Routes(node).table():

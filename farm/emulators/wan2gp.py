@@ -8,7 +8,8 @@ JSON-RPC POST per call, no session handshake needed. Tools: ``wangp_generate``,
 ``wangp_get_job``, ``wangp_cancel_job``, ``wangp_list_models``,
 ``wangp_get_model_availability``, ``wangp_get_default_settings``,
 ``wangp_create_gallery_upload`` and ``wangp_create_gallery_download`` (one-use URLs under
-``/wangp_api/gallery/``, served by the same app). Emulator-only: ``GET/PUT /emulator/faults``.
+``/wangp_api/gallery/``, served by the same app). Emulator-only: ``GET/PUT /emulator/faults``
+and ``GET /emulator/jobs`` (every job started, :mod:`farm.emulators.joblog`).
 
 :class:`Engine` is the GPU runtime, shared with the batch CLI (:mod:`farm.emulators.wgp_cli`):
 it runs one planned task (:mod:`farm.emulators.wan2gp_settings`) and reports events as WanGP's
@@ -43,6 +44,7 @@ from typing import Any
 
 import cv2
 
+from farm.emulators.joblog import JobLog
 from farm.emulators.profile import (
     Fault,
     NodeProfile,
@@ -342,6 +344,7 @@ class Session:
         self.gallery: dict[str, Path] = {}
         self.transfers: dict[str, tuple[str, str, float]] = {}
         self.lock = threading.Lock()
+        self.log = JobLog(data_dir)
         engine.resolve_media = self.resolve_media
 
     # generation
@@ -365,12 +368,16 @@ class Session:
         return job
 
     def _run(self, job: Job, entries: list[tuple[Any, Any]]) -> None:
+        models = [s.get("model_type") for _, s in entries if isinstance(s, dict)]
+        run = self.log.started(job.job_id, None, model_types=models)
         try:
             job.finish(run_tasks(self.engine, job.job_id, entries, job.emit, job.cancel, self))
         except BaseException as exc:  # a job always ends with a result
             log.exception("job %s failed in the emulator", job.job_id)
             job.finish(result_dict([], [error_dict(str(exc), None, None, "runtime")], 0, False))
         finally:
+            status, error = _outcome(job.result)
+            self.log.ended(run, status, error=error)
             with self.lock:
                 self.active = None
 
@@ -622,8 +629,17 @@ def _known_model(model_type: str):
         raise ValueError(str(exc)) from None
 
 
+def _outcome(result: dict[str, Any] | None) -> tuple[str, str]:
+    """A job's outcome for the job log: status and the first error message."""
+    result = result or {}
+    errors = result.get("errors") or [{}]
+    if result.get("success"):
+        return "success", ""
+    return ("interrupted" if result.get("cancelled") else "error"), str(errors[0].get("message"))
+
+
 def _routes(mcp, session: Session) -> None:
-    """The Gallery transfer routes and the emulator-only faults route."""
+    """The Gallery transfer routes and the emulator-only faults and jobs routes."""
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 
@@ -653,14 +669,22 @@ def _routes(mcp, session: Session) -> None:
                 out.write(chunk)
         return JSONResponse({**session.register(path.resolve()), "size": size})
 
-    @mcp.custom_route("/emulator/faults", methods=["GET", "PUT"])
-    async def faults(request: Request):
+    def loopback(request: Request) -> bool:
         host = request.client.host if request.client else ""
         try:
-            loopback = ipaddress.ip_address(host).is_loopback
+            return ipaddress.ip_address(host).is_loopback
         except ValueError:
-            loopback = False
-        if not loopback:
+            return False
+
+    @mcp.custom_route("/emulator/jobs", methods=["GET"])
+    async def jobs(request: Request):
+        if not loopback(request):
+            return PlainTextResponse("Not Found", status_code=404)
+        return JSONResponse({"jobs": session.log.snapshot()})
+
+    @mcp.custom_route("/emulator/faults", methods=["GET", "PUT"])
+    async def faults(request: Request):
+        if not loopback(request):
             return PlainTextResponse("Not Found", status_code=404)
         if request.method == "PUT":
             try:
