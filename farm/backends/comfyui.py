@@ -330,7 +330,10 @@ class ComfyClient:
         """
         entry = self.history(prompt_id)
         if entry is None:
-            client_id = uuid.uuid4().hex
+            # derived from the job: a second delivery following the job (its first worker
+            # died) takes the session over and gets the job's progress events (ComfyUI
+            # sends them only to the prompt's client id), so it does not look hung
+            client_id = uuid.uuid5(PROMPT_NAMESPACE, f"client/{prompt_id}").hex
             ws = self._connect(client_id)
             try:
                 if self.queue_state(prompt_id) is None:
