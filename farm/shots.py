@@ -24,7 +24,7 @@ from farm.dispatch import Dispatcher
 from farm.errors import FarmError, JobCancelled, NodeUnavailable
 from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
-from farm.scene import parse_scene
+from farm.scene import Scene, parse_scene
 from farm.scheduler import Group
 from farm.state import TERMINAL_SHOT, SceneState, ShotState
 
@@ -204,7 +204,7 @@ def _rendered(
     if job.then_final and job.kind == "preview":
         state.update_shot(job.scene_id, job.shot_id, "shot_preview_done", outputs=outputs,
                           kind="final", progress=0.0, attempt=0)  # fmt: skip
-        scene = parse_scene(state.scene(job.scene_id)["spec"], check_files=False)
+        scene = scene_of(rt, job.scene_id)
         finals = plan_variants(scene, scene.shot(job.shot_id), "final")
         # the final of a previewed shot follows the preview's node when it can (warm cache)
         return begin(rt, d, job.scene_id, job.shot_id, "final", finals, job.priority,
@@ -301,7 +301,7 @@ def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
         return None  # internal errors are bugs: retrying would repeat them
     state = rt.state
     shot = state.shot(job.scene_id, job.shot_id)
-    scene = parse_scene(state.scene(job.scene_id)["spec"], check_files=False)
+    scene = scene_of(rt, job.scene_id)
     current = Rung.from_dict(shot["rung"]).variants
     fast = plan_variants(scene, scene.shot(job.shot_id), "preview")
     return next_rung(job, error_kind, current, fast, rt.registry.infos(),
@@ -311,6 +311,23 @@ def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
 def _settings_only(job: Job) -> Job:
     """``job`` without the ladder's marks, which no workflow or WanGP setting takes."""
     return replace(job, params={k: v for k, v in job.params.items() if k not in LADDER_MARKS})
+
+
+_scenes: dict[tuple[str, float], Scene] = {}
+
+
+def scene_of(rt: Runtime, scene_id: str) -> Scene:
+    """The scene as submitted, parsed once per process (a scene of thousands of shots
+    takes a while to validate), until it is submitted again."""
+    created = float(rt.redis.hget(rt.state.scene_key(scene_id), "created") or 0)
+    scene = _scenes.get((scene_id, created))
+    if scene is None:
+        if len(_scenes) >= 32:
+            _scenes.clear()
+        scene = _scenes[(scene_id, created)] = parse_scene(
+            rt.state.scene(scene_id)["spec"], check_files=False
+        )
+    return scene
 
 
 def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:

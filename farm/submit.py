@@ -50,7 +50,8 @@ def enqueue(
     for variants in shots:
         place_any(variants, nodes)  # raises NoCapableNode, naming what each node lacks
     first = [variants[0] for variants in shots]
-    rt.state.create_scene(scene.to_dict(), [j.to_dict() for j in first], quality, replace=replace)
+    records = [{"shot_id": j.shot_id, "node": j.node, "kind": j.kind} for j in first]
+    rt.state.create_scene(scene.to_dict(), records, quality, replace=replace)
     if force:
         rt.state.update_scene(scene.id, force="1")
     d = Dispatcher(rt, app)

@@ -435,7 +435,6 @@ def test_assign_decides_as_the_plain_rules_on_random_farms():
         assert [(n.bound, n.model) for n in nodes] == [(n.bound, n.model) for n in ref_nodes]
 
 
-
 def test_naive_baseline_binds_everything_round_robin_oldest_first():
     """The benchmark baseline ignores depth, classes and affinity: every waiting shot is
     bound at once, oldest first, to the next capable node in turn."""
