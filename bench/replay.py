@@ -83,7 +83,7 @@ def replay(
         if not waiting or (room == 0 and not naive):
             return
         groups = [
-            Group(gid, first.variants, shots if naive else shots[:room])
+            Group(gid, first.variants, shots if naive else shots[:room], waiting=len(shots))
             for gid, (first, shots) in waiting.items()
         ]
         if naive:

@@ -4,8 +4,9 @@ Both policies run the same workload on the same nodes, in virtual time, without 
 Celery:
 
 - *late binding*: :func:`farm.scheduler.assign` itself, called as :mod:`farm.dispatch`
-  calls it (after every event, with each group's first ``room`` waiting shots), nodes
-  holding at most ``DEPTH`` shots (the running one and one queued);
+  calls it (after every event, with each group's first ``room`` waiting shots and the
+  number it has waiting), nodes holding at most ``DEPTH`` shots (the running one and one
+  queued);
 - *round-robin*: every render is bound when it is enqueued to the next capable node of
   its group in turn, and each node runs its queue first in, first out.
 
@@ -190,6 +191,9 @@ def make_nodes(n: int, needs: Iterable[tuple[Job, ...]], rng: random.Random) -> 
 # -- the lower bound ------------------------------------------------------------------------
 #: the area bound tries every set of groups up to this many groups, else a few sets
 EXACT_GROUPS = 16
+#: the backends whose nodes the area bound tells apart (a render's work depends on which)
+BACKENDS = ("comfyui", "wan2gp")
+_NEVER = 1e150  # seconds: stands for "cannot" inside split_time
 
 
 def lower_bound(work: Workload) -> tuple[float, float, float]:
@@ -199,11 +203,13 @@ def lower_bound(work: Workload) -> tuple[float, float, float]:
     - ``chain``: a shot's renders run one after the other, each no faster than on its
       fastest capable node: submission + least time of its preview + least time of its final;
     - ``area``: for a set of groups and a time ``a``, the renders of those groups submitted
-      at ``a`` or later need at least their least work ``W`` (the smaller of their
-      variants'), which only the nodes capable of one of the groups can do, at their total
-      speed ``S`` at best: ``a + W / S``; the maximum over every set of groups (when there
-      are at most ``EXACT_GROUPS`` of distinct capable nodes; otherwise over each group,
-      the groups a group's capable nodes can run, and all) and every submission time.
+      at ``a`` or later start at ``a`` at the earliest, on the nodes capable of one of the
+      groups only, and a render's work is that of its variant for the backend that runs
+      it. So they need at least the time of the best *fractional* split of those renders
+      between those nodes of each backend (:func:`split_time`) after ``a``. The maximum
+      over every set of groups (when there are at most ``EXACT_GROUPS`` sets of capable
+      nodes; otherwise over each group, the groups a group's capable nodes can run, and
+      all) and every submission time.
     """
     nodes = work.nodes
     capable: dict[str, list[tuple[int, int]]] = {}
@@ -219,31 +225,82 @@ def lower_bound(work: Workload) -> tuple[float, float, float]:
         for submit, first in work.scenes
         for r in first
     )
-    # merge groups of the same capable nodes; rows: node sets, columns: submission times
-    sets = sorted({frozenset(i for i, _ in cap) for cap in capable.values()}, key=sorted)
-    row = {g: sets.index(frozenset(i for i, _ in cap)) for g, cap in capable.items()}
+    # a group's renders with one ratio of work between the backends make a part; its work
+    # on each backend (inf: none of the group's capable nodes is of that backend), per
+    # submission time
     times = sorted({submit for submit, _ in work.scenes})
-    work_at = np.zeros((len(sets), len(times)))
+    kinds = {g: {nodes[i].kind for i, _ in cap} for g, cap in capable.items()}
+    parts: dict[tuple[str, float], np.ndarray] = {}
     for r in work.renders():
-        work_at[row[r.group], bisect.bisect_right(times, r.submit) - 1] += min(r.work)
-    work_at = work_at[:, ::-1].cumsum(axis=1)[:, ::-1]  # submitted at times[k] or later
+        pairs = list(zip(r.variants, r.work, strict=True))
+        on = [min((w for v, w in pairs if v.backend == b), default=np.inf) for b in BACKENDS]
+        on = [w if b in kinds[r.group] else np.inf for w, b in zip(on, BACKENDS, strict=True)]
+        part = parts.setdefault((r.group, on[1] / on[0]), np.zeros((len(BACKENDS), len(times))))
+        part[:, bisect.bisect_right(times, r.submit) - 1] += on
+    work_at = np.array(list(parts.values()))[:, :, ::-1].cumsum(axis=2)[:, :, ::-1]
+    # sets of groups: subsets of the distinct sets of capable nodes
+    sets = sorted({frozenset(i for i, _ in cap) for cap in capable.values()}, key=sorted)
+    row = np.array([sets.index(frozenset(i for i, _ in capable[g])) for g, _ in parts])
     member = np.zeros((len(sets), len(nodes)), dtype=bool)
     for k, x in enumerate(sets):
         member[k, list(x)] = True
-    speed = np.array([n.speed for n in nodes])
-    if len(sets) <= EXACT_GROUPS:  # every subset, built by doubling: subset m has bit k set
-        total, union = np.zeros((1, len(times))), np.zeros((1, len(nodes)), dtype=bool)
-        for k in range(len(sets)):
-            total = np.vstack([total, total + work_at[k]])
-            union = np.vstack([union, union | member[k]])
-        total, union = total[1:], union[1:]
+    if len(sets) <= EXACT_GROUPS:  # every subset: subset m - 1 holds set k when bit k of m is set
+        m = np.arange(1, 2 ** len(sets))
+        pick = ((m[:, None] >> np.arange(len(sets))) & 1).astype(bool)
     else:
-        closed = [[j for j in range(len(sets)) if sets[j] <= x] for x in sets]
-        closed.append(list(range(len(sets))))
-        total = np.array([work_at[c].sum(axis=0) for c in closed])
-        union = np.array([member[c].any(axis=0) for c in closed])
-    area = float((np.array(times) + total / (union @ speed)[:, None]).max())
+        pick = np.array([[sets[j] <= x for j in range(len(sets))] for x in sets])
+        pick = np.vstack([pick, np.ones(len(sets), dtype=bool)])
+    # only the largest set of groups of each set of nodes counts: with every group those
+    # nodes alone can run, it has the most work for the same speed
+    inside = member.astype(np.float32)
+    union = np.unique(pick.astype(np.float32) @ inside > 0, axis=0)
+    pick = (~union).astype(np.float32) @ inside.T == 0  # the sets inside each union
+    speed = np.array([[n.speed * (n.kind == b) for b in BACKENDS] for n in nodes])
+    holds = pick[:, row]  # set of groups -> part in it
+    area = max(
+        t + float(split_time(holds, work_at[:, :, k], union @ speed).max())
+        for k, t in enumerate(times)
+    )
     return max(chain, area), chain, area
+
+
+def split_time(holds: np.ndarray, work: np.ndarray, speed: np.ndarray) -> np.ndarray:
+    """For each set (a row of ``holds``: which parts it holds), the least time in which
+    nodes of two backends, of total speeds ``speed[:, 0]`` and ``speed[:, 1]``, do the work
+    of its parts, each part split between the backends at will: ``work[p, b]`` is part
+    ``p``'s work on backend ``b`` (``inf``: that backend cannot run it).
+
+    Moving a part from backend 0 to backend 1 saves ``work[p, 0]`` for ``work[p, 1]``, so
+    the best split moves parts in increasing order of ``work[p, 1] / work[p, 0]`` (the
+    fractional knapsack): along that order backend 1's time grows and backend 0's falls,
+    and the least time is the later of the two where they meet."""
+    only1, only0 = np.isinf(work[:, 0]), np.isinf(work[:, 1])
+    either = np.flatnonzero(~only0 & ~only1)
+    either = either[np.argsort(work[either, 1] / np.maximum(work[either, 0], 1e-9))]
+    on1 = holds[:, only1] @ work[only1, 1]  # (sets,) work forced onto each backend
+    on0 = holds[:, only0] @ work[only0, 0]
+    moved = np.cumsum(holds[:, either] * work[either, 1], axis=1)
+    kept = np.cumsum((holds[:, either] * work[either, 0])[:, ::-1], axis=1)[:, ::-1]
+    zero = np.zeros((len(holds), 1))
+    # after the first k parts of the order moved: time of backend 1 (u) and 0 (v)
+    u = _per_speed(on1[:, None] + np.hstack([zero, moved]), speed[:, 1:])
+    v = _per_speed(on0[:, None] + np.hstack([kept, zero]), speed[:, :1])
+    if not len(either):
+        best = np.maximum(u[:, 0], v[:, 0])
+        return np.where(best < _NEVER, best, np.inf)
+    u0, u1, v0, v1 = u[:, :-1], u[:, 1:], v[:, :-1], v[:, 1:]
+    span = (u1 - u0) + (v0 - v1)
+    meet = u0 + (v0 - u0) * (u1 - u0) / np.where(span > 0, span, 1.0)
+    best = np.where(u0 >= v0, u0, np.where(u1 <= v1, v1, meet))  # least max(u, v) per step
+    best = best.min(axis=1)
+    return np.where(best < _NEVER, best, np.inf)
+
+
+def _per_speed(work: np.ndarray, speed: np.ndarray) -> np.ndarray:
+    """``work / speed``, with no work taking no time even at speed 0, and ``_NEVER`` for
+    work that cannot be done (so that the arithmetic of :func:`split_time` stays finite)."""
+    out = np.where(work > 0, _NEVER, 0.0)
+    return np.minimum(np.divide(work, speed, out=out, where=speed > 0), _NEVER)
 
 
 def capable_nodes(variants: Sequence[Job], nodes: Sequence[NodeInfo]) -> list[tuple[int, int]]:
@@ -358,14 +415,17 @@ class Simulation:
 
 class Backlog:
     """One group's waiting shots in score order, as the sorted set ``farm:wait:{group}``:
-    one FIFO per rank class (shots of a class are enqueued in time order)."""
+    one FIFO per rank class (shots of a class are enqueued in time order), and their
+    number (its ``ZCARD``)."""
 
     def __init__(self, variants: tuple[Job, ...]) -> None:
         self.variants = variants
         self.classes: dict[int, deque[tuple[float, str]]] = {}
+        self.size = 0
 
     def add(self, value: float, key: str, rank: int) -> None:
         self.classes.setdefault(rank, deque()).append((value, key))
+        self.size += 1
 
     def head(self, n: int) -> list[tuple[float, str]]:
         out: list[tuple[float, str]] = []
@@ -377,6 +437,7 @@ class Backlog:
         return out
 
     def remove(self, value: float, key: str, rank: int) -> None:
+        self.size -= 1
         queue = self.classes[rank]
         if queue[0] == (value, key):
             queue.popleft()
@@ -413,7 +474,9 @@ class LateBinding(Simulation):
         if room == 0 or not self.waiting:
             return
         groups = [
-            Group(gid, b.variants, b.head(room)) for gid, b in self.backlog.items() if b.classes
+            Group(gid, b.variants, b.head(room), waiting=b.size)
+            for gid, b in self.backlog.items()
+            if b.classes
         ]
         began = time.thread_time()
         bound = assign(groups, self.loads, self.depth)

@@ -218,8 +218,11 @@ class Dispatcher:
         pipe = self.r.pipeline()
         for g in groups:
             pipe.zrange(self.k("wait", g.id), 0, room - 1 if room > 0 else -1, withscores=True)
-        for g, heads in zip(groups, pipe.execute(), strict=True):
+            pipe.zcard(self.k("wait", g.id))
+        replies = pipe.execute()
+        for g, heads, waiting in zip(groups, replies[::2], replies[1::2], strict=True):
             g.shots = [(sc, key) for key, sc in heads]
+            g.waiting = waiting
         scenes = {key.split("/", 1)[0] for g in groups for _, key in g.shots}
         blocked = self._blocklisted(scenes)
         for node in nodes:

@@ -10,31 +10,55 @@ returns. The rules, in order:
    (or WanGP model) of the job, able to run its workflow, not excluded for the shot (it
    failed it, or it is blocklisted for the scene), and the pinned node when a rung is pinned.
 2. An idle node is filled before a busy node queues more: no capable node idles while a
-   shot it could run waits.
-3. Previews before finals, then higher scene priority (the rank class of the head's score).
-4. Within a class, a node takes a shot of the model it has (or will have) loaded before any
-   other, so same-model shots stay together and models load less.
-5. Then the oldest shot first; between nodes otherwise equal, the faster one.
+   shot it could run waits. A busy node queues its best shot only while that shot's group
+   is deep: at least ``depth`` waiting shots per capable node (or one capable node, or its
+   waiting count unknown). Otherwise the shot waits for the first capable node to free up,
+   rather than behind the running shot of whichever node had room first.
+3. Previews before finals.
+4. Then the scarcer group: the one whose capable nodes are furthest behind, in bands of a
+   factor ``SCARCITY_BAND`` of its drain time (its waiting work, the shots times the
+   least cost of its variants, over the speed its capable nodes can give it,
+   :func:`_capacity`). A node that many groups need thus serves the groups that few other
+   nodes can serve, and leaves to other nodes those that many can.
+5. Then higher scene priority (the rank class of the head's score).
+6. Then the group the node's backend runs best compared with the group's other backends
+   (the least cost of their variants over this node's).
+7. Then a shot of the model the node has (or will have) loaded, so same-model shots stay
+   together and models load less.
+8. Then the oldest shot. Between nodes, the one that would finish the shot first: the
+   least (model load if its model differs + cost) / speed.
+
+Rules 4 and 6 bend the default order (previews, priority, age) only between groups of the
+same kind, never within a group: a group's shots are bound in score order.
 
 Waiting shots come in :class:`Group` s: shots whose variants need the same things (so one
-capability check serves them all), each with its shots ordered by score. A score encodes the
-rank class and the time the shot became runnable (:func:`score`), so a Redis sorted set
-keeps a group in order.
+capability check serves them all), each with its shots ordered by score and its number of
+waiting shots. A score encodes the rank class and the time the shot became runnable
+(:func:`score`), so a Redis sorted set keeps a group in order. Which live node can run
+which group (by group id) is kept from call to call while the nodes' descriptions are
+equal: the dispatcher asks for every live node on every call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from farm.planning import Job, NodeInfo
+import numpy as np
+
+from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo
 
 #: shots bound to a node at once: the running one and one queued behind it
 DEPTH = 2
 #: a class spans this many seconds of age in a score
 CLASS_SPAN = 1e10
+#: groups whose drain times are within this factor of each other are equally scarce
+SCARCITY_BAND = 2.0
+#: rounds of the estimate of what each group can expect of its capable nodes
+CAPACITY_ROUNDS = 5
 
 
 def rank_class(kind: str, priority: int) -> int:
@@ -74,13 +98,17 @@ def group_id(variants: Sequence[Job], pin: str | None, exclude: Sequence[str]) -
 
 @dataclass
 class Group:
-    """Waiting shots with the same needs, best first: ``shots`` is ``[(score, key), ...]``."""
+    """Waiting shots with the same needs, best first: ``shots`` is ``[(score, key), ...]``,
+    the first of the group's ``waiting`` shots (0: not known; taken as ``len(shots)``, and
+    the group is never thin, rule 2). ``id`` names the needs (:func:`group_id`): groups
+    with the same id need the same things."""
 
     id: str
     variants: tuple[Job, ...]
     shots: list[tuple[float, str]]
     pin: str | None = None
     exclude: frozenset[str] = frozenset()
+    waiting: int = 0
 
 
 @dataclass
@@ -102,6 +130,14 @@ class Assignment:
     group: str
 
 
+def job_cost(job: Job) -> float:
+    """:attr:`Job.cost`, or 1 for a job without its size (nothing to compare)."""
+    try:
+        return job.cost
+    except KeyError:
+        return 1.0
+
+
 def _able(group_list: Sequence[Group], node: NodeLoad) -> dict[int, int]:
     """Position in ``group_list`` → index of the first variant ``node`` can run, for each
     group it may take shots of (liveness aside: only live nodes are asked)."""
@@ -118,79 +154,273 @@ def _able(group_list: Sequence[Group], node: NodeLoad) -> dict[int, int]:
     return able
 
 
-#: a node's best candidate: (rank class, affinity, score, group position, head shot)
-_Candidate = tuple[int, int, float, int, tuple[float, str]]
+@dataclass
+class _Column:
+    """Which of the farm's live nodes can run one group."""
+
+    index: list[int]  # per live node: the index of the variant it runs, or -1
+    speeds: np.ndarray  # per live node: its speed if it can run the group, else 0
+    nodes: int  # capable nodes
+    backends: frozenset[str]  # their backends
+
+
+class _Farm:
+    """The live nodes (their descriptions, in order) and, for each group id seen with them,
+    which can run the group (the same needs: :func:`group_id`). The dispatcher asks for
+    every live node on every call, and nodes and needs rarely change, so this is kept
+    between calls while the live nodes are the same."""
+
+    def __init__(self, nodes: Sequence[NodeLoad]) -> None:
+        self.infos = [n.info for n in nodes]
+        self.speed = np.array([info.speed for info in self.infos])
+        self.columns: dict[str, _Column] = {}
+        self.capacity: dict[tuple, list[float]] = {}
+        self.ables: tuple[tuple[str, ...], list[dict[int, int]]] = ((), [])
+
+    def same(self, nodes: Sequence[NodeLoad]) -> bool:
+        """Whether ``nodes`` are this farm's live nodes, described the same, in order."""
+        return len(nodes) == len(self.infos) and all(
+            n.info is info or n.info == info for n, info in zip(nodes, self.infos, strict=True)
+        )
+
+    def column(self, group: Group, nodes: Sequence[NodeLoad]) -> _Column:
+        """Which of ``nodes`` (this farm's) can run ``group``."""
+        found = self.columns.get(group.id)
+        if found is None:
+            if len(self.columns) > 4096:
+                self.columns.clear()
+            index = [_able([group], node).get(0, -1) for node in nodes]
+            able = np.array(index) >= 0
+            backends = frozenset(n.info.kind for n, i in zip(nodes, index, strict=True) if i >= 0)
+            speeds = np.where(able, self.speed, 0.0)
+            found = self.columns[group.id] = _Column(index, speeds, int(able.sum()), backends)
+        return found
+
+    def able(self, live: Sequence[Group], columns: Sequence[_Column]) -> list[dict[int, int]]:
+        """Per live node: position in ``live`` → the variant it runs, for each group of
+        ``live`` it can run (kept for the last ``live``)."""
+        ids = tuple(g.id for g in live)
+        if self.ables[0] != ids:
+            rows = range(len(self.infos))
+            able = [{j: i for j, c in enumerate(columns) if (i := c.index[r]) >= 0} for r in rows]
+            self.ables = (ids, able)
+        return self.ables[1]
+
+    def capacity_for(
+        self, live: Sequence[Group], columns: Sequence[_Column], work: list[float]
+    ) -> list[float]:
+        """:func:`_capacity` of the groups ``live`` (whose ``columns`` these are) for their
+        ``work``, each made once."""
+        key = (tuple(g.id for g in live), tuple(work))
+        found = self.capacity.get(key)
+        if found is None:
+            if len(self.capacity) > 4096:
+                self.capacity.clear()
+            speeds = np.column_stack([c.speeds for c in columns])
+            found = self.capacity[key] = _capacity(speeds, np.array(work)).tolist()
+        return found
+
+
+def _rounded(work: float) -> float:
+    """``work`` to 1/16 of an octave: the capacity estimate hardly changes with a shot more
+    or less, so most calls find it already made (``_Farm.capacity``)."""
+    return 2.0 ** (round(math.log2(work) * 16) / 16) if work > 0 else 0.0
+
+
+#: the farm of the last call
+_last: list[_Farm] = []
+
+
+def _farm(nodes: Sequence[NodeLoad]) -> _Farm:
+    """The farm of ``nodes`` (alive, listed once): the last one if they are the same."""
+    if not (_last and _last[0].same(nodes)):
+        _last[:] = [_Farm(nodes)]
+    return _last[0]
+
+
+def _capacity(speeds: np.ndarray, work: np.ndarray, rounds: int = CAPACITY_ROUNDS) -> np.ndarray:
+    """The speed each group can expect of its capable nodes: ``speeds[n, g]`` is node
+    ``n``'s speed if it can run group ``g`` (else 0), ``work[g]`` the group's waiting work.
+
+    A node able to run several groups is shared between them: in equal parts at first,
+    then, for ``rounds`` rounds, half as before and half in proportion to the square of
+    each group's drain time (work over the speed it gets), so that it counts mostly for the
+    groups that need it most, and little for groups that other nodes serve well."""
+    able = speeds > 0
+    share = able / np.maximum(able.sum(axis=1, keepdims=True), 1)
+    for _ in range(rounds):
+        drain = work / np.maximum((share * speeds).sum(axis=0), 1e-9)
+        weight = able * (drain / drain.max()) ** 2
+        share = 0.5 * share + 0.5 * weight / np.maximum(weight.sum(axis=1, keepdims=True), 1e-300)
+    return (share * speeds).sum(axis=0)
+
+
+_ALONE = 1e9  # the advantage of a backend no other backend can stand in for
+
+
+class _Scarcity:
+    """What the live groups need: their waiting shots, the cost of their variants, their
+    capable nodes, and the scarcity band of each (rule 4) and backend advantage (rule 6)."""
+
+    __slots__ = ("known", "waiting", "costs", "unit", "nodes", "speed", "band", "advantage", "head")
+
+    def __init__(self, live: Sequence[Group], farm: _Farm, columns: Sequence[_Column]):
+        self.known = [g.waiting > 0 for g in live]
+        self.waiting = [g.waiting or len(g.shots) for g in live]
+        self.costs = [[job_cost(v) for v in g.variants] for g in live]
+        self.unit = [min(c) for c in self.costs]
+        self.nodes = [c.nodes for c in columns]
+        work = [_rounded(w * u) for w, u in zip(self.waiting, self.unit, strict=True)]
+        self.speed = farm.capacity_for(live, columns, work) if farm.infos else [0.0] * len(live)
+        self.band = [self._band(j) for j in range(len(live))]
+        self.head = [self._head(g, j) for j, g in enumerate(live)]
+        self.advantage = [
+            [self._advantage(g, j, i, c.backends) for i in range(len(g.variants))]
+            if len(c.backends) > 1
+            else [_ALONE] * len(g.variants)
+            for j, (g, c) in enumerate(zip(live, columns, strict=True))
+        ]
+
+    def _band(self, j: int) -> int:
+        drain = self.waiting[j] * self.unit[j] / max(self.speed[j], 1e-9)
+        return math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
+
+    def _advantage(self, group: Group, j: int, index: int, backends: frozenset[str]) -> float:
+        """How many times the least cost of group ``j``'s variants for its other capable
+        backends is that of variant ``index`` (``_ALONE``: no other backend can run it)."""
+        mine = group.variants[index].backend
+        others = [
+            cost
+            for v, cost in zip(group.variants, self.costs[j], strict=True)
+            if v.backend != mine and v.backend in backends
+        ]
+        if not others:
+            return _ALONE
+        return round(min(others) / max(self.costs[j][index], 1e-9), 1)
+
+    def _head(self, group: Group, j: int) -> tuple | None:
+        """The group-wide part of a candidate from group ``j`` for a node blocklisted for
+        no scene: (preview or final, -band, rank class, score, head shot), or None."""
+        if not group.shots:
+            return None
+        head = group.shots[0]
+        cls = class_of(head[0])
+        return (cls // 10, -self.band[j], cls, head[0], head)
+
+    def took(self, group: Group, j: int) -> None:
+        """A shot of ``group``, at position ``j``, was bound."""
+        self.waiting[j] -= 1
+        self.band[j] = self._band(j)
+        self.head[j] = self._head(group, j)
+
+    def thin(self, j: int, depth: int) -> bool:
+        """Whether group ``j`` (its waiting shots known) has more than one capable node,
+        and fewer than ``depth`` waiting shots per capable node."""
+        return self.known[j] and self.nodes[j] > 1 and self.waiting[j] < depth * self.nodes[j]
+
+
+#: a node's best candidate: (preview or final, -scarcity band, rank class, -advantage,
+#: affinity, score, group position, head shot)
+_Candidate = tuple[int, int, int, float, int, float, int, tuple[float, str]]
 
 
 class _Slot:
     """A node with room, the groups it may take shots of, and its best candidate among
-    them (the smallest; the first group on a tie)."""
+    them (the smallest; the first group on a tie); ``ready`` when it takes it now (a busy
+    node does not take a shot of a thin group, rule 2)."""
 
-    __slots__ = ("node", "able", "best")
+    __slots__ = ("node", "able", "best", "ready", "need", "depth")
 
-    def __init__(self, node: NodeLoad, able: dict[int, int]) -> None:
+    def __init__(self, node: NodeLoad, able: dict[int, int], need: _Scarcity, depth: int):
         self.node = node
         self.able = able  # group position -> index of the variant this node runs
         self.best: _Candidate | None = None
+        self.ready = False
+        self.need = need
+        self.depth = depth
 
-    def rank(self) -> tuple:
-        """Idle first, then the candidate's class, affinity and score, then the faster."""
-        cls, affinity, value, _, _ = self.best  # type: ignore[misc]
-        return (self.node.bound > 0, cls, affinity, value, -self.node.info.speed)
+    def rank(self, live: Sequence[Group]) -> tuple:
+        """Idle first, then the candidate's kind, band and class, then the node that would
+        finish it first, then its score."""
+        kind, band, cls, _, _, value, j, _ = self.best  # type: ignore[misc]
+        node, index = self.node, self.able[j]
+        variant = live[j].variants[index]
+        load = 0.0 if node.model == variant.model else MODEL_SWITCH_COST
+        finish = (load + self.need.costs[j][index]) / max(node.info.speed, 1e-9)
+        return (node.bound > 0, kind, band, cls, finish, value)
 
     def candidate(self, live: Sequence[Group], j: int) -> _Candidate | None:
         """The head of ``live[j]`` for this node (its first shot of a scene the node is not
         blocklisted for), or None."""
-        group, node = live[j], self.node
+        group, node, need, index = live[j], self.node, self.need, self.able[j]
         if node.blocked:
             found = (s for s in group.shots if s[1].split("/", 1)[0] not in node.blocked)
             head = next(found, None)
-        else:
-            head = group.shots[0] if group.shots else None
-        if head is None:
+            if head is None:
+                return None
+            cls = class_of(head[0])
+            kind, band, value = cls // 10, -need.band[j], head[0]
+        elif need.head[j] is None:
             return None
-        affinity = 0 if node.model == group.variants[self.able[j]].model else 1
-        return (class_of(head[0]), affinity, head[0], j, head)
+        else:
+            kind, band, cls, value, head = need.head[j]  # type: ignore[misc]
+        affinity = 0 if node.model == group.variants[index].model else 1
+        return (kind, band, cls, -need.advantage[j][index], affinity, value, j, head)
+
+    def settle(self, best: _Candidate | None) -> None:
+        """Make ``best`` the best candidate; ready unless this node is busy and its group
+        is thin."""
+        self.best = best
+        self.ready = best is not None and not (
+            self.node.bound > 0 and self.need.thin(best[6], self.depth)
+        )
 
     def rescan(self, live: Sequence[Group]) -> None:
         found = [c for j in self.able if (c := self.candidate(live, j)) is not None]
-        self.best = min(found) if found else None
+        self.settle(min(found) if found else None)
 
     def changed(self, live: Sequence[Group], j: int) -> None:
         """Group ``live[j]`` lost a shot: rescan if the best came from it, else compare."""
         if j not in self.able:
             return
-        if self.best is not None and self.best[3] == j:
+        if self.best is not None and self.best[6] == j:
             self.rescan(live)
             return
         new = self.candidate(live, j)
         if new is not None and (self.best is None or new < self.best):
-            self.best = new
+            self.settle(new)
 
-    def take(self, live: Sequence[Group], depth: int) -> Assignment:
+    def take(self, live: Sequence[Group]) -> Assignment:
         """Bind the best candidate to this node."""
-        _, _, _, j, head = self.best  # type: ignore[misc]
+        j, head = self.best[6], self.best[7]  # type: ignore[index]
         group, node, index = live[j], self.node, self.able[j]
         group.shots.remove(head)
+        self.need.took(group, j)
         node.bound += 1
         node.model = group.variants[index].model
-        if node.bound < depth:
+        if node.bound < self.depth:
             self.rescan(live)
         else:
-            self.best = None
+            self.settle(None)
         return Assignment(head[1], node.info.name, index, node.model, group.id)
 
 
 def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list[_Slot]:
     """The nodes with room that have a candidate, in the order given (a node listed twice
     ties with itself, so its first place is kept)."""
+    alive = [n for n in nodes if n.info.alive]
+    if len(set(map(id, alive))) < len(alive):  # a node listed twice keeps its first place
+        alive = list({id(n): n for n in alive}.values())
+    farm = _farm(alive)
+    columns = [farm.column(g, alive) for g in live]
+    need = _Scarcity(live, farm, columns)
+    deep = {j for j in range(len(live)) if not need.thin(j, depth)}
     slots: list[_Slot] = []
-    seen: set[int] = set()
-    for node in nodes:
-        if node.bound >= depth or not node.info.alive or id(node) in seen:
+    for node, able in zip(alive, farm.able(live, columns), strict=True):
+        # a busy node able to run only thin groups takes nothing (rule 2), the whole call
+        if node.bound >= depth or (node.bound > 0 and deep.isdisjoint(able)):
             continue
-        seen.add(id(node))
-        slot = _Slot(node, _able(live, node))
+        slot = _Slot(node, able, need, depth)
         slot.rescan(live)
         if slot.best is not None:
             slots.append(slot)
@@ -203,18 +433,20 @@ def assign(
     """Bind waiting shots to nodes with room, by the rules above. ``groups`` and ``nodes``
     are updated as shots are bound (heads popped, ``bound`` and ``model`` advanced).
 
-    Each bind takes the smallest ``(busy, class, affinity, score, -speed)`` over every pair
-    of a node with room and a group it can take from; on a tie, the first node listed, then
-    the first group. Each node keeps its best candidate: a bind changes one node and one
-    group's head, so only that node and those whose best came from that group rescan their
-    groups; the others compare that group's new head with their best."""
+    Each node keeps its best candidate (rules 3 to 8); each bind takes the node of the
+    smallest :meth:`_Slot.rank`, the first listed on a tie. A bind changes one node and
+    one group's head (and its waiting count), so only that node and those whose best came
+    from that group rescan their groups; the others compare that group's new head with
+    their best."""
     live = [g for g in groups if g.shots]
+    if not live:
+        return []
     slots = _slots(live, nodes, depth)
     out: list[Assignment] = []
-    while slots:
-        chosen = min(slots, key=_Slot.rank)  # the first of equal ranks
-        j = chosen.best[3]  # type: ignore[index]
-        out.append(chosen.take(live, depth))
+    while ready := [slot for slot in slots if slot.ready]:
+        chosen = min(ready, key=lambda slot: slot.rank(live))  # the first of equal ranks
+        j = chosen.best[6]  # type: ignore[index]
+        out.append(chosen.take(live))
         for slot in slots:
             if slot is not chosen:
                 slot.changed(live, j)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
+import numpy as np
+
 from farm.catalog import load_catalog
-from farm.planning import Job, NodeInfo, plan_scene
+from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo, plan_scene
 from farm.scene import parse_scene
 from farm.scheduler import (
     CLASS_SPAN,
+    SCARCITY_BAND,
     Assignment,
     Group,
     NodeLoad,
+    _capacity,
+    _rounded,
     assign,
     can_run,
     class_of,
     group_id,
+    job_cost,
     rank_class,
     score,
 )
@@ -24,10 +31,14 @@ from farm.scheduler import (
 CAT = load_catalog()
 
 
-def job(model: str = "m1", backend: str = "comfyui", workflow: str = "wan_t2v") -> Job:
-    """A job needing only its model file (a ComfyUI diffusion model or a WanGP model id)."""
+def job(
+    model: str = "m1", backend: str = "comfyui", workflow: str = "wan_t2v", cost: float = 0.0
+) -> Job:
+    """A job needing only its model file (a ComfyUI diffusion model or a WanGP model id),
+    costing ``cost`` reference sampler steps (0: no size given; the scheduler counts 1)."""
     files = {"diffusion_models": [model]} if backend == "comfyui" else {"wangp": [model]}
-    return Job("s", "a", "preview", "wan", workflow, model, files, {}, backend=backend)
+    params = {"steps": cost, "width": 832, "height": 480, "length": 81} if cost else {}
+    return Job("s", "a", "preview", "wan", workflow, model, files, params, backend=backend)
 
 
 def node(name: str, *models: str, speed: float = 1.0, kind: str = "comfyui", **info) -> NodeInfo:
@@ -46,10 +57,17 @@ def group(
     shots: list[tuple[float, str]],
     pin: str | None = None,
     exclude: tuple[str, ...] = (),
+    waiting: int = 0,
 ) -> Group:
-    """A group of ``shots``: ``[(score, "scene/shot"), ...]`` (sorted here, best first)."""
+    """A group of ``shots``: ``[(score, "scene/shot"), ...]`` (sorted here, best first), the
+    first of ``waiting`` (0: not known)."""
     gid = group_id(variants, pin, exclude)
-    return Group(gid, tuple(variants), sorted(shots), pin, frozenset(exclude))
+    return Group(gid, tuple(variants), sorted(shots), pin, frozenset(exclude), waiting)
+
+
+def many(scene: str, n: int, kind: str = "final", priority: int = 5) -> list[tuple[float, str]]:
+    """``n`` waiting shots of ``scene``, oldest first."""
+    return [(at(kind, priority, since=float(i)), f"{scene}/{i}") for i in range(n)]
 
 
 def at(kind: str = "preview", priority: int = 5, since: float = 0.0) -> float:
@@ -158,6 +176,16 @@ def test_a_node_holds_at_most_depth_shots():
     assert len(g.shots) == 5 and g.shots[0] == (at(since=5), "s/5")
 
 
+def test_a_node_described_anew_is_asked_again():
+    """What each node can run is kept between calls while its description is the same."""
+    g = group(job("m1"), shots=[(at(), "s/1")])
+    assert bound_to(assign([g], [load(node("a", "m1"))])) == {"s/1": "a"}
+    g = group(job("m1"), shots=[(at(), "s/1")])
+    assert assign([g], [load(node("a", "m2"))]) == []
+    assert assign([g], [load(node("a", "m1", alive=False))]) == []
+    assert bound_to(assign([g], [load(node("a", "m1"))])) == {"s/1": "a"}
+
+
 def test_nothing_waits_or_no_room_binds_nothing():
     assert assign([group(job(), shots=[])], [load(node("a", "m1"))]) == []
     assert assign([group(job(), shots=[(at(), "s/1")])], [load(node("a", "m1"), bound=2)]) == []
@@ -188,7 +216,49 @@ def test_every_node_gets_one_shot_before_any_gets_a_second():
     assert [a.node for a in out] == ["c", "b", "a", "c"]
 
 
-# -- rule 3: previews, then priority --------------------------------------------------------
+def test_a_busy_node_does_not_queue_a_shot_of_a_thin_group():
+    """Fewer than ``depth`` waiting shots per capable node: the shot waits for the first of
+    them to free up, not behind the running shot of the first with room."""
+    g = group(job(), shots=many("s", 3), waiting=3)  # 3 < 2 x 2 capable nodes
+    nodes = [load(node("a", "m1"), bound=1), load(node("b", "m1"), bound=1)]
+    assert assign([g], nodes) == [] and len(g.shots) == 3
+
+
+def test_a_busy_node_queues_a_shot_of_a_deep_group():
+    g = group(job(), shots=many("s", 2), waiting=10)
+    nodes = [load(node("a", "m1"), bound=1), load(node("b", "m1"), bound=1)]
+    assert len(assign([g], nodes)) == 2 and [n.bound for n in nodes] == [2, 2]
+
+
+def test_an_idle_node_takes_a_shot_of_a_thin_group_and_a_busy_one_does_not():
+    g = group(job(), shots=many("s", 2), waiting=2)
+    nodes = [load(node("a", "m1"), bound=1), load(node("b", "m1"))]
+    out = assign([g], nodes)
+    assert bound_to(out) == {"s/0": "b"} and g.shots == many("s", 2)[1:]
+
+
+def test_a_busy_node_whose_best_shot_is_thin_queues_nothing_else():
+    """Queuing the next shot instead would hold the thin group's shot back: previews would
+    wait behind finals."""
+    preview = group(job("m1"), shots=many("p", 1, "preview"), waiting=1)
+    final = group(job("m2"), shots=many("f", 1), waiting=50)
+    nodes = [load(node("a", "m1", "m2"), bound=1), load(node("b", "m1"), bound=1)]
+    assert assign([preview, final], nodes) == []
+
+
+def test_a_group_only_one_node_can_run_is_never_thin():
+    g = group(job(), shots=many("s", 1), pin="p", waiting=1)
+    nodes = [load(node("p", "m1"), bound=1), load(node("q", "m1"))]
+    assert bound_to(assign([g], nodes)) == {"s/0": "p"}
+
+
+def test_a_group_whose_waiting_shots_are_not_known_is_never_thin():
+    g = group(job(), shots=many("s", 2))
+    nodes = [load(node("a", "m1"), bound=1), load(node("b", "m1"), bound=1)]
+    assert len(assign([g], nodes)) == 2
+
+
+# -- rules 3 and 5: previews, then priority -------------------------------------------------
 def test_previews_go_before_finals():
     groups = [group(job("m1"), shots=[(at("final", 9, since=0), "f/1")]),
               group(job("m2"), shots=[(at("preview", 0, since=50), "p/1")])]  # fmt: skip
@@ -210,7 +280,42 @@ def test_affinity_does_not_cross_a_class():
     assert bound_to(out) == {"other/1": "a"}
 
 
-# -- rule 4: model affinity within a class --------------------------------------------------
+# -- rule 4: the scarcer group first --------------------------------------------------------
+def test_a_node_serves_the_group_no_other_node_can_before_a_higher_priority_one():
+    """``a`` alone can run the m2 finals while five nodes can run the m1 ones: it takes
+    m2's, though m1's are of a higher priority (the others will take those)."""
+    common = group(job("m1"), shots=many("hi", 40, priority=9), waiting=40)
+    scarce = group(job("m2"), shots=many("lo", 40, priority=0), waiting=40)
+    others = [load(node(f"n{i}", "m1"), bound=2) for i in range(4)]
+    out = assign([common, scarce], [load(node("a", "m1", "m2")), *others])
+    assert [(x.key, x.node) for x in out] == [("lo/0", "a"), ("lo/1", "a")]
+
+
+def test_scarcity_never_puts_a_final_before_a_preview():
+    preview = group(job("m1"), shots=many("p", 1, "preview"), waiting=1)
+    scarce = group(job("m2"), shots=many("f", 100), waiting=100)
+    out = assign([preview, scarce], [load(node("a", "m1", "m2"))], depth=1)
+    assert bound_to(out) == {"p/0": "a"}
+
+
+def test_groups_in_the_same_scarcity_band_keep_the_priority_order():
+    """Drain times of 20.2 (``x``: 10 shots, ``d`` alone) and 19.9 (``y``: 30 shots, ``d``
+    and ``e``), in one band of a factor 2: the priority decides, not the slightly scarcer."""
+    x = group(job("m1"), shots=many("x", 10, priority=0), waiting=10)
+    y = group(job("m2"), shots=many("y", 30, priority=9), waiting=30)
+    nodes = [load(node("d", "m1", "m2")), load(node("e", "m2"), bound=1)]
+    assert bound_to(assign([x, y], nodes, depth=1)) == {"y/0": "d"}
+
+
+def test_capacity_counts_a_shared_node_mostly_for_the_group_no_other_node_can_run():
+    """Equal work; node 0 runs both groups, nodes 1 and 2 only the first: the second group
+    can expect most of node 0 (0.86 of it, against 0.5 for an equal split)."""
+    speeds = np.array([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    capacity = _capacity(speeds, np.array([10.0, 10.0]))
+    assert math.isclose(capacity.sum(), 3.0) and capacity[1] > 0.8
+
+
+# -- rule 7: model affinity -----------------------------------------------------------------
 def test_within_a_class_the_loaded_model_beats_age():
     groups = [group(job("m1"), shots=[(at(since=0), "old/1")]),
               group(job("m2"), shots=[(at(since=50), "new/1")])]  # fmt: skip
@@ -219,17 +324,26 @@ def test_within_a_class_the_loaded_model_beats_age():
 
 
 def test_the_model_a_node_will_have_loaded_counts_for_its_next_shot():
-    groups = [group(job("m1"), shots=[(at(since=0), "a/1"), (at(since=9), "a/2")]),
-              group(job("m2"), shots=[(at(since=5), "b/1")])]  # fmt: skip
+    groups = [group(job("m1"), shots=[(at(since=0), "a/1"), (at(since=9), "a/2")], waiting=20),
+              group(job("m2"), shots=[(at(since=5), "b/1")], waiting=20)]  # fmt: skip
     n = load(node("a", "m1", "m2"))
     out = assign(groups, [n])
     assert [a.key for a in out] == ["a/1", "a/2"] and n.model == "m1"
 
 
-def test_a_node_with_the_model_loaded_beats_a_faster_one():
-    nodes = [load(node("fast", "m1", speed=9.0)), load(node("loaded", "m1"), model="m1")]
-    out = assign([group(job("m1"), shots=[(at(), "s/1")])], nodes)
-    assert bound_to(out) == {"s/1": "loaded"}
+def test_a_node_with_the_model_loaded_beats_a_faster_one_on_a_short_render():
+    """Rule 8: the least (load + cost) / speed: 5 on the loaded node, (20 + 5) / 2 on the
+    fast one."""
+    nodes = [load(node("fast", "m1", speed=2.0)), load(node("loaded", "m1"), model="m1")]
+    out = assign([group(job("m1", cost=5), shots=[(at(), "s/1")])], nodes)
+    assert MODEL_SWITCH_COST == 20.0 and bound_to(out) == {"s/1": "loaded"}
+
+
+def test_a_faster_node_beats_one_with_the_model_loaded_on_a_long_render():
+    """30 on the loaded node, (20 + 30) / 2 = 25 on the fast one."""
+    nodes = [load(node("loaded", "m1"), model="m1"), load(node("fast", "m1", speed=2.0))]
+    out = assign([group(job("m1", cost=30), shots=[(at(), "s/1")])], nodes)
+    assert bound_to(out) == {"s/1": "fast"}
 
 
 def test_each_node_takes_the_model_it_has_loaded():
@@ -243,7 +357,19 @@ def test_each_node_takes_the_model_it_has_loaded():
     assert bound_to(out) == {"a/1": "y", "b/1": "x"}
 
 
-# -- rule 5: oldest first, then the faster node ---------------------------------------------
+# -- rule 6: the backend's advantage --------------------------------------------------------
+def test_a_node_takes_the_group_its_backend_runs_best_compared_with_the_others():
+    """ComfyUI renders ``a`` at a third of WanGP's cost and ``b`` at the same: the ComfyUI
+    node takes ``a`` and the WanGP node ``b``, though ``b``'s shot is older."""
+    a = group(job("m1", cost=10), job("w1", "wan2gp", "wangp", cost=30),
+              shots=[(at(since=5), "a/1")])  # fmt: skip
+    b = group(job("m2", cost=10), job("w2", "wan2gp", "wangp", cost=10),
+              shots=[(at(since=0), "b/1")])  # fmt: skip
+    nodes = [load(node("c", "m1", "m2")), load(node("w", "w1", "w2", kind="wan2gp"))]
+    assert bound_to(assign([a, b], nodes)) == {"a/1": "c", "b/1": "w"}
+
+
+# -- rule 8: oldest first; the node that finishes first -------------------------------------
 def test_without_affinity_the_oldest_shot_goes_first():
     groups = [group(job("m1"), shots=[(at(since=50), "new/1")]),
               group(job("m2"), shots=[(at(since=10), "old/1")])]  # fmt: skip
@@ -325,9 +451,9 @@ def random_farm(rng: random.Random, depth: int) -> tuple[list[Group], list[NodeL
         nodes.append(load(info, rng.randint(0, depth), rng.choice(("", *MODELS)), blocked))
     groups = []
     for _ in range(rng.randint(1, 5)):
-        variants = [job(rng.choice(MODELS))]
+        variants = [job(rng.choice(MODELS), cost=rng.choice((0, 5, 10, 30)))]
         if rng.random() < 0.5:
-            variants.append(job(rng.choice(MODELS), "wan2gp", "wangp"))
+            variants.append(job(rng.choice(MODELS), "wan2gp", "wangp", rng.choice((0, 5, 30))))
         rng.shuffle(variants)
         pin = rng.choice(names) if rng.random() < 0.1 else None
         exclude = tuple(n for n in names if rng.random() < 0.1)
@@ -336,7 +462,8 @@ def random_farm(rng: random.Random, depth: int) -> tuple[list[Group], list[NodeL
              f"{rng.choice(scenes)}/{len(groups)}-{k}")
             for k in range(rng.randint(0, 6))
         ]  # fmt: skip
-        groups.append(group(*variants, shots=shots, pin=pin, exclude=exclude))
+        waiting = len(shots) + rng.randint(0, 12) if rng.random() < 0.6 else 0
+        groups.append(group(*variants, shots=shots, pin=pin, exclude=exclude, waiting=waiting))
     return groups, nodes
 
 
@@ -382,38 +509,96 @@ def test_random_farms_bind_only_capable_nodes_with_the_first_variant_they_can_ru
             assert a.variant == first and a.model == g.variants[first].model
             assert all(k != a.key for _, k in g.shots)
             room[a.node] -= 1
-        for n in nodes:  # nothing left that a node with room could take
-            if room[n.info.name] > 0:
-                assert not [k for g in groups for _, k in g.shots if runnable(g, n, k)]
+        for n in nodes:  # a node with room leaves shots it could take only to wait (rule 2)
+            left = [g for g in groups for _, k in g.shots if runnable(g, n, k)]
+            if room[n.info.name] > 0 and left:
+                assert n.bound > 0 and any(thin(g, nodes, depth, out) for g in left)
+
+
+def thin(g: Group, nodes: list[NodeLoad], depth: int, out: list[Assignment]) -> bool:
+    """Whether ``g`` is thin after ``out``: its waiting shots known, fewer than ``depth``
+    per capable node, and more than one capable node."""
+    capable = [n for n in nodes if runnable(g, n, "any/x")]
+    waiting = g.waiting - sum(a.group == g.id for a in out)
+    return g.waiting > 0 and len(capable) > 1 and waiting < depth * len(capable)
 
 
 def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> list[Assignment]:
-    """The rules written plainly: every bind rescans every (node with room, group) pair."""
+    """The rules written plainly: every bind rescans every (node with room, group) pair.
+    The capacity estimate (:func:`farm.scheduler._capacity`, its own test above) is the
+    only part taken from the module."""
+    live = [g for g in groups if g.shots]
+    alive = [n for n in nodes if n.info.alive]
+    index: dict[tuple[int, int], int] = {}  # (node, group) -> the variant the node runs
+    for a, n in enumerate(alive):
+        for j, g in enumerate(live):
+            if n.info.name not in g.exclude and g.pin in (None, n.info.name):
+                i = next((i for i, v in enumerate(g.variants) if can_run(n.info, v)), None)
+                if i is not None:
+                    index[a, j] = i
+    capable = [[a for a in range(len(alive)) if (a, j) in index] for j in range(len(live))]
+    backends = [{alive[a].info.kind for a in capable[j]} for j in range(len(live))]
+    waiting = [g.waiting or len(g.shots) for g in live]
+    costs = [[job_cost(v) for v in g.variants] for g in live]
+    work = [_rounded(w * min(c)) for w, c in zip(waiting, costs, strict=True)]
+    speeds = np.array([[n.info.speed * ((a, j) in index) for j in range(len(live))]
+                       for a, n in enumerate(alive)])  # fmt: skip
+    capacity = _capacity(speeds, np.array(work)) if alive and live else []
     out: list[Assignment] = []
     while True:
         best = None
-        for n in nodes:
-            if n.bound >= depth or not n.info.alive:
+        for a, n in enumerate(alive):
+            if n.bound >= depth:
                 continue
-            for g in groups:
-                ok = n.info.name not in g.exclude and g.pin in (None, n.info.name)
-                index = next(
-                    (i for i, v in enumerate(g.variants) if ok and can_run(n.info, v)), None
-                )
+            candidates = []
+            for j, g in enumerate(live):
                 head = next((s for s in g.shots if s[1].split("/", 1)[0] not in n.blocked), None)
-                if index is None or head is None:
+                if (a, j) not in index or head is None:
                     continue
-                affinity = 0 if n.model == g.variants[index].model else 1
-                rank = (n.bound > 0, class_of(head[0]), affinity, head[0], -n.info.speed)
-                if best is None or rank < best[0]:
-                    best = (rank, n, g, head, index)
+                i = index[a, j]
+                drain = waiting[j] * min(costs[j]) / max(capacity[j], 1e-9)
+                band = math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
+                mine = g.variants[i].backend
+                others = [c for v, c in zip(g.variants, costs[j], strict=True)
+                          if v.backend != mine and v.backend in backends[j]]  # fmt: skip
+                advantage = round(min(others) / costs[j][i], 1) if others else 1e9
+                affinity = 0 if n.model == g.variants[i].model else 1
+                cls = class_of(head[0])
+                candidates.append(
+                    ((cls // 10, -band, cls, -advantage, affinity, head[0], j), i, head)
+                )
+            if not candidates:
+                continue
+            key, i, head = min(candidates)
+            j = key[-1]
+            many_nodes = len(capable[j]) > 1
+            if (
+                n.bound > 0
+                and live[j].waiting
+                and many_nodes
+                and waiting[j] < depth * len(capable[j])
+            ):
+                continue  # busy, and its best shot's group is thin
+            load = 0.0 if n.model == live[j].variants[i].model else MODEL_SWITCH_COST
+            rank = (
+                n.bound > 0,
+                key[0],
+                key[1],
+                key[2],
+                (load + costs[j][i]) / n.info.speed,
+                key[5],
+            )
+            if best is None or rank < best[0]:
+                best = (rank, n, j, i, head)
         if best is None:
             return out
-        _, n, g, head, index = best
+        _, n, j, i, head = best
+        g = live[j]
         g.shots.remove(head)
+        waiting[j] -= 1
         n.bound += 1
-        n.model = g.variants[index].model
-        out.append(Assignment(head[1], n.info.name, index, n.model, g.id))
+        n.model = g.variants[i].model
+        out.append(Assignment(head[1], n.info.name, i, n.model, g.id))
 
 
 def test_assign_decides_as_the_plain_rules_on_random_farms():
