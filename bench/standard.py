@@ -40,7 +40,14 @@ from bench.harness import (
     wait_shots,
 )
 from bench.replay import replay
-from bench.timing import Bound, Render, lower_bound, plan_renders, uniform_costs
+from bench.timing import (
+    Bound,
+    Render,
+    lower_bound,
+    plan_renders,
+    startup_seconds,
+    uniform_costs,
+)
 from farm.emulators.profile import load_profile
 from farm.local import EmulatedNode
 from farm.runtime import Runtime
@@ -188,7 +195,8 @@ def run_policy(
     with running_farm(root, nodes, policy) as (farm, rt):
         infos = rt.registry.infos()
         plan = plan_renders(scenes, infos, step_s, load_s)
-        bound = lower_bound(plan, speed, load_s)
+        kinds = {n.name: n.kind for n in nodes}
+        bound = lower_bound(plan, speed, load_s, startup_seconds(kinds, speed, load_s))
         replayed = replay(plan, infos, speed, load_s, naive=policy == "naive").makespan
         known = [replace(n, speed=speed.get(n.name, n.speed)) for n in infos]
         informed = replay(plan, known, speed, load_s, naive=policy == "naive").makespan

@@ -27,6 +27,7 @@ from math import comb
 
 import numpy as np
 
+from farm.emulators.comfy_runners import LOAD_SHARE
 from farm.emulators.profile import NodeProfile, workload
 from farm.emulators.wan2gp import ENCODE_SHARE
 from farm.emulators.wan2gp_settings import PROFILE_STEP_FACTOR, plan_task
@@ -118,7 +119,12 @@ class Bound:
     weights: Mapping[str, float] = field(default_factory=dict)
 
 
-def lower_bound(renders: Sequence[Render], speed: Mapping[str, float], load_s: float) -> Bound:
+def lower_bound(
+    renders: Sequence[Render],
+    speed: Mapping[str, float],
+    load_s: float,
+    startup: Mapping[str, float] | None = None,
+) -> Bound:
     """No schedule of ``renders`` (all runnable at time 0, every node starting with no
     model loaded, a shot's final only after its preview) ends before ``value`` seconds,
     the largest of three valid bounds:
@@ -136,6 +142,11 @@ def lower_bound(renders: Sequence[Render], speed: Mapping[str, float], load_s: f
       free). By LP duality every weighting ``y`` of the nodes (``y >= 0``, summing to 1)
       gives ``sum over r of min over n of y_n p(r, n) <= makespan``; :func:`_fractional`
       searches for a good ``y`` (any ``y`` is a valid bound, a better one only a tighter).
+      ``startup[n]``: seconds node ``n`` spends loading before its first render (every
+      node starts empty; :func:`startup_seconds`). Node ``n`` is then busy at least
+      ``startup[n] + sum_r x(r, n) p(r, n)`` if it renders; if it does not, ``startup[n]``
+      is still below the makespan whenever it is below the chain or area bound (checked:
+      else startups are left out). So the dual value gains ``sum_n y_n startup[n]``.
     """
     if not renders:
         return Bound(0.0, 0.0, 0.0, 0.0)
@@ -152,13 +163,29 @@ def lower_bound(renders: Sequence[Render], speed: Mapping[str, float], load_s: f
             t += final.least(speed)
         chain = max(chain, t)
     area, nodes, work, loads = _area(renders, speed, load_s)
-    fractional, weights = _fractional(renders, speed)
+    startup = startup or {}
+    if startup and max(startup.values()) > max(chain, area):
+        startup = {}  # the makespan may be shorter than a node's startup: not a valid term
+    fractional, weights = _fractional(renders, speed, startup)
     value = max(chain, area, fractional)
     return Bound(value, chain, area, fractional, nodes, work, loads, weights)
 
 
+def startup_seconds(
+    kinds: Mapping[str, str], speed: Mapping[str, float], load_s: float
+) -> dict[str, float]:
+    """Seconds each node (``kinds``: name -> comfyui | wan2gp) must load before its first
+    render: a diffusion model; on ComfyUI also a text encoder and a VAE (the emulator's
+    ``LOAD_SHARE``; every workflow here uses both)."""
+    extra = {"comfyui": LOAD_SHARE["text_encoders"] + LOAD_SHARE["vae"]}
+    return {n: load_s * (1.0 + extra.get(kind, 0.0)) / speed[n] for n, kind in kinds.items()}
+
+
 def _fractional(
-    renders: Sequence[Render], speed: Mapping[str, float], points: int = 20_000
+    renders: Sequence[Render],
+    speed: Mapping[str, float],
+    startup: Mapping[str, float],
+    points: int = 20_000,
 ) -> tuple[float, dict[str, float]]:
     """``(bound, y)``: the dual value ``sum_r min_n y_n p(r, n)`` at the best node weighting
     ``y`` found by a grid over the simplex, then a pattern search moving weight between
@@ -170,13 +197,14 @@ def _fractional(
             p[i, names.index(n)] = work / speed[n]
     able = np.isfinite(p)
     p[~able] = 0.0
+    first = np.array([startup.get(n, 0.0) for n in names])
 
     def value(ys: np.ndarray) -> np.ndarray:
         out = np.empty(len(ys))
         for at in range(0, len(ys), 512):
             y = ys[at : at + 512]
             cost = np.where(able[None], p[None] * y[:, None, :], np.inf)
-            out[at : at + 512] = cost.min(axis=2).sum(axis=1)
+            out[at : at + 512] = cost.min(axis=2).sum(axis=1) + y @ first
         return out
 
     grid = _simplex(len(names), points)

@@ -278,15 +278,20 @@ def cache(clear: bool, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def nodes(as_json: bool) -> None:
-    """List the registered GPU nodes: health, GPU, models and queue depth."""
+    """List the registered GPU nodes: health, GPU, learned speed (relative to the median
+    node; - until it has rendered), models and queue depth."""
+    from farm.nodes import relative_speeds
+
     try:
         records = runtime().registry.records()
     except FarmError as exc:
         fail(exc)
+    for r, speed in zip(records, relative_speeds(records), strict=True):
+        r["speed"] = speed
     if as_json:
         print_json(records)
         return
-    table = Table("node", "kind", "state", "gpu", "queued", "can render", "url", box=None)
+    table = Table("node", "kind", "state", "gpu", "speed", "queued", "can render", "url", box=None)
     for r in records:
         state = "[green]up[/]" if r["alive"] else f"[red]down[/] {escape(r['reason'][:40])}"
         flows = r["workflows"] or {}
@@ -296,6 +301,7 @@ def nodes(as_json: bool) -> None:
             r["kind"],
             state,
             r["gpu"],
+            f"{r['speed']:g}" if r["throughput"] else "-",
             str(r["queued"]),
             ", ".join(usable) if r["workflows"] is not None else "(not discovered yet)",
             r["url"],

@@ -66,6 +66,16 @@ def shot_key(scene_id: str, shot_id: str) -> str:
     return f"{scene_id}/{shot_id}"
 
 
+def stored_rung(rung: Rung) -> dict[str, Any]:
+    """A rung as the shot record keeps it. A first rung is the plan of its kind, so only
+    the kind is kept (``shots.rung_of`` plans it again from the scene): a few bytes
+    instead of two whole jobs, which keeps the shot hash in Redis' compact encoding."""
+    if rung.step == "first" and rung.pin is None and not rung.exclude:
+        first = rung.variants[0]
+        return {"plan": first.kind, "then_final": first.then_final}
+    return rung.to_dict()
+
+
 class Dispatcher:
     """The backlog and the binding of its shots to node queues."""
 
@@ -113,7 +123,7 @@ class Dispatcher:
         pipe = self.r.pipeline()
         pipe.hsetnx(self.k("groups"), gid, json.dumps(needs))
         pipe.hset(self.rt.state.shot_key(scene_id, shot_id),
-                  mapping={"rung": json.dumps(rung.to_dict()), "group": gid, "binding": "",
+                  mapping={"rung": json.dumps(stored_rung(rung)), "group": gid, "binding": "",
                            "node": "", "state": ShotState.QUEUED})  # fmt: skip
         if self.r.hget(self.rt.state.scene_key(scene_id), "paused") == "1":
             pipe.hset(self.k("parked", scene_id), key, json.dumps([gid, at]))
@@ -278,8 +288,9 @@ class Dispatcher:
         state = self.rt.state
         shot = state.shot(scene_id, shot_id)
         scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
-        rung = Rung.from_dict(shot["rung"])
-        job = rung.variants[a.variant]
+        from farm.shots import rung_of
+
+        job = rung_of(self.rt, scene_id, shot).variants[a.variant]
         attempt = int(shot.get("attempt") or 0) + 1
         job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("retries") or 0))
         token = uuid.uuid4().hex

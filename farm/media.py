@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from fractions import Fraction
@@ -86,8 +86,11 @@ def _run_ffmpeg(args: list[str]) -> None:
             raise RuntimeError(f"ffmpeg failed (exit {code}): {_tail(err)}")
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
-    """Encode BGR frames of one even size to H.264 at ``path``, streaming them to ffmpeg."""
+def write_video(
+    path: Path, frames: Iterable[np.ndarray], fps: float, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Encode BGR frames of one even size to H.264 at ``path``, streaming them to ffmpeg;
+    ``metadata``: container tags (e.g. ``comment``)."""
     it = iter(frames)
     first = next(it, None)
     if first is None:
@@ -97,6 +100,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
         "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
         "-framerate", _rate(fps), "-i", "pipe:0", "-an", *ENCODE_ARGS, "-f", "mp4",
     ]  # fmt: skip
+    for key, value in (metadata or {}).items():
+        args += ["-metadata", f"{key}={value}"]
     with _atomic_target(path) as tmp, tempfile.TemporaryFile() as err:
         cmd = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y", *args, str(tmp)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)

@@ -8,7 +8,14 @@ is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, 
     farm:node:{name}    hash: name, kind, url, queue, models (JSON), gpu, vram_total,
                         vram_free, devices (JSON), version, classes, workflows (JSON:
                         name -> {ok, missing, models}), described, last_seen, ok, reason,
-                        started
+                        started, rendered_model, throughput
+    farm:node:{name}:renders   list: "cost seconds" of its last SPEED_WINDOW renders
+
+Node speed is learned, not configured: after each render that did not load a model, the
+node's worker records the render's work (:attr:`Job.cost`, in reference sampler steps) and
+its seconds; a node's throughput is the work over the seconds of its last ``SPEED_WINDOW``
+such renders, and :meth:`NodeRegistry.infos` gives the placement policy each node's speed
+relative to the median of the nodes measured so far (1.0 until a node has rendered).
 
 Discovery (``Backend.describe``) runs at registration and again every
 ``FARM_DISCOVERY_INTERVAL`` seconds and whenever the node comes back, so models added
@@ -18,6 +25,7 @@ to a node are seen without restarting anything.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -26,10 +34,29 @@ import redis
 from farm.planning import NodeInfo
 from farm.settings import Settings
 
+#: renders a node's learned speed is taken over
+SPEED_WINDOW = 20
+
 
 def node_queue(name: str) -> str:
     """The Celery queue of GPU node ``name``: one queue per node."""
     return f"node.{name}"
+
+
+def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
+    """Each node's learned throughput over the median of the measured live nodes' (1.0
+    for a node not measured yet, or when none is), to 1/8 of an octave (9%): finer
+    differences do not change a placement, and stable speeds keep the policy's caches."""
+    measured = sorted(r["throughput"] for r in records if r["alive"] and r["throughput"] > 0)
+    if not measured:
+        return [1.0] * len(records)
+    mid = len(measured) // 2
+    median = measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
+    return [_octaves(r["throughput"] / median) if r["throughput"] > 0 else 1.0 for r in records]
+
+
+def _octaves(ratio: float) -> float:
+    return round(2.0 ** (round(math.log2(ratio) * 8) / 8), 3)
 
 
 class NodeRegistry:
@@ -83,11 +110,29 @@ class NodeRegistry:
             mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason},
         )
 
+    def record_render(self, name: str, model: str, cost: float, seconds: float) -> None:
+        """A render of ``cost`` reference steps took ``seconds`` on node ``name``; one that
+        loaded its model (a model other than the node's last render's) is not a sample of
+        its speed."""
+        key = self.key(name)
+        last = self.r.hget(key, "rendered_model")
+        self.r.hset(key, "rendered_model", model)
+        if last != model or cost <= 0 or seconds <= 0:
+            return
+        samples = f"{key}:renders"
+        pipe = self.r.pipeline()
+        pipe.lpush(samples, f"{cost:.6g} {seconds:.6g}")
+        pipe.ltrim(samples, 0, SPEED_WINDOW - 1)
+        pipe.lrange(samples, 0, -1)
+        rows = [tuple(map(float, row.split())) for row in pipe.execute()[-1]]
+        work, busy = sum(c for c, _ in rows), sum(t for _, t in rows)
+        self.r.hset(key, "throughput", f"{work / busy:.6g}")
+
     def mark_down(self, name: str, reason: str) -> None:
         self.r.hset(self.key(name), mapping={"ok": "0", "reason": reason, "last_seen": "0"})
 
     def remove(self, name: str) -> None:
-        self.r.delete(self.key(name))
+        self.r.delete(self.key(name), f"{self.key(name)}:renders")
         self.r.srem(self.s.key("nodes"), name)
 
     def records(self) -> list[dict[str, Any]]:
@@ -121,12 +166,14 @@ class NodeRegistry:
                     "age": round(age, 1),
                     "reason": raw.get("reason", ""),
                     "queued": self.r.llen(raw.get("queue", node_queue(raw["name"]))),
+                    "throughput": float(raw.get("throughput") or 0),
                 }
             )
         return out
 
     def infos(self) -> list[NodeInfo]:
         """The registered nodes as the planner sees them."""
+        records = self.records()
         return [
             NodeInfo(
                 name=r["name"],
@@ -136,8 +183,9 @@ class NodeRegistry:
                 workflows=None
                 if r["workflows"] is None
                 else {w: tuple(c["models"]) for w, c in r["workflows"].items() if c.get("ok")},
+                speed=speed,
             )
-            for r in self.records()
+            for r, speed in zip(records, relative_speeds(records), strict=True)
         ]
 
     def loads(self) -> dict[str, float]:

@@ -25,7 +25,7 @@ from farm.errors import FarmError, JobCancelled, NodeUnavailable
 from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
-from farm.scheduler import Group
+from farm.scheduler import Group, job_cost
 from farm.state import TERMINAL_SHOT, SceneState, ShotState
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def run_bound(
         return cancelled(rt, scene_id, shot_id, job)
     if flags["paused"] or d.blocklisted(scene_id, node):  # (bound before it was blocklisted)
         d.release(scene_id, shot_id, node, token)
-        _back_to_backlog(rt, d, scene_id, shot_id, Rung.from_dict(shot["rung"]))
+        _back_to_backlog(rt, d, scene_id, shot_id, rung_of(rt, scene_id, shot))
         d.dispatch()  # the node has room again
         return None
     if not _take_lease(rt, scene_id, shot_id, token):
@@ -185,6 +185,7 @@ def _render(
     clip = place_file(Path(result.video), folder / f"{job.kind}.mp4")
     seconds = round(time.monotonic() - started, 2)
     cache_key = RenderCache(rt).store(job, clip, result.backend_job_id)
+    rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
     state.log_attempt(job.scene_id, job.shot_id, {
         **_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
         "workflow": job.workflow, "seed": job.params.get("seed"), "cache_key": cache_key,
@@ -302,7 +303,7 @@ def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
     state = rt.state
     shot = state.shot(job.scene_id, job.shot_id)
     scene = scene_of(rt, job.scene_id)
-    current = Rung.from_dict(shot["rung"]).variants
+    current = rung_of(rt, job.scene_id, shot).variants
     fast = plan_variants(scene, scene.shot(job.shot_id), "preview")
     return next_rung(job, error_kind, current, fast, rt.registry.infos(),
                      rt.settings.max_attempts)  # fmt: skip
@@ -328,6 +329,24 @@ def scene_of(rt: Runtime, scene_id: str) -> Scene:
             rt.state.scene(scene_id)["spec"], check_files=False
         )
     return scene
+
+
+def rung_of(rt: Runtime, scene_id: str, shot: dict[str, Any]) -> Rung:
+    """The shot's current rung (``dispatch.stored_rung``): a first rung is planned again
+    from the scene, the later ones are kept whole."""
+    data = shot["rung"]
+    if "plan" not in data:
+        return Rung.from_dict(data)
+    scene = scene_of(rt, scene_id)
+    variants = plan_variants(scene, scene.shot(shot["id"]), data["plan"])
+    return Rung(tuple(replace(v, then_final=data["then_final"]) for v in variants))
+
+
+def remember(rt: Runtime, scene: Scene) -> None:
+    """Keep the scene just submitted as :func:`scene_of` would parse it (this process
+    plans its shots' first rungs again when it dispatches them)."""
+    created = float(rt.redis.hget(rt.state.scene_key(scene.id), "created") or 0)
+    _scenes[(scene.id, created)] = scene
 
 
 def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:
@@ -372,7 +391,7 @@ def requeue_from_dead_node(
                              "error_kind": "node_unavailable", "error": reason})  # fmt: skip
     else:
         rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, job.attempt - 1))
-    rung = Rung.from_dict(shot["rung"])  # a dead node is no candidate; back, it may take it
+    rung = rung_of(rt, scene_id, shot)  # a dead node is no candidate; back, it may take it
     rung = Rung(rung.variants, None if rung.pin == node["name"] else rung.pin, rung.exclude,
                 "another node")  # fmt: skip
     rt.state.update_shot(scene_id, shot_id, "shot_requeued", error=reason, stopping=None,

@@ -20,7 +20,7 @@ from farm.errors import InvalidInput
 from farm.planning import Job, place_any, plan_scene
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
-from farm.shots import begin
+from farm.shots import begin, remember
 from farm.state import TERMINAL_SCENE, SceneState, ShotState
 
 
@@ -52,6 +52,7 @@ def enqueue(
     first = [variants[0] for variants in shots]
     records = [{"shot_id": j.shot_id, "node": j.node, "kind": j.kind} for j in first]
     rt.state.create_scene(scene.to_dict(), records, quality, replace=replace)
+    remember(rt, scene)
     if force:
         rt.state.update_scene(scene.id, force="1")
     d = Dispatcher(rt, app)

@@ -9,7 +9,15 @@ import pytest
 from bench.admission import key_family
 from bench.replay import replay
 from bench.standard import Run, loads_by_node, loads_from_jobs, timeline
-from bench.timing import FewestModels, Render, _resolution, _simplex, job_work, lower_bound
+from bench.timing import (
+    FewestModels,
+    Render,
+    _resolution,
+    _simplex,
+    job_work,
+    lower_bound,
+    startup_seconds,
+)
 from farm.planning import Job, NodeInfo
 
 
@@ -117,3 +125,21 @@ def test_key_families():
     )
     assert key_family("farm:wait:g0123") == "farm:wait:*"
     assert key_family("farm:scene:admission") == "farm:scene:admission"
+
+
+def test_fractional_bound_counts_each_node_s_startup_loads():
+    # 6 s of work splittable over two nodes that each load for 1 s first: 1 + 3 = 4
+    renders = [Render(f"s/{i}", "final", {"a": ("m", 1.0), "b": ("m", 1.0)}) for i in range(6)]
+    plain = lower_bound(renders, {"a": 1.0, "b": 1.0}, load_s=1.0)
+    started = lower_bound(renders, {"a": 1.0, "b": 1.0}, 1.0, {"a": 1.0, "b": 1.0})
+    assert plain.fractional == pytest.approx(3.0, rel=1e-3)
+    assert started.fractional == pytest.approx(4.0, rel=1e-3)
+    # a startup longer than the chain and area bounds may exceed the makespan: left out
+    huge = lower_bound(renders, {"a": 1.0, "b": 1.0}, 1.0, {"a": 100.0, "b": 1.0})
+    assert huge.fractional == pytest.approx(3.0, rel=1e-3)
+
+
+def test_startup_seconds_count_comfyui_s_text_encoder_and_vae():
+    got = startup_seconds({"c": "comfyui", "w": "wan2gp"}, {"c": 2.0, "w": 0.5}, load_s=1.0)
+    assert got["w"] == pytest.approx(2.0)
+    assert got["c"] == pytest.approx((1.0 + 0.3 + 0.05) / 2.0)

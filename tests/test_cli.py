@@ -66,8 +66,9 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     assert nodes["node-a"]["workflows"]["wan_t2v"]["ok"]
     assert nodes["node-c"]["workflows"]["wan_ati"]["catalog"] == ["wan_ati"]
     assert not nodes["node-c"]["workflows"]["hunyuan_t2v"]["ok"]
+    assert all(n["speed"] > 0 for n in nodes.values())  # learned from renders; 1.0 before
     table = farm("nodes", env=cli_env).stdout
-    assert "hunyuan_t2v" in table and "wan_ati" in table
+    assert "hunyuan_t2v" in table and "wan_ati" in table and "speed" in table
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):

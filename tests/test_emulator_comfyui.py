@@ -443,3 +443,18 @@ def test_failures_are_deterministic_per_prompt_id():
     assert first == [failure_step(flaky, i, 30) for i in ids]
     assert 60 < sum(f is not None for f in first) < 140 and {f for f in first if f} == {15}
     assert failure_step(parse_profile(PROFILE), "job-1", 30) is None
+
+
+def test_gpu_waits_absorb_the_emulator_s_own_cpu_work():
+    """A job's waits are kept on a schedule from its start: time the emulator spent on its
+    own work (here 0.2 s, as if already gone) comes off the next wait, and a wait cannot
+    go below zero when that work took longer than the modelled time."""
+    from farm.emulators.profile import Pace
+
+    pace = Pace()
+    pace.start -= 0.2  # 0.2 s of CPU work since the job started
+    first = pace.seconds(0.5)
+    assert 0.25 <= first <= 0.3
+    pace.start -= 1.0  # then a second of CPU work, longer than the next 0.5 s wait
+    assert pace.seconds(0.5) == 0.0
+    assert pace.owed == pytest.approx(1.0)

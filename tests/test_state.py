@@ -132,3 +132,63 @@ def test_unreachable_redis_gives_one_clear_line():
     assert "redis://:***@127.0.0.1:9/0" in text and "secret" not in text and "redis-server" in text
     assert "\n" not in text
     assert redacted("redis://127.0.0.1:1/0") == "redis://127.0.0.1:1/0"
+
+
+def test_a_waiting_shot_keeps_its_first_rung_as_a_plan_and_plans_the_same_jobs(scratch_settings):
+    """A waiting shot's record holds only the kind of its first rung (a few bytes, so the
+    hash stays in Redis' compact listpack encoding); planning it again from the scene as
+    a worker parses it gives exactly the jobs planned at submission, start image and
+    trajectories included. A later rung is kept whole."""
+    from farm import shots
+    from farm.celery_app import app
+    from farm.dispatch import Dispatcher
+    from farm.planning import Rung, plan_scene
+    from farm.runtime import Runtime
+    from farm.scene import load_scene
+    from tests.conftest import EXAMPLES
+
+    client = connect(scratch_settings)
+    rt = Runtime(scratch_settings, client, FarmState(client, scratch_settings),
+                 NodeRegistry(client, scratch_settings))  # fmt: skip
+    scene = load_scene(EXAMPLES / "demo_scene.json")
+    planned = plan_scene(scene, "preview_then_final")
+    rt.state.create_scene(scene.to_dict(), [{"shot_id": v[0].shot_id, "node": None,
+                          "kind": v[0].kind} for v in planned], "preview_then_final")  # fmt: skip
+    d = Dispatcher(rt, app)
+    for variants in planned:
+        d.wait("preview", 5, scene.id, variants[0].shot_id, Rung(tuple(variants)))
+    shots._scenes.clear()  # as in a worker: the scene is parsed from its record
+    for variants in planned:
+        key = rt.state.shot_key(scene.id, variants[0].shot_id)
+        record = rt.state.shot(scene.id, variants[0].shot_id)
+        assert record["rung"] == {"plan": "preview", "then_final": True}
+        assert client.object("encoding", key) == "listpack"
+        assert shots.rung_of(rt, scene.id, record) == Rung(tuple(variants))
+    later = Rung(tuple(planned[0]), exclude=("node-a",), step="another node")
+    d.wait("preview", 5, scene.id, planned[0][0].shot_id, later)
+    record = rt.state.shot(scene.id, planned[0][0].shot_id)
+    assert shots.rung_of(rt, scene.id, record) == later
+    assert record["rung"]["variants"][0]["params"] == planned[0][0].params
+
+
+def test_node_speed_is_learned_from_renders_without_model_loads(scratch_settings):
+    """Speeds are each node's work per second over its last renders, relative to the
+    median node; a render that loaded a model is no sample; an unmeasured node is 1.0."""
+    _, registry = make(scratch_settings)
+    for name in ("fast", "mid", "slow", "new"):
+        registry.register(name, "comfyui", "http://127.0.0.1:1", {"models": {}})
+    for name in ("fast", "mid", "slow"):
+        registry.record_render(name, "m1", 10.0, 60.0)  # the first render loads m1
+    assert {i.speed for i in registry.infos()} == {1.0}
+    for _ in range(3):
+        registry.record_render("fast", "m1", 10.0, 2.5)  # 4 steps/s
+        registry.record_render("mid", "m1", 10.0, 5.0)  # 2 steps/s
+        registry.record_render("slow", "m1", 10.0, 20.0)  # 0.5 steps/s
+    registry.record_render("slow", "m2", 10.0, 90.0)  # loads m2: not a sample
+    speeds = {i.name: i.speed for i in registry.infos()}
+    assert speeds == {"fast": 2.0, "mid": 1.0, "slow": 0.25, "new": 1.0}
+    registry.record_render("slow", "m2", 10.0, 10.0)  # 1 step/s: the window's mean moves
+    assert {i.name: i.speed for i in registry.infos()}["slow"] < 0.3
+    registry.remove("mid")  # median of 4 and 0.56 steps/s
+    speeds = {i.name: i.speed for i in registry.infos()}
+    assert speeds["fast"] > 1.0 > speeds["slow"] and speeds["new"] == 1.0

@@ -36,7 +36,7 @@ from farm.emulators.comfy_nodes import (
     signature,
 )
 from farm.emulators.comfy_runners import Dirs, GpuState, Interrupted, NodeFailure
-from farm.emulators.profile import Fault, NodeProfile, fault_hits
+from farm.emulators.profile import Fault, NodeProfile, Pace, fault_hits
 
 log = logging.getLogger("farm.emulators.comfyui")
 
@@ -228,7 +228,7 @@ class RunContext:
 
     async def sleep(self, seconds: float) -> None:
         slow = fault_hits(self.run.node.faults, "slow", self.prompt_id)
-        await asyncio.sleep(seconds * slow.factor if slow else seconds)
+        await asyncio.sleep(self.run.pace.seconds(seconds * slow.factor if slow else seconds))
 
     async def progress(self, value: int, total: int, preview_jpeg: bytes | None) -> None:
         self.run.check_interrupt()
@@ -247,6 +247,7 @@ class JobRun:
         self.client = item.client_id
         self.hub = node.hub
         self.progress = Progress(node.hub, item.prompt_id)
+        self.pace = Pace()
         self.messages: list[list[Any]] = []
         self.values: dict[str, tuple] = {}
         self.ui: dict[str, dict[str, Any]] = {}
@@ -291,6 +292,7 @@ class JobRun:
 
     async def execute(self) -> None:
         prompt, pid = self.item.prompt, self.item.prompt_id
+        self.pace = Pace()
         self.node.interrupted = False
         self.node.client_id = self.client
         await self.message("execution_start", {"prompt_id": pid})

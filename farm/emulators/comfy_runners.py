@@ -9,6 +9,7 @@ with ComfyUI's naming rule. The class definitions that point at these runners li
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -112,13 +113,15 @@ class Conditioning:
 
 @dataclass(frozen=True, eq=False)
 class Latent:
-    """A video latent: the requested pixel size and length; ``clip`` once sampled."""
+    """A video latent: the requested pixel size and length; ``clip`` once sampled, and its
+    ``frames`` (an asyncio future), synthesized while the sampler's GPU time passes."""
 
     width: int
     height: int
     length: int
     batch: int = 1
     clip: ClipSpec | None = None
+    frames: Any = field(default=None, repr=False)
 
     def __str__(self) -> str:
         shape = [self.batch, 16, (self.length - 1) // 4 + 1, self.height // 8, self.width // 8]
@@ -482,13 +485,14 @@ async def ksampler(
     spec = clip_spec(lat, positive, seed, ctx.fps)
     fail_at = failure_step(ctx.profile, ctx.prompt_id, steps)
     tick = step_seconds(ctx.profile, lat.width, lat.height, lat.length, lat.batch)
+    frames = asyncio.ensure_future(ctx.cpu(render_frames, spec, lat.batch))
     for step in range(1, steps + 1):
         await ctx.sleep(tick)
         if step == fail_at:
             reason = CUDA_ERRORS[int(unit_hash("cuda", ctx.prompt_id) * len(CUDA_ERRORS))]
             raise NodeFailure("RuntimeError", f"CUDA error: {reason}{CUDA_SUFFIX}")
         await ctx.progress(step, steps, await ctx.cpu(preview_jpeg, spec, step, steps))
-    return Output((replace(lat, clip=spec),))
+    return Output((replace(lat, clip=spec, frames=frames),))
 
 
 def render_frames(spec: ClipSpec, batch: int) -> np.ndarray:
@@ -498,6 +502,8 @@ def render_frames(spec: ClipSpec, batch: int) -> np.ndarray:
 
 
 async def vae_decode(ctx: NodeContext, samples: Latent, vae: Vae, **tiling: int) -> Output:
+    if samples.frames is not None:
+        return Output((await samples.frames,))
     spec = samples.clip or clip_spec(samples, Conditioning(""), 0, ctx.fps)
     return Output((await ctx.cpu(render_frames, spec, samples.batch),))
 

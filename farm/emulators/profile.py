@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,22 @@ def step_seconds(
 def load_seconds(profile: NodeProfile, share: float = 1.0) -> float:
     """Seconds to load ``share`` of a diffusion model's worth of weights."""
     return profile.model_load_s * share / profile.speed
+
+
+class Pace:
+    """The emulated GPU time of one job, kept on a schedule from its start: each wait ends
+    when the waits so far add up, so the emulator's own CPU work between them (preview
+    JPEGs, frames) is absorbed rather than added. A job thus takes its modelled time, as
+    on a GPU whose host work overlaps its kernels, unless the CPU work alone takes longer."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.owed = 0.0
+
+    def seconds(self, wait: float) -> float:
+        """How long to sleep now for a further ``wait`` of GPU time."""
+        self.owed += wait
+        return max(0.0, self.start + self.owed - time.monotonic())
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ import json
 import logging
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from farm.emulators.joblog import JobLog
 from farm.emulators.profile import (
     Fault,
     NodeProfile,
+    Pace,
     failure_step,
     fault_hits,
     faults_json,
@@ -78,7 +78,7 @@ from farm.emulators.wan2gp_settings import (
     vram_needed,
 )
 from farm.errors import ConfigError, FarmError
-from farm.media import ffmpeg_path, write_video
+from farm.media import write_video
 
 log = logging.getLogger("farm.emulators.wan2gp")
 
@@ -119,6 +119,7 @@ class Engine:
         self.loaded: str | None = None
         self.resolve_media = resolve_media or Path
         self.lock = threading.Lock()
+        self.pace = Pace()
 
     def available(self, model_type: str) -> bool:
         """Whether the weights of ``model_type`` are on this node's disk."""
@@ -140,6 +141,7 @@ class Engine:
             )
         slow = fault_hits(self.faults, "slow", run_id)
         factor = slow.factor if slow else 1.0
+        self.pace = Pace()
         files = []
         for n, prompt in enumerate(task.prompts):
             self._load(task, emit, cancel, factor)
@@ -165,6 +167,7 @@ class Engine:
         needed = vram_needed(task.model, task.width, task.height, task.frames, task.memory_profile)
         if needed > self.profile.vram_gb:
             raise TaskFailed(oom_message(needed, self.profile.vram_gb), "generation")
+        frames = _FRAMES.submit(lambda: list(synthesize(self._spec(task, prompt))))
         step = step_seconds(self.profile, task.width, task.height, task.frames)
         step *= PROFILE_STEP_FACTOR[task.memory_profile] * factor
         fail_at = failure_step(self.profile, run_id, task.steps)
@@ -182,7 +185,7 @@ class Engine:
             pct = 5 + round(85 * i / task.steps)
             _progress(emit, phase, f"Denoising {i}/{task.steps}", pct, i, task.steps)
         _progress(emit, "decoding", "VAE Decoding", 95, task.steps, task.steps)
-        path = self._save(task, prompt)
+        path = self._save(task, prompt, frames.result())
         emit("stream", {"stream": "stdout", "text": f"New video saved to Path: {path}"})
         saved = artifact(path, task.model.fps)
         emit("output", saved)
@@ -205,16 +208,16 @@ class Engine:
             raise _cancelled()
 
     def _wait(self, seconds: float, cancel: threading.Event) -> None:
-        if cancel.wait(seconds) or cancel.is_set():
+        if cancel.wait(self.pace.seconds(seconds)) or cancel.is_set():
             raise _cancelled()
 
-    def _save(self, task: Task, prompt: str) -> Path:
+    def _spec(self, task: Task, prompt: str) -> ClipSpec:
         start = None
         if task.image_start:
             start = cv2.imread(str(self.resolve_media(task.image_start)), cv2.IMREAD_COLOR)
             if start is None:
                 raise TaskFailed(f"Unable to read Start Image {task.image_start}", "generation")
-        spec = ClipSpec(
+        return ClipSpec(
             width=task.width,
             height=task.height,
             frames=task.frames,
@@ -223,13 +226,15 @@ class Engine:
             prompt=prompt,
             start_image=start,
         )
+
+    def _save(self, task: Task, prompt: str, frames: list[Any]) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         settings = {**task.settings, "prompt": prompt}
         with self.lock:  # names are claimed under the lock, so two savers never clash
             path = unique_path(self.output_dir, output_name(task, prompt, datetime.now()))
             path.touch()
         try:
-            write_with_comment(path, synthesize(spec), task.model.fps, json.dumps(settings))
+            write_with_comment(path, frames, task.model.fps, json.dumps(settings))
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -248,19 +253,14 @@ def artifact(path: Path, fps: float) -> dict[str, Any]:
     }
 
 
+#: synthesizes a job's frames while its GPU time is waited out (``Engine._generate``)
+_FRAMES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames")
+
+
 def write_with_comment(path: Path, frames, fps: float, comment: str) -> None:
     """Encode ``frames`` to ``path`` (farm.media.write_video) with ``comment`` in the mp4
-    metadata, as WanGP embeds the settings (a stream copy adds the tag)."""
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".wgp-") as tmp:
-        plain, tagged = Path(tmp) / "plain.mp4", Path(tmp) / "tagged.mp4"
-        write_video(plain, frames, fps)
-        cmd = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i"]
-        cmd += [str(plain), "-c", "copy", "-map_metadata", "-1", "-metadata", f"comment={comment}"]
-        cmd += ["-movflags", "+faststart", str(tagged)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed tagging {path}: {proc.stderr.strip()[-500:]}")
-        os.replace(tagged, path)
+    metadata, as WanGP embeds the settings."""
+    write_video(path, frames, fps, metadata={"comment": comment})
 
 
 def _cancelled() -> TaskFailed:
