@@ -19,7 +19,10 @@ returns. The rules, in order:
    factor ``SCARCITY_BAND`` of its drain time (its waiting work, the shots times the
    least cost of its variants, over the speed its capable nodes can give it,
    :func:`_capacity`). A node that many groups need thus serves the groups that few other
-   nodes can serve, and leaves to other nodes those that many can.
+   nodes can serve, and leaves to other nodes those that many can. For a node that has the
+   group's model loaded, the drain time counts ``1 + LOAD_STEPS / cost`` times longer
+   (the load it saves, against the shot's cost): a node leaves its model only for a group
+   that much scarcer.
 5. Then higher scene priority (the rank class of the head's score).
 6. Then the group the node's backend runs best compared with the group's other backends
    (the least cost of their variants over this node's).
@@ -59,6 +62,9 @@ CLASS_SPAN = 1e10
 SCARCITY_BAND = 2.0
 #: rounds of the estimate of what each group can expect of its capable nodes
 CAPACITY_ROUNDS = 5
+#: a model load, in reference sampler steps (Job.cost): a 14B Wan model loads in 30-60 s,
+#: about as long as 1.5 steps at 832x480x81 take on the GPU that holds it
+LOAD_STEPS = 1.5
 
 
 def rank_class(kind: str, priority: int) -> int:
@@ -262,7 +268,10 @@ class _Scarcity:
     """What the live groups need: their waiting shots, the cost of their variants, their
     capable nodes, and the scarcity band of each (rule 4) and backend advantage (rule 6)."""
 
-    __slots__ = ("known", "waiting", "costs", "unit", "nodes", "speed", "band", "advantage", "head")
+    __slots__ = (
+        "known", "waiting", "costs", "unit", "nodes", "speed", "band", "advantage", "head",
+        "loaded",
+    )  # fmt: skip
 
     def __init__(self, live: Sequence[Group], farm: _Farm, columns: Sequence[_Column]):
         self.known = [g.waiting > 0 for g in live]
@@ -273,6 +282,7 @@ class _Scarcity:
         work = [_rounded(w * u) for w, u in zip(self.waiting, self.unit, strict=True)]
         self.speed = farm.capacity_for(live, columns, work) if farm.infos else [0.0] * len(live)
         self.band = [self._band(j) for j in range(len(live))]
+        self.loaded: dict[tuple[int, int], int] = {}  # (group, variant) -> its loaded band
         self.head = [self._head(g, j) for j, g in enumerate(live)]
         self.advantage = [
             [self._advantage(g, j, i, c.backends) for i in range(len(g.variants))]
@@ -281,9 +291,18 @@ class _Scarcity:
             for j, (g, c) in enumerate(zip(live, columns, strict=True))
         ]
 
-    def _band(self, j: int) -> int:
-        drain = self.waiting[j] * self.unit[j] / max(self.speed[j], 1e-9)
+    def _band(self, j: int, stretch: float = 1.0) -> int:
+        drain = self.waiting[j] * self.unit[j] / max(self.speed[j], 1e-9) * stretch
         return math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
+
+    def loaded_band(self, j: int, index: int) -> int:
+        """Group ``j``'s band for a node that has the model of its variant ``index``
+        loaded: the load that node saves stretches the group's drain time."""
+        band = self.loaded.get((j, index))
+        if band is None:
+            stretch = 1.0 + LOAD_STEPS / max(self.costs[j][index], 1e-9)
+            band = self.loaded[(j, index)] = self._band(j, stretch)
+        return band
 
     def _advantage(self, group: Group, j: int, index: int, backends: frozenset[str]) -> float:
         """How many times the least cost of group ``j``'s variants for its other capable
@@ -311,6 +330,8 @@ class _Scarcity:
         """A shot of ``group``, at position ``j``, was bound."""
         self.waiting[j] -= 1
         self.band[j] = self._band(j)
+        for index in range(len(group.variants)):
+            self.loaded.pop((j, index), None)
         self.head[j] = self._head(group, j)
 
     def thin(self, j: int, depth: int) -> bool:
@@ -365,6 +386,8 @@ class _Slot:
         else:
             kind, band, cls, value, head = need.head[j]  # type: ignore[misc]
         affinity = 0 if node.model == group.variants[index].model else 1
+        if not affinity:
+            band = -need.loaded_band(j, index)
         return (kind, band, cls, -need.advantage[j][index], affinity, value, j, head)
 
     def settle(self, best: _Candidate | None) -> None:

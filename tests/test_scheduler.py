@@ -13,6 +13,7 @@ from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo, plan_scene
 from farm.scene import parse_scene
 from farm.scheduler import (
     CLASS_SPAN,
+    LOAD_STEPS,
     SCARCITY_BAND,
     Assignment,
     Group,
@@ -269,14 +270,22 @@ def test_previews_go_before_finals():
 def test_higher_priority_goes_first():
     groups = [group(job("m1"), shots=[(at("final", 3, since=0), "low/1")]),
               group(job("m2"), shots=[(at("final", 7, since=50), "high/1")])]  # fmt: skip
-    out = assign(groups, [load(node("a", "m1", "m2"), model="m1")], depth=1)
+    out = assign(groups, [load(node("a", "m1", "m2"), model="m3")], depth=1)
     assert bound_to(out) == {"high/1": "a"}
 
 
-def test_affinity_does_not_cross_a_class():
-    groups = [group(job("m1"), shots=[(at("final", 5), "loaded/1")]),
-              group(job("m2"), shots=[(at("final", 6, since=50), "other/1")])]  # fmt: skip
-    out = assign(groups, [load(node("a", "m1", "m2"), model="m1")], depth=1)
+def test_a_loaded_model_weighs_as_scarcity_not_as_priority_alone():
+    """A node with m1 loaded: one m1 shot and one m2 shot of a higher priority wait.
+    Staying saves a load of LOAD_STEPS against a cost of 1 step, which stretches m1's
+    drain time 2.5 times: a band above m2's, so the node keeps its model. With m2's
+    group 8 times deeper, m2 is the scarcer and goes first."""
+    m1 = group(job("m1"), shots=[(at("final", 5), "loaded/1")], waiting=1)
+    m2 = group(job("m2"), shots=[(at("final", 6, since=50), "other/1")], waiting=1)
+    out = assign([m1, m2], [load(node("a", "m1", "m2"), model="m1")], depth=1)
+    assert bound_to(out) == {"loaded/1": "a"}
+    m1 = group(job("m1"), shots=[(at("final", 5), "loaded/1")], waiting=1)
+    m2 = group(job("m2"), shots=[(at("final", 6, since=50), "other/1")], waiting=8)
+    out = assign([m1, m2], [load(node("a", "m1", "m2"), model="m1")], depth=1)
     assert bound_to(out) == {"other/1": "a"}
 
 
@@ -557,12 +566,14 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
                     continue
                 i = index[a, j]
                 drain = waiting[j] * min(costs[j]) / max(capacity[j], 1e-9)
+                affinity = 0 if n.model == g.variants[i].model else 1
+                if not affinity:  # the load it saves stretches the group's drain time
+                    drain *= 1 + LOAD_STEPS / costs[j][i]
                 band = math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
                 mine = g.variants[i].backend
                 others = [c for v, c in zip(g.variants, costs[j], strict=True)
                           if v.backend != mine and v.backend in backends[j]]  # fmt: skip
                 advantage = round(min(others) / costs[j][i], 1) if others else 1e9
-                affinity = 0 if n.model == g.variants[i].model else 1
                 cls = class_of(head[0])
                 candidates.append(
                     ((cls // 10, -band, cls, -advantage, affinity, head[0], j), i, head)
