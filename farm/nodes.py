@@ -141,9 +141,11 @@ class NodeRegistry:
         pipe = self.r.pipeline()
         for name in names:
             pipe.hgetall(self.key(name))
+            pipe.llen(node_queue(name))  # the queue `register` records for it
         now = time.time()
         out = []
-        for raw in pipe.execute():
+        replies = pipe.execute()
+        for raw, queued in zip(replies[::2], replies[1::2], strict=True):
             if not raw:
                 continue
             age = now - float(raw.get("last_seen") or 0)
@@ -165,7 +167,7 @@ class NodeRegistry:
                     "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
                     "age": round(age, 1),
                     "reason": raw.get("reason", ""),
-                    "queued": self.r.llen(raw.get("queue", node_queue(raw["name"]))),
+                    "queued": queued,
                     "throughput": float(raw.get("throughput") or 0),
                 }
             )
