@@ -1,23 +1,27 @@
-"""Assembling a scene from its shot clips, and scoring it: the plain functions behind the
-chord body (``assemble_scene`` then ``score_scene``), run on the CPU queue."""
+"""Assembling a scene from its shots' kept takes, and its report: the plain functions
+behind the chord body (``assemble_scene`` then ``score_scene``), run on the CPU queue.
+Each take was scored by the quality gate (:mod:`farm.gate`) as it finished."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from farm import media
 from farm.runtime import Runtime
 from farm.scene import Scene, Shot, parse_scene
 from farm.state import SceneState, ShotState
-from farm.trajectory import resample
 
 log = logging.getLogger(__name__)
 
-#: samples of a smooth target path handed to the metrics (not 121: that is the ATI grid)
-TARGET_SAMPLES = 256
+#: what the report shows of each take
+TAKE_FIELDS = ("take", "seed", "node", "seconds", "clip", "contact", "scores", "passed",
+               "failed", "cache_hit", "error")  # fmt: skip
 
 
 def scene_dir(storage: Path, scene_id: str) -> Path:
@@ -84,52 +88,36 @@ def _slate(path: Path, shot_id: str, error: Any, size: media.VideoInfo, frames: 
     return path
 
 
-def _target_paths(shot: Shot) -> list[list[tuple[float, float]]]:
-    """The shot's tracks as the paths it was asked to follow: the drawn points for linear
-    interpolation, a dense resampling of the smooth curve otherwise (metrics interpolate
-    linearly between the points they are given)."""
-    tracks = [[(p.x, p.y) for p in t] for t in shot.trajectories]
-    if shot.trajectory_interpolation == "linear":
-        return tracks
-    return [resample(t, TARGET_SAMPLES, shot.trajectory_interpolation) for t in tracks]
-
-
 def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
-    """Score every rendered shot and the cuts between them; write ``metrics.json``."""
-    from farm import metrics  # OpenCV-heavy: imported only where scoring runs
+    """Write the scene report (``report.json`` and ``report.html``): each shot's kept take
+    as the quality gate scored it, every take and decision, the continuity of each cut,
+    and each shot's provenance."""
+    from farm.report import write_report
 
     state = rt.state
     record = state.scene(scene_id)
     if record.get("state") in (SceneState.FAILED, SceneState.CANCELLED):
-        return {"scene_id": scene_id, "metrics": None}
+        return {"scene_id": scene_id, "report": None}
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}
     state.update_scene(scene_id, "scene_scoring", state=SceneState.SCORING)
-    entries = [
-        {
-            "id": shot.id,
-            "path": shot_clip(shots[shot.id]),
-            "canvas": (shot.width, shot.height),
-            "trajectories": _target_paths(shot) or None,
-        }
-        for shot in scene.shots
-        if shots[shot.id].get("state") == ShotState.DONE and shot_clip(shots[shot.id])
-    ]
     try:
-        report = metrics.score_scene(entries)
-    except Exception as exc:  # scoring must never strand a rendered scene
-        log.exception("scoring scene %s failed", scene_id)
-        report = {"error": f"{exc.__class__.__name__}: {exc}"}
-    report = {
-        "scene_id": scene_id,
-        "title": scene.title,
-        **report,
-        "provenance": _provenance(scene, shots),
-    }
-    path = scene_dir(rt.settings.storage, scene_id) / "metrics.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    failed = len(entries) < len(scene.shots)
-    outputs = {**(record.get("outputs") or {}), "metrics": str(path)}
+        report = build_report(rt, scene, record, shots)
+    except Exception as exc:  # a report must never strand a rendered scene
+        log.exception("the report of scene %s failed", scene_id)
+        report = {"version": 1, "scene_id": scene_id, "title": scene.title, "shots": [],
+                  "error": f"{exc.__class__.__name__}: {exc}"}  # fmt: skip
+    folder = scene_dir(rt.settings.storage, scene_id)
+    outputs = dict(record.get("outputs") or {})
+    try:
+        json_path, html_path = write_report(report, folder)
+        outputs.update(report=str(json_path), report_html=str(html_path))
+    except Exception:
+        log.exception("writing the report of scene %s failed", scene_id)
+        json_path = folder / "report.json"
+        json_path.write_text(json.dumps(report, indent=2, default=str))
+        outputs["report"] = str(json_path)
+    failed = any(shots[s.id].get("state") != ShotState.DONE for s in scene.shots)
     state.update_scene(
         scene_id,
         "scene_done",
@@ -137,28 +125,134 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
         metrics=_summary(report),
         outputs=outputs,
     )
-    return {"scene_id": scene_id, "metrics": str(path)}
+    return {"scene_id": scene_id, "report": outputs["report"]}
 
 
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The part of the report kept in the scene record: summary and per-shot scores."""
-    shots = {s["id"]: s.get("scores", {}) for s in report.get("shots", []) if isinstance(s, dict)}
+def build_report(
+    rt: Runtime, scene: Scene, record: dict[str, Any], shots: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The report's data (schema: docs/quality.md), from the shot records and the files the
+    gate kept beside each take."""
+    from farm.gate import load_gate
+
+    start = time.perf_counter()
+    gate = load_gate(rt.settings.gate_file)
+    entries = [
+        _shot_report(shot, shots[shot.id], gate.rule(shot.template, rt.settings.gate_takes))
+        for shot in scene.shots
+    ]
+    links = _continuity(entries)
+    names = sorted({n for e in entries for n in e["scores"]})
+    summary = {
+        n: round(float(np.mean([e["scores"][n] for e in entries if n in e["scores"]])), 4)
+        for n in names
+    }
+    if links:
+        summary["continuity"] = round(float(np.mean([x["score"] for x in links])), 4)
     return {
-        "summary": report.get("summary", {}),
-        "shots": shots,
-        **({"error": report["error"]} if "error" in report else {}),
+        "version": 1,
+        "scene_id": scene.id,
+        "title": scene.title,
+        "state": "partial" if any(e["state"] != ShotState.DONE for e in entries) else "done",
+        "created": record.get("created"),
+        "video": (record.get("outputs") or {}).get("video"),
+        "summary": summary,
+        "continuity": links,
+        "shots": entries,
+        "seconds": round(time.perf_counter() - start, 3),
     }
 
 
-def _provenance(scene: Scene, shots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _shot_report(shot: Shot, rec: dict[str, Any], rule: Any) -> dict[str, Any]:
+    gate = rec.get("gate") or {}
+    takes = rec.get("takes") or []
+    done = rec.get("state") == ShotState.DONE
+    kept = next((t for t in takes if t.get("take") == gate.get("kept")), None) if done else None
+    result = _read_json(kept.get("result")) if kept else {}
+    decision = gate.get("decision") or ("no_clip" if not done else "not_gated")
     return {
-        s.id: {
-            "state": shots[s.id].get("state"),
-            "node": shots[s.id].get("node"),
-            "cache_hit": shots[s.id].get("cache_hit", False),
-            "seed": s.seed,
-            "template": s.template,
-            "attempts": shots[s.id].get("attempt_log", []),
-        }
-        for s in scene.shots
+        "id": shot.id,
+        "state": rec.get("state"),
+        "template": shot.template,
+        "action": shot.action_description,
+        "clip": (kept or {}).get("clip") or (shot_clip(rec) if done else None),
+        "error": rec.get("error"),
+        "frames": result.get("frames"),
+        "width": result.get("width"),
+        "height": result.get("height"),
+        "fps": result.get("fps"),
+        "scores": result.get("scores", {}),
+        "raw": result.get("raw", {}),
+        "cuts": result.get("cuts", []),
+        "tracks": result.get("tracks", []),
+        "thresholds": gate.get("thresholds", dict(rule.minimum)),
+        "contact": (kept or {}).get("contact"),
+        "trajectory_plot": (kept or {}).get("trajectory_plot"),
+        "first": (kept or {}).get("first"),
+        "last": (kept or {}).get("last"),
+        "gate": {
+            "enabled": bool(gate.get("thresholds", rule.minimum)),
+            "decision": decision,
+            "takes_allowed": gate.get("takes_allowed", rule.takes),
+            "kept": gate.get("kept"),
+            "reasons": gate.get("reasons", []),
+            "error": gate.get("error"),
+            "takes": [{k: t.get(k) for k in TAKE_FIELDS} for t in takes],
+        },
+        "provenance": {
+            "backend": (kept or {}).get("backend"),
+            "workflow": (kept or {}).get("workflow"),
+            "settings": (kept or {}).get("params"),  # the request: prompt, seed, steps, size
+            "model": (kept or {}).get("model"),
+            "node": (kept or {}).get("node") or rec.get("node"),
+            "seed": (kept or {}).get("seed", shot.seed),
+            "cache_hit": bool((kept or {}).get("cache_hit")),
+            "queued": rec.get("created"),
+            "started": rec.get("started"),
+            "finished": rec.get("finished"),
+            "render_seconds": (kept or {}).get("seconds"),
+            "score_seconds": (kept or {}).get("score_seconds"),
+            "attempts": rec.get("attempt_log", []),
+        },
+    }
+
+
+def _read_json(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        log.warning("score file %s is missing or unreadable", path)
+        return {}
+
+
+def _continuity(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Continuity across each cut between consecutive shots that kept a take."""
+    import cv2
+
+    from farm.metrics import continuity
+
+    links = []
+    for a, b in zip(entries, entries[1:], strict=False):
+        last = cv2.imread(a["last"]) if a.get("last") else None
+        first = cv2.imread(b["first"]) if b.get("first") else None
+        if last is None or first is None:
+            continue
+        values = continuity(last, first)
+        links.append(
+            {"from": a["id"], "to": b["id"], **{k: round(v, 4) for k, v in values.items()}}
+        )
+    return links
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of the report kept in the scene record: summary, per-shot scores and the
+    gate's decision per shot."""
+    shots = [s for s in report.get("shots", []) if isinstance(s, dict)]
+    return {
+        "summary": report.get("summary", {}),
+        "shots": {s["id"]: s.get("scores", {}) for s in shots},
+        "gate": {s["id"]: s.get("gate", {}).get("decision") for s in shots},
+        **({"error": report["error"]} if "error" in report else {}),
     }

@@ -51,6 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "farm.assemble_scene": {"queue": settings.cpu_queue},
             "farm.close_shot": {"queue": settings.cpu_queue},
             "farm.score_scene": {"queue": settings.cpu_queue},
+            "farm.score_shot": {"queue": settings.cpu_queue},
         },
         # Flower and `farm status` see task events
         "worker_send_task_events": True,

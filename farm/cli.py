@@ -252,6 +252,97 @@ def retry(scene_id: str, shot_ids: tuple[str, ...], follow: bool, as_json: bool)
     sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
 
 
+def _canvas(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    w, sep, h = value.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT; use e.g. 832x480")
+    return int(w), int(h)
+
+
+@cli.command()
+@click.argument("clip", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--trajectories", "tracks_file", type=click.Path(dir_okay=False, path_type=Path),
+    help='JSON file of tracks the clip should follow: [[{"x": .., "y": ..}, ...], ...] '
+    '(or a shot object with "trajectories"), in pixels of --canvas.',
+)  # fmt: skip
+@click.option(
+    "--canvas", callback=_canvas, metavar="WxH",
+    help="Size the trajectories were drawn at (default: the clip's own size).",
+)  # fmt: skip
+@click.option(
+    "--template", help="Check the scores against this template's quality gate thresholds."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+def score(
+    clip: Path,
+    tracks_file: Path | None,
+    canvas: tuple[int, int] | None,
+    template: str | None,
+    as_json: bool,
+) -> None:
+    """Score any video clip: motion smoothness, flicker, consistency and cuts, dynamic
+    degree, sharpness and, with --trajectories, trajectory adherence. Exit 1 when a
+    --template threshold is missed."""
+    from farm.gate import failures, load_gate
+    from farm.jsonfile import read_json
+    from farm.metrics import score_clip
+    from farm.settings import get_settings
+    from farm.trajectory import parse_tracks
+
+    try:
+        tracks = None
+        if tracks_file is not None:
+            raw = read_json(tracks_file, "trajectories file", InvalidInput)
+            if isinstance(raw, dict) and "trajectories" in raw:
+                raw = raw["trajectories"]
+            tracks = parse_tracks(raw, f"{tracks_file}")
+            if not tracks:
+                raise InvalidInput(f"{tracks_file}: no tracks; give at least one list of points")
+        minimum: dict[str, float] = {}
+        if template is not None:
+            settings = get_settings()
+            config = load_gate(settings.gate_file)
+            if template not in config.templates and template != "default":
+                known = ", ".join(["default", *config.templates])
+                raise InvalidInput(f"--template {template!r} has no thresholds (known: {known})")
+            minimum = dict(config.rule(template, settings.gate_takes).minimum)
+        result = score_clip(clip, tracks, canvas)
+    except FarmError as exc:
+        fail(exc)
+    missed = failures(result["scores"], minimum)
+    if as_json:
+        print_json({**result, "thresholds": minimum, "failed": missed})
+    else:
+        _print_scores(clip, result, minimum, missed)
+    sys.exit(EXIT_FAILED if missed else EXIT_OK)
+
+
+def _print_scores(clip: Path, result: dict[str, Any], minimum: dict[str, float], missed) -> None:
+    console.print(f"[bold]{escape(str(clip))}[/]  {result['width']}x{result['height']}, "
+                  f"{result['frames']} frames at {result['fps']:g} fps, "
+                  f"scored in {result['seconds']:.2f} s")  # fmt: skip
+    table = Table("metric", "score", "min", "", box=None)
+    for name, value in result["scores"].items():
+        lo = minimum.get(name)
+        verdict = "" if lo is None else ("[green]ok[/]" if value >= lo else "[red]below[/]")
+        table.add_row(name, f"{value:.3f}", "" if lo is None else f"{lo:.2f}", verdict)
+    console.print(table)
+    raw = result["raw"]
+    adherence = raw.get("trajectory_adherence") or {}
+    if "objmc_px" in adherence:
+        console.print(f"trajectory: ObjMC {adherence['objmc_px']:.1f} px "
+                      f"({adherence['objmc_norm']:.3f} of the diagonal), "
+                      f"lost {adherence['lost_fraction']:.0%} of frames")  # fmt: skip
+    console.print(f"dynamic (VBench rule): {'yes' if raw['dynamic_degree']['dynamic'] else 'no'}")
+    cuts = result.get("cuts") or []
+    console.print(f"cuts before frames: {', '.join(map(str, cuts))}" if cuts else "no cuts")
+    if missed:
+        console.print(f"[red]below the thresholds:[/] {', '.join(missed)}")
+
+
 @cli.command()
 @click.option("--clear", is_flag=True, help="Forget every entry and delete the cached clips.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

@@ -65,8 +65,10 @@ def run_demo(
     )
     for shot in status["shots"]:
         clip = shot["outputs"].get("final") or shot["outputs"].get("preview") or shot.get("error")
+        gate = (shot.get("gate") or {}).get("decision") or "-"
         console.print(
-            f"  shot {shot['id']:<12} {shot['state']:<7} {shot['node'] or '-':<6} {clip}",
+            f"  shot {shot['id']:<12} {shot['state']:<7} {shot['node'] or '-':<6} "
+            f"gate {gate:<9} {clip}",
             soft_wrap=True,
         )
     for name, path in status["outputs"].items():

@@ -292,7 +292,7 @@ class Dispatcher:
 
         job = rung_of(self.rt, scene_id, shot).variants[a.variant]
         attempt = int(shot.get("attempt") or 0) + 1
-        job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("retries") or 0))
+        job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("take") or 0))
         token = uuid.uuid4().hex
         pipe = self.r.pipeline()
         pipe.hset(state.shot_key(scene_id, shot_id),
@@ -317,6 +317,15 @@ class Dispatcher:
         shot = state.shot(scene_id, shot_id)
         scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
         self._fill_slot("farm.close_shot", (record,), shot, scene, self.s.cpu_queue)
+
+    def score(self, scene_id: str, shot_id: str, token: str) -> None:
+        """Fill a shot's chord slot with ``farm.score_shot`` on the CPU queue: the quality
+        gate scores the take the shot's ``scoring`` token names (:mod:`farm.gate`)."""
+        state = self.rt.state
+        shot = state.shot(scene_id, shot_id)
+        scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
+        self._fill_slot("farm.score_shot", (scene_id, shot_id, token), shot, scene,
+                        self.s.cpu_queue)  # fmt: skip
 
     def _fill_slot(self, name, args, shot, scene, queue, **options) -> None:
         """Publish task ``name`` into the shot's chord slot (its task id, group, index)."""

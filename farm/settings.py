@@ -182,6 +182,20 @@ class Settings:
             "1",
         )
     )
+    gate_file: Path = field(
+        **_env(
+            "FARM_GATE_FILE",
+            "Quality gate thresholds per template (JSON; see docs/quality.md)",
+            str(REPO_ROOT / "farm" / "data" / "gate.json"),
+        )
+    )
+    gate_takes: int = field(
+        **_env(
+            "FARM_GATE_TAKES",
+            "Most takes the quality gate renders of a shot (1: score only, never re-render)",
+            "3",
+        )
+    )
     max_download_mb: int = field(
         **_env("FARM_MAX_DOWNLOAD_MB", "Largest output file accepted from a node, MiB", "4096")
     )
@@ -213,6 +227,8 @@ class Settings:
                 f"FARM_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed FARM_RENDER_TIME_LIMIT "
                 f"({self.render_time_limit}), or Redis redelivers running renders to a second worker"
             )
+        if self.gate_takes < 1:
+            raise ConfigError(f"FARM_GATE_TAKES ({self.gate_takes}) must be 1 or more")
         if self.placement not in ("late", "naive"):
             raise ConfigError(f"FARM_PLACEMENT {self.placement!r} must be 'late' or 'naive'")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +86,11 @@ def run_bound(
             rt.redis.delete(lease)
         d.release(scene_id, shot_id, node, token)
         d.dispatch()
+
+
+def is_cancelled(rt: Runtime, scene_id: str, shot_id: str) -> bool:
+    """Whether the shot or its scene was cancelled."""
+    return _flags(rt, scene_id, shot_id)["cancel"]
 
 
 def _flags(rt: Runtime, scene_id: str, shot_id: str) -> dict[str, bool]:
@@ -182,7 +188,7 @@ def _render(
     finally:
         if guard is not None:
             guard.stopped.set()
-    clip = place_file(Path(result.video), folder / f"{job.kind}.mp4")
+    clip = place_file(Path(result.video), folder / clip_name(job))
     seconds = round(time.monotonic() - started, 2)
     cache_key = RenderCache(rt).store(job, clip, result.backend_job_id)
     rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
@@ -190,15 +196,21 @@ def _render(
         **_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
         "workflow": job.workflow, "seed": job.params.get("seed"), "cache_key": cache_key,
     })  # fmt: skip
-    return _rendered(rt, d, job, clip, cache_hit=False)
+    return _rendered(rt, d, job, clip, cache_hit=False, seconds=seconds)
+
+
+def clip_name(job: Job) -> str:
+    """File name of ``job``'s clip in its shot folder: one per kind and take."""
+    return f"{job.kind}_t{job.take}.mp4" if job.take else f"{job.kind}.mp4"
 
 
 def _rendered(
-    rt: Runtime, d: Dispatcher, job: Job, clip: Path, *, cache_hit: bool
+    rt: Runtime, d: Dispatcher, job: Job, clip: Path, *, cache_hit: bool, seconds: float = 0.0
 ) -> dict[str, Any] | None:
     """``job``'s clip is ready (rendered or from the cache): hand a preview over to its
-    final (None: the slot stays open for it, unless the final is cached too), or close
-    the shot as done."""
+    final (None: the slot stays open for it, unless the final is cached too), or hand the
+    take to the quality gate (:mod:`farm.gate`, on the CPU queue; None: the slot is
+    filled by its scoring task)."""
     state = rt.state
     shot = state.shot(job.scene_id, job.shot_id)
     outputs = {**(shot.get("outputs") or {}), job.kind: str(clip)}
@@ -210,10 +222,18 @@ def _rendered(
         # the final of a previewed shot follows the preview's node when it can (warm cache)
         return begin(rt, d, job.scene_id, job.shot_id, "final", finals, job.priority,
                      force=_forced(rt, job.scene_id, job.shot_id))  # fmt: skip
-    state.update_shot(job.scene_id, job.shot_id, "shot_done", state=ShotState.DONE,
-                      outputs=outputs, progress=1.0, finished=time.time(), error=None,
+    token = uuid.uuid4().hex
+    take = {"take": job.take, "kind": job.kind, "seed": job.params.get("seed"),
+            "node": job.node, "clip": str(clip), "seconds": round(seconds, 2),
+            "cache_hit": cache_hit, "priority": job.priority, "backend": job.backend,
+            "model": job.model, "workflow": job.workflow,
+            "params": {k: v for k, v in job.params.items()
+                       if isinstance(v, str | int | float | bool) and k not in LADDER_MARKS}}  # fmt: skip
+    state.update_shot(job.scene_id, job.shot_id, "shot_scoring", state=ShotState.SCORING,
+                      outputs=outputs, progress=1.0, scoring=token, pending_take=take,
                       cache_hit=cache_hit)  # fmt: skip
-    return _record(job, "done", clip=str(clip), cache_hit=cache_hit)
+    d.score(job.scene_id, job.shot_id, token)
+    return None
 
 
 # -- starting a shot: the render cache, else the backlog ----------------------------------
@@ -233,20 +253,22 @@ def begin(
     force: bool = False,
     hit: Hit | None = None,
     looked: bool = False,
+    step: str = "first",
 ) -> dict[str, Any] | None:
     """Start rendering a shot at ``kind``: served from the render cache when one of its
     ``variants`` was rendered before (unless ``force``), else put in the backlog. Returns
     the shot's chord record when it is over without rendering (every kind it needed was
-    cached), else None. ``looked``: the caller looked the cache up already (``hit``)."""
+    cached), else None. ``looked``: the caller looked the cache up already (``hit``);
+    ``step``: what the rung is (a gate's retake: its variants carry a new seed)."""
     if not force and not looked:
         hit = RenderCache(rt).lookup([variants])[0]
     if force or hit is None:
-        d.wait(kind, priority, scene_id, shot_id, Rung(tuple(variants)))
+        d.wait(kind, priority, scene_id, shot_id, Rung(tuple(variants), step=step))
         return None
     job, entry = hit
     job = replace(job, attempt=0, node=None)
     clip = place_file(Path(entry["clip"]), shot_dir(rt.settings.storage, scene_id, shot_id)
-                  / f"{kind}.mp4")  # fmt: skip
+                      / clip_name(job))  # fmt: skip
     rt.state.log_attempt(scene_id, shot_id, {
         **_attempt(job, "cached", 0.0), "node": entry.get("node"), "cache_key": entry["key"],
         "source": f"{entry['scene']}/{entry['shot']}", "workflow": job.workflow,

@@ -43,6 +43,7 @@ PLAIN = frozenset(
         "cancel",
         "paused",
         "force",
+        "scoring",
     }
 )
 NUMBERS: dict[str, type] = {
@@ -57,6 +58,7 @@ NUMBERS: dict[str, type] = {
     "attempt": int,
     "slot": int,
     "retries": int,
+    "take": int,
 }
 
 
@@ -75,6 +77,7 @@ class ShotState(StrEnum):
     QUEUED = "queued"  # waiting in the backlog, or bound to a node's queue
     RUNNING = "running"
     RETRYING = "retrying"
+    SCORING = "scoring"  # rendered; the quality gate scores the take (farm.gate)
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -371,6 +374,8 @@ class FarmState:
                 "fallback": s.get("fallback"),
                 "cache_hit": s.get("cache_hit", False),
                 "retries": s.get("retries", 0),
+                "take": s.get("take", 0),
+                "gate": s.get("gate"),
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),
             }

@@ -122,6 +122,8 @@ def retry(rt: Runtime, scene_id: str, shot_ids: list[str] | None = None) -> list
                           progress=0.0, error=None, used_fallback=False, primary_error=None,
                           fallback=None, attempt=0, cache_hit=False, force="1",
                           retries=int(shots[shot_id].get("retries") or 0) + 1,
+                          take=int(shots[shot_id].get("take") or 0) + 1, takes=[], gate=None,
+                          scoring="", pending_take=None,
                           kind=planned[shot_id][0].kind)  # fmt: skip
     state.update_scene(scene_id, "scene_retry", state=SceneState.QUEUED, error=None)
     d = Dispatcher(rt, app)

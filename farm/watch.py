@@ -26,10 +26,30 @@ STATE_STYLE = {
 }
 
 
+GATE_STYLE = {"passed": "green", "kept_best": "yellow", "retaking": "yellow",
+              "unscored": "red", "not_gated": "dim"}  # fmt: skip
+
+
+def gate_text(gate: dict[str, Any] | None) -> Text:
+    """The quality gate's decision on a shot, in a few words."""
+    if not gate:
+        return Text("-", style="dim")
+    decision = gate.get("decision", "")
+    takes, kept = gate.get("takes", 0), gate.get("kept")
+    words = {
+        "passed": f"passed (take {kept})" if kept else "passed",
+        "kept_best": f"kept take {kept} of {takes}",
+        "retaking": f"take {len(gate.get('reasons', [])) + 1} of {gate.get('takes_allowed')}",
+        "unscored": "unscored",
+        "not_gated": "scored",
+    }.get(decision, decision)
+    return Text(words, style=GATE_STYLE.get(decision, ""))
+
+
 def render_status(status: dict[str, Any]) -> Group:
     """A table of the scene's shots with progress bars."""
     table = Table(expand=False, box=None, pad_edge=False)
-    for col in ("shot", "state", "node", "try", "progress", ""):
+    for col in ("shot", "state", "node", "try", "progress", "gate", ""):
         table.add_column(col)
     for shot in status["shots"]:
         style = STATE_STYLE.get(shot["state"] or "", "")
@@ -41,6 +61,7 @@ def render_status(status: dict[str, Any]) -> Group:
             node,
             str(shot.get("attempts", 0)),
             ProgressBar(total=1.0, completed=float(shot.get("progress") or 0), width=24),
+            gate_text(shot.get("gate")),
             Text(note[:70], style="red") if note else "",
         )
     title = Text.assemble(

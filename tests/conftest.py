@@ -115,9 +115,13 @@ def _point(env: dict[str, str]) -> None:
     settings._current = None
     runtime._runtime = None
     app.conf.update(celery_config(settings.get_settings()))
-    if app._pool is not None:  # connections made for another Redis
-        app._pool.force_close_all()
+    # connections made for another Redis: kombu keeps its pools per connection, globally,
+    # so close and forget them all (a closed pool left behind fails every later publish)
+    from kombu import pools
+
+    pools.reset()
     app._pool = None
+    app.amqp._producer_pool = None
     app.amqp._producer_pool = None
     app._backend_cache = None
     vars(app._local).pop("backend", None)

@@ -143,3 +143,11 @@ def test_startup_seconds_count_comfyui_s_text_encoder_and_vae():
     got = startup_seconds({"c": "comfyui", "w": "wan2gp"}, {"c": 2.0, "w": 0.5}, load_s=1.0)
     assert got["w"] == pytest.approx(2.0)
     assert got["c"] == pytest.approx((1.0 + 0.3 + 0.05) / 2.0)
+
+
+def test_scoring_bench_runs_on_a_small_clip(capsys):
+    from bench.scoring import main
+
+    main(["--frames", "9", "--width", "160", "--height", "96", "--repeat", "1", "--processes", "1"])
+    out = capsys.readouterr().out
+    assert "frames/s/core" in out and "decode" in out

@@ -76,8 +76,8 @@ def test_an_identical_request_is_served_from_the_cache(rt, farm_cluster, tmp_pat
     assert not {prompt_id_for(replace(j, attempt=1)) for j in planned} & ran
     assert prompts_on_nodes(farm_cluster) == ran
     assert Path(status["outputs"]["video"]).is_file()  # assembled from the cached clips
-    report = json.loads(Path(status["outputs"]["metrics"]).read_text())
-    assert all(p["cache_hit"] for p in report["provenance"].values())
+    report = json.loads(Path(status["outputs"]["report"]).read_text())
+    assert all(s["provenance"]["cache_hit"] for s in report["shots"])
 
 
 def test_what_changes_the_request_renders_and_force_renders_anyway(rt, tmp_path):

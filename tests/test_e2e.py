@@ -95,7 +95,7 @@ def test_a_scene_renders_assembles_and_scores(rt):
     cap = cv2.VideoCapture(status["outputs"]["video"])
     ok, frame = cap.read()
     assert ok and frame.shape == (192, 320, 3) and frame.std() > 5  # real picture, not a blank
-    report = json.loads(Path(status["outputs"]["metrics"]).read_text())
+    report = json.loads(Path(status["outputs"]["report"]).read_text())
     shots = {s["id"]: s for s in report["shots"]}
     for shot_id in ("t2v", "i2v", "ati", "hy"):
         scores = shots[shot_id]["scores"]

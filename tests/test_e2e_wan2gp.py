@@ -75,7 +75,7 @@ def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt):
     assert "image_start" in embedded_settings(shots["fantasy"]["outputs"]["final"])
     video = probe(Path(status["outputs"]["video"]))
     assert video.width == 320 and video.frames > 0
-    assert json.loads(Path(status["outputs"]["metrics"]).read_text())["shots"]
+    assert json.loads(Path(status["outputs"]["report"]).read_text())["shots"]
 
 
 def test_out_of_memory_on_wangp_retries_with_a_lower_memory_profile(rt):

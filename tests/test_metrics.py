@@ -2,32 +2,49 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
 from farm.emulators.synth import ClipSpec, synthesize
 from farm.errors import InvalidInput
-from farm.media import write_video
-from farm.metrics import score_clip, score_scene
+from farm.media import read_video, write_video
+from farm.metrics import score_clip, score_loaded, score_scene
+from farm.metrics.frames import Clip
 
 W, H, N, FPS = 320, 192, 33, 16
 
 
-def path(jitter: float = 0.0) -> list[tuple[float, float]]:
-    """A smooth curve at ~3 px/frame, optionally with uniform +-jitter px per frame."""
-    t = np.linspace(0, 1, N)
+def path(jitter: float = 0.0, frames: int = N) -> list[tuple[float, float]]:
+    """A smooth curve at ~3 px/frame (over N frames), optionally with uniform +-jitter px
+    per frame; ``frames`` samples it more finely."""
+    t = np.linspace(0, 1, frames)
     pts = np.stack([W * (0.25 + 0.3 * t), H * (0.55 + 0.2 * np.sin(np.pi * t))], 1)
     if jitter:
         pts += np.random.default_rng(1).uniform(-jitter, jitter, pts.shape)
     return [(float(x), float(y)) for x, y in pts]
 
 
-def render(track, seed: int = 3, width: int = W) -> list[np.ndarray]:
-    return list(synthesize(ClipSpec(width, H, N, FPS, seed, "", tracks=(tuple(track),))))
+def render(track, seed: int = 3, width: int = W, frames: int = N) -> list[np.ndarray]:
+    return list(synthesize(ClipSpec(width, H, frames, FPS, seed, "", tracks=(tuple(track),))))
 
 
 def held(frames):
     return [frames[k - 1] if k % 4 == 3 else f for k, f in enumerate(frames)]
+
+
+LONG = N * 4 // 3 + 1
+KEPT = [k for k in range(LONG) if k % 4 != 3][:N]  # N frames, every 4th of LONG dropped
+
+
+def dropped() -> list[np.ndarray]:
+    """A LONG-frame render with every 4th frame removed: the object jumps."""
+    frames = render(path(frames=LONG), frames=LONG)
+    return [frames[k] for k in KEPT]
+
+
+def dropped_path() -> list[tuple[float, float]]:
+    return [path(frames=LONG)[k] for k in KEPT]
 
 
 def scaled(frames, gain):
@@ -50,11 +67,13 @@ def clips(tmp_path_factory):
         "jitter3": render(path(3)),
         "jitter8": render(path(8)),
         "held": held(smooth),
+        "dropped": dropped(),
         "gain": scaled(smooth, lambda k: 1.06 if k % 2 else 0.94),
         "fade": scaled(smooth, lambda k: 1 - 0.4 * k / N),
         "cut": smooth[: N // 2] + render(path(), seed=99)[N // 2 :],
         "static": render([path()[0]]),
         "pan": panned(),
+        "blurred": [cv2.GaussianBlur(f, (0, 0), 2) for f in smooth],
     }
     paths = {}
     for name, frames in variants.items():
@@ -65,7 +84,8 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scores(clips):
-    return {name: score_clip(p, [path()]) for name, p in clips.items()}
+    tracks = {"dropped": dropped_path()}
+    return {name: score_clip(p, [tracks.get(name, path())]) for name, p in clips.items()}
 
 
 def score(scores, name, metric):
@@ -79,9 +99,12 @@ def test_result_shape_and_ranges(scores):
     json.dumps(result)  # JSON-serialisable
     for r in scores.values():
         assert set(r["scores"]) == {
-            "motion_smoothness", "temporal_flicker", "visual_consistency", "trajectory_adherence"
+            "motion_smoothness", "temporal_flicker", "visual_consistency", "trajectory_adherence",
+            "dynamic_degree", "sharpness",
         }  # fmt: skip
+        assert set(r["raw"]) == set(r["scores"])
         assert all(0.0 <= v <= 1.0 and isinstance(v, float) for v in r["scores"].values())
+    assert {"decode", "features", "flow", "sharpness"} <= set(result["stage_seconds"])
 
 
 def test_smoothness_orders_jitter_and_held_frames(scores):
@@ -91,6 +114,7 @@ def test_smoothness_orders_jitter_and_held_frames(scores):
     assert smooth > 0.9
     assert smooth > 1.5 * j3 and j3 > 1.2 * j8
     assert score(scores, "held", "motion_smoothness") < 0.7 * smooth
+    assert score(scores, "dropped", "motion_smoothness") < 0.7 * smooth
 
 
 def test_static_clip_is_perfectly_smooth(scores):
@@ -118,7 +142,7 @@ def test_gain_flicker_is_penalised_and_a_fade_is_not(scores):
 
 def test_cut_is_found_at_the_right_frame(scores):
     assert scores["cut"]["cuts"] == [N // 2]
-    for name in ("smooth", "pan", "gain", "fade", "jitter8"):
+    for name in ("smooth", "pan", "gain", "fade", "jitter8", "held", "dropped", "blurred"):
         assert scores[name]["cuts"] == [], name
     assert score(scores, "cut", "visual_consistency") < score(
         scores, "smooth", "visual_consistency"
@@ -133,7 +157,27 @@ def test_pan_is_motion_compensated_in_consistency(scores):
 def test_only_the_pan_is_dynamic(scores):
     dynamic = {n for n, r in scores.items() if r["raw"]["dynamic_degree"]["dynamic"]}
     assert "pan" in dynamic
-    assert not dynamic & {"smooth", "static", "jitter3", "held", "gain", "fade"}
+    assert not dynamic & {"smooth", "static", "jitter3", "held", "dropped", "gain", "fade"}
+    pan = score(scores, "pan", "dynamic_degree")
+    assert pan > 0.5 and pan > 4 * score(scores, "smooth", "dynamic_degree")
+    assert score(scores, "static", "dynamic_degree") == 0.0
+
+
+def test_sharpness_drops_with_blur(scores):
+    smooth, blurred = (score(scores, n, "sharpness") for n in ("smooth", "blurred"))
+    assert smooth > 2 * blurred
+    raw = {n: scores[n]["raw"]["sharpness"] for n in ("smooth", "blurred")}
+    assert raw["smooth"]["laplacian_var"] > 5 * raw["blurred"]["laplacian_var"]
+    for name in ("jitter8", "held", "dropped", "static"):  # motion defects are not blur
+        assert score(scores, name, "sharpness") > 0.9 * smooth, name
+
+
+def test_sharpness_finds_the_one_blurred_frame(clips, tmp_path):
+    frames, fps = read_video(clips["smooth"])
+    frames[20] = cv2.GaussianBlur(frames[20], (0, 0), 2)
+    raw = score_loaded(Clip(frames, fps))["raw"]["sharpness"]
+    assert raw["min_frame"] == 20
+    assert raw["laplacian_var_min"] < 0.3 * raw["laplacian_var"]
 
 
 def test_adherence_on_and_off_path(clips, scores):
@@ -146,6 +190,22 @@ def test_adherence_on_and_off_path(clips, scores):
     raw = scores["smooth"]["raw"]["trajectory_adherence"]
     assert raw["objmc_px"] < 1.5 and raw["lost_fraction"] == 0.0
     assert off["raw"]["trajectory_adherence"]["objmc_px"] > 20 * raw["objmc_px"]
+
+
+def test_tracks_give_target_and_tracked_paths(clips, scores):
+    (track,) = scores["smooth"]["tracks"]
+    assert set(track) == {"target", "tracked", "lost"}
+    target, tracked = np.array(track["target"]), np.array(track["tracked"])
+    assert target.shape == tracked.shape == (N, 2)
+    assert np.allclose(target, np.round(target, 1)) and np.allclose(tracked, np.round(tracked, 1))
+    assert target[0] == pytest.approx(path()[0], abs=0.05)
+    assert track["lost"] == []
+    assert np.hypot(*(tracked - target).T).max() < 2.0  # on path
+    start = path()[0]
+    mirrored = [(2 * start[0] - x, 2 * start[1] - y) for x, y in path()]
+    (off,) = score_clip(clips["smooth"], [mirrored])["tracks"]
+    assert np.median(np.hypot(*(np.array(off["tracked"]) - np.array(off["target"])).T)) > 20
+    assert "tracks" not in score_clip(clips["static"])
 
 
 def test_adherence_degrades_with_jitter(scores):

@@ -104,7 +104,11 @@ def test_start_image_is_frame_zero_and_the_background():
     diff = np.abs(frames[0].astype(int) - image.astype(int)).sum(axis=2)
     yy, xx = np.mgrid[0:H, 0:W]
     subject = np.hypot(xx - track[0][0], yy - track[0][1]) <= min(W, H) / 10 + 3
-    assert diff[~subject].max() == 0  # frame 0 is the start image, but for the tracked subject
+    banner = int(((frames[0][:, :, 0] == 16).mean(axis=1) > 0.5).argmin())  # the prompt strip
+    top = frames[0][:banner].astype(int)
+    assert banner > 0 and np.abs(frames[1][:banner] - top).mean() < 3  # the same banner
+    subject[:banner] = True
+    assert diff[~subject].max() == 0  # frame 0 is the start image, but for the subject and banner
     assert diff[subject].mean() > 10  # which stands out from its surroundings
     later = frames[-1][H // 2 :, : W // 3].astype(int)  # away from the disk and banner
     assert np.abs(later - image[H // 2 :, : W // 3].astype(int)).mean() < 5
@@ -115,7 +119,8 @@ def test_start_image_of_another_shape_is_cover_cropped():
     image[:, :200] = 255
     frames = render(spec(start_image=image, frames=2))
     assert frames[0].shape == (H, W, 3)
-    assert frames[0][:, : W // 2 - 5].min() > 200 and frames[0][:, W // 2 + 5 :].max() < 50
+    below = frames[0][H // 4 :]  # under the prompt banner
+    assert below[:, : W // 2 - 5].min() > 200 and below[:, W // 2 + 5 :].max() < 50
 
 
 def test_start_image_is_not_part_of_equality():

@@ -36,7 +36,7 @@ from farm.emulators.comfy_nodes import (
     signature,
 )
 from farm.emulators.comfy_runners import Dirs, GpuState, Interrupted, NodeFailure
-from farm.emulators.profile import Fault, NodeProfile, Pace, fault_hits
+from farm.emulators.profile import Fault, NodeProfile, Pace, fault_hits, shake_px
 
 log = logging.getLogger("farm.emulators.comfyui")
 
@@ -92,6 +92,7 @@ class Node(Protocol):
     hub: Sockets
     cache: dict[str, CacheEntry]
     faults: Mapping[str, Fault]
+    takes_seen: dict[str, int]  # renders per request (the ``jitter`` fault's takes)
     interrupted: bool
     client_id: str | None
     last_node_id: str | None
@@ -237,6 +238,9 @@ class RunContext:
 
     async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+    def shake(self, request: str) -> float:
+        return shake_px(self.run.node.faults, request, self.run.node.takes_seen)
 
 
 class JobRun:

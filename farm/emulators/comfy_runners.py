@@ -10,6 +10,7 @@ with ComfyUI's naming rule. The class definitions that point at these runners li
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import time
@@ -197,6 +198,9 @@ class NodeContext(Protocol):
 
     async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work in a worker thread."""
+
+    def shake(self, request: str) -> float:
+        """Camera shake (px) of this render of ``request`` (the ``jitter`` fault), or 0."""
 
 
 Runner = Callable[..., Awaitable[Output]]
@@ -432,6 +436,14 @@ def clip_spec(latent: Latent, cond: Conditioning, seed: int, fps: float) -> Clip
     )
 
 
+def request_key(spec: ClipSpec) -> str:
+    """Everything ``spec``'s clip depends on except its seed: a take of the same request."""
+    h = hashlib.sha256(repr(replace(spec, seed=0, start_image=None)).encode())
+    if spec.start_image is not None:
+        h.update(np.ascontiguousarray(spec.start_image).tobytes())
+    return h.hexdigest()[:16]
+
+
 def preview_jpeg(spec: ClipSpec, step: int, steps: int) -> bytes:
     """A JPEG preview of ``spec`` at ``step``, rendered at preview size to stay cheap."""
     scale = min(1.0, PREVIEW_SIDE / max(spec.width, spec.height))
@@ -483,6 +495,7 @@ async def ksampler(
             "torch.OutOfMemoryError", oom_message(model.size, ctx.profile.vram_gb, load)
         )
     spec = clip_spec(lat, positive, seed, ctx.fps)
+    spec = replace(spec, shake=ctx.shake(request_key(spec)))
     fail_at = failure_step(ctx.profile, ctx.prompt_id, steps)
     tick = step_seconds(ctx.profile, lat.width, lat.height, lat.length, lat.batch)
     frames = asyncio.ensure_future(ctx.cpu(render_frames, spec, lat.batch))

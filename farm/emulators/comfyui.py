@@ -235,6 +235,8 @@ class EmulatedNode:
     #: the active faults (the profile's until ``PUT /emulator/faults``) and POSTs per prompt id
     faults: Mapping[str, Fault] = field(init=False)
     posts: Counter[str] = field(default_factory=Counter)
+    #: renders per request, seed aside (the ``jitter`` fault shakes a request's first takes)
+    takes_seen: dict[str, int] = field(default_factory=dict)
     #: every prompt execution started (the emulator-only ``GET /emulator/jobs``)
     jobs: JobLog = field(default_factory=lambda: JobLog(None))
 

@@ -8,7 +8,8 @@ A profile is a JSON file (see ``deploy/nodes/*.json`` and docs/emulators.md)::
      "faults": {"hang": {"rate": 0.1, "at_step": 2}}}
 
 ``faults`` (optional) injects node failures for tests: ``crash``, ``hang``, ``slow``,
-``http_500`` and ``ws_drop`` (see docs/emulators.md, "Fault injection").
+``http_500``, ``ws_drop`` and ``jitter`` (a shaky camera on a request's first takes; see
+docs/emulators.md, "Fault injection").
 
 The cost models are pure functions of the profile and the job, so tests need no server.
 """
@@ -52,21 +53,29 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "slow": ("rate", "factor"),
     "http_500": ("rate",),
     "ws_drop": ("rate", "at_step"),
+    "jitter": ("rate", "px", "takes"),
 }
 _FAULT_FIXES = {
     "rate": "a fraction between 0 and 1, e.g. 0.5 (default 1.0)",
     "at_step": "a sampler step >= 1 (a whole number), e.g. 2 (default 1)",
     "factor": "a slowdown multiplier > 0, e.g. 4.0 (default 4.0)",
+    "px": "a camera shake in pixels > 0, e.g. 6.0 (default 6.0)",
+    "takes": "how many takes of a request are shaken, a whole number >= 1 (default 1)",
 }
+#: settings that are whole numbers
+_INT_SETTINGS = ("at_step", "takes")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault: the share of prompts it hits, and its step or slowdown factor."""
+    """One injected fault: the share of prompts it hits, and its step, slowdown factor,
+    or camera shake (``px``, on the first ``takes`` renders of a request)."""
 
     rate: float = 1.0
     at_step: int = 1
     factor: float = 4.0
+    px: float = 6.0
+    takes: int = 1
 
 
 @dataclass(frozen=True)
@@ -210,13 +219,13 @@ def _parse_faults(raw: Any, problems: list[str]) -> dict[str, Fault]:
                 )
         if len(problems) == before:
             faults[name] = Fault(
-                **{k: settings[k] if k == "at_step" else float(settings[k]) for k in settings}
+                **{k: settings[k] if k in _INT_SETTINGS else float(settings[k]) for k in settings}
             )
     return faults
 
 
 def _fault_setting_ok(key: str, value: Any) -> bool:
-    if key == "at_step":
+    if key in _INT_SETTINGS:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
     if not _is_number(value):
         return False
@@ -335,6 +344,18 @@ def fault_hits(faults: Mapping[str, Fault], name: str, prompt_id: str) -> Fault 
     """Fault ``name`` if it hits prompt ``prompt_id`` (deterministic per id, like failures)."""
     fault = faults.get(name)
     return fault if fault is not None and unit_hash(name, prompt_id) < fault.rate else None
+
+
+def shake_px(faults: Mapping[str, Fault], request: str, takes_seen: dict[str, int]) -> float:
+    """Camera shake (px) the ``jitter`` fault puts on this render of ``request`` (a key of
+    everything the clip depends on but its seed), counting it in ``takes_seen``: a request
+    is shaken on its first ``takes`` renders, so a re-render with a new seed comes out
+    steady. 0.0 when the fault is off or misses the request."""
+    takes_seen[request] = seen = takes_seen.get(request, 0) + 1
+    fault = faults.get("jitter")
+    if fault is None or unit_hash("jitter", request) >= fault.rate or seen > fault.takes:
+        return 0.0
+    return fault.px
 
 
 def http_500_hits(faults: Mapping[str, Fault], prompt_id: str, attempt: int) -> bool:

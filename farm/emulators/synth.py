@@ -3,6 +3,7 @@
 A clip is a seeded, non-periodic textured background (or the start image) seen through a
 camera that follows the moves named in the prompt, one textured disk per trajectory (or
 one on a seeded curve), the prompt in a banner at the top, and a little sensor noise.
+With a start image, frame 0 is that image (under the banner, without noise).
 The same :class:`ClipSpec` always gives the same frames.
 """
 
@@ -57,6 +58,7 @@ class ClipSpec:
     prompt: str
     tracks: tuple[tuple[tuple[float, float], ...], ...] = ()
     start_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    shake: float = 0.0  # camera shake: a seeded random offset of up to +-shake px per frame
 
 
 def camera_moves(prompt: str) -> list[str]:
@@ -240,6 +242,9 @@ class _Renderer:
                 lead = 0.6 * (self.paths[0][k] - self.paths[0][0])
                 dx += float(np.clip(lead[0], -PAN * spec.width, PAN * spec.width))
                 dy += float(np.clip(lead[1], -PAN * spec.height, PAN * spec.height))
+        if spec.shake and k > 0:
+            jx, jy = _rng(spec.seed, "shake", k).uniform(-spec.shake, spec.shake, 2)
+            dx, dy = dx + jx, dy + jy
         if scale == 1.0 and dx == 0.0 and dy == 0.0:
             return None
         cx, cy = (spec.width - 1) / 2, (spec.height - 1) / 2
@@ -262,7 +267,7 @@ class _Renderer:
                 self.texture, camera, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT_101
             )
         first_of_image = k == 0 and self.start is not None
-        if self.banner is not None and not first_of_image:
+        if self.banner is not None:  # on every frame: it must not flicker in and out
             out[: self.banner.shape[0]] = self.banner
         for path, sprite in zip(self.paths, self.sprites, strict=True):
             _stamp(out, sprite, self.alpha, *path[k])

@@ -8,6 +8,7 @@ mapped to a 256x256 frame; the share within 1, 2, 4, 8 and 16 px, averaged), whi
 score, plus ObjMC (mean error) in pixels and divided by the frame diagonal. Frame 0 (where
 tracking starts) and targets outside the frame are not scored; lost frames count as misses
 for delta_avg and at their last known position for ObjMC.
+The paths themselves (target, tracked, lost frames) are returned for drawing.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import math
 import cv2
 import numpy as np
 
-from farm.metrics.features import LK_WIN
 from farm.metrics.frames import Clip
 from farm.trajectory import Track, track_at
 
 TEMPLATE = 31
+LK_WIN = (21, 21)
+LK_MARGIN = 2 * LK_WIN[0] + 8  # px around the points of the patch LK refines in
 LOST_BELOW = 0.5
 LK_ACCEPT_PX = 3.0
 THRESHOLDS = (1, 2, 4, 8, 16)
@@ -64,13 +66,21 @@ def _ncc(prev: np.ndarray, cur: np.ndarray, at: np.ndarray, radius: int) -> tupl
 
 
 def _refine(clip: Clip, ref: int, k: int, ref_pos: np.ndarray, hit: np.ndarray) -> np.ndarray:
-    p0 = ref_pos.reshape(1, 1, 2).astype(np.float32)
-    guess = hit.reshape(1, 1, 2).astype(np.float32)
+    """LK from ``ref_pos`` in frame ``ref`` to near ``hit`` in frame k, on the gain-matched
+    patch of both frames that holds the two points (an even corner keeps LK's pyramid
+    levels aligned with the whole frame's)."""
+    lo = np.maximum(np.floor(np.minimum(ref_pos, hit)).astype(int) - LK_MARGIN, 0) & ~1
+    hi = np.maximum(np.ceil(np.maximum(ref_pos, hit)).astype(int) + LK_MARGIN, 0)
+    box = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    if min(clip.gray[k][box].shape) < LK_WIN[0]:
+        return hit  # the points are off the frame: nothing to refine on
+    prev, cur = clip.matched(clip.gray[ref][box], ref), clip.matched(clip.gray[k][box], k)
+    p0 = (ref_pos - lo).reshape(1, 1, 2).astype(np.float32)
+    guess = (hit - lo).reshape(1, 1, 2).astype(np.float32)
     p1, st, _ = cv2.calcOpticalFlowPyrLK(
-        clip.gray_matched[ref], clip.gray_matched[k], p0, guess,
-        winSize=LK_WIN, maxLevel=1, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-    )  # fmt: skip
-    p1 = p1.reshape(2).astype(np.float64)
+        prev, cur, p0, guess, winSize=LK_WIN, maxLevel=1, flags=cv2.OPTFLOW_USE_INITIAL_FLOW
+    )
+    p1 = p1.reshape(2).astype(np.float64) + lo
     if st[0, 0] == 1 and np.linalg.norm(p1 - hit) <= LK_ACCEPT_PX:
         return p1
     return hit
@@ -78,15 +88,18 @@ def _refine(clip: Clip, ref: int, k: int, ref_pos: np.ndarray, hit: np.ndarray) 
 
 def trajectory_adherence(
     clip: Clip, tracks: list[Track], canvas: tuple[int, int] | None = None
-) -> tuple[float | None, dict]:
-    """delta_avg score (None when no target point is visible) and raw values."""
+) -> tuple[float | None, dict, list[dict]]:
+    """delta_avg score (None when no target point is visible), raw values, and per track
+    ``{"target", "tracked", "lost"}``: positions per frame in clip pixels (0.1 px) and
+    the indices of the frames where the object was lost."""
     w, h = clip.width, clip.height
     cw, ch = canvas or (w, h)
     scale = (w / cw, h / ch)
-    errors_256, errors_px, lost_all = [], [], []
+    errors_256, errors_px, lost_all, paths = [], [], [], []
     for track in tracks:
         target = targets(track, len(clip), scale)
         pos, lost = follow(clip, target)
+        paths.append(path_record(target, pos, lost))
         d = pos - target
         visible = (target[:, 0] >= 0) & (target[:, 0] < w) & (target[:, 1] >= 0)
         visible &= target[:, 1] < h
@@ -97,7 +110,8 @@ def trajectory_adherence(
         lost_all.append(lost[visible])
     e256 = np.concatenate(errors_256) if errors_256 else np.zeros(0)
     if e256.size == 0:
-        return None, {"tracks": len(tracks), "points": 0, "note": "no visible target points"}
+        raw = {"tracks": len(tracks), "points": 0, "note": "no visible target points"}
+        return None, raw, paths
     epx, lost = np.concatenate(errors_px), np.concatenate(lost_all)
     within = {f"within_{t}px": float((e256 < t).mean()) for t in THRESHOLDS}
     delta = float(np.mean(list(within.values())))
@@ -111,4 +125,13 @@ def trajectory_adherence(
         "objmc_norm": objmc / math.hypot(w, h),
         "lost_fraction": float(lost.mean()),
     }
-    return delta, raw
+    return delta, raw, paths
+
+
+def path_record(target: np.ndarray, tracked: np.ndarray, lost: np.ndarray) -> dict:
+    """One track's paths for a report, JSON-ready, coordinates rounded to 0.1 px."""
+    return {
+        "target": np.round(target, 1).tolist(),
+        "tracked": np.round(tracked, 1).tolist(),
+        "lost": np.flatnonzero(lost).tolist(),
+    }

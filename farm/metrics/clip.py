@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from farm.metrics.adherence import trajectory_adherence
 from farm.metrics.consistency import visual_consistency
@@ -13,7 +14,24 @@ from farm.metrics.flicker import temporal_flicker
 from farm.metrics.flow import Flows
 from farm.metrics.frames import Clip, load_clip
 from farm.metrics.motion import dynamic_degree, motion_smoothness
+from farm.metrics.sharpness import sharpness
 from farm.trajectory import Track, parse_tracks
+
+T = TypeVar("T")
+
+
+class Stages:
+    """Seconds spent per named stage of one scoring pass."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def score_clip(
@@ -21,14 +39,16 @@ def score_clip(
     trajectories: list[Track] | None = None,
     canvas: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Scores (each 0..1, higher is better), raw values and cut candidates of a video file.
+    """Scores (each 0..1), raw values, cut candidates and seconds per stage of a video file.
 
     ``trajectories`` are in pixels of a ``canvas`` (width, height) that defaults to the
     clip's own size; with them the result also has ``trajectory_adherence`` (unless no
-    target point is ever visible after frame 0: then only ``raw`` says so).
+    target point is ever visible after frame 0: then only ``raw`` says so) and ``tracks``,
+    the target and tracked path of each trajectory.
     """
-    start = time.perf_counter()
-    return score_loaded(load_clip(Path(path)), trajectories, canvas, start)
+    start, stages = time.perf_counter(), Stages()
+    clip = stages.run("decode", load_clip, Path(path))
+    return score_loaded(clip, trajectories, canvas, start, stages)
 
 
 def score_loaded(
@@ -36,28 +56,31 @@ def score_loaded(
     trajectories: list[Track] | None = None,
     canvas: tuple[int, int] | None = None,
     start: float | None = None,
+    stages: Stages | None = None,
 ) -> dict[str, Any]:
     """:func:`score_clip` for an already decoded clip."""
     start = time.perf_counter() if start is None else start
-    tracks = track_features(clip)
-    flows = Flows(clip)
-    smooth, smooth_raw = motion_smoothness(tracks)
-    flicker, flicker_raw = temporal_flicker(clip, flows)
-    consistency, consistency_raw, cuts = visual_consistency(clip, tracks)
-    scores = {
-        "motion_smoothness": smooth,
-        "temporal_flicker": flicker,
-        "visual_consistency": consistency,
-    }
-    raw: dict[str, Any] = {
-        "motion_smoothness": smooth_raw,
-        "temporal_flicker": flicker_raw,
-        "visual_consistency": consistency_raw,
-        "dynamic_degree": dynamic_degree(clip, flows),
-    }
+    stages = stages or Stages()
+    stages.run("prepare", _prepare, clip)
+    tracks = stages.run("features", track_features, clip)
+    flows = stages.run("flow", _flows, clip)
+    scores: dict[str, float] = {}
+    raw: dict[str, Any] = {}
+    for name, fn, args in (
+        ("motion_smoothness", motion_smoothness, (tracks,)),
+        ("temporal_flicker", temporal_flicker, (clip, flows)),
+        ("dynamic_degree", dynamic_degree, (clip, flows)),
+        ("sharpness", sharpness, (clip,)),
+    ):
+        scores[name], raw[name] = stages.run(name, fn, *args)
+    consistency, raw["visual_consistency"], cuts = stages.run(
+        "visual_consistency", visual_consistency, clip, tracks
+    )
+    scores["visual_consistency"] = consistency
+    result: dict[str, Any] = {}
     if trajectories:
-        adherence, raw["trajectory_adherence"] = trajectory_adherence(
-            clip, parse_tracks(trajectories), canvas
+        adherence, raw["trajectory_adherence"], result["tracks"] = stages.run(
+            "trajectory_adherence", trajectory_adherence, clip, parse_tracks(trajectories), canvas
         )
         if adherence is not None:
             scores["trajectory_adherence"] = adherence
@@ -69,5 +92,20 @@ def score_loaded(
         "scores": {k: min(1.0, max(0.0, float(v))) for k, v in scores.items()},
         "raw": raw,
         "cuts": cuts,
+        **result,
         "seconds": round(time.perf_counter() - start, 4),
+        "stage_seconds": {k: round(v, 4) for k, v in stages.seconds.items()},
     }
+
+
+def _prepare(clip: Clip) -> None:
+    """The shared derived frames: half-size, gain-matched, grey thumbnails."""
+    _ = clip.half_matched, clip.gray_thumbs
+
+
+def _flows(clip: Clip) -> Flows:
+    """Flows between consecutive frames, which every flow-based metric shares."""
+    flows = Flows(clip)
+    for t in range(1, len(clip)):
+        flows(t, t - 1)
+    return flows

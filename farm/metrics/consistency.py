@@ -15,7 +15,7 @@ import numpy as np
 
 from farm.metrics.features import FeatureTracks
 from farm.metrics.frames import Clip
-from farm.metrics.image import gray, hist_corr, hsv_hist, ssim
+from farm.metrics.image import hist_corr, hsv_hist, ssim
 
 CUT_BELOW = 0.5
 MIN_POINTS = 6
@@ -35,7 +35,7 @@ def global_motion(tracks: FeatureTracks, t: int) -> np.ndarray | None:
 
 def compensated_ssim(clip: Clip, tracks: FeatureTracks, t: int) -> float:
     """SSIM of thumbnail t with thumbnail t-1 moved by the global motion."""
-    prev, cur = gray(clip.thumbs[t - 1]), gray(clip.thumbs[t])
+    prev, cur = clip.gray_thumbs[t - 1], clip.gray_thumbs[t]
     m = global_motion(tracks, t)
     if m is None:
         return ssim(prev, cur)

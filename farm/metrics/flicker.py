@@ -30,24 +30,24 @@ def warping_error(clip: Clip, flows: Flows) -> tuple[float, float]:
     if len(clip) < 2:
         return 1.0, 0.0
     h, w = clip.half[0].shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     errors = []
     for t in range(len(clip) - 1):
-        flow = flows(t + 1, t)
-        mx, my = gx + flow[..., 0], gy + flow[..., 1]
-        warped = cv2.remap(clip.half[t], mx, my, cv2.INTER_LINEAR)
-        inside = (mx >= 0) & (my >= 0) & (mx <= w - 1) & (my <= h - 1)
-        diff = cv2.absdiff(clip.half[t + 1], warped)[inside]
-        errors.append(_trimmed_mean(diff))
+        where = flows.grid + flows(t + 1, t)
+        warped = cv2.remap(clip.half[t], where, None, cv2.INTER_LINEAR)
+        inside = cv2.inRange(where, (0.0, 0.0), (w - 1.0, h - 1.0))
+        diff = cv2.absdiff(clip.half[t + 1], warped)
+        errors.append(trimmed_mean(cv2.calcHist([diff], [0], inside, [256], [0, 256]).ravel()))
     error = float(np.mean(errors))
     return (255.0 - error) / 255.0, error
 
 
-def _trimmed_mean(values: np.ndarray) -> float:
-    if values.size == 0:
+def trimmed_mean(counts: np.ndarray) -> float:
+    """Mean of the values 0..255 counted in ``counts``, without the largest ``TRIM``."""
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    if total == 0:
         return 0.0
-    counts = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    keep = values.size * (1 - TRIM)
+    keep = total * (1 - TRIM)
     kept = np.minimum(counts, np.maximum(keep - (np.cumsum(counts) - counts), 0))
     return float((kept * np.arange(256)).sum() / max(kept.sum(), 1.0))
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import cv2
 import numpy as np
 
 from farm.metrics.frames import Clip
 
 PRESET = cv2.DISOPTICAL_FLOW_PRESET_FAST
+REPLICATE = cv2.BORDER_REPLICATE
 
 
 class Flows:
@@ -25,3 +28,20 @@ class Flows:
             half = self.clip.half
             self._cache[key] = self._dis.calc(half[src], half[dst], None)
         return self._cache[key]
+
+    @cached_property
+    def grid(self) -> np.ndarray:
+        """(h, w, 2) pixel coordinates of a half-size frame: ``grid + flow`` is a remap map."""
+        h, w = self.clip.half[0].shape
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        return np.dstack([xs, ys])
+
+    def back(self, src: int, dst: int) -> np.ndarray:
+        """Flow from frame ``src`` back to an earlier frame ``dst``, chained from the
+        consecutive flows ``self(t, t - 1)`` (each computed once and shared)."""
+        flow = self(src, src - 1)
+        for t in range(src - 1, dst, -1):
+            where = self.grid + flow
+            step = cv2.remap(self(t, t - 1), where, None, cv2.INTER_LINEAR, borderMode=REPLICATE)
+            flow = flow + step
+        return flow

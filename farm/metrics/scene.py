@@ -50,7 +50,7 @@ def score_scene(shots: list[dict[str, Any]]) -> dict[str, Any]:
         canvas = tuple(shot["canvas"]) if shot.get("canvas") else None
         result = score_loaded(clip, shot.get("trajectories"), canvas)
         results.append({"id": shot_id, "path": str(shot["path"]), **result})
-        ends.append((clip.frames[0], clip.frames[-1]))
+        ends.append((clip.first, clip.last))
         del clip
     links = [
         {"from": a["id"], "to": b["id"], **continuity(ends[i][1], ends[i + 1][0])}

@@ -1,0 +1,952 @@
+"""The scene report: ``report.json`` and a self-contained ``report.html`` for artists.
+
+The page shows a contact sheet per shot, metric bars against the gate's thresholds,
+trajectory plots, the gate's decisions with every take, and provenance (backend, workflow,
+model, node, seed, attempts, timings). Images are embedded as ``data:`` URIs and the page
+loads nothing from anywhere (its Content-Security-Policy forbids it), so it opens from a
+folder, an e-mail attachment or an archive.
+
+Pure functions build the images (:func:`contact_strip`, :func:`trajectory_plot`) and the
+page (:func:`render_html`); :func:`write_report` writes both files. OpenCV is imported
+inside the functions that draw, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+JPEG_QUALITY = 80
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger files are shown as missing, not embedded
+
+# BGR colours of the trajectory plot
+TARGET_BGR = (255, 255, 0)  # cyan, dashed
+TRACKED_BGR = (0, 140, 255)  # orange, solid
+LOST_BGR = (0, 0, 255)  # red x
+DIM = 0.5  # the frame under a trajectory plot is darkened to this fraction
+
+#: metrics in the order they are shown; others follow alphabetically
+METRIC_ORDER = (
+    "motion_smoothness",
+    "temporal_flicker",
+    "visual_consistency",
+    "dynamic_degree",
+    "sharpness",
+    "trajectory_adherence",
+)
+#: raw values worth a glance under each metric's bar (others are under "all raw values")
+KEY_RAW = {
+    "motion_smoothness": ("median_residual_px", "median_speed_px", "moving_tracks"),
+    "temporal_flicker": ("pumping_index", "warping_error"),
+    "visual_consistency": ("hist_to_first_min", "ssim_to_prev_min"),
+    "dynamic_degree": ("dynamic", "moving_pairs", "pairs"),
+    "sharpness": ("laplacian_var",),
+    "trajectory_adherence": ("objmc_px", "lost_fraction", "delta_avg"),
+}
+#: gate decision -> (badge text, badge class); "{n}" is the number of takes
+GATE_BADGES = {
+    "passed": ("passed", "ok"),
+    "kept_best": ("kept best of {n}", "warn"),
+    "not_gated": ("not gated", "neutral"),
+    "no_clip": ("no clip", "bad"),
+}
+STATE_CLASSES = {
+    "done": "ok",
+    "passed": "ok",
+    "partial": "warn",
+    "running": "info",
+    "rendering": "info",
+    "queued": "neutral",
+    "waiting": "neutral",
+    "paused": "neutral",
+    "failed": "bad",
+    "cancelled": "bad",
+    "error": "bad",
+}
+IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "image/jpeg",
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"GIF8": "image/gif",
+}
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def contact_strip(frames: list[np.ndarray], count: int = 6, height: int = 96) -> bytes:
+    """JPEG of ``count`` thumbnails sampled evenly (first and last included), each labelled."""
+    if not frames:
+        raise ValueError("contact_strip needs at least one frame")
+    if count < 1 or height < 8:
+        raise ValueError(f"count must be >= 1 and height >= 8, got {count} and {height}")
+    picks = sorted({round(i) for i in np.linspace(0, len(frames) - 1, min(count, len(frames)))})
+    gap = np.full((height, 2, 3), 24, np.uint8)
+    tiles: list[np.ndarray] = []
+    for k in picks:
+        tiles += [gap] if tiles else []
+        tiles.append(_label(_thumb(frames[k], height), str(k)))
+    return _jpeg(np.hstack(tiles))
+
+
+def trajectory_plot(frame: np.ndarray, tracks: list[dict], max_side: int = 480) -> bytes:
+    """JPEG of ``frame`` dimmed, each track's target (dashed) and tracked path, and a legend.
+
+    ``tracks`` are ``{"target": [[x, y], ...], "tracked": [[x, y], ...], "lost": [k, ...]}``
+    in ``frame`` pixels, one point per frame; points may lie outside the frame and missing
+    (``None``) or non-finite points break a path.
+    """
+    import cv2
+
+    img = _bgr(frame)
+    scale = min(1.0, max_side / max(img.shape[:2]))
+    if scale < 1.0:
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    img = cv2.convertScaleAbs(img, alpha=DIM)
+    tracks = [t for t in tracks if isinstance(t, dict)]
+    drawn = [
+        _draw_track(img, t, scale, n + 1 if len(tracks) > 1 else None) for n, t in enumerate(tracks)
+    ]
+    if tracks:
+        _legend(img, np.vstack(drawn))
+    return _jpeg(img)
+
+
+def _draw_track(img: np.ndarray, track: dict, scale: float, number: int | None) -> np.ndarray:
+    """Draw one track's paths, start marks and lost frames; return every point drawn."""
+    import cv2
+
+    target = _points(track.get("target"), scale)
+    tracked = _points(track.get("tracked"), scale)
+    for run in _runs(target):
+        _dashed(img, run, TARGET_BGR)
+    for run in _runs(tracked):
+        cv2.polylines(img, [_ints(run)], False, TRACKED_BGR, 2, cv2.LINE_AA)
+    _mark_start(img, target, tracked, number)
+    lost = [k for k in _list(track.get("lost")) if isinstance(k, int | np.integer)]
+    for k in lost:
+        if 0 <= k < len(tracked) and np.isfinite(tracked[k]).all():
+            _cross(img, tracked[k], LOST_BGR)
+    return np.vstack([target, tracked])
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"cannot encode a {img.shape} image as JPEG")
+    return data.tobytes()
+
+
+def _bgr(frame: np.ndarray) -> np.ndarray:
+    img = np.asarray(frame)
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def _thumb(frame: np.ndarray, height: int) -> np.ndarray:
+    import cv2
+
+    img = _bgr(frame)
+    width = max(1, round(img.shape[1] * height / img.shape[0]))
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """Draw ``text`` small, light on a dark box, in the bottom-left corner of ``img``."""
+    import cv2
+
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, img.shape[0] / 280)
+    (tw, th), _ = cv2.getTextSize(text, font, scale, 1)
+    y = img.shape[0] - 4
+    cv2.rectangle(img, (0, y - th - 4), (tw + 7, img.shape[0]), (20, 20, 20), cv2.FILLED)
+    cv2.putText(img, text, (4, y - 1), font, scale, (235, 235, 235), 1, cv2.LINE_AA)
+    return img
+
+
+def _points(raw: Any, scale: float) -> np.ndarray:
+    """(n, 2) float array of scaled points; invalid points become NaN rows."""
+    rows = []
+    for p in _list(raw):
+        try:
+            rows.append((float(p[0]) * scale, float(p[1]) * scale))
+        except (TypeError, ValueError, IndexError, KeyError):
+            rows.append((math.nan, math.nan))
+    return np.array(rows, np.float64).reshape(-1, 2)
+
+
+def _runs(points: np.ndarray) -> list[np.ndarray]:
+    """The stretches of consecutive finite points."""
+    ok = np.isfinite(points).all(axis=1)
+    runs, start = [], None
+    for i, good in enumerate([*ok, False]):
+        if good and start is None:
+            start = i
+        elif not good and start is not None:
+            runs.append(points[start:i])
+            start = None
+    return runs
+
+
+def _ints(points: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(points), -32000, 32000).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _dashed(img: np.ndarray, run: np.ndarray, colour: tuple, dash: float = 7, gap: float = 5):
+    """A dashed polyline; each segment is first clipped to the image."""
+    import cv2
+
+    h, w = img.shape[:2]
+    on, left = True, dash
+    for p, q in zip(_ints(run)[:-1, 0], _ints(run)[1:, 0], strict=True):
+        inside, a, b = cv2.clipLine((0, 0, w, h), tuple(map(int, p)), tuple(map(int, q)))
+        if not inside:
+            continue
+        a, b = np.array(a, float), np.array(b, float)
+        length, pos = float(np.hypot(*(b - a))), 0.0
+        while pos < length:
+            step = min(left, length - pos)
+            if on:
+                u, v = a + (b - a) * pos / length, a + (b - a) * (pos + step) / length
+                cv2.line(img, _pt(u), _pt(v), colour, 2, cv2.LINE_AA)
+            pos, left = pos + step, left - step
+            if left <= 0:
+                on = not on
+                left = dash if on else gap
+
+
+def _pt(p: np.ndarray) -> tuple[int, int]:
+    return int(round(p[0])), int(round(p[1]))
+
+
+def _mark_start(img: np.ndarray, target: np.ndarray, tracked: np.ndarray, number: int | None):
+    """A ring at the target's first point (numbered when there are several), a dot at the
+    tracked path's first point."""
+    import cv2
+
+    start = _first(target)
+    if start is not None and _visible(img, start):
+        cv2.circle(img, _pt(start), 6, TARGET_BGR, 2, cv2.LINE_AA)
+        if number is not None:
+            x, y = _pt(start)
+            font = cv2.FONT_HERSHEY_SIMPLEX
+            cv2.putText(img, str(number), (x + 8, y - 8), font, 0.45, TARGET_BGR, 1, cv2.LINE_AA)
+    start = _first(tracked)
+    if start is not None and _visible(img, start):
+        cv2.circle(img, _pt(start), 3, TRACKED_BGR, cv2.FILLED, cv2.LINE_AA)
+
+
+def _first(points: np.ndarray) -> np.ndarray | None:
+    finite = points[np.isfinite(points).all(axis=1)]
+    return finite[0] if len(finite) else None
+
+
+def _visible(img: np.ndarray, p: np.ndarray) -> bool:
+    return 0 <= p[0] < img.shape[1] and 0 <= p[1] < img.shape[0]
+
+
+def _cross(img: np.ndarray, p: np.ndarray, colour: tuple, r: int = 4) -> None:
+    import cv2
+
+    x, y = _pt(p)
+    cv2.line(img, (x - r, y - r), (x + r, y + r), colour, 2, cv2.LINE_AA)
+    cv2.line(img, (x - r, y + r), (x + r, y - r), colour, 2, cv2.LINE_AA)
+
+
+def _legend(img: np.ndarray, points: np.ndarray) -> None:
+    """Target, tracked and lost keys on a dark box, in the corner with fewest path points."""
+    import cv2
+
+    font, scale, row, bw, bh = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 16, 94, 3 * 16 + 8
+    h, w = img.shape[:2]
+    corners = [(2, h - 2 - bh), (w - 2 - bw, h - 2 - bh), (w - 2 - bw, 2), (2, 2)]
+    x, y = min(corners, key=lambda c: _inside(points, c[0], c[1], bw, bh))
+    box = img[max(0, y) : y + bh, max(0, x) : x + bw]
+    box[:] = (box * 0.35).astype(np.uint8)
+    for i, name in enumerate(("target", "tracked", "lost")):
+        cy, x0 = y + 4 + i * row + row // 2, x + 4
+        if i == 0:
+            _dashed(img, np.array([[x0, cy], [x0 + 22, cy]], float), TARGET_BGR, dash=5, gap=3)
+        elif i == 1:
+            cv2.line(img, (x0, cy), (x0 + 22, cy), TRACKED_BGR, 2, cv2.LINE_AA)
+        else:
+            _cross(img, np.array([x0 + 11, cy]), LOST_BGR)
+        cv2.putText(img, name, (x0 + 30, cy + 4), font, scale, (235, 235, 235), 1, cv2.LINE_AA)
+
+
+def _inside(points: np.ndarray, x: int, y: int, w: int, h: int) -> int:
+    px, py = points[:, 0], points[:, 1]
+    return int(((px >= x) & (px < x + w) & (py >= y) & (py < y + h)).sum())
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def write_report(report: dict, folder: Path) -> tuple[Path, Path]:
+    """Write ``folder/report.json`` and ``folder/report.html`` (each atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, default=str)
+    page = render_html(report, base=folder)
+    paths = folder / "report.json", folder / "report.html"
+    _write_atomic(paths[0], text)
+    _write_atomic(paths[1], page)
+    return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------- page
+
+
+def render_html(report: dict, base: Path | None = None) -> str:
+    """The report page; image paths (absolute or relative to ``base``) are embedded."""
+    images = _Images(base)
+    shots = [s for s in _list(report.get("shots")) if isinstance(s, dict)]
+    title = str(report.get("title") or report.get("scene_id") or "Scene report")
+    body = [
+        _header(report, shots, base),
+        "<main>",
+        _shot_nav(shots),
+        *(_shot(shot, i, images, base) for i, shot in enumerate(shots)),
+        "" if shots else '<p class="empty">No shots in this report.</p>',
+        "</main>",
+        _footer(report),
+    ]
+    return PAGE.format(title=_e(title), css=CSS, body="\n".join(body))
+
+
+class _Images:
+    """Turns image paths into ``<img>`` tags with ``data:`` URIs (each file read once)."""
+
+    def __init__(self, base: Path | None) -> None:
+        self.base = base
+        self.cache: dict[str, str | None] = {}
+
+    def tag(self, ref: Any, alt: str, cls: str = "") -> str:
+        if not ref:
+            return ""
+        key = str(ref)
+        if key not in self.cache:
+            self.cache[key] = self._data_uri(key)
+        src = self.cache[key]
+        if src is None:
+            name = Path(key).name
+            return f'<div class="missing {cls}" title="{_e(key)}">image missing: {_e(name)}</div>'
+        cls_attr = f' class="{cls}"' if cls else ""
+        return f'<img{cls_attr} src="{src}" alt="{_e(alt)}" loading="lazy">'
+
+    def _data_uri(self, ref: str) -> str | None:
+        path = Path(ref)
+        if not path.is_absolute() and self.base is not None:
+            path = Path(self.base) / path
+        try:
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                return None
+            data = path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        mime = _mime(data)
+        if mime is None:
+            return None
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _mime(data: bytes) -> str | None:
+    for magic, mime in IMAGE_MAGIC.items():
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _header(report: dict, shots: list[dict], base: Path | None) -> str:
+    title = report.get("title") or report.get("scene_id") or "Scene report"
+    facts = [
+        f"scene <code>{_e(report.get('scene_id') or '?')}</code>",
+        _badge(report.get("state")),
+        _when(report.get("created")),
+        f"{len(shots)} shot{'' if len(shots) == 1 else 's'}",
+        _gate_tally(shots),
+        _render_total(shots),
+        f"scored in {_e(_num(report.get('seconds')))} s" if _is_num(report.get("seconds")) else "",
+    ]
+    video_html = _file_link(report.get("video"), base, "video") or (
+        '<span class="muted">no scene video</span>'
+    )
+    parts = [
+        '<header class="top">',
+        '<div class="eyebrow">Scene report</div>',
+        f"<h1>{_e(title)}</h1>",
+        f'<div class="facts">{_join(facts)}</div>',
+        f'<div class="facts">{video_html}</div>',
+        _alert(report.get("error"), "Scoring failed"),
+        _summary_chips(report.get("summary")),
+        _continuity(report.get("continuity")),
+        "</header>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _gate_tally(shots: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for shot in shots:
+        decision = _gate_decision(shot.get("gate"))
+        counts[decision] = counts.get(decision, 0) + 1
+    labels = {"passed": "passed", "kept_best": "kept best", "no_clip": "no clip"}
+    return " · ".join(f"{n} {_e(labels[d])}" for d, n in counts.items() if d in labels)
+
+
+def _render_total(shots: list[dict]) -> str:
+    seconds = [_dict(shot.get("provenance")).get("render_seconds") for shot in shots]
+    seconds = [s for s in seconds if _is_num(s)]
+    return f"render {_num(sum(seconds))} s" if seconds else ""
+
+
+def _summary_chips(summary: Any) -> str:
+    if not isinstance(summary, dict) or not summary:
+        return ""
+    chips = []
+    for name in _ordered(summary):
+        value = summary[name]
+        fill = f'<span class="mini"><span style="width:{_pct(value)}"></span></span>'
+        chips.append(
+            f'<span class="chip"><span class="chip-name">{_e(_label_of(name))}</span>'
+            f"<b>{_e(_score(value))}</b>{fill if _is_num(value) else ''}</span>"
+        )
+    return f'<div class="chips" aria-label="mean scores over shots">{"".join(chips)}</div>'
+
+
+def _continuity(links: Any) -> str:
+    if not isinstance(links, list) or not links:
+        return ""
+    items = []
+    for link in links:
+        if not isinstance(link, dict):
+            continue
+        detail = _join(
+            f"{label} {_e(_num(link.get(key)))}"
+            for key, label in (("hist_corr", "hist"), ("lab_shift", "Lab shift"), ("ssim", "SSIM"))
+            if key in link
+        )
+        items.append(
+            f'<li><span class="cut">{_e(link.get("from", "?"))} &rarr; {_e(link.get("to", "?"))}'
+            f"</span> <b>{_e(_score(link.get('score')))}</b>"
+            f' <span class="muted small">{detail}</span></li>'
+        )
+    return (
+        f'<div class="continuity"><h2>Continuity between shots</h2><ul>{"".join(items)}</ul></div>'
+    )
+
+
+def _shot_nav(shots: list[dict]) -> str:
+    if len(shots) < 2:
+        return ""
+    links = [
+        f'<a href="#shot-{i}">{_e(shot.get("id", i))} {_gate_badge(shot.get("gate"))}</a>'
+        for i, shot in enumerate(shots)
+    ]
+    return f'<nav class="shot-nav">{"".join(links)}</nav>'
+
+
+def _shot(shot: dict, index: int, images: _Images, base: Path | None) -> str:
+    scores, raw = _dict(shot.get("scores")), _dict(shot.get("raw"))
+    thresholds = _dict(shot.get("thresholds"))
+    clip = shot.get("clip")
+    meta = _join(
+        [
+            _e(shot.get("template") or ""),
+            _format_size(shot),
+            _file_link(clip, base),
+        ]
+    )
+    plot = shot.get("trajectory_plot")
+    parts = [
+        f'<article class="shot" id="shot-{index}">',
+        '<div class="shot-head">',
+        f"<h2>{_e(shot.get('id', index))}</h2>{_badge(shot.get('state'))}"
+        f"{_gate_badge(shot.get('gate'))}",
+        "</div>",
+        f'<p class="action">{_e(shot.get("action"))}</p>' if shot.get("action") else "",
+        f'<div class="facts small">{meta}</div>' if meta else "",
+        _alert(shot.get("error"), "Shot failed"),
+        f'<figure class="strip">{images.tag(shot.get("contact"), "contact sheet")}</figure>'
+        if shot.get("contact")
+        else "",
+        f'<div class="grid{" two" if plot else ""}">',
+        f"<section><h3>Metrics</h3>{_metrics(scores, thresholds, raw, shot.get('cuts'))}</section>",
+        f'<section><h3>Trajectories</h3><figure class="plot">'
+        f"{images.tag(plot, 'target and tracked paths')}</figure></section>"
+        if plot
+        else "",
+        "</div>",
+        _gate(shot.get("gate"), thresholds, images),
+        _provenance(shot.get("provenance")),
+        "</article>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _file_link(path: Any, base: Path | None, cls: str = "") -> str:
+    """A play link to a local video, by relative path; the full path on hover."""
+    if not path:
+        return ""
+    name, cls_attr = _e(Path(str(path)).name), f' class="{cls}"' if cls else ""
+    return f'<a{cls_attr} href="{_href(path, base)}" title="{_e(path)}">&#9654; {name}</a>'
+
+
+def _format_size(shot: dict) -> str:
+    w, h, n, fps = (shot.get(k) for k in ("width", "height", "frames", "fps"))
+    bits = [f"{_e(w)}&times;{_e(h)}" if w and h else ""]
+    bits.append(f"{_e(n)} frames" if n else "")
+    bits.append(f"{_e(_num(fps))} fps" if _is_num(fps) else "")
+    if _is_num(n) and _is_num(fps) and fps > 0:
+        bits.append(f"{_num(n / fps)} s")
+    return _join(bits)
+
+
+def _metrics(scores: dict, thresholds: dict, raw: dict, cuts: Any) -> str:
+    names = _ordered({**scores, **thresholds})
+    rows = [_metric_row(n, scores.get(n), thresholds.get(n), raw.get(n)) for n in names]
+    extra = [n for n in _ordered(raw) if n not in names and isinstance(raw[n], dict)]
+    for name in extra:
+        rows.append(
+            f'<div class="raw-only"><span>{_e(_label_of(name))}</span> '
+            f'<span class="muted small">{_raw_line(name, raw[name])}</span></div>'
+        )
+    if isinstance(cuts, list) and cuts:
+        rows.append(
+            f'<p class="warn-text small">Cut candidates at frame{"s" if len(cuts) > 1 else ""} '
+            f"{_e(', '.join(str(c) for c in cuts))}</p>"
+        )
+    if not rows:
+        return '<p class="muted">No scores.</p>'
+    if raw:
+        dump = json.dumps(raw, indent=2, default=str, sort_keys=True)
+        rows.append(f"<details><summary>all raw values</summary><pre>{_e(dump)}</pre></details>")
+    return f'<div class="metrics">{"".join(rows)}</div>'
+
+
+def _metric_row(name: str, value: Any, threshold: Any, raw: Any) -> str:
+    gated = _is_num(threshold)
+    if not _is_num(value):
+        verdict = "fail" if gated else "neutral"
+    elif gated:
+        verdict = "pass" if value >= threshold else "fail"
+    else:
+        verdict = "neutral"
+    label = f"{_label_of(name)} {_score(value)}" + (
+        f", minimum {_score(threshold)}" if gated else ""
+    )
+    tick = f'<span class="tick" style="left:{_pct(threshold)}"></span>' if gated else ""
+    fill = f'<span class="fill" style="width:{_pct(value)}"></span>' if _is_num(value) else ""
+    limit = f'<span class="limit">min {_e(_score(threshold))}</span>' if gated else ""
+    note = _raw_line(name, raw) if isinstance(raw, dict) else ""
+    return (
+        f'<div class="metric {verdict}">'
+        f'<span class="name">{_e(_label_of(name))}</span>'
+        f'<span class="bar" role="img" aria-label="{_e(label)}">{fill}{tick}</span>'
+        f'<span class="value">{_e(_score(value))}</span>'
+        f'<span class="sub">{limit}{f"<span>{note}</span>" if note else ""}</span>'
+        "</div>"
+    )
+
+
+def _raw_line(name: str, raw: dict) -> str:
+    keys = [k for k in KEY_RAW.get(name, ()) if k in raw]
+    if not keys:
+        keys = [k for k, v in raw.items() if isinstance(v, int | float) and k != "note"][:3]
+    bits = [f"{_e(k)} {_e(_num(raw[k]))}" for k in keys]
+    if raw.get("note"):
+        bits.append(f"<i>{_e(raw['note'])}</i>")
+    return _join(bits)
+
+
+def _gate(gate: Any, thresholds: dict, images: _Images) -> str:
+    if not isinstance(gate, dict):
+        return ""
+    reasons = [r for r in _list(gate.get("reasons")) if r]
+    reason_html = (
+        f'<ul class="reasons">{"".join(f"<li>{_e(r)}</li>" for r in reasons)}</ul>'
+        if reasons
+        else ""
+    )
+    allowed = gate.get("takes_allowed")
+    policy = f'<span class="muted small">up to {_e(allowed)} takes</span>' if allowed else ""
+    return (
+        f'<section class="gate"><h3>Gate {_gate_badge(gate)} {policy}</h3>'
+        f"{reason_html}{_takes(gate, thresholds, images)}</section>"
+    )
+
+
+def _takes(gate: dict, thresholds: dict, images: _Images) -> str:
+    takes = [t for t in _list(gate.get("takes")) if isinstance(t, dict)]
+    if not takes:
+        return ""
+    metrics = _ordered(thresholds) or _ordered(m for t in takes for m in _list(t.get("failed")))
+    head = "".join(f"<th>{_e(_label_of(m))}</th>" for m in metrics)
+    kept = gate.get("kept")
+    rows = [_take_row(t, i, kept, metrics, thresholds, images) for i, t in enumerate(takes)]
+    return (
+        '<div class="table-wrap"><table class="takes"><thead><tr><th>take</th><th>seed</th>'
+        f'<th>node</th><th class="num">seconds</th>{head}<th>result</th><th>frames</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _take_row(
+    take: dict, index: int, kept: Any, metrics: list[str], thresholds: dict, images: _Images
+) -> str:
+    number = take.get("take", index)
+    failed, scores = _list(take.get("failed")), _dict(take.get("scores"))
+    cells = "".join(_take_cell(scores.get(m), thresholds.get(m), m in failed) for m in metrics)
+    verdict = {
+        True: '<span class="badge ok">pass</span>',
+        False: '<span class="badge bad">fail</span>',
+    }
+    is_kept = kept is not None and kept == number
+    head = '<tr class="kept">' if is_kept else "<tr>"
+    mark = ' <span class="badge info">kept</span>' if is_kept else ""
+    return (
+        f"{head}<td>{_e(number)}{mark}</td><td><code>{_e(take.get('seed', ''))}</code></td>"
+        f"<td>{_e(take.get('node', ''))}</td>"
+        f'<td class="num">{_e(_num(take.get("seconds")))}</td>{cells}'
+        f"<td>{verdict[passed] if isinstance(passed := take.get('passed'), bool) else ''}</td>"
+        f"<td>{images.tag(take.get('contact'), f'take {number}', 'take-strip')}</td></tr>"
+    )
+
+
+def _take_cell(value: Any, threshold: Any, failed: bool) -> str:
+    bad = failed or (_is_num(value) and _is_num(threshold) and value < threshold)
+    return f'<td class="num{" fail-text" if bad else ""}">{_e(_score(value))}</td>'
+
+
+def _provenance(prov: Any) -> str:
+    if not isinstance(prov, dict) or not prov:
+        return ""
+    settings = prov.get("settings")
+    rows = [
+        ("backend", _e(prov.get("backend") or "")),
+        ("workflow", f"<code>{_e(prov['workflow'])}</code>" if prov.get("workflow") else ""),
+        ("settings", _settings(settings) if settings else ""),
+        ("model", f"<code>{_e(prov['model'])}</code>" if prov.get("model") else ""),
+        ("node", _e(prov.get("node") or "")),
+        ("seed", f"<code>{_e(prov['seed'])}</code>" if prov.get("seed") is not None else ""),
+        ("cache hit", _yes_no(prov.get("cache_hit"))),
+        (
+            "render",
+            f"{_e(_num(prov['render_seconds']))} s" if _is_num(prov.get("render_seconds")) else "",
+        ),
+        ("timeline", _timeline(prov)),
+    ]
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows if v)
+    return (
+        f'<section class="prov"><h3>Provenance</h3><div class="grid two">'
+        f'<table class="kv">{table}</table>{_attempts(prov.get("attempts"))}</div></section>'
+    )
+
+
+def _settings(settings: Any) -> str:
+    if not isinstance(settings, dict):
+        return _e(settings)
+    text = json.dumps(settings, indent=2, default=str, sort_keys=True)
+    count = f"{len(settings)} setting{'' if len(settings) == 1 else 's'}"
+    return f"<details><summary>{count}</summary><pre>{_e(text)}</pre></details>"
+
+
+def _timeline(prov: dict) -> str:
+    marks = [(k, prov.get(k)) for k in ("queued", "started", "finished")]
+    shown = [f"{k} {_e(_clock(v))}" for k, v in marks if _is_num(v)]
+    if not shown:
+        return ""
+    queued, started, finished = (v for _, v in marks)
+    spans = []
+    if _is_num(queued) and _is_num(started):
+        spans.append(f"waited {_num(started - queued)} s")
+    if _is_num(started) and _is_num(finished):
+        spans.append(f"ran {_num(finished - started)} s")
+    extra = f' <span class="muted small">({", ".join(spans)})</span>' if spans else ""
+    return " &rarr; ".join(shown) + extra
+
+
+def _attempts(attempts: Any) -> str:
+    attempts = [a for a in _list(attempts) if isinstance(a, dict)]
+    if not attempts:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(a.get('attempt', i + 1))}</td><td>{_e(a.get('kind', ''))}</td>"
+        f"<td>{_e(a.get('node', ''))}</td><td>{_badge(a.get('state'))}</td>"
+        f'<td class="num">{_e(_num(a.get("seconds")))}</td>'
+        f'<td class="err">{_e(a.get("error") or "")}</td></tr>'
+        for i, a in enumerate(attempts)
+    )
+    return (
+        '<div class="table-wrap"><table class="attempts"><thead><tr><th>#</th><th>kind</th>'
+        '<th>node</th><th>state</th><th class="num">seconds</th><th>error</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+def _footer(report: dict) -> str:
+    version = report.get("version", "?")
+    return f"<footer>farm scene report &middot; schema v{_e(version)}</footer>"
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _join(parts: Iterable[str], sep: str = " &middot; ") -> str:
+    return sep.join(p for p in parts if p)
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _num(value: Any) -> str:
+    """A raw value for reading: 3 significant digits, yes/no for booleans, '—' for none."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if not _is_num(value):
+        return "—" if value is None else str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _score(value: Any) -> str:
+    return f"{value:.2f}" if _is_num(value) else "—"
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * min(1.0, max(0.0, float(value))):.1f}%" if _is_num(value) else "0%"
+
+
+def _label_of(name: str) -> str:
+    return str(name).replace("_", " ")
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(str(n) for n in names))
+    known = [n for n in METRIC_ORDER if n in names]
+    return known + sorted(n for n in names if n not in METRIC_ORDER)
+
+
+def _yes_no(value: Any) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def _badge(state: Any) -> str:
+    if not state:
+        return ""
+    cls = STATE_CLASSES.get(str(state).lower(), "neutral")
+    return f'<span class="badge {cls}">{_e(state)}</span>'
+
+
+def _gate_decision(gate: Any) -> str:
+    if not isinstance(gate, dict) or gate.get("enabled") is False:
+        return "not_gated"
+    return str(gate.get("decision") or "not_gated")
+
+
+def _gate_badge(gate: Any) -> str:
+    decision = _gate_decision(gate)
+    takes = _list(_dict(gate).get("takes"))
+    n = len(takes) or _dict(gate).get("takes_allowed") or "?"
+    if decision in GATE_BADGES:
+        text, cls = GATE_BADGES[decision]
+        text = text.format(n=n)
+    else:
+        text, cls = decision.replace("_", " "), "neutral"
+    return f'<span class="badge gate {cls}">{_e(text)}</span>'
+
+
+def _alert(error: Any, title: str) -> str:
+    if not error:
+        return ""
+    return f'<div class="alert"><b>{_e(title)}</b><pre>{_e(error)}</pre></div>'
+
+
+def _when(ts: Any) -> str:
+    if _is_num(ts):
+        moment = datetime.fromtimestamp(ts, tz=UTC).astimezone()
+        return f"<time>{_e(moment.strftime('%Y-%m-%d %H:%M %Z'))}</time>"
+    return _e(ts) if ts else ""
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).astimezone().strftime("%H:%M:%S")
+
+
+def _href(path: Any, base: Path | None) -> str:
+    """A relative link to a local file: relative to ``base`` when given, else its name."""
+    target = Path(str(path))
+    if base is not None and target.is_absolute():
+        try:
+            rel = os.path.relpath(target, os.path.abspath(base))
+        except ValueError:  # another drive on Windows
+            rel = target.name
+    elif base is None:
+        rel = target.name
+    else:
+        rel = str(target)
+    return _e(urllib.parse.quote(Path(rel).as_posix(), safe="/"))
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="referrer" content="no-referrer">
+<title>{title} &middot; scene report</title>
+<style>{css}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+CSS = """
+:root {
+  --bg: #15171a; --card: #1d2024; --raised: #25292e; --line: #32373d;
+  --text: #e6e8eb; --muted: #9aa1a9; --accent: #7cc4ff;
+  --ok: #3fb97a; --bad: #f0605a; --warn: #e8a93b; --info: #6aa9ff; --neutral: #7d8590;
+  --bar: #2d3238; --fill: #8b96a3;
+  color-scheme: dark;
+}
+@media (prefers-color-scheme: light) {
+  :root {
+    --bg: #f4f5f7; --card: #ffffff; --raised: #f0f2f4; --line: #dde1e6;
+    --text: #1c2025; --muted: #5f6873; --accent: #1f6fd1;
+    --ok: #1f9d5c; --bad: #d93b35; --warn: #b97a0c; --info: #2f6fd6; --neutral: #6b7480;
+    --bar: #e4e7eb; --fill: #8792a0;
+    color-scheme: light;
+  }
+}
+* { box-sizing: border-box; }
+html { background: var(--bg); }
+body {
+  margin: 0 auto; max-width: 1180px; padding: 28px 22px 40px; color: var(--text);
+  font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+}
+code, pre, .num, .value { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+code { font-size: 12.5px; }
+pre { white-space: pre-wrap; word-break: break-word; margin: 6px 0 0; font-size: 12px; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+h1 { font-size: 28px; line-height: 1.2; margin: 2px 0 8px; letter-spacing: -0.01em; }
+h2 { font-size: 18px; margin: 0; }
+h3 { font-size: 12px; text-transform: uppercase; letter-spacing: .08em; color: var(--muted);
+     margin: 18px 0 10px; font-weight: 600; display: flex; gap: 8px; align-items: center; }
+.eyebrow { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .1em; }
+.muted { color: var(--muted); } .small { font-size: 12px; }
+.facts { color: var(--muted); margin: 4px 0; }
+.facts code { color: var(--text); }
+.video { font-weight: 600; }
+header.top { margin-bottom: 22px; }
+.chips { display: flex; flex-wrap: wrap; gap: 8px; margin: 16px 0 4px; }
+.chip { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+        padding: 6px 10px; display: inline-flex; flex-direction: column; min-width: 120px; }
+.chip-name { color: var(--muted); font-size: 11.5px; }
+.chip b { font-size: 18px; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.mini { display: block; height: 3px; background: var(--bar); border-radius: 2px; margin-top: 4px; }
+.mini span { display: block; height: 100%; background: var(--accent); border-radius: 2px; }
+.continuity h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .08em;
+                 color: var(--muted); margin: 16px 0 6px; }
+.continuity ul { list-style: none; padding: 0; margin: 0; display: flex; flex-wrap: wrap; gap: 6px 18px; }
+.cut { font-weight: 600; }
+.shot-nav { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 16px; }
+.shot-nav a { background: var(--card); border: 1px solid var(--line); border-radius: 999px;
+              padding: 4px 6px 4px 12px; color: var(--text); }
+.shot { background: var(--card); border: 1px solid var(--line); border-radius: 14px;
+        padding: 20px 22px; margin: 0 0 22px; }
+.shot-head { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; }
+.action { font-size: 16px; margin: 8px 0 2px; }
+.badge { display: inline-block; font-size: 11.5px; font-weight: 600; border-radius: 999px;
+         padding: 1px 9px; border: 1px solid currentColor; white-space: nowrap;
+         text-transform: none; letter-spacing: 0; }
+.badge.ok { color: var(--ok); } .badge.bad { color: var(--bad); } .badge.warn { color: var(--warn); }
+.badge.info { color: var(--info); } .badge.neutral { color: var(--neutral); }
+.alert { border: 1px solid var(--bad); border-left-width: 4px; border-radius: 8px;
+         padding: 8px 12px; margin: 12px 0; color: var(--text);
+         background: color-mix(in srgb, var(--bad) 10%, transparent); }
+.alert b { color: var(--bad); }
+figure { margin: 0; }
+.strip { margin: 14px 0 4px; overflow-x: auto; }
+.strip img { display: block; max-width: 100%; height: auto; border-radius: 8px; }
+.plot img { display: block; max-width: 100%; height: auto; border-radius: 8px; }
+.missing { display: inline-flex; align-items: center; justify-content: center; min-height: 48px;
+           min-width: 140px; padding: 6px 12px; border: 1px dashed var(--line); border-radius: 8px;
+           color: var(--muted); font-size: 12px; }
+.grid { display: grid; grid-template-columns: 1fr; gap: 8px 28px; }
+@media (min-width: 860px) { .grid.two { grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); } }
+.metric { display: grid; grid-template-columns: 150px minmax(80px, 1fr) 46px; gap: 2px 12px;
+          align-items: center; padding: 5px 0; }
+.metric .name { font-weight: 500; }
+.metric .bar { position: relative; height: 10px; background: var(--bar); border-radius: 5px; }
+.metric .fill { position: absolute; left: 0; top: 0; bottom: 0; border-radius: 5px; background: var(--fill); }
+.metric.pass .fill { background: var(--ok); } .metric.fail .fill { background: var(--bad); }
+.metric .tick { position: absolute; top: -4px; bottom: -4px; width: 2px; margin-left: -1px;
+                background: var(--text); border-radius: 1px; }
+.metric .value { text-align: right; font-weight: 600; }
+.metric.fail .value, .fail-text { color: var(--bad); }
+.metric .sub { grid-column: 2 / 4; color: var(--muted); font-size: 11.5px; display: flex; gap: 10px; flex-wrap: wrap; }
+.limit { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.raw-only { padding: 4px 0; }
+.warn-text { color: var(--warn); }
+details { margin-top: 8px; color: var(--muted); font-size: 12px; }
+summary { cursor: pointer; }
+details pre { background: var(--raised); border-radius: 6px; padding: 8px; color: var(--text); }
+.reasons { margin: 0 0 10px; padding-left: 18px; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid var(--line); vertical-align: middle; }
+thead th { color: var(--muted); font-weight: 600; font-size: 11.5px; }
+td.num, th.num { text-align: right; }
+tr.kept td { background: color-mix(in srgb, var(--info) 10%, transparent); }
+.take-strip { display: block; height: 40px; width: auto; border-radius: 4px; }
+.kv th { color: var(--muted); font-weight: 500; width: 110px; }
+.err { color: var(--bad); max-width: 320px; word-break: break-word; }
+.empty { color: var(--muted); }
+footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 30px; }
+"""
