@@ -159,7 +159,13 @@ def build_report(
         "summary": summary,
         "continuity": links,
         "shots": entries,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(  # scoring time: every take of every shot
+            sum(
+                t.get("score_seconds") or 0.0 for r in shots.values() for t in r.get("takes") or []
+            ),
+            3,
+        ),
+        "report_seconds": round(time.perf_counter() - start, 3),
     }
 
 
@@ -185,7 +191,11 @@ def _shot_report(shot: Shot, rec: dict[str, Any], rule: Any) -> dict[str, Any]:
         "raw": result.get("raw", {}),
         "cuts": result.get("cuts", []),
         "tracks": result.get("tracks", []),
-        "thresholds": gate.get("thresholds", dict(rule.minimum)),
+        "thresholds": {  # those that apply: no trajectory_adherence without trajectories
+            m: v
+            for m, v in gate.get("thresholds", rule.minimum).items()
+            if m in result.get("scores", {}) or not result
+        },
         "contact": (kept or {}).get("contact"),
         "trajectory_plot": (kept or {}).get("trajectory_plot"),
         "first": (kept or {}).get("first"),

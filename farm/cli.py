@@ -305,8 +305,11 @@ def score(
         if template is not None:
             settings = get_settings()
             config = load_gate(settings.gate_file)
-            if template not in config.templates and template != "default":
-                known = ", ".join(["default", *config.templates])
+            from farm.catalog import load_catalog
+
+            names = {"default", *config.templates, *load_catalog().templates}
+            if template not in names:
+                known = ", ".join(sorted(names))
                 raise InvalidInput(f"--template {template!r} has no thresholds (known: {known})")
             minimum = dict(config.rule(template, settings.gate_takes).minimum)
         result = score_clip(clip, tracks, canvas)

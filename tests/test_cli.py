@@ -150,3 +150,49 @@ def test_worker_with_a_bare_url_detects_a_wangp_node(cli_env, farm_cluster):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _clip(path, shake=0.0, track=((60.0, 120.0), (260.0, 80.0))):
+    from farm.emulators.synth import ClipSpec, synthesize
+    from farm.media import write_video
+
+    spec = ClipSpec(320, 192, 25, 16, 3, "a kite", tracks=(track,), shake=shake)
+    write_video(path, list(synthesize(spec)), 16)
+    return path
+
+
+def test_score_prints_every_metric_and_checks_a_template(tmp_path):
+    steady, shaken = _clip(tmp_path / "steady.mp4"), _clip(tmp_path / "shaken.mp4", shake=5.0)
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[{"x": 120, "y": 240}, {"x": 520, "y": 160}]]))
+    out = farm("score", str(steady), "--trajectories", str(tracks), "--canvas", "640x384",
+               "--template", "standard_generation", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["scores"]) == {
+        "motion_smoothness", "temporal_flicker", "visual_consistency", "dynamic_degree",
+        "sharpness", "trajectory_adherence",
+    }  # fmt: skip
+    assert result["scores"]["trajectory_adherence"] > 0.9  # tracks drawn at twice the size
+    assert result["failed"] == [] and result["thresholds"]["motion_smoothness"] == 0.6
+    out = farm("score", str(shaken), "--template", "standard_generation")
+    assert out.returncode == 1  # a threshold missed
+    assert "below the thresholds" in out.stdout and "motion_smoothness" in out.stdout
+    out = farm("score", str(steady))
+    assert out.returncode == 0 and "motion_smoothness" in out.stdout and "no cuts" in out.stdout
+
+
+def test_score_refuses_bad_input_with_exit_2(tmp_path):
+    clip = _clip(tmp_path / "c.mp4")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[[{"x": 1}]]')
+    cases = [
+        (("score", str(tmp_path / "none.mp4")), "video not found"),
+        (("score", str(clip), "--canvas", "wide"), "WIDTHxHEIGHT"),
+        (("score", str(clip), "--trajectories", str(bad)), "y"),
+        (("score", str(clip), "--template", "nope"), "no thresholds"),
+    ]
+    for args, message in cases:
+        out = farm(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert message in out.stderr, (args, out.stderr)

@@ -97,6 +97,9 @@ def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster,
     assert ati["gate"]["decision"] == "passed" and len(ati["gate"]["takes"]) == 2
     assert ati["provenance"]["seed"] == second["seed"] and ati["clip"] == second["clip"]
     assert ati["tracks"] and ati["scores"]["trajectory_adherence"] > 0.9
+    lead_report = next(s for s in report["shots"] if s["id"] == "lead")
+    assert lead_report["thresholds"]["motion_smoothness"] == 0.6
+    assert "trajectory_adherence" not in lead_report["thresholds"]  # it has no trajectories
     html = Path(status["outputs"]["report_html"]).read_text()
     assert "data:image/jpeg;base64," in html and "gate-jitter" in html
 
