@@ -60,16 +60,21 @@ def frame(path: str | Path, k: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster, cli_env):
-    url = farm_cluster.node_url("node-c") + "/emulator/faults"  # the only ATI node
-    resp = requests.put(url, json={"jitter": {"px": 5.0, "takes": 1}}, timeout=5)
+def render_shaken(rt, farm_cluster, scene, jitter: dict) -> dict:
+    """Render ``scene`` while node-c (the only ATI node) has the ``jitter`` fault."""
+    url = farm_cluster.node_url("node-c") + "/emulator/faults"
+    resp = requests.put(url, json={"jitter": jitter}, timeout=5)
     assert resp.ok, resp.text
     try:
-        scene = ati_scene("gate-jitter", "a fox runs through the gate test meadow")
         enqueue(scene, rt)
-        status = wait_done(rt, scene.id)
+        return wait_done(rt, scene.id)
     finally:
         requests.put(url, json={}, timeout=5)
+
+
+def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster, cli_env):
+    scene = ati_scene("gate-jitter", "a fox runs through the gate test meadow")
+    status = render_shaken(rt, farm_cluster, scene, {"px": 5.0, "takes": 1})
     assert status["state"] == "done", status
     shot = next(s for s in status["shots"] if s["id"] == "ati")
     record = rt.state.shot(scene.id, "ati")
@@ -112,15 +117,8 @@ def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster,
 
 
 def test_with_no_take_left_the_gate_keeps_the_best_take(rt, farm_cluster):
-    url = farm_cluster.node_url("node-c") + "/emulator/faults"
-    resp = requests.put(url, json={"jitter": {"px": 6.0, "takes": 5}}, timeout=5)
-    assert resp.ok, resp.text
-    try:
-        scene = ati_scene("gate-best", "a hare crosses the gate test meadow")
-        enqueue(scene, rt)
-        status = wait_done(rt, scene.id)
-    finally:
-        requests.put(url, json={}, timeout=5)
+    scene = ati_scene("gate-best", "a hare crosses the gate test meadow")
+    status = render_shaken(rt, farm_cluster, scene, {"px": 6.0, "takes": 5})
     record = rt.state.shot(scene.id, "ati")
     takes = record["takes"]
     assert len(takes) == 3 and not any(t["passed"] for t in takes)  # FARM_GATE_TAKES = 3
