@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from farm import media
 from farm.runtime import Runtime
 from farm.scene import Scene, Shot, parse_scene
@@ -134,6 +132,7 @@ def build_report(
     """The report's data (schema: docs/quality.md), from the shot records and the files the
     gate kept beside each take."""
     from farm.gate import load_gate
+    from farm.metrics.scene import summary
 
     start = time.perf_counter()
     gate = load_gate(rt.settings.gate_file)
@@ -142,13 +141,6 @@ def build_report(
         for shot in scene.shots
     ]
     links = _continuity(entries)
-    names = sorted({n for e in entries for n in e["scores"]})
-    summary = {
-        n: round(float(np.mean([e["scores"][n] for e in entries if n in e["scores"]])), 4)
-        for n in names
-    }
-    if links:
-        summary["continuity"] = round(float(np.mean([x["score"] for x in links])), 4)
     return {
         "version": 1,
         "scene_id": scene.id,
@@ -156,7 +148,7 @@ def build_report(
         "state": "partial" if any(e["state"] != ShotState.DONE for e in entries) else "done",
         "created": record.get("created"),
         "video": (record.get("outputs") or {}).get("video"),
-        "summary": summary,
+        "summary": summary(entries, links),
         "continuity": links,
         "shots": entries,
         "seconds": round(  # scoring time: every take of every shot

@@ -313,19 +313,19 @@ class Dispatcher:
     def close(self, scene_id: str, shot_id: str, record: dict[str, Any]) -> None:
         """Fill a shot's chord slot without rendering (cancelled, failed while waiting): a
         ``farm.close_shot`` task on the CPU queue returns ``record``."""
-        state = self.rt.state
-        shot = state.shot(scene_id, shot_id)
-        scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
-        self._fill_slot("farm.close_shot", (record,), shot, scene, self.s.cpu_queue)
+        self._fill_cpu_slot("farm.close_shot", (record,), scene_id, shot_id)
 
     def score(self, scene_id: str, shot_id: str, token: str) -> None:
         """Fill a shot's chord slot with ``farm.score_shot`` on the CPU queue: the quality
         gate scores the take the shot's ``scoring`` token names (:mod:`farm.gate`)."""
+        self._fill_cpu_slot("farm.score_shot", (scene_id, shot_id, token), scene_id, shot_id)
+
+    def _fill_cpu_slot(self, name: str, args: tuple, scene_id: str, shot_id: str) -> None:
+        """Publish CPU task ``name`` into the shot's chord slot."""
         state = self.rt.state
         shot = state.shot(scene_id, shot_id)
         scene = self.r.hmget(state.scene_key(scene_id), ["chord_id", "chord", "state"])
-        self._fill_slot("farm.score_shot", (scene_id, shot_id, token), shot, scene,
-                        self.s.cpu_queue)  # fmt: skip
+        self._fill_slot(name, args, shot, scene, self.s.cpu_queue)
 
     def _fill_slot(self, name, args, shot, scene, queue, **options) -> None:
         """Publish task ``name`` into the shot's chord slot (its task id, group, index)."""

@@ -59,12 +59,13 @@ def score_scene(shots: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "shots": results,
         "continuity": links,
-        "summary": _summary(results, links),
+        "summary": summary(results, links),
         "seconds": round(time.perf_counter() - start, 4),
     }
 
 
-def _summary(results: list[dict], links: list[dict]) -> dict[str, float]:
+def summary(results: list[dict], links: list[dict]) -> dict[str, float]:
+    """Mean of each score over the shots that have it, and of continuity over the cuts."""
     names = sorted({name for r in results for name in r["scores"]})
     summary = {
         name: float(np.mean([r["scores"][name] for r in results if name in r["scores"]]))
