@@ -4,7 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean addon blender
+
+# Blender as a Python module (bpy, from the package registry): 4.5 LTS and 5.0, for the
+# add-on's tests. bpy needs Python 3.11 exactly.
+BLENDER_VERSIONS := 4.5.15 5.0.1
+BLENDER_PYTHON ?= $(shell command -v python3.11 || echo $(PYTHON))
+ADDON_WHEELS := build/wheels
 
 setup: $(STAMP)
 
@@ -18,8 +24,25 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 demo: setup
 	$(BIN)/farm demo
 
-test: setup
+test: setup blender addon
 	$(BIN)/python -m pytest -q
+
+# the add-on, as a Blender extension and as a legacy zip add-on, in build/
+addon: setup
+	@mkdir -p build
+	$(BIN)/python blender/build.py --requirements > build/addon-wheels.txt
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: -d $(ADDON_WHEELS) -r build/addon-wheels.txt
+	$(BIN)/python blender/build.py --wheels $(ADDON_WHEELS) --out build
+
+# real Blender for the tests: one virtual environment per version
+blender: $(foreach v,$(BLENDER_VERSIONS),.venv-blender-$(basename $(v))/.installed)
+
+.venv-blender-%/.installed:
+	@$(BLENDER_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "bpy (Blender as a module) needs Python 3.11: install python3.11 or set BLENDER_PYTHON=/path/to/python3.11"; exit 3; }
+	@test -x .venv-blender-$*/bin/python || $(BLENDER_PYTHON) -m venv .venv-blender-$*
+	.venv-blender-$*/bin/python -m pip install --quiet 'bpy==$(filter $*.%,$(BLENDER_VERSIONS))'
+	@touch $@
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,4 +53,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-blender-* var build *.egg-info .pytest_cache .ruff_cache
