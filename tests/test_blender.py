@@ -29,7 +29,9 @@ import build as addon_build  # noqa: E402  (blender/build.py)
 def blender_python(version: str) -> Path:
     exe = BLENDERS[version] / "bin" / "python"
     if not exe.exists():
-        pytest.fail(f"Blender {version} (bpy) is not installed in {BLENDERS[version]}: run `make test`")
+        pytest.fail(
+            f"Blender {version} (bpy) is not installed in {BLENDERS[version]}: run `make test`"
+        )
     return exe
 
 
@@ -79,7 +81,12 @@ def run_blender(version: str, tmp: Path, **cfg) -> dict:
 def test_build_is_a_valid_extension_and_a_legacy_addon(addon, tmp_path):
     """Blender's own validator accepts the extension; the legacy zip has bl_info and the
     vendored redis; building again gives the same bytes."""
-    tool = next(BLENDERS["4.5"].glob("lib/python*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"), None)
+    tool = next(
+        BLENDERS["4.5"].glob(
+            "lib/python*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py"
+        ),
+        None,
+    )
     assert tool is not None, "run `make test` (it installs bpy 4.5)"
     check = subprocess.run([sys.executable, str(tool), "validate", str(addon["extension"])],
                            capture_output=True, text=True)  # fmt: skip
@@ -109,7 +116,9 @@ def test_export_projects_trajectories_through_the_shot_camera(addon, tmp_path):
     """The message: one shot per camera marker with its frames, start images rendered at
     the farm canvas from the shot camera, the animated object's path projected by the
     pinhole model; the scene's own settings put back afterwards."""
-    out = run_blender("4.5", tmp_path, addon=str(addon["extension"]), kind="extension", mode="export")
+    out = run_blender(
+        "4.5", tmp_path, addon=str(addon["extension"]), kind="extension", mode="export"
+    )
     message = out["message"]
     assert message["version"] == 1 and message["submission"] == "bl-export-test"
     shots = message["scene"]["shots"]
@@ -196,7 +205,11 @@ def test_rejected_submission_shows_every_error_per_shot(addon, farm_cluster, art
     status = r.hgetall(f"farm:submission:{state['submission']}")
     assert status["state"] == "rejected" and status["reason"] == "invalid"
     assert not r.exists(f"farm:scene:{state['farm_scene']}")
-    dead = [f for _, f in r.xrange("farm:submissions:dead") if f.get("submission") == state["submission"]]
+    dead = [
+        f
+        for _, f in r.xrange("farm:submissions:dead")
+        if f.get("submission") == state["submission"]
+    ]
     assert len(dead) == 1
 
 
@@ -207,5 +220,3 @@ def test_unreachable_farm_is_a_plain_error(addon, tmp_path):
     assert "cannot reach the farm's Redis at redis://127.0.0.1:9/0" in out["submit_error"]
     assert "add-on preferences" in out["submit_error"]
     assert out["state"]["submission_state"] == "failed"
-
-

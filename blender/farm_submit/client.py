@@ -167,7 +167,7 @@ def poll(client, prefix: str, submission_id: str, seen_previews: dict[str, str] 
         pipe = client.pipeline(transaction=False)
         for shot_id in shot_ids:
             pipe.hgetall(f"{prefix}:shot:{scene_id}:{shot_id}")
-        for shot_id, shot in zip(shot_ids, pipe.execute()):
+        for shot_id, shot in zip(shot_ids, pipe.execute(), strict=True):
             snap["shots"][shot_id] = {
                 "state": shot.get("state", ""),
                 "progress": float(shot.get("progress") or 0.0),

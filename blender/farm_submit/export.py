@@ -84,7 +84,11 @@ def default_scene_id(scene) -> str:
 
 
 def scene_id_of(scene) -> str:
-    return slug(scene.farm.scene_id, "scene") if scene.farm.scene_id.strip() else default_scene_id(scene)
+    return (
+        slug(scene.farm.scene_id, "scene")
+        if scene.farm.scene_id.strip()
+        else default_scene_id(scene)
+    )
 
 
 def fps_of(scene) -> int:

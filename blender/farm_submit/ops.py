@@ -89,7 +89,9 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
         s.gate = str(gate.get("decision") or "")
         preview = snap["previews"].get(shot_id)
         if preview is not None:
-            s.preview_image = results.show_preview(info["id"], shot_id, preview["mime"], preview["data"])
+            s.preview_image = results.show_preview(
+                info["id"], shot_id, preview["mime"], preview["data"]
+            )
             s.preview_at = preview["at"]
         clip = remote["outputs"].get("final") or remote["outputs"].get("preview")
         if remote["state"] == "done" and clip:
@@ -148,7 +150,12 @@ class Watcher(threading.Thread):
     def __init__(self, scene_name: str, conn: dict[str, Any], submission: str,
                  message: dict[str, Any] | None) -> None:  # fmt: skip
         super().__init__(name=f"farm-watch-{scene_name}", daemon=True)
-        self.scene_name, self.conn, self.submission, self.message = scene_name, conn, submission, message
+        self.scene_name, self.conn, self.submission, self.message = (
+            scene_name,
+            conn,
+            submission,
+            message,
+        )
         self.inbox: queue.Queue = queue.Queue()
         self.stop = threading.Event()
 
@@ -251,9 +258,15 @@ class FARM_OT_submit(bpy.types.Operator):
     def poll(cls, context) -> bool:
         scene = context.scene
         if scene is None or not export.camera_shots(scene):
-            cls.poll_message_set("Bind a camera to a timeline marker for each shot (Ctrl+B in the timeline)")
+            cls.poll_message_set(
+                "Bind a camera to a timeline marker for each shot (Ctrl+B in the timeline)"
+            )
             return False
-        if scene.name in WATCHERS and WATCHERS[scene.name].message is not None and WATCHERS[scene.name].is_alive():
+        if (
+            scene.name in WATCHERS
+            and WATCHERS[scene.name].message is not None
+            and WATCHERS[scene.name].is_alive()
+        ):
             cls.poll_message_set("This scene is being sent")
             return False
         return True
@@ -289,7 +302,9 @@ class FARM_OT_submit(bpy.types.Operator):
             self.report({"ERROR"}, "The farm refused the scene:\n" + "\n".join(problems))
             return {"CANCELLED"}
         if snap["submission"]["state"] == "pending":
-            self.report({"WARNING"}, "Sent; the farm has not taken it yet (is `farm ingest` running?)")
+            self.report(
+                {"WARNING"}, "Sent; the farm has not taken it yet (is `farm ingest` running?)"
+            )
         else:
             self.report({"INFO"}, f"Farm scene {message['scene']['id']} queued")
         return {"FINISHED"}

@@ -8,7 +8,9 @@ from bpy.props import CollectionProperty, FloatProperty, IntProperty, StringProp
 
 
 class FARM_PG_path_map(bpy.types.PropertyGroup):
-    farm_path: StringProperty(name="Farm path", description="A folder as the farm names it, e.g. /srv/farm/storage")
+    farm_path: StringProperty(
+        name="Farm path", description="A folder as the farm names it, e.g. /srv/farm/storage"
+    )
     local_path: StringProperty(name="Local path", subtype="DIR_PATH",
                                description="The same folder on this machine, e.g. //farm or Z:\\farm")  # fmt: skip
 
@@ -20,7 +22,9 @@ class FarmPreferences(bpy.types.AddonPreferences):
                               description="The farm's Redis: redis://host:port/db, or rediss:// for TLS")  # fmt: skip
     password: StringProperty(name="Password", subtype="PASSWORD",
                              description="The farm's Redis password (kept in preferences, never in .blend files)")  # fmt: skip
-    key_prefix: StringProperty(name="Key prefix", default="farm", description="The farm's FARM_PREFIX")
+    key_prefix: StringProperty(
+        name="Key prefix", default="farm", description="The farm's FARM_PREFIX"
+    )
     timeout: FloatProperty(name="Timeout", default=5.0, min=0.5, max=120.0, unit="TIME_ABSOLUTE",
                            description="Seconds to wait for Redis on each call")  # fmt: skip
     ingest_wait: FloatProperty(name="Wait for the farm", default=15.0, min=0.0, max=600.0, unit="TIME_ABSOLUTE",

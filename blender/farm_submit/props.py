@@ -49,17 +49,32 @@ class FARM_PG_shot(bpy.types.PropertyGroup):
 
     marker: StringProperty(name="Marker", description="The camera marker that starts this shot")
     action: StringProperty(name="Action", description="What happens in the shot (required)")
-    camera_direction: StringProperty(name="Camera direction", description="How the camera frames the action")
+    camera_direction: StringProperty(
+        name="Camera direction", description="How the camera frames the action"
+    )
     camera_movements: EnumProperty(name="Camera movements", items=MOVEMENTS, options={"ENUM_FLAG"})
     style: StringProperty(name="Style", description="Look and mood")
-    characters: StringProperty(name="Characters", description="Characters in the shot, separated by ';'")
+    characters: StringProperty(
+        name="Characters", description="Characters in the shot, separated by ';'"
+    )
     negative_prompt: StringProperty(name="Avoid", description="What the shot must not show")
     template: EnumProperty(name="Template", items=TEMPLATES, default="standard_generation")
-    use_seed: BoolProperty(name="Fixed seed", description="Use this seed (else the farm picks a stable one)")
+    use_seed: BoolProperty(
+        name="Fixed seed", description="Use this seed (else the farm picks a stable one)"
+    )
     seed: IntProperty(name="Seed", min=0, default=0)
-    duration: FloatProperty(name="Duration", min=0.0, max=15.0, default=0.0, unit="TIME_ABSOLUTE",
-                            description="Seconds to generate; 0 = the marker's frame range")
-    start_image: BoolProperty(name="Start image", description="Render the shot's first frame through its camera and animate it")
+    duration: FloatProperty(
+        name="Duration",
+        min=0.0,
+        max=15.0,
+        default=0.0,
+        unit="TIME_ABSOLUTE",
+        description="Seconds to generate; 0 = the marker's frame range",
+    )
+    start_image: BoolProperty(
+        name="Start image",
+        description="Render the shot's first frame through its camera and animate it",
+    )
     trajectory_objects: CollectionProperty(type=FARM_PG_object)
     active_object: IntProperty()
     # the farm's side, filled in by submit and refresh
@@ -79,7 +94,9 @@ class FARM_PG_shot(bpy.types.PropertyGroup):
 class FARM_PG_scene(bpy.types.PropertyGroup):
     """The scene's farm settings and its last submission."""
 
-    scene_id: StringProperty(name="Scene id", description="The farm scene id; empty = <file>-<scene>")
+    scene_id: StringProperty(
+        name="Scene id", description="The farm scene id; empty = <file>-<scene>"
+    )
     title: StringProperty(name="Title")
     quality: EnumProperty(name="Quality", items=QUALITIES, default="preview")
     priority: IntProperty(name="Priority", min=0, max=9, default=5)

@@ -18,9 +18,9 @@ def map_path(path: str, mappings) -> str:
     best = None
     for m in mappings:
         farm = m.farm_path.rstrip("/\\")
-        if farm and (path == farm or path.startswith(farm + "/") or path.startswith(farm + "\\")):
-            if best is None or len(farm) > len(best[0]):
-                best = (farm, m.local_path)
+        inside = path == farm or path.startswith((farm + "/", farm + "\\"))
+        if farm and inside and (best is None or len(farm) > len(best[0])):
+            best = (farm, m.local_path)
     if best is None:
         return path
     rest = path[len(best[0]) :].lstrip("/\\")

@@ -16,7 +16,8 @@ import traceback
 
 import bpy
 
-cfg = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as f:
+    cfg = json.load(f)
 out: dict = {"version": bpy.app.version_string, "errors": []}
 
 
@@ -65,7 +66,11 @@ def build_scene() -> None:
         camera("CamSide", (0, -9, 0.5), (1.5708, 0, 0)),
         camera("CamClose", (3, -6, 1), (1.4, 0, 0.45)),
     ]
-    for frame, name, cam in ((1, "intro", cams[0]), (18, "chase", cams[1]), (35, "close-up", cams[2])):
+    for frame, name, cam in (
+        (1, "intro", cams[0]),
+        (18, "chase", cams[1]),
+        (35, "close-up", cams[2]),
+    ):
         marker = scene.timeline_markers.new(name, frame=frame)
         marker.camera = cam
     bpy.ops.farm.sync_shots()
@@ -119,8 +124,22 @@ def state(scene) -> dict:
         "errors": farm.errors,
         "status": farm.status,
         "shots": [
-            {k: getattr(s, k) for k in ("marker", "farm_id", "frame_start", "frame_end", "state",
-                                          "progress", "error", "clip", "gate", "node", "preview_image")}
+            {
+                k: getattr(s, k)
+                for k in (
+                    "marker",
+                    "farm_id",
+                    "frame_start",
+                    "frame_end",
+                    "state",
+                    "progress",
+                    "error",
+                    "clip",
+                    "gate",
+                    "node",
+                    "preview_image",
+                )
+            }
             for s in farm.shots
         ],
         "strips": strips_of(scene),
@@ -143,11 +162,17 @@ try:
             import base64
 
             png = base64.b64decode(data)
-            message["files"][name] = {"bytes": len(png), "png": png[:8] == b"\x89PNG\r\n\x1a\n",
-                                      "size": list(struct.unpack(">II", png[16:24]))}
+            message["files"][name] = {
+                "bytes": len(png),
+                "png": png[:8] == b"\x89PNG\r\n\x1a\n",
+                "size": list(struct.unpack(">II", png[16:24])),
+            }
         out["message"] = message
         out["frame_current"] = bpy.context.scene.frame_current
-        out["resolution"] = [bpy.context.scene.render.resolution_x, bpy.context.scene.render.resolution_y]
+        out["resolution"] = [
+            bpy.context.scene.render.resolution_x,
+            bpy.context.scene.render.resolution_y,
+        ]
     elif cfg["mode"] == "reopen":
         bpy.ops.wm.open_mainfile(filepath=cfg["blend"])
         out["state"] = state(bpy.context.scene)
@@ -194,4 +219,5 @@ try:
         bpy.ops.wm.save_as_mainfile(filepath=cfg["blend"])
 except Exception:
     out["errors"].append(traceback.format_exc())
-json.dump(out, open(cfg["out"], "w"), indent=1)
+with open(cfg["out"], "w") as f:
+    json.dump(out, f, indent=1)
