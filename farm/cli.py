@@ -1,8 +1,9 @@
 """The ``farm`` command line: parse, call one function, print.
 
-Exit codes: 0 success; 1 the work failed (a watched scene ended failed or partial);
-2 invalid input (scene file, flags); 3 the farm is unavailable or misconfigured
-(Redis unreachable, no capable node, a missing tool).
+Exit codes: 0 success; 1 the work failed (a watched scene ended failed or partial, a
+submission was refused); 2 invalid input (scene file, flags, a submission rejected as
+invalid); 3 the farm is unavailable or misconfigured (Redis unreachable, no capable node,
+a missing tool, no ingest answered a submission).
 """
 
 from __future__ import annotations
@@ -137,6 +138,95 @@ def enqueue(
     if as_json:
         print_json(status)
     sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("scene_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--id", "submission_id",
+    help="Submission id (default: the scene id and a random suffix). The same id sent "
+    "again is a duplicate: it gets the first one's answer and renders nothing.",
+)  # fmt: skip
+@click.option("--replace", is_flag=True, help="Replace a finished scene with the same id.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    help="Seconds to wait for `farm ingest` to decide.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the submission's status as JSON.")
+def submit(
+    scene_file: Path, submission_id: str | None, replace: bool, timeout: float, as_json: bool
+) -> None:
+    """Send SCENE_FILE and its start images as one submission on the Redis stream, and
+    wait for `farm ingest` to accept it (exit 0) or reject it: exit 2 invalid (every
+    error is printed), 1 refused by the farm or an ingest error, 3 no answer in time."""
+    from farm import ingest as sub
+    from farm.settings import get_settings
+    from farm.state import connect
+
+    try:
+        settings = get_settings()
+        fields = sub.pack_submission(scene_file, submission_id, replace)
+        if len(fields["body"]) > settings.submission_max_bytes:
+            raise InvalidInput(
+                f"the submission is {len(fields['body'])} bytes, over the limit of "
+                f"{settings.submission_max_bytes} (FARM_SUBMISSION_MAX_BYTES); use smaller "
+                "start images or split the scene"
+            )
+        client = connect(settings)
+        message = sub.send_submission(client, settings, fields)
+    except FarmError as exc:
+        fail(exc)
+    sid = fields["submission"]
+    status = sub.wait_status(client, settings, sid, timeout)
+    if status is None:
+        if as_json:
+            print_json({"submission": sid, "state": "waiting", "message": message})
+        why = ("`farm ingest` is running but busy" if sub.ingest_running(client, settings)
+               else "no `farm ingest` is reading it: start one")  # fmt: skip
+        err_console.print(
+            f"[red]error:[/] submission {sid} is on {sub.stream_key(settings)} (message "
+            f"{message}) but had no answer within {timeout:g}s; {why}. It is decided when "
+            "an ingest reads it.", highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        print_json(status)
+    elif status["message"] != message:
+        err_console.print(f"submission {sid} was already decided (message "
+                          f"{status['message']}); this one is a duplicate", highlight=False)  # fmt: skip
+    if status["state"] == "accepted":
+        if not as_json:
+            console.print(f"[green]accepted[/] submission {sid} → scene [bold]{status['scene']}"
+                          f"[/]; follow it with `farm status {status['scene']}`")  # fmt: skip
+        sys.exit(EXIT_OK)
+    if not as_json:
+        err_console.print(f"[red]rejected[/] submission {sid} ({status['reason']}):",
+                          highlight=False)  # fmt: skip
+        for error in status["errors"]:
+            err_console.print(f"  - {escape(error)}", highlight=False, soft_wrap=True)
+    sys.exit(EXIT_INVALID if status["reason"] == "invalid" else EXIT_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--name", help="Consumer name in the group (default: HOSTNAME-PID); unique per process."
+)
+@click.option("--once", is_flag=True, help="Decide what is waiting now, then exit.")
+def ingest(name: str | None, once: bool) -> None:
+    """Serve submissions: read the Redis stream PREFIX:submissions (consumer group
+    ingest), validate each, enqueue its scene exactly once and write its status
+    (PREFIX:submission:ID). Stops cleanly on SIGTERM or Ctrl-C. See docs/submissions.md."""
+    import logging
+
+    from farm.ingest import Ingest
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        Ingest(runtime(), name).run(once=once)
+    except FarmError as exc:
+        fail(exc)
 
 
 @cli.command()

@@ -2,9 +2,9 @@
 
 Starts its own Redis (AOF, data under the demo folder), two emulated ComfyUI nodes with
 different models and speeds, one emulated WanGP node (its MCP server), a worker per node
-queue and a CPU worker; submits
-``examples/demo_scene.json``; shows live progress; prints where the outputs are; stops
-everything it started.
+queue, a CPU worker and ``farm ingest``; submits ``examples/demo_scene.json`` the way the
+Blender add-on does (one message on the submissions stream, decided by ingest); shows live
+progress; prints where the outputs are; stops everything it started.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 from rich.console import Console
 
 from farm import settings as settings_mod
+from farm.errors import ConfigError
+from farm.ingest import pack_submission, send_submission, wait_status
 from farm.local import EmulatedNode, LocalFarm
 from farm.runtime import get_runtime
 from farm.scene import load_scene
 from farm.settings import REPO_ROOT
-from farm.submit import enqueue
 from farm.watch import watch
 
 DEMO_SCENE = REPO_ROOT / "examples" / "demo_scene.json"
@@ -54,10 +55,16 @@ def run_demo(
                 f"  node [cyan]{node['name']}[/] ({node['kind']}) {node['gpu']} at {node['url']}: "
                 f"{len(models)} video models"
             )
-        jobs = enqueue(scene, rt, quality)
+        fields = pack_submission(scene_file, None, False, quality=quality)
+        message = send_submission(rt.redis, rt.settings, fields)
+        decision = wait_status(rt.redis, rt.settings, fields["submission"], timeout=60)
+        if decision is None or decision["state"] != "accepted":
+            errors = decision["errors"] if decision else ["no answer from farm ingest in 60s"]
+            raise ConfigError(f"farm ingest did not accept the demo scene (see {root / 'logs'}/"
+                              "ingest.log): " + "; ".join(errors))  # fmt: skip
         console.print(
-            f"submitted scene [bold]{scene.id}[/] ({len(jobs)} shots): "
-            + ", ".join(f"{j.shot_id}→{j.node}" for j in jobs)
+            f"submitted scene [bold]{scene.id}[/] ({len(scene.shots)} shots) through farm ingest:"
+            f" submission {fields['submission']} (stream message {message}) accepted"
         )
         status = watch(rt.state, scene.id, console, timeout=600)
     console.print(

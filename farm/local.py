@@ -2,7 +2,8 @@
 
 Used by ``farm demo`` and by the test suite, so both run the same real processes:
 ``redis-server`` on a free loopback port with AOF, one emulator server per node, one
-Celery worker per node queue and a CPU worker. Everything it starts, it stops.
+Celery worker per node queue, a CPU worker and ``farm ingest`` (submissions from the Redis
+stream). Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class LocalFarm:
                 self.start_worker(node.name)
             self.start_cpu_worker()
             self.wait_workers()
+            self.start_ingest()
         except BaseException:
             self.stop()
             raise
@@ -274,6 +276,23 @@ class LocalFarm:
                 str(self.cpu_concurrency),
             ],
         )
+
+    def start_ingest(self, timeout: float = 30) -> None:
+        """Start ``farm ingest`` (the submissions service, :mod:`farm.ingest`) and wait until
+        it reads the stream (its consumer, named after host and pid, is in the group)."""
+        proc = self._spawn("ingest", [sys.executable, "-m", "farm", "ingest"])
+        settings = self.settings()
+        name = f"{socket.gethostname()}-{proc.pid}".encode()
+        client = redis.Redis(port=self.redis_port, socket_timeout=5)
+
+        def reading() -> bool:
+            consumers = client.xinfo_consumers(settings.key("submissions"), "ingest")
+            return any(c["name"] == name for c in consumers)
+
+        try:
+            wait_for(reading, timeout, "farm ingest", proc, self.logs / "ingest.log")
+        finally:
+            client.close()
 
     def wait_workers(self, timeout: float = 60) -> None:
         """Wait until every worker answers a ping (they then consume their queues)."""

@@ -206,6 +206,42 @@ class Settings:
             str(7 * 24 * 3600),
         )
     )
+    submission_max_bytes: int = field(
+        **_env(
+            "FARM_SUBMISSION_MAX_BYTES",
+            "Largest submission body accepted by `farm ingest`, bytes (attachments included)",
+            str(32 * 1024 * 1024),
+        )
+    )
+    submission_max_file_bytes: int = field(
+        **_env(
+            "FARM_SUBMISSION_MAX_FILE_BYTES",
+            "Largest attachment (decoded) in a submission, bytes",
+            str(16 * 1024 * 1024),
+        )
+    )
+    submission_ttl: int = field(
+        **_env(
+            "FARM_SUBMISSION_TTL",
+            "Seconds a submission's status is kept after its last change",
+            str(30 * 24 * 3600),
+        )
+    )
+    ingest_claim_idle: float = field(
+        **_env(
+            "FARM_INGEST_CLAIM_IDLE",
+            "Seconds a submission may sit unacknowledged with a dead ingest before another "
+            "ingest claims it",
+            "60",
+        )
+    )
+    ingest_max_deliveries: int = field(
+        **_env(
+            "FARM_INGEST_MAX_DELIVERIES",
+            "Deliveries after which a submission that keeps failing ingest is rejected as poison",
+            "5",
+        )
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -231,6 +267,15 @@ class Settings:
             raise ConfigError(f"FARM_GATE_TAKES ({self.gate_takes}) must be 1 or more")
         if self.placement not in ("late", "naive"):
             raise ConfigError(f"FARM_PLACEMENT {self.placement!r} must be 'late' or 'naive'")
+        for name, value in (
+            ("FARM_SUBMISSION_MAX_BYTES", self.submission_max_bytes),
+            ("FARM_SUBMISSION_MAX_FILE_BYTES", self.submission_max_file_bytes),
+            ("FARM_SUBMISSION_TTL", self.submission_ttl),
+            ("FARM_INGEST_CLAIM_IDLE", self.ingest_claim_idle),
+            ("FARM_INGEST_MAX_DELIVERIES", self.ingest_max_deliveries),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} ({value}) must be more than 0")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
                 f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://"

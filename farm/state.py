@@ -3,7 +3,8 @@
 Keys (all under the settings' prefix, ``farm`` by default)::
 
     farm:scenes                 sorted set, scene id -> creation time
-    farm:scene:{scene}          hash: id, title, quality, priority, state, spec, shots, outputs, metrics, ...
+    farm:scene:{scene}          hash: id, title, quality, priority, state, spec, shots, outputs,
+                                metrics, submission (the id it came in by, if any), ...
     farm:shot:{scene}:{shot}    hash: id, state, progress, node, attempts, outputs, error, ...
     farm:events:{scene}         stream of {type, shot?, ...} events, capped
     farm:preview:{scene}:{shot} hash: the newest preview frame of a running shot
@@ -44,6 +45,7 @@ PLAIN = frozenset(
         "paused",
         "force",
         "scoring",
+        "submission",
     }
 )
 NUMBERS: dict[str, type] = {
@@ -98,11 +100,12 @@ def redacted(url: str) -> str:
     return url
 
 
-def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
-    """A Redis client for ``settings.redis_url``; with ``check``, fail fast with one clear line."""
+def connect(settings: Settings, *, check: bool = True, decode: bool = True) -> redis.Redis:
+    """A Redis client for ``settings.redis_url``; with ``check``, fail fast with one clear line.
+    ``decode``: replies as text (False: bytes, for data that may not be UTF-8)."""
     client = redis.Redis.from_url(
         settings.redis_url,
-        decode_responses=True,
+        decode_responses=decode,
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=30,
@@ -171,8 +174,10 @@ class FarmState:
         quality: str,
         *,
         replace: bool = False,
+        submission: str | None = None,
     ) -> None:
-        """Record a new scene and its queued shots; refuse to clobber an unfinished one."""
+        """Record a new scene and its queued shots; refuse to clobber an unfinished one.
+        ``submission``: the id of the submission it came in by (:mod:`farm.ingest`)."""
         scene_id = spec["id"]
         existing = self.r.hget(self.scene_key(scene_id), "state")
         if existing is not None:
@@ -202,6 +207,7 @@ class FarmState:
                     "metrics": {},
                     "created": now,
                     "updated": now,
+                    "submission": submission,
                 }
             ),
         )
@@ -390,6 +396,7 @@ class FarmState:
             "shots": shots,
             "outputs": scene.get("outputs", {}),
             "metrics": scene.get("metrics", {}),
+            "submission": scene.get("submission"),
             "created": scene.get("created", 0.0),
             "updated": scene.get("updated", 0.0),
         }

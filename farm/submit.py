@@ -38,12 +38,14 @@ def enqueue(
     *,
     replace: bool = False,
     force: bool = False,
+    submission: str | None = None,
 ) -> list[Job]:
     """Plan and start ``scene``; returns each shot's first job, with the node it was bound to
     at once (``node`` None: it waits for a node with room, or was served from the render
     cache). Nothing is queued when any shot has no capable live node (raises
     :class:`~farm.errors.NoCapableNode`). ``force``: render every shot even when its
-    request is in the render cache."""
+    request is in the render cache. ``submission``: the id of the submission the scene
+    came in by, kept on its record (:mod:`farm.ingest`)."""
     quality = quality or scene.quality
     shots = plan_scene(scene, quality)
     nodes = rt.registry.infos()
@@ -51,7 +53,7 @@ def enqueue(
         place_any(variants, nodes)  # raises NoCapableNode, naming what each node lacks
     first = [variants[0] for variants in shots]
     records = [{"shot_id": j.shot_id, "node": j.node, "kind": j.kind} for j in first]
-    rt.state.create_scene(scene.to_dict(), records, quality, replace=replace)
+    rt.state.create_scene(scene.to_dict(), records, quality, replace=replace, submission=submission)
     remember(rt, scene)
     if force:
         rt.state.update_scene(scene.id, force="1")

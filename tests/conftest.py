@@ -1,5 +1,6 @@
 """Test fixtures: a real farm on loopback (redis-server, emulated ComfyUI nodes, Celery
-worker subprocesses), started once per session by the same code as ``farm demo``."""
+worker subprocesses, ``farm ingest``), started once per session by the same code as
+``farm demo``."""
 
 from __future__ import annotations
 
@@ -46,7 +47,15 @@ def farm_cluster(tmp_path_factory):
         tmp_path_factory.mktemp("farm"),
         nodes,
         cpu_concurrency=2,
-        extra_env={"FARM_NODE_IDLE_TIMEOUT": "8", "FARM_HTTP_TIMEOUT": "10"},
+        extra_env={
+            "FARM_NODE_IDLE_TIMEOUT": "8",
+            "FARM_HTTP_TIMEOUT": "10",
+            # farm ingest: claim a dead consumer's messages after 2 s; small limits, so the
+            # tests of oversize bodies and attachments stay cheap
+            "FARM_INGEST_CLAIM_IDLE": "2",
+            "FARM_SUBMISSION_MAX_BYTES": str(2 * 1024 * 1024),
+            "FARM_SUBMISSION_MAX_FILE_BYTES": str(1024 * 1024),
+        },
     )
     farm.start()
     os.environ.update(farm.env())

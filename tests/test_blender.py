@@ -162,6 +162,7 @@ def test_scene_renders_and_comes_back_as_strips(version, addon, farm_cluster, ar
     assert state["scene_state"] == "done", state
     shots = {s["marker"]: s for s in state["shots"]}
     assert [shots[m]["state"] for m in ("intro", "chase", "close-up")] == ["done"] * 3, shots
+    assert out["seen_running"], "the panel never showed a shot running"
     strips = state["strips"]
     clips = [s for s in strips if s["channel"] == 2]
     assert [(s["name"], s["start"], s["end"]) for s in clips] == [
@@ -205,11 +206,11 @@ def test_rejected_submission_shows_every_error_per_shot(addon, farm_cluster, art
     status = r.hgetall(f"farm:submission:{state['submission']}")
     assert status["state"] == "rejected" and status["reason"] == "invalid"
     assert not r.exists(f"farm:scene:{state['farm_scene']}")
-    dead = [
-        f
-        for _, f in r.xrange("farm:submissions:dead")
-        if f.get("submission") == state["submission"]
-    ]
+    raw = redis.Redis.from_url(
+        farm_cluster.env()["FARM_REDIS_URL"]
+    )  # others dead-letter binary junk
+    sub = state["submission"].encode()
+    dead = [f for _, f in raw.xrange("farm:submissions:dead") if f.get(b"submission") == sub]
     assert len(dead) == 1
 
 

@@ -80,6 +80,7 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
             {
                 "id": "one",
                 "action_description": "rain on a window",
+                "backend": "comfyui",  # ComfyUI nodes stream preview frames (checked below)
                 "width": 256,
                 "height": 160,
                 "frames": 9,
@@ -88,6 +89,7 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
                 "id": "two",
                 "action_description": "a cat",
                 "camera_movements": ["zoom_in"],
+                "backend": "comfyui",
                 "width": 256,
                 "height": 160,
                 "frames": 9,

@@ -60,6 +60,8 @@ def test_bad_values_name_the_variable():
         Settings.from_env({"FARM_RENDER_TIME_LIMIT": "500", "FARM_VISIBILITY_TIMEOUT": "400"})
     with pytest.raises(ConfigError, match="FARM_REDIS_URL"):
         Settings.from_env({"FARM_REDIS_URL": "localhost:6379"})
+    with pytest.raises(ConfigError, match="FARM_INGEST_MAX_DELIVERIES"):
+        Settings.from_env({"FARM_INGEST_MAX_DELIVERIES": "0"})
 
 
 def test_unknown_node_is_explained():

@@ -162,6 +162,8 @@ try:
             import base64
 
             png = base64.b64decode(data)
+            with open(os.path.join(os.path.dirname(cfg["out"]), name), "wb") as f:
+                f.write(png)  # kept beside the output, to look at
             message["files"][name] = {
                 "bytes": len(png),
                 "png": png[:8] == b"\x89PNG\r\n\x1a\n",
