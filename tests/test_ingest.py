@@ -38,6 +38,7 @@ from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 from .conftest import EXAMPLES
+from .test_e2e import wait_done
 
 GROUP = "ingest"
 
@@ -117,16 +118,6 @@ def dead_letter(raw, settings, message: str) -> dict[str, bytes]:
 
 def scene_queued_events(rt, scene_id: str) -> int:
     return sum(1 for _, e in rt.state.events(scene_id) if e["type"] == "scene_queued")
-
-
-def wait_done(rt, scene_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = rt.state.status(scene_id)
-        if status["state"] in TERMINAL_SCENE:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"scene {scene_id} did not finish: {rt.state.status(scene_id)}")
 
 
 def test_a_valid_submission_is_accepted_recorded_and_rendered(rt, r, settings):
