@@ -11,6 +11,7 @@ Two ways to run, as Blender needs:
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -95,12 +96,12 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
             s.preview_at = preview["at"]
         clip = remote["outputs"].get("final") or remote["outputs"].get("preview")
         if remote["state"] == "done" and clip:
-            problems += _load_clip(scene, s, results.map_path(clip, p.path_maps))
+            problems += _load_clip(scene, s, clip, results.map_path(clip, p.path_maps))
     video = info["outputs"].get("video")
     if video and info["state"] in ("done", "partial"):
         local = results.map_path(video, p.path_maps)
         if farm.scene_video != local:
-            if _exists(local):
+            if os.path.isfile(local):
                 start = min((s.frame_start for s in by_id.values()), default=scene.frame_start)
                 results.place_clip(scene, results.SCENE_STRIP, local, farm.channel + 1, start, None)
                 farm.scene_video = local
@@ -115,12 +116,6 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.isfile(path)
-
-
 def _missing(local: str, farm_path: str) -> str:
     return (
         f"the farm wrote {farm_path}, but {local} does not exist here: map the farm's storage "
@@ -128,11 +123,11 @@ def _missing(local: str, farm_path: str) -> str:
     )
 
 
-def _load_clip(scene, s, local: str) -> list[str]:
+def _load_clip(scene, s, farm_path: str, local: str) -> list[str]:
     if s.clip == local:
         return []
-    if not _exists(local):
-        s.error = _missing(local, local)
+    if not os.path.isfile(local):
+        s.error = _missing(local, farm_path)
         return [f"Shot {s.marker!r}: {s.error}"]
     results.place_clip(scene, results.STRIP_PREFIX + s.farm_id, local, scene.farm.channel,
                        s.frame_start, s.frame_end)  # fmt: skip
