@@ -541,6 +541,22 @@ def worker(
 
 
 @cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+def exporter(address: str, port: int) -> None:
+    """Serve the farm's Prometheus metrics at http://ADDRESS:PORT/metrics (shots by state,
+    queue depth per node, render seconds per model, model loads, fallbacks, gate
+    rejections, node up/down); see docs/monitoring.md."""
+    from farm.settings import get_settings
+    from farm.telemetry import serve
+
+    try:
+        serve(get_settings(), address, port)
+    except FarmError as exc:
+        fail(exc)
+
+
+@cli.command()
 @click.argument("scene_id")
 @click.argument("shot_id")
 @click.option(

@@ -243,6 +243,22 @@ class Settings:
         )
     )
 
+    flower_auth: str = field(
+        **_env(
+            "FARM_FLOWER_AUTH",
+            "Flower's logins, 'user:password' pairs separated by commas; `farm flower` "
+            "refuses to start without one unless given --no-auth",
+            "",
+        )
+    )
+    flower_db: Path = field(
+        **_env(
+            "FARM_FLOWER_DB",
+            "File where Flower keeps its task history across restarts",
+            str(REPO_ROOT / "var" / "flower" / "flower.db"),
+        )
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
