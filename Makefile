@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/farm demo
 
 test: setup blender addon
+	@PYTHON=$(PYTHON) scripts/system-deps.sh --test
 	$(BIN)/python -m pytest -q
 
 # the add-on, as a Blender extension and as a legacy zip add-on, in build/

@@ -507,6 +507,11 @@ def nodes(as_json: bool) -> None:
 @click.option(
     "--concurrency", type=click.IntRange(min=1), help="CPU worker processes (default: cores)."
 )
+@click.option(
+    "--name", "cpu_name",
+    help="With --cpu: the worker's name (NAME@host; default cpuPID). Give a stable name "
+    "so Flower shows one worker across restarts.",
+)  # fmt: skip
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(
     node_name: str | None,
@@ -514,6 +519,7 @@ def worker(
     kind: str,
     cpu: bool,
     concurrency: int | None,
+    cpu_name: str | None,
     loglevel: str,
 ) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
@@ -522,10 +528,12 @@ def worker(
 
     if cpu == bool(node_name or url):
         fail(InvalidInput("give exactly one of --node NAME (or --url URL) or --cpu"))
+    if cpu_name and not cpu:
+        fail(InvalidInput("--name is for --cpu workers; a node worker is named after its node"))
     try:
         settings = get_settings()
         if cpu:
-            run_cpu_worker(settings, concurrency, loglevel)
+            run_cpu_worker(settings, concurrency, loglevel, cpu_name)
             return
         if url:
             if kind == "auto":

@@ -14,6 +14,7 @@ serves it; the farm's own metrics are ``farm exporter`` (docs/monitoring.md).
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from typing import Any
@@ -26,14 +27,14 @@ RUNTIME_BUCKETS = (1, 5, 15, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 
 SAVE_INTERVAL_MS = 60_000
 LOGIN = re.compile(r"^[^:\s,]+:[^\s,]+$")
 
-# task name -> names of its leading arguments, as shown in Flower
+# task name -> names of its arguments, as shown in Flower
 ARG_NAMES = {
     "farm.preview": ("scene", "shot", "binding"),
     "farm.final": ("scene", "shot", "binding"),
     "farm.fallback": ("scene", "shot", "binding"),
     "farm.score_shot": ("scene", "shot", "take"),
-    "farm.score_scene": ("scene",),
 }
+SCENE_LAST = ("farm.assemble_scene", "farm.score_scene")  # (chord results, scene id)
 
 
 def parse_auth(text: str) -> list[str]:
@@ -65,21 +66,45 @@ def flower_env(settings: Settings, no_auth: bool = False) -> dict[str, str]:
         "FLOWER_STATE_SAVE_INTERVAL": str(SAVE_INTERVAL_MS),
         "FLOWER_TASK_RUNTIME_METRIC_BUCKETS": ",".join(str(b) for b in RUNTIME_BUCKETS),
         "FLOWER_PURGE_OFFLINE_WORKERS": str(24 * 3600),
+        "FLOWER_TASKS_COLUMNS": "name,uuid,state,args,received,started,runtime,worker",
     }
     if logins:
         env["FLOWER_BASIC_AUTH"] = ",".join(logins)
     return env
 
 
+def describe_args(name: str, args: str) -> str | None:
+    """``scene=… shot=…`` for a farm task's argument text (Celery's repr of its
+    arguments, possibly cut short), or None to leave it as it is."""
+    try:
+        values = ast.literal_eval(args)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        values = None
+    if isinstance(values, list | tuple):
+        if name in ARG_NAMES and len(values) == len(ARG_NAMES[name]):
+            return " ".join(f"{k}={v}" for k, v in zip(ARG_NAMES[name], values, strict=True))
+        if name in SCENE_LAST and values and isinstance(values[-1], str):
+            return f"scene={values[-1]}"
+        if name == "farm.close_shot" and values and isinstance(values[0], dict):
+            return f"scene={values[0].get('scene_id')} shot={values[0].get('shot_id')}"
+        return None
+    # cut short: the ids are still near the start of a record
+    scene = re.search(r"'scene_id': '([^']*)'", args)
+    shot = re.search(r"'shot_id': '([^']*)'", args)
+    if scene and name == "farm.close_shot" and shot:
+        return f"scene={scene.group(1)} shot={shot.group(1)}"
+    if scene and name in SCENE_LAST:
+        return f"scene={scene.group(1)}"
+    return None
+
+
 def format_task(task: Any) -> Any:
     """Flower hook: show a farm task's arguments by name (``scene=s1 shot=intro …``)."""
-    names = ARG_NAMES.get(getattr(task, "name", None) or "")
     args = getattr(task, "args", None)
-    if not names or not isinstance(args, str):
-        return task
-    values = re.findall(r"'((?:[^'\\]|\\.)*)'", args)
-    if len(values) >= len(names):
-        task.args = " ".join(f"{n}={v}" for n, v in zip(names, values, strict=False))
+    if isinstance(args, str):
+        described = describe_args(getattr(task, "name", None) or "", args)
+        if described:
+            task.args = described
     return task
 
 

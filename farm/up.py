@@ -282,8 +282,8 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
     for n in cfg.nodes:
         out.append(Service(f"worker-{n['name']}", [*farm, "worker", "--node", n["name"]], "worker"))
     for i in range(cfg.cpu_workers):
-        out.append(Service(f"cpu-{i}", [*farm, "worker", "--cpu", "--concurrency",
-                                        str(cfg.cpu_concurrency)], "cpu"))  # fmt: skip
+        out.append(Service(f"cpu-{i}", [*farm, "worker", "--cpu", "--name", f"cpu-{i}",
+                                        "--concurrency", str(cfg.cpu_concurrency)], "cpu"))  # fmt: skip
     for i in range(cfg.ingest_workers):
         out.append(Service(f"ingest-{i}", [*farm, "ingest", "--name", f"up-ingest-{i}"], "ingest"))
     for key, role in (("flower", "flower"), ("exporter", "exporter")):

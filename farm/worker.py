@@ -107,11 +107,18 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
 
 
 def run_cpu_worker(
-    settings: Settings, concurrency: int | None = None, loglevel: str = "INFO"
+    settings: Settings,
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    name: str | None = None,
 ) -> None:
-    """Run a worker for the CPU queue (assembly and scoring)."""
+    """Run a worker for the CPU queue (assembly and scoring), named ``NAME@host``
+    (default ``cpuPID``)."""
     run_worker(
-        settings.cpu_queue, f"cpu{os.getpid()}@%h", concurrency or os.cpu_count() or 1, loglevel
+        settings.cpu_queue,
+        f"{name or f'cpu{os.getpid()}'}@%h",
+        concurrency or os.cpu_count() or 1,
+        loglevel,
     )
 
 

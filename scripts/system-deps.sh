@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the system packages the farm needs are here: Python >= 3.11 with venv,
-# redis-server and ffmpeg. Installs what is missing with apt-get (as root, or through
+# redis-server and ffmpeg; with --test also chromium (the Flower dashboard test drives it
+# headless). Installs what is missing with apt-get (as root, or through
 # sudo when it needs no password); otherwise says exactly what to install.
 set -euo pipefail
 
@@ -16,6 +17,9 @@ elif ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
