@@ -1,9 +1,18 @@
 """The ``farm`` command line: parse, call one function, print.
 
-Exit codes: 0 success; 1 the work failed (a watched scene ended failed or partial, a
-submission was refused); 2 invalid input (scene file, flags, a submission rejected as
-invalid); 3 the farm is unavailable or misconfigured (Redis unreachable, no capable node,
-a missing tool, no ingest answered a submission).
+Exit codes, the same for every command:
+
+
+  0  success
+  1  the work failed: a watched scene ended failed or partial (or was not over at
+     --timeout), a submission was refused
+  2  invalid input: a scene or config file, a flag, an unknown scene or shot id, a
+     submission rejected as invalid
+  3  the farm is unavailable or misconfigured: Redis unreachable or refusing the login,
+     no capable node, a missing tool, no ingest answered, `farm up` not running
+
+Every command that reads something takes --json (machine-readable output on stdout;
+progress and errors go to stderr).
 """
 
 from __future__ import annotations
@@ -286,7 +295,44 @@ def cancel(scene_id: str, shot_id: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("scene_id")
-def pause(scene_id: str) -> None:
+@click.option(
+    "--timeout", type=click.FloatRange(min=0),
+    help="Stop watching after this many seconds (exit 1 if the scene is not over).",
+)  # fmt: skip
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the final status as JSON on stdout (the live view goes to stderr).",
+)  # fmt: skip
+def watch(scene_id: str, timeout: float | None, as_json: bool) -> None:
+    """Follow a scene live: a progress bar per shot with its state, node, attempt and
+    quality-gate decision, until the scene is done (exit 0), failed or partial (exit 1)."""
+    from farm.state import TERMINAL_SCENE
+    from farm.watch import watch as follow
+
+    try:
+        rt = runtime()
+        rt.state.scene(scene_id)  # exit 2 for an unknown scene
+        status = follow(rt.state, scene_id, err_console if as_json else console,
+                        timeout=timeout)  # fmt: skip
+    except FarmError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        err_console.print(f"stopped watching; scene {scene_id} goes on (`farm watch {scene_id}`)")
+        sys.exit(130)
+    if as_json:
+        print_json(status)
+    elif status["state"] not in TERMINAL_SCENE:
+        err_console.print(f"scene {scene_id} is still {status['state']} after {timeout:g}s")
+    else:
+        for name, path in status["outputs"].items():
+            console.print(f"{name}: {path}")
+    sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("scene_id")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def pause(scene_id: str, as_json: bool) -> None:
     """Stop starting shots of a scene (running renders finish); `farm resume` goes on."""
     try:
         rt, d = _dispatcher()
@@ -294,12 +340,16 @@ def pause(scene_id: str) -> None:
         parked = d.pause(scene_id)
     except FarmError as exc:
         fail(exc)
-    console.print(f"paused scene {scene_id}: {parked} waiting shots held")
+    if as_json:
+        print_json({"scene": scene_id, "paused": True, "held": parked})
+    else:
+        console.print(f"paused scene {scene_id}: {parked} waiting shots held")
 
 
 @cli.command()
 @click.argument("scene_id")
-def resume(scene_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def resume(scene_id: str, as_json: bool) -> None:
     """Go on with a paused scene."""
     try:
         rt, d = _dispatcher()
@@ -307,7 +357,10 @@ def resume(scene_id: str) -> None:
         back = d.resume(scene_id)
     except FarmError as exc:
         fail(exc)
-    console.print(f"resumed scene {scene_id}: {back} shots back in the backlog")
+    if as_json:
+        print_json({"scene": scene_id, "paused": False, "requeued": back})
+    else:
+        console.print(f"resumed scene {scene_id}: {back} shots back in the backlog")
 
 
 @cli.command()
@@ -655,7 +708,8 @@ def ps(config: Path | None, as_json: bool) -> None:
 
 @cli.command("env")
 @CONFIG_ARG
-def env_cmd(config: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the variables as JSON.")
+def env_cmd(config: Path | None, as_json: bool) -> None:
     """Print `export FARM_...` lines that point this shell's farm commands at the farm of
     CONFIG: `eval $(farm env farm.toml)`."""
     import shlex
@@ -666,7 +720,11 @@ def env_cmd(config: Path | None) -> None:
         env = farm_env(_up_config(config))
     except FarmError as exc:
         fail(exc)
-    for key in ("FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE"):
+    keys = ("FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE")
+    if as_json:
+        print_json({key: env[key] for key in keys})
+        return
+    for key in keys:
         click.echo(f"export {key}={shlex.quote(env[key])}")
 
 

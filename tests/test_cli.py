@@ -198,3 +198,46 @@ def test_score_refuses_bad_input_with_exit_2(tmp_path):
         out = farm(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert message in out.stderr, (args, out.stderr)
+
+
+def test_watch_follows_a_scene_to_its_end_with_a_bar_per_shot(cli_env, tmp_path):
+    scene = {"id": "watch-scene", "quality": "preview", "shots": [
+        {"id": f"w{i}", "action_description": "a kite", "backend": "comfyui", "width": 256,
+         "height": 160, "frames": 9, "seed": i} for i in range(2)]}  # fmt: skip
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    assert farm("enqueue", str(path), env=cli_env).returncode == 0
+    live = farm("watch", "watch-scene", env=cli_env)
+    assert live.returncode == 0, live.stderr
+    assert "w0" in live.stdout and "w1" in live.stdout and "done" in live.stdout
+    assert "━" in live.stdout and "video:" in live.stdout  # bars, then where the video is
+    final = farm("watch", "watch-scene", "--json", env=cli_env)
+    assert final.returncode == 0 and json.loads(final.stdout)["state"] == "done"
+    unknown = farm("watch", "no-such-scene", env=cli_env)
+    assert unknown.returncode == 2 and "no scene 'no-such-scene'" in unknown.stderr
+
+
+def test_every_read_command_takes_json_and_help_lists_the_exit_codes():
+    from farm.cli import cli
+
+    services = {"worker", "ingest", "emulate", "flower", "exporter", "demo"}  # long-running
+
+    def commands(group, prefix=""):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", cmd
+
+    missing = [name for name, cmd in commands(cli)
+               if name.split()[0] not in services
+               and "--json" not in {o for p in cmd.params for o in p.opts}]  # fmt: skip
+    assert missing == []
+    help_text = farm("--help").stdout
+    for line in (
+        "0  success",
+        "1  the work failed",
+        "2  invalid input",
+        "3  the farm is unavailable",
+    ):
+        assert line in help_text
