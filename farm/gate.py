@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from farm import telemetry
 from farm.errors import ConfigError
 from farm.jsonfile import read_json
 from farm.runtime import Runtime
@@ -279,6 +280,7 @@ def score_take(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str
                           used_fallback=False, primary_error=None, fallback=None)  # fmt: skip
         state.event(scene_id, "shot_gate_rejected", shot=shot_id, take=pending["take"],
                     failed=", ".join(missed), next_seed=seed)  # fmt: skip
+        telemetry.record_gate_rejection(rt.redis, rt.settings, spec.template, [m.split()[0] for m in missed])  # fmt: skip
         from farm.planning import plan_variants
 
         kind = pending["kind"]
@@ -312,6 +314,7 @@ def _keep(
                          node=kept.get("node"))  # fmt: skip
     rt.state.event(scene_id, "shot_gate", shot=shot_id, decision=gate["decision"],
                    kept=kept["take"], takes=len(takes))  # fmt: skip
+    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.DONE, gate["decision"])
     return {"scene_id": scene_id, "shot_id": shot_id, "state": "done", "kind": kept["kind"],
             "node": kept.get("node"), "take": kept["take"], "clip": kept["clip"],
             "cache_hit": bool(kept.get("cache_hit")), "gate": gate["decision"]}  # fmt: skip

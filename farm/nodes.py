@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from farm import telemetry
 from farm.planning import NodeInfo
 from farm.settings import Settings
 
@@ -57,6 +58,15 @@ def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
 
 def _octaves(ratio: float) -> float:
     return round(2.0 ** (round(math.log2(ratio) * 8) / 8), 3)
+
+
+def queue_lists(settings: Settings, queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s messages: its own (priority 0) and one per
+    other priority step (kombu's ``priority_steps``, named QUEUE + sep + priority)."""
+    from farm.celery_app import celery_config
+
+    options = celery_config(settings)["broker_transport_options"]
+    return [queue, *(f"{queue}{options['sep']}{p}" for p in options["priority_steps"] if p)]
 
 
 class NodeRegistry:
@@ -117,6 +127,7 @@ class NodeRegistry:
         key = self.key(name)
         last = self.r.hget(key, "rendered_model")
         self.r.hset(key, "rendered_model", model)
+        telemetry.record_render(self.r, self.s, model, name, seconds, loaded_model=last != model)
         if last != model or cost <= 0 or seconds <= 0:
             return
         samples = f"{key}:renders"
@@ -139,13 +150,17 @@ class NodeRegistry:
         """Every registered node with ``alive`` and ``age`` (seconds since its last beat)."""
         names = sorted(self.r.smembers(self.s.key("nodes")))
         pipe = self.r.pipeline()
-        for name in names:
+        lists = [queue_lists(self.s, node_queue(name)) for name in names]
+        for name, keys in zip(names, lists, strict=True):
             pipe.hgetall(self.key(name))
-            pipe.llen(node_queue(name))  # the queue `register` records for it
+            for key in keys:  # the queue `register` records for it, every priority
+                pipe.llen(key)
         now = time.time()
         out = []
-        replies = pipe.execute()
-        for raw, queued in zip(replies[::2], replies[1::2], strict=True):
+        replies = iter(pipe.execute())
+        for keys in lists:
+            raw = next(replies)
+            queued = sum(next(replies) for _ in keys)
             if not raw:
                 continue
             age = now - float(raw.get("last_seen") or 0)

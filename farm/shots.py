@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from farm import telemetry
 from farm.backends import Backend, image_mime, make_backend
 from farm.cache import RenderCache, place_file
 from farm.dispatch import Dispatcher
@@ -312,10 +313,12 @@ def _failed(
         state.update_shot(job.scene_id, job.shot_id, "shot_retry", state=ShotState.RETRYING,
                           error=message, used_fallback=True, primary_error=primary,
                           fallback=rung.step)  # fmt: skip
+        telemetry.record_fallback(rt.redis, rt.settings, exc.kind)
         d.wait(job.kind, job.priority, job.scene_id, job.shot_id, rung)
         return None
     state.update_shot(job.scene_id, job.shot_id, "shot_failed", state=ShotState.FAILED,
                       error=message, finished=time.time())  # fmt: skip
+    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.FAILED)
     return _record(job, "failed", error=message)
 
 
@@ -374,6 +377,7 @@ def remember(rt: Runtime, scene: Scene) -> None:
 def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:
     rt.state.update_shot(scene_id, shot_id, "shot_cancelled", state=ShotState.CANCELLED,
                          error="cancelled", finished=time.time())  # fmt: skip
+    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.CANCELLED)
     record = {"scene_id": scene_id, "shot_id": shot_id, "state": "cancelled"}
     return {**(_record(job, "cancelled") if job else record), "error": "cancelled"}
 
@@ -411,6 +415,7 @@ def requeue_from_dead_node(
             return False
         rt.state.log_attempt(scene_id, shot_id, {**_attempt(job, "lost", 0.0),
                              "error_kind": "node_unavailable", "error": reason})  # fmt: skip
+        telemetry.record_fallback(rt.redis, rt.settings, "node_unavailable")
     else:
         rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, job.attempt - 1))
     rung = rung_of(rt, scene_id, shot)  # a dead node is no candidate; back, it may take it
@@ -447,6 +452,7 @@ def fail_waiting(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, group:
                f"{rt.settings.wait_timeout:g}s")  # fmt: skip
     rt.state.update_shot(scene_id, shot_id, "shot_failed", state=ShotState.FAILED,
                          error=message, finished=time.time())  # fmt: skip
+    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.FAILED)
     d.close(scene_id, shot_id, {"scene_id": scene_id, "shot_id": shot_id, "state": "failed",
                                 "error": message})  # fmt: skip
 
