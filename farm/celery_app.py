@@ -17,9 +17,45 @@ from farm.settings import Settings, get_settings
 TASK_MODULES = ["farm.tasks.render", "farm.tasks.scene"]
 
 
+def celery_url(settings: Settings) -> str:
+    """``FARM_REDIS_URL`` as Celery (kombu and the result backend) spells it: a sentinel
+    URL becomes one ``sentinel://`` URL per sentinel, joined by ``;``, each with the Redis
+    servers' credentials and database; any other URL is used as it is."""
+    sentinel = settings.redis_sentinel
+    if sentinel is None:
+        return settings.redis_url
+    netloc = settings.redis_url.partition("://")[2].partition("/")[0]
+    userinfo, at, _ = netloc.rpartition("@")
+    return ";".join(
+        f"sentinel://{userinfo}{at}{f'[{host}]' if ':' in host else host}:{port}/{sentinel.db}"
+        for host, port in sentinel.sentinels
+    )
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """The Celery settings that say how to reach Redis: URLs, TLS and Sentinel."""
+    transport: dict[str, Any] = {}
+    if settings.redis_sentinel is not None:
+        transport = {
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": settings.redis_sentinel_kwargs(),
+        }
+    return {
+        "broker_url": celery_url(settings),
+        "result_backend": celery_url(settings),
+        "broker_transport_options": dict(transport),
+        "result_backend_transport_options": dict(transport),
+        # TLS: the server is always verified (never CERT_NONE); False: no TLS
+        "broker_use_ssl": settings.redis_ssl() or False,
+        "redis_backend_use_ssl": settings.redis_ssl() or False,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for long GPU renders on a Redis broker."""
+    redis = redis_options(settings)
     transport = {
+        **redis["broker_transport_options"],
         # must exceed the longest render, or Redis hands a running render to a 2nd worker
         "visibility_timeout": settings.visibility_timeout,
         "queue_order_strategy": "priority",
@@ -27,10 +63,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "sep": ":",
     }
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        **redis,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {
+            **redis["result_backend_transport_options"],
+            "visibility_timeout": settings.visibility_timeout,
+        },
         "broker_connection_retry_on_startup": True,
         # JSON only: no pickle anywhere
         "task_serializer": "json",
@@ -74,4 +112,4 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 app = make_app()
 
-__all__ = ["app", "celery_config", "get_settings", "make_app"]
+__all__ = ["app", "celery_config", "celery_url", "get_settings", "make_app"]

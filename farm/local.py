@@ -18,8 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-import redis
 import requests
 
 from farm.errors import ConfigError
@@ -77,8 +77,93 @@ def _tail(log: Path | None, lines: int = 15) -> str:
     )
 
 
+#: What a farm process (worker, ingest, CLI, Flower) may do on a Redis of its own, as an
+#: ACL user: every key and channel, no administration (docs/redis.md).
+WORKER_ACL = "~* &* +@all -@dangerous"
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = farm
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throw-away certificate authority and what it signed: a server certificate for
+    this machine and a client certificate (PEM files)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(folder: Path, days: int = 30) -> TLSFiles:
+    """Make, with ``openssl``, a new CA (``ca.crt``) and two certificates it signs:
+    ``redis.crt`` for a server on this machine (127.0.0.1, ::1, localhost) and
+    ``client.crt`` for a client (EC P-256 keys, valid for ``days`` days). For local farms
+    and tests; a real farm's certificates come from its own CA (docs/redis.md)."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise ConfigError("openssl is not installed: apt-get install openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "openssl.cnf"
+    config.write_text(_OPENSSL_CONFIG)
+    files = TLSFiles(*(folder / n for n in ("ca.crt", "redis.crt", "redis.key", "client.crt",
+                                             "client.key")))  # fmt: skip
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise ConfigError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+    openssl("req", "-x509", "-new", *key, "-config", str(config), "-extensions", "ca",
+            "-subj", "/CN=farm local CA", "-days", str(days),
+            "-keyout", str(folder / "ca.key"), "-out", str(files.ca))  # fmt: skip
+    for name, cert, private in (("server", files.server_cert, files.server_key),
+                                ("client", files.client_cert, files.client_key)):  # fmt: skip
+        request = folder / f"{name}.csr"
+        openssl("req", "-new", *key, "-config", str(config), "-subj", f"/CN=farm {name}",
+                "-keyout", str(private), "-out", str(request))  # fmt: skip
+        openssl("x509", "-req", "-in", str(request), "-CA", str(files.ca),
+                "-CAkey", str(folder / "ca.key"), "-CAcreateserial", "-days", str(days),
+                "-extfile", str(config), "-extensions", name, "-out", str(cert))  # fmt: skip
+    return files
+
+
 class LocalFarm:
-    """Start and stop a complete local farm under ``root``."""
+    """Start and stop a complete local farm under ``root``.
+
+    Redis: its own ``redis-server`` on a free loopback port, plain by default;
+    ``redis_tls``: TLS only, with a throw-away CA (:func:`make_tls_files`; the farm's
+    processes present the client certificate); ``redis_password``: the server asks for
+    it; with ``redis_user`` too, the farm's processes log in as that ACL user
+    (:data:`WORKER_ACL`) and the default user keeps every right with the same password
+    (the tests' administrator). ``redis_url``: use that Redis (e.g. a ``sentinel://``
+    URL; its settings in ``extra_env``) and start none.
+    """
 
     def __init__(
         self,
@@ -89,6 +174,10 @@ class LocalFarm:
         heartbeat: float = 1.0,
         node_ttl: float = 6.0,
         extra_env: dict[str, str] | None = None,
+        redis_tls: bool = False,
+        redis_password: str = "",
+        redis_user: str = "",
+        redis_url: str | None = None,
     ) -> None:
         self.root = root.resolve()
         self.nodes = nodes
@@ -96,6 +185,13 @@ class LocalFarm:
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
         self.redis_port = 0
+        self.redis_tls = redis_tls
+        self.redis_password = redis_password
+        self.redis_user = redis_user
+        self.external_redis = redis_url
+        self.tls: TLSFiles | None = None
+        if redis_user and not redis_password:
+            raise ConfigError("LocalFarm: redis_user needs a redis_password")
         self.extra_env = {
             "FARM_HEARTBEAT": str(heartbeat),
             "FARM_NODE_TTL": str(node_ttl),
@@ -114,10 +210,28 @@ class LocalFarm:
     def node_url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
+    def redis_url(self, user: str | None = None) -> str:
+        """The URL of this farm's Redis, logged in as ``user`` (default: the farm's own,
+        ``""``: the default user) when it has a password."""
+        if self.external_redis is not None:
+            return self.external_redis
+        user = self.redis_user if user is None else user
+        auth = f"{quote(user, safe='')}:{quote(self.redis_password, safe='')}@"
+        scheme = "rediss" if self.redis_tls else "redis"
+        return f"{scheme}://{auth if self.redis_password else ''}127.0.0.1:{self.redis_port}/0"
+
+    def redis_env(self) -> dict[str, str]:
+        """FARM_REDIS_URL, and the TLS files when Redis speaks TLS."""
+        env = {"FARM_REDIS_URL": self.redis_url()}
+        if self.tls is not None:
+            env.update(FARM_REDIS_CA=str(self.tls.ca), FARM_REDIS_CERT=str(self.tls.client_cert),
+                       FARM_REDIS_KEY=str(self.tls.client_key))  # fmt: skip
+        return env
+
     def env(self) -> dict[str, str]:
         """The FARM_* variables that point a process at this farm."""
         return {
-            "FARM_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            **self.redis_env(),
             "FARM_STORAGE": str(self.storage),
             "FARM_NODES": ",".join(
                 f"{n.name}={'wan2gp+' if n.kind == 'wan2gp' else ''}{self.node_url(n.name)}"
@@ -152,7 +266,8 @@ class LocalFarm:
             folder.mkdir(parents=True, exist_ok=True)
         self.ports = {node.name: free_port() for node in self.nodes}
         try:
-            self.start_redis()
+            if self.external_redis is None:
+                self.start_redis()
             for node in self.nodes:
                 self.start_emulator(node)
             for node in self.nodes:
@@ -180,19 +295,29 @@ class LocalFarm:
         shutdown loses nothing; a killed server in practice nothing either (each write
         reaches the kernel before its reply, unless an fsync lags); a machine crash at most
         about the last second, which leases, reclaim and the watchdog recover from.
-        ``appendfsync always`` would fsync on every broker operation."""
+        ``appendfsync always`` would fsync on every broker operation. With TLS it listens
+        on a TLS port only; a password and ACL user go in a config file only its owner
+        reads (never on the command line)."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise ConfigError(
                 "redis-server is not installed: run `make setup` (or `apt-get install redis-server`)"
             )
         self.redis_port = self.redis_port or free_port()
+        port = ["--port", str(self.redis_port)]
+        if self.redis_tls:
+            self.tls = self.tls or make_tls_files(self.root / "tls")
+            port = ["--port", "0", "--tls-port", str(self.redis_port),
+                    "--tls-cert-file", str(self.tls.server_cert),
+                    "--tls-key-file", str(self.tls.server_key),
+                    "--tls-ca-cert-file", str(self.tls.ca),
+                    "--tls-auth-clients", "optional"]  # fmt: skip
         self._spawn(
             "redis",
             [
                 exe,
-                "--port",
-                str(self.redis_port),
+                *self._redis_auth_file(),
+                *port,
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -209,11 +334,36 @@ class LocalFarm:
                 "no",
             ],
         )
-        client = redis.Redis(port=self.redis_port, socket_connect_timeout=1)
+        client = self._redis()
         try:
             wait_for(client.ping, 15, "redis-server", self.procs["redis"], self.logs / "redis.log")
         finally:
             client.close()
+
+    def _redis_auth_file(self) -> list[str]:
+        """``redis-server``'s first argument when it has a password: a config file."""
+        if not self.redis_password:
+            return []
+        secret = '"' + self.redis_password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines = [f"requirepass {secret}"]
+        if self.redis_user:
+            lines.append(f"user {self.redis_user} on {secret[0]}>{secret[1:]} {WORKER_ACL}")
+        path = self.root / "redis" / "auth.conf"
+        path.touch(mode=0o600)
+        path.write_text("\n".join(lines) + "\n")
+        return [str(path)]
+
+    def _redis(self):
+        """A client of this farm's Redis, made as every farm process makes one, that
+        answers at once (no retries: the callers poll)."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        from farm.state import connect
+
+        client = connect(self.settings(), check=False, decode=False)
+        client.set_retry(Retry(NoBackoff(), 0))
+        return client
 
     def restart_redis(self, sig: int = signal.SIGTERM, down_for: float = 0.0) -> None:
         """Stop Redis with ``sig`` (SIGTERM: a clean shutdown; SIGKILL: a crash), wait
@@ -283,7 +433,7 @@ class LocalFarm:
         proc = self._spawn("ingest", [sys.executable, "-m", "farm", "ingest"])
         settings = self.settings()
         name = f"{socket.gethostname()}-{proc.pid}".encode()
-        client = redis.Redis(port=self.redis_port, socket_timeout=5)
+        client = self._redis()
 
         def reading() -> bool:
             consumers = client.xinfo_consumers(settings.key("submissions"), "ingest")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 from farm.errors import ConfigError
 
@@ -69,6 +72,61 @@ def node_name_for(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", netloc).strip("-") or "node"
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://", "sentinels://")
+SENTINEL_PORT = 26379
+SENTINEL_FORM = "sentinel://[user:password@]host:26379,host:26379,.../db"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A ``sentinel://`` URL taken apart: where the sentinels listen, the credentials and
+    database of the Redis servers they watch, and whether all of them speak TLS
+    (``sentinels://``)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    db: int
+    tls: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse ``sentinel://[user:password@]host[:port][,host[:port]...][/db]``
+    (``sentinels://``: the same over TLS). A port defaults to 26379, the database to 0;
+    the user and password (percent-encoded) are those of the Redis servers."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("sentinel", "sentinels"):
+        raise ConfigError(f"FARM_REDIS_URL: {scheme}:// is not a sentinel URL ({SENTINEL_FORM})")
+    if "?" in rest or "#" in rest or ";" in rest:
+        raise ConfigError(
+            f"FARM_REDIS_URL: a sentinel URL takes no options and lists its sentinels "
+            f"separated by commas: {SENTINEL_FORM} (the master's name goes in "
+            "FARM_REDIS_SENTINEL_MASTER)"
+        )
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) if colon else None
+    sentinels = tuple(_sentinel_address(item.strip()) for item in hosts.split(","))
+    db = path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"FARM_REDIS_URL: database {db!r} is not a number ({SENTINEL_FORM})")
+    return SentinelURL(sentinels, username, password, int(db), scheme == "sentinels")
+
+
+def _sentinel_address(item: str) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.partition(":")
+    if not host or not (port or str(SENTINEL_PORT)).isdigit():
+        raise ConfigError(f"FARM_REDIS_URL: sentinel {item!r} is not host[:port] ({SENTINEL_FORM})")
+    return host, int(port or SENTINEL_PORT)
+
+
 def _env(name: str, help: str, default: str) -> dict:
     return {"metadata": {"env": name, "help": help}, "default": default}
 
@@ -82,6 +140,42 @@ class Settings:
             "FARM_REDIS_URL",
             "Redis URL: broker, results and farm state",
             "redis://127.0.0.1:6379/0",
+        )
+    )
+    redis_ca: str = field(
+        **_env(
+            "FARM_REDIS_CA",
+            "CA certificate file (PEM) that signed the Redis servers' certificates, for "
+            "rediss:// and sentinels:// URLs; empty: the system's trusted CAs (the server's "
+            "certificate and host name are always verified)",
+            "",
+        )
+    )
+    redis_cert: str = field(
+        **_env(
+            "FARM_REDIS_CERT",
+            "Client certificate file (PEM) for a TLS Redis that asks for one "
+            "(tls-auth-clients yes); needs FARM_REDIS_KEY",
+            "",
+        )
+    )
+    redis_key: str = field(
+        **_env("FARM_REDIS_KEY", "Private key file (PEM) of FARM_REDIS_CERT", "")
+    )
+    redis_sentinel_master: str = field(
+        **_env(
+            "FARM_REDIS_SENTINEL_MASTER",
+            "With a sentinel:// URL: the name the sentinels monitor the farm's Redis under "
+            "(`sentinel monitor NAME ...`)",
+            "",
+        )
+    )
+    redis_sentinel_password: str = field(
+        **_env(
+            "FARM_REDIS_SENTINEL_PASSWORD",
+            "With a sentinel:// URL: the sentinels' own password (their requirepass), if "
+            "they have one; the Redis servers' password goes in the URL",
+            "",
         )
     )
     storage: Path = field(
@@ -292,10 +386,88 @@ class Settings:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} ({value}) must be more than 0")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        self.check_redis()
+
+    def check_redis(self) -> None:
+        """The Redis URL, its TLS files and its sentinel settings fit together."""
+        if not self.redis_url.startswith(REDIS_SCHEMES):
+            shown = self.redis_url.rpartition("@")[2]  # never a password
             raise ConfigError(
-                f"FARM_REDIS_URL {self.redis_url!r} must start with redis://, rediss:// or unix://"
+                f"FARM_REDIS_URL {shown!r} must start with redis://, rediss:// (TLS), unix://, "
+                "sentinel:// or sentinels:// (Redis Sentinel, plain or TLS)"
             )
+        scheme = self.redis_url.partition("://")[0]
+        files = {
+            "FARM_REDIS_CA": self.redis_ca,
+            "FARM_REDIS_CERT": self.redis_cert,
+            "FARM_REDIS_KEY": self.redis_key,
+        }
+        for name, path in files.items():
+            if path and not self.redis_tls:
+                raise ConfigError(
+                    f"{name} is set but FARM_REDIS_URL is {scheme}://, which does not use TLS: "
+                    "use rediss:// (or sentinels://), or unset it"
+                )
+            if path and not Path(path).expanduser().is_file():
+                raise ConfigError(f"{name}: {path} is not a file")
+        if bool(self.redis_cert) != bool(self.redis_key):
+            raise ConfigError("FARM_REDIS_CERT and FARM_REDIS_KEY go together: set both or neither")
+        if self.redis_sentinel is not None:
+            if not self.redis_sentinel_master:
+                raise ConfigError(
+                    "FARM_REDIS_URL is a sentinel URL: set FARM_REDIS_SENTINEL_MASTER to the name "
+                    "the sentinels monitor the farm's Redis under (`sentinel monitor NAME ...`)"
+                )
+        elif self.redis_sentinel_master or self.redis_sentinel_password:
+            raise ConfigError(
+                "FARM_REDIS_SENTINEL_MASTER / FARM_REDIS_SENTINEL_PASSWORD are set but "
+                f"FARM_REDIS_URL is {scheme}://: use {SENTINEL_FORM}, or unset them"
+            )
+
+    @property
+    def redis_tls(self) -> bool:
+        """True when every connection to Redis (and to its sentinels) uses TLS."""
+        return self.redis_url.startswith(("rediss://", "sentinels://"))
+
+    @property
+    def redis_sentinel(self) -> SentinelURL | None:
+        """The sentinels and master credentials of a ``sentinel://`` URL; None otherwise."""
+        if self.redis_url.startswith(("sentinel://", "sentinels://")):
+            return parse_sentinel_url(self.redis_url)
+        return None
+
+    def redis_ssl(self) -> dict[str, Any]:
+        """TLS options of a Redis connection, as redis-py's ``ssl_*`` arguments (also
+        Celery's ``broker_use_ssl`` and ``redis_backend_use_ssl``); empty without TLS. The
+        server's certificate and host name are always verified: against FARM_REDIS_CA, or
+        the system's trusted CAs; FARM_REDIS_CERT/KEY are shown when the server asks."""
+        if not self.redis_tls:
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+        if self.redis_ca:
+            options["ssl_ca_certs"] = str(Path(self.redis_ca).expanduser())
+        if self.redis_cert:
+            options["ssl_certfile"] = str(Path(self.redis_cert).expanduser())
+            options["ssl_keyfile"] = str(Path(self.redis_key).expanduser())
+        return options
+
+    def redis_sentinel_kwargs(self) -> dict[str, Any]:
+        """Options of the connections to the sentinels themselves (redis-py's and Celery's
+        ``sentinel_kwargs``): timeouts, no retries (a sentinel that fails is passed over for
+        the next one), their own password, TLS like the servers."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options: dict[str, Any] = {
+            "socket_timeout": 5.0,
+            "socket_connect_timeout": 5.0,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if self.redis_sentinel_password:
+            options["password"] = self.redis_sentinel_password
+        if self.redis_tls:
+            options.update(ssl=True, **self.redis_ssl())
+        return options
 
     def node(self, name: str) -> NodeConfig:
         """The configured node called ``name``."""

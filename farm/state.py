@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from farm.errors import ConfigError, InvalidInput
 from farm.settings import Settings
@@ -92,37 +96,143 @@ TERMINAL_SHOT = frozenset({ShotState.DONE, ShotState.FAILED, ShotState.CANCELLED
 
 
 def redacted(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with any password replaced by ``***`` (a sentinel URL's, a ``password=``
+    query option's too)."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if at and ":" in userinfo:
+        return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{hosts}"
     return url
 
 
 def connect(settings: Settings, *, check: bool = True, decode: bool = True) -> redis.Redis:
-    """A Redis client for ``settings.redis_url``; with ``check``, fail fast with one clear line.
-    ``decode``: replies as text (False: bytes, for data that may not be UTF-8)."""
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=decode,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    """A Redis client for ``settings.redis_url``: ``redis://``, ``rediss://`` (TLS, the
+    server's certificate verified; :meth:`Settings.redis_ssl`), ``unix://``, or
+    ``sentinel(s)://``: the master the sentinels name, asked again whenever a connection is
+    lost or the master turns replica (a failover). With ``check``, fail fast with one clear
+    line. ``decode``: replies as text (False: bytes, for data that may not be UTF-8)."""
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        **settings.redis_ssl(),
+    }
+    url = settings.redis_sentinel
+    if url is None:
+        client = redis.Redis.from_url(settings.redis_url, **options)
+    else:
+        sentinels = Sentinel(
+            list(url.sentinels),
+            sentinel_kwargs=settings.redis_sentinel_kwargs(),
+            username=url.username,
+            password=url.password,
+            db=url.db,
+            ssl=url.tls,
+            # a failover: connections are dropped or the old master answers READONLY; ask
+            # the sentinels again for a few seconds
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
+            **options,
+        )
+        if check and (problems := _sentinel_problems(sentinels, settings.redis_sentinel_master)):
+            raise unavailable(settings, MasterNotFoundError("; ".join(problems)))
+        client = sentinels.master_for(settings.redis_sentinel_master)
     if check:
         try:
+            if url is not None:
+                _refused(sentinels, settings.redis_sentinel_master)
             client.ping()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise ConfigError(
-                f"cannot reach Redis at {redacted(settings.redis_url)} ({exc}); start one "
-                "(e.g. `redis-server --port 6379 --appendonly yes`) or set FARM_REDIS_URL"
-            ) from None
-        except redis.AuthenticationError as exc:
-            raise ConfigError(
-                f"Redis at {redacted(settings.redis_url)} refused the credentials: {exc}"
-            ) from None
+        except (redis.RedisError, OSError) as exc:
+            raise unavailable(settings, exc) from None
     return client
+
+
+def _refused(sentinels: Sentinel, name: str) -> None:
+    """Raise at once when the master refuses the credentials (the client's retries, meant
+    for a failover, would ask again for seconds); any other failure is left to them."""
+    probe = sentinels.master_for(name, retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+    except redis.AuthenticationError:
+        raise
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        probe.close()
+
+
+def _sentinel_problems(sentinels: Sentinel, name: str) -> list[str]:
+    """Why no sentinel names a usable master ``name``, one reason per sentinel; empty when
+    one does."""
+    problems = []
+    for sentinel in sentinels.sentinels:
+        where = "{host}:{port}".format(**sentinel.get_connection_kwargs())
+        try:
+            state = sentinel.sentinel_masters().get(name)
+        except (redis.RedisError, OSError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if state and sentinels.check_master_state(state, name):
+            return []
+        problems.append(f"{where}: {'the master is down' if state else f'no master {name!r}'}")
+    return problems
+
+
+def unavailable(settings: Settings, exc: BaseException) -> ConfigError:
+    """One line that says why Redis at ``settings.redis_url`` cannot be used and what to
+    set; never a password."""
+    where, text = redacted(settings.redis_url), str(exc)
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "NOAUTH" in text:
+        why = (
+            f"Redis at {where} refused the credentials ({text}): set the right user and "
+            "password in FARM_REDIS_URL (redis://user:password@host:port/db)"
+        )
+    elif "CERTIFICATE_VERIFY_FAILED" in text:
+        why = (
+            f"Redis at {where} presented a TLS certificate this machine does not trust "
+            f"({text}); set FARM_REDIS_CA to the CA certificate that signed it"
+        )
+    elif isinstance(exc, MasterNotFoundError):
+        why = (
+            f"no sentinel of {where} names a reachable master "
+            f"{settings.redis_sentinel_master!r} ({text}); check the sentinels' addresses, "
+            "FARM_REDIS_SENTINEL_MASTER and FARM_REDIS_SENTINEL_PASSWORD"
+        )
+    elif "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        why = (
+            f"Redis at {where} does not speak TLS ({text}): use redis:// (sentinel://), "
+            "not rediss:// (sentinels://)"
+        )
+    elif (
+        settings.redis_tls
+        and not settings.redis_cert
+        and ("certificate required" in text or "EOF occurred in violation of protocol" in text)
+    ):
+        why = (
+            f"Redis at {where} ended the TLS handshake ({text}); it probably asks for a client "
+            "certificate: set FARM_REDIS_CERT and FARM_REDIS_KEY"
+        )
+    elif not settings.redis_tls and ("closed by server" in text or "reset by peer" in text):
+        why = (
+            f"Redis at {where} dropped the connection ({text}); if it accepts only TLS, use "
+            "rediss:// (and FARM_REDIS_CA)"
+        )
+    else:
+        why = (
+            f"cannot reach Redis at {where} ({text}); start one "
+            "(e.g. `redis-server --port 6379 --appendonly yes`) or set FARM_REDIS_URL"
+        )
+    url = settings.redis_url
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    passwords = [
+        userinfo.partition(":")[2] if at else "",
+        *re.findall(r"[?&]password=([^&#]*)", url),
+    ]
+    for secret in (*passwords, *map(unquote, passwords), settings.redis_sentinel_password):
+        if secret:
+            why = why.replace(secret, "***")
+    return ConfigError(" ".join(why.split()))
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:

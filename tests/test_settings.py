@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from farm.celery_app import celery_config
@@ -81,8 +83,37 @@ def test_celery_config_is_safe_for_long_renders():
 
 
 def test_every_setting_is_documented_in_env_example():
+    """deploy/env.example sets every setting (``NAME=`` or, for an optional one,
+    ``# NAME=``) under a comment line that says what it is, and names nothing else."""
     from .conftest import REPO
 
-    text = (REPO / "deploy" / "env.example").read_text()
-    for name, _default, _help in documented_settings():
-        assert f"{name}=" in text, name
+    lines = (REPO / "deploy" / "env.example").read_text().splitlines()
+    assignment = re.compile(r"^#?\s*(FARM_[A-Z0-9_]+)=")
+    first: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        match = assignment.match(line)
+        if match:
+            first.setdefault(match.group(1), i)
+    known = {name for name, _default, _help in documented_settings()}
+    assert known - set(first) == set(), "missing from deploy/env.example"
+    assert set(first) - known == set(), "in deploy/env.example but not a setting"
+    for name, i in first.items():
+        above = lines[i - 1] if i else ""
+        assert above.startswith("#") and not assignment.match(above) and above.strip("# "), (
+            f"{name}: no comment line directly above it in deploy/env.example"
+        )
+
+
+def test_every_farm_variable_in_the_code_is_a_setting():
+    """A ``FARM_*`` name anywhere in farm/ (code, messages, docstrings) is a setting, so
+    one that is renamed or dropped cannot linger in a message or a lookup."""
+    from .conftest import REPO
+
+    pattern = re.compile(r"\bFARM_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
+    known = {name for name, _default, _help in documented_settings()}
+    where = {
+        name: path.relative_to(REPO)
+        for path in sorted((REPO / "farm").rglob("*.py"))
+        for name in pattern.findall(path.read_text())
+    }
+    assert set(where) - known == set(), {n: str(where[n]) for n in set(where) - known}

@@ -46,15 +46,18 @@ def new_submission_id() -> str:
     return "bl-" + uuid.uuid4().hex[:24]
 
 
-def connect(url: str, password: str = "", timeout: float = 5.0):
-    """A Redis client for ``url`` (``redis://`` or ``rediss://`` for TLS); ``password``
-    overrides one in the URL. Raises :class:`FarmClientError` when the farm is unreachable."""
+def connect(url: str, password: str = "", timeout: float = 5.0, ca: str = ""):
+    """A Redis client for ``url`` (``redis://``, or ``rediss://`` for TLS); ``password``
+    overrides one in the URL. Over TLS the server's certificate and host name are always
+    checked, against the CA certificate file ``ca`` (PEM) or, without one, the system's
+    trusted CAs. Raises :class:`FarmClientError` when the farm is unreachable."""
     redis = _redis()
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise FarmClientError(
-            f"Redis URL {url!r} must start with redis://, rediss:// or unix:// "
+            f"Redis URL {_safe(url)!r} must start with redis://, rediss:// (TLS) or unix:// "
             "(add-on preferences: Redis URL)"
         )
+    tls = _tls(url, ca)
     try:
         client = redis.Redis.from_url(
             url,
@@ -62,10 +65,11 @@ def connect(url: str, password: str = "", timeout: float = 5.0):
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
+            **tls,
         )
         client.ping()
     except ValueError as exc:
-        raise FarmClientError(f"Redis URL {url!r} is not valid: {exc}") from exc
+        raise FarmClientError(f"Redis URL {_safe(url)!r} is not valid: {exc}") from exc
     except redis.AuthenticationError as exc:
         raise FarmClientError(
             f"the farm's Redis at {_safe(url)} refused the password: set the right one in the "
@@ -79,11 +83,37 @@ def connect(url: str, password: str = "", timeout: float = 5.0):
             ) from exc
         raise FarmClientError(f"the farm's Redis at {_safe(url)} answered: {exc}") from exc
     except redis.RedisError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise FarmClientError(
+                f"the farm's Redis at {_safe(url)} presented a TLS certificate this computer "
+                "does not trust: set CA certificate in the add-on preferences to the farm's "
+                f"CA file ({exc})"
+            ) from exc
         raise FarmClientError(
             f"cannot reach the farm's Redis at {_safe(url)} ({exc}); check the Redis URL in the "
             "add-on preferences and that the farm is running"
         ) from exc
     return client
+
+
+def _tls(url: str, ca: str) -> dict[str, Any]:
+    """redis-py's TLS arguments for ``url``: certificates always verified."""
+    if not url.startswith("rediss://"):
+        if ca:
+            raise FarmClientError(
+                "a CA certificate is set in the add-on preferences but the Redis URL is not "
+                "rediss://: use rediss:// for TLS, or clear CA certificate"
+            )
+        return {}
+    tls: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if ca:
+        path = os.path.expanduser(ca)
+        if not os.path.isfile(path):
+            raise FarmClientError(
+                f"CA certificate {ca!r} is not a file (add-on preferences: CA certificate)"
+            )
+        tls["ssl_ca_certs"] = path
+    return tls
 
 
 def _safe(url: str) -> str:

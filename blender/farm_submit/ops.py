@@ -157,7 +157,8 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         seen: dict[str, str] = {}
         try:
-            r = client.connect(self.conn["url"], self.conn["password"], self.conn["timeout"])
+            c = self.conn
+            r = client.connect(c["url"], c["password"], c["timeout"], c["ca"])
             if self.message is not None:
                 client.submit(r, self.conn["prefix"], self.message)
             while not self.stop.is_set():
@@ -216,7 +217,8 @@ def start_watcher(scene, submission: str, message: dict[str, Any] | None) -> Wat
 def _conn() -> dict[str, Any]:
     p = prefs.get()
     return {"url": p.redis_url.strip(), "password": p.password, "prefix": p.key_prefix.strip() or "farm",
-            "timeout": p.timeout, "wait": p.ingest_wait}  # fmt: skip
+            "timeout": p.timeout, "wait": p.ingest_wait,
+            "ca": bpy.path.abspath(p.ca_cert.strip()) if p.ca_cert.strip() else ""}  # fmt: skip
 
 
 def _online(op) -> bool:
@@ -281,7 +283,7 @@ class FARM_OT_submit(bpy.types.Operator):
             return {"CANCELLED"}
         scene, conn = context.scene, _conn()
         try:
-            r = client.connect(conn["url"], conn["password"], conn["timeout"])
+            r = client.connect(conn["url"], conn["password"], conn["timeout"], conn["ca"])
             client.submit(r, conn["prefix"], message)
             snap = client.poll(r, conn["prefix"], message["submission"])
             deadline = time.monotonic() + conn["wait"]
@@ -336,7 +338,7 @@ class FARM_OT_refresh(bpy.types.Operator):
             return {"CANCELLED"}
         scene, conn = context.scene, _conn()
         try:
-            r = client.connect(conn["url"], conn["password"], conn["timeout"])
+            r = client.connect(conn["url"], conn["password"], conn["timeout"], conn["ca"])
             seen = {s.farm_id: s.preview_at for s in scene.farm.shots if s.farm_id}
             snap = client.poll(r, conn["prefix"], scene.farm.submission, seen)
         except client.FarmClientError as exc:

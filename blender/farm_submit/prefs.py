@@ -22,6 +22,8 @@ class FarmPreferences(bpy.types.AddonPreferences):
                               description="The farm's Redis: redis://host:port/db, or rediss:// for TLS")  # fmt: skip
     password: StringProperty(name="Password", subtype="PASSWORD",
                              description="The farm's Redis password (kept in preferences, never in .blend files)")  # fmt: skip
+    ca_cert: StringProperty(name="CA certificate", subtype="FILE_PATH",
+                            description="For rediss:// (TLS): the CA certificate file (PEM) that signed the farm's Redis certificate; empty: this computer's trusted CAs")  # fmt: skip
     key_prefix: StringProperty(
         name="Key prefix", default="farm", description="The farm's FARM_PREFIX"
     )
@@ -36,6 +38,7 @@ class FarmPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         layout.prop(self, "redis_url")
         layout.prop(self, "password")
+        layout.prop(self, "ca_cert")
         row = layout.row()
         row.prop(self, "key_prefix")
         row.prop(self, "timeout")
