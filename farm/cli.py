@@ -720,7 +720,9 @@ def env_cmd(config: Path | None, as_json: bool) -> None:
         env = farm_env(_up_config(config))
     except FarmError as exc:
         fail(exc)
-    keys = ("FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE")
+    keys = ["FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE"]
+    keys += [k for k in ("FARM_REDIS_CA", "FARM_REDIS_CERT", "FARM_REDIS_KEY",
+                         "FARM_REDIS_SENTINEL_MASTER", "FARM_PREFIX") if env.get(k)]  # fmt: skip
     if as_json:
         print_json({key: env[key] for key in keys})
         return
