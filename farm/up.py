@@ -501,17 +501,22 @@ def read_state(cfg: UpConfig) -> dict[str, Any] | None:
         return None
 
 
-def run_foreground(cfg: UpConfig) -> None:
-    """Be the supervisor (``farm up --foreground``)."""
-    for folder in (cfg.logs, cfg.run, cfg.root / "storage", cfg.root / "redis"):
-        folder.mkdir(parents=True, exist_ok=True)
+def refuse_if_running(cfg: UpConfig) -> None:
+    """Raise if a supervisor, or processes an earlier one left, run under this root."""
     if (pid := supervisor_pid(cfg)) is not None:
         raise ConfigError(f"a farm is already up under {cfg.root} (supervisor pid {pid}); "
-                          "`farm down` first")  # fmt: skip
+                          "`farm down` first, or `farm ps` to see it")  # fmt: skip
     leftover = read_state(cfg)
     if leftover and any(_owned(s) for s in leftover["services"].values()):
         raise ConfigError(f"processes of an earlier `farm up` under {cfg.root} still run "
                           "(its supervisor was killed); `farm down` stops them")  # fmt: skip
+
+
+def run_foreground(cfg: UpConfig) -> None:
+    """Be the supervisor (``farm up --foreground``)."""
+    for folder in (cfg.logs, cfg.run, cfg.root / "storage", cfg.root / "redis"):
+        folder.mkdir(parents=True, exist_ok=True)
+    refuse_if_running(cfg)
     supervisor = Supervisor(cfg)
     (cfg.run / "supervisor.pid").write_text(str(os.getpid()))
     supervisor.run()
@@ -520,13 +525,7 @@ def run_foreground(cfg: UpConfig) -> None:
 def up(cfg: UpConfig, timeout: float = 120) -> dict[str, Any]:
     """Start the supervisor in the background and wait until every service is up."""
     farm_env(cfg)  # config and settings errors here, in the user's terminal
-    if (pid := supervisor_pid(cfg)) is not None:
-        raise ConfigError(f"a farm is already up under {cfg.root} (supervisor pid {pid}); "
-                          "`farm down` first, or `farm ps` to see it")  # fmt: skip
-    leftover = read_state(cfg)
-    if leftover and any(_owned(s) for s in leftover["services"].values()):
-        raise ConfigError(f"processes of an earlier `farm up` under {cfg.root} still run "
-                          "(its supervisor was killed); `farm down` stops them")  # fmt: skip
+    refuse_if_running(cfg)
     for folder in (cfg.logs, cfg.run):
         folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
