@@ -153,6 +153,47 @@ def make_tls_files(folder: Path, days: int = 30) -> TLSFiles:
     return files
 
 
+def redis_server_argv(
+    folder: Path, listen: list[str], config: list[str] | None = None
+) -> list[str]:
+    """``redis-server`` on loopback keeping its data in ``folder``: an append-only file
+    fsynced every second, no snapshots, no eviction (a queue must never lose a message).
+    ``listen``: its port options; ``config``: a config file, which must come first."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ConfigError(
+            "redis-server is not installed: run `make setup` (or `apt-get install redis-server`)"
+        )
+    return [exe, *(config or []), *listen, "--bind", "127.0.0.1", "--dir", str(folder),
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--maxmemory-policy", "noeviction", "--daemonize", "no"]  # fmt: skip
+
+
+def emulator_argv(kind: str, port: int, profile: Path, data: Path) -> list[str]:
+    """``farm emulate KIND``: an emulated GPU node on loopback ``port``."""
+    return [sys.executable, "-m", "farm", "emulate", kind, "--port", str(port),
+            "--profile", str(profile), "--data", str(data)]  # fmt: skip
+
+
+def wait_workers(settings: Settings, nodes: list[str], cpu_workers: int, timeout: float,
+                 log: Path | None = None) -> None:  # fmt: skip
+    """Wait until the worker of each node in ``nodes`` and ``cpu_workers`` CPU workers
+    answer a Celery ping (they then consume their queues)."""
+    from farm.celery_app import make_app
+
+    app = make_app(settings)
+
+    def ready() -> bool:
+        names = [next(iter(r)) for r in app.control.ping(timeout=0.5)]
+        cpu = sum(n.startswith("cpu") for n in names)
+        return cpu >= cpu_workers and all(any(n.startswith(f"{w}@") for n in names) for w in nodes)
+
+    try:
+        wait_for(ready, timeout, "celery workers", None, log)
+    finally:
+        app.close()
+
+
 class LocalFarm:
     """Start and stop a complete local farm under ``root``.
 
@@ -298,41 +339,17 @@ class LocalFarm:
         ``appendfsync always`` would fsync on every broker operation. With TLS it listens
         on a TLS port only; a password and ACL user go in a config file only its owner
         reads (never on the command line)."""
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise ConfigError(
-                "redis-server is not installed: run `make setup` (or `apt-get install redis-server`)"
-            )
         self.redis_port = self.redis_port or free_port()
-        port = ["--port", str(self.redis_port)]
+        listen = ["--port", str(self.redis_port)]
         if self.redis_tls:
             self.tls = self.tls or make_tls_files(self.root / "tls")
-            port = ["--port", "0", "--tls-port", str(self.redis_port),
-                    "--tls-cert-file", str(self.tls.server_cert),
-                    "--tls-key-file", str(self.tls.server_key),
-                    "--tls-ca-cert-file", str(self.tls.ca),
-                    "--tls-auth-clients", "optional"]  # fmt: skip
+            listen = ["--port", "0", "--tls-port", str(self.redis_port),
+                      "--tls-cert-file", str(self.tls.server_cert),
+                      "--tls-key-file", str(self.tls.server_key),
+                      "--tls-ca-cert-file", str(self.tls.ca),
+                      "--tls-auth-clients", "optional"]  # fmt: skip
         self._spawn(
-            "redis",
-            [
-                exe,
-                *self._redis_auth_file(),
-                *port,
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.root / "redis"),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-            ],
+            "redis", redis_server_argv(self.root / "redis", listen, self._redis_auth_file())
         )
         client = self._redis()
         try:
@@ -375,22 +392,8 @@ class LocalFarm:
         self.start_redis()
 
     def start_emulator(self, node: EmulatedNode) -> None:
-        self._spawn(
-            f"emulator-{node.name}",
-            [
-                sys.executable,
-                "-m",
-                "farm",
-                "emulate",
-                node.kind,
-                "--port",
-                str(self.ports[node.name]),
-                "--profile",
-                str(node.profile),
-                "--data",
-                str(self.root / "nodes" / node.name),
-            ],
-        )
+        self._spawn(f"emulator-{node.name}", emulator_argv(
+            node.kind, self.ports[node.name], node.profile, self.root / "nodes" / node.name))  # fmt: skip
 
     def start_worker(self, name: str) -> None:
         self._spawn(f"worker-{name}", [sys.executable, "-m", "farm", "worker", "--node", name])
@@ -446,22 +449,13 @@ class LocalFarm:
 
     def wait_workers(self, timeout: float = 60) -> None:
         """Wait until every worker answers a ping (they then consume their queues)."""
-        from farm.celery_app import make_app
-
-        app = make_app(self.settings())
-        want = {f"{n.name}@" for n in self.nodes} | {"cpu"}
-
-        def ready() -> bool:
-            names = {list(r)[0] for r in app.control.ping(timeout=0.5)}
-            return all(any(n.startswith(w) for n in names) for w in want)
-
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise ConfigError(
                     f"{name} exited with code {proc.returncode}{_tail(self.logs / f'{name}.log')}"
                 )
-        wait_for(ready, timeout, "celery workers", None, self.logs / "worker-cpu.log")
-        app.close()
+        wait_workers(self.settings(), [n.name for n in self.nodes], 1, timeout,
+                     self.logs / "worker-cpu.log")  # fmt: skip
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to process ``name`` and its children (e.g. ``emulator-gpu-a``)."""

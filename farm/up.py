@@ -44,7 +44,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, InvalidInput
-from farm.local import wait_for
+from farm.local import emulator_argv, redis_server_argv, wait_for, wait_workers
 from farm.settings import REPO_ROOT, Settings
 
 BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
@@ -262,22 +261,15 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
     farm = [sys.executable, "-m", "farm"]
     out: list[Service] = []
     if cfg.redis_url is None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise ConfigError("redis-server is not installed: run `make setup` "
-                              "(or apt-get install redis-server), or set redis.url")  # fmt: skip
-        out.append(Service("redis", [exe, "--port", str(cfg.redis_port), "--bind", "127.0.0.1",
-                                     "--dir", str(cfg.root / "redis"), "--appendonly", "yes",
-                                     "--appendfsync", "everysec", "--save", "",
-                                     "--maxmemory-policy", "noeviction"], "redis",
-                           ready=_redis_ready(env)))  # fmt: skip
+        argv = redis_server_argv(cfg.root / "redis", ["--port", str(cfg.redis_port)])
+        out.append(Service("redis", argv, "redis", ready=_redis_ready(env)))
     for n in cfg.nodes:
         if "emulate" in n:
             url = f"http://127.0.0.1:{n['port']}/emulator/faults"
-            out.append(Service(f"emulator-{n['name']}",
-                               [*farm, "emulate", n["emulate"], "--port", str(n["port"]),
-                                "--profile", str(n["profile"]),
-                                "--data", str(cfg.root / "nodes" / n["name"])], "emulator",
+            argv = emulator_argv(
+                n["emulate"], n["port"], n["profile"], cfg.root / "nodes" / n["name"]
+            )
+            out.append(Service(f"emulator-{n['name']}", argv, "emulator",
                                ready=lambda u=url: _http_ok(u)))  # fmt: skip
     for n in cfg.nodes:
         out.append(Service(f"worker-{n['name']}", [*farm, "worker", "--node", n["name"]], "worker"))
@@ -370,27 +362,10 @@ class Supervisor:
             self.spawn(svc)
             if svc.ready is not None:
                 wait_for(svc.ready, 60, svc.name, svc.proc, self.cfg.logs / f"{svc.name}.log")
-        self.wait_workers()
+        wait_workers(Settings.from_env(self.env), [n["name"] for n in self.cfg.nodes],
+                     self.cfg.cpu_workers, 60, self.cfg.logs / "cpu-0.log")  # fmt: skip
         self.say("all services started")
         self.write_state("ready")
-
-    def wait_workers(self, timeout: float = 60) -> None:
-        """Wait until every Celery worker answers a ping (then it consumes its queue)."""
-        from farm.celery_app import make_app
-
-        want = [f"{n['name']}@" for n in self.cfg.nodes]
-        app = make_app(Settings.from_env(self.env))
-
-        def ready() -> bool:
-            names = [next(iter(r)) for r in app.control.ping(timeout=0.5)]
-            cpu = sum(n.startswith("cpu") for n in names)
-            nodes = all(any(n.startswith(w) for n in names) for w in want)
-            return nodes and cpu >= self.cfg.cpu_workers
-
-        try:
-            wait_for(ready, timeout, "the Celery workers", None, self.cfg.logs / "cpu-0.log")
-        finally:
-            app.close()
 
     def watch(self) -> None:
         """Restart what dies, with backoff, until :meth:`stop` is asked for."""
