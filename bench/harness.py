@@ -26,9 +26,9 @@ import redis
 import requests
 
 from farm.emulators.profile import NodeProfile, load_profile
+from farm.lifecycle import TERMINAL_SHOT
 from farm.local import EmulatedNode, LocalFarm
 from farm.runtime import Runtime
-from farm.state import TERMINAL_SHOT
 
 BENCH = Path(__file__).resolve().parent
 NODES_DIR = BENCH / "nodes"

@@ -33,10 +33,10 @@ from bench.harness import (
     table,
 )
 from farm.backends import make_backend
+from farm.lifecycle import TERMINAL_SCENE
 from farm.planning import plan_variants
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 NODES = ("cf-a", "wan-a")

@@ -40,9 +40,9 @@ from bench.harness import (
     table,
 )
 from farm.dispatch import Dispatcher
+from farm.lifecycle import TERMINAL_SCENE
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 TEMPLATES = (
@@ -62,7 +62,7 @@ def pickup_scene(i: int) -> Scene:
 
 def wait_idle(rt: Runtime, scene_id: str | None, timeout: float = 120.0) -> None:
     """Wait until ``scene_id`` (if any) is over and no node holds a shot."""
-    keys = [rt.settings.key("bound", n.name) for n in rt.registry.infos()]
+    keys = [rt.settings.keys.bound(n.name) for n in rt.registry.infos()]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         over = scene_id is None or rt.state.scene(scene_id)["state"] in TERMINAL_SCENE
@@ -78,10 +78,10 @@ def measure(rt: Runtime, rounds: int, events: EventLog) -> list[dict[str, Any]]:
     original = Dispatcher.wait
     signature = inspect.signature(original)
 
-    def timed_wait(self: Dispatcher, *args: Any, **kwargs: Any) -> None:
+    def timed_wait(self: Dispatcher, *args: Any, **kwargs: Any) -> Any:
         scene_id = signature.bind(self, *args, **kwargs).arguments["scene_id"]
         runnable[scene_id] = time.time()
-        original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     Dispatcher.wait = timed_wait  # type: ignore[method-assign]
     try:

@@ -1,22 +1,33 @@
 """Assembling a scene from its shots' kept takes, and its report: the plain functions
 behind the chord body (``assemble_scene`` then ``score_scene``), run on the CPU queue.
-Each take was scored by the quality gate (:mod:`farm.gate`) as it finished."""
+Each take was scored by the quality gate (:mod:`farm.gate`) as it finished.
+
+Each stage is claimed for the scene's current run (:func:`farm.lifecycle.claim`) and held
+with the scene's lease while it works, so a redelivered or repeated body task (its ack
+lost in a Redis restart, the watchdog's copy) does nothing once the stage is done, and
+the timeout checker sees a dead one. A stage that fails is tried once more, then the
+scene fails with the error."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from farm import media
+from farm import canvas, lifecycle, media
+from farm.lifecycle import SceneState, ShotState
 from farm.runtime import Runtime
 from farm.scene import Scene, Shot, parse_scene
-from farm.state import SceneState, ShotState
 
 log = logging.getLogger(__name__)
 
+#: tries of a scene's assembly, and of its scoring, before the scene fails
+STAGE_TRIES = 2
+MAX_STAGE_ERROR = 2000
 #: what the report shows of each take
 TAKE_FIELDS = ("take", "seed", "node", "seconds", "clip", "contact", "scores", "passed",
                "failed", "cache_hit", "error")  # fmt: skip
@@ -32,17 +43,28 @@ def shot_clip(shot: dict[str, Any]) -> str | None:
     return outputs.get("final") or outputs.get("preview")
 
 
-def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
-    """Concatenate the shot clips in scene order into ``scene.mp4``; a failed shot becomes a
-    slate card of its length, so the cut keeps its timing."""
+def assemble(scene_id: str, run: int, rt: Runtime) -> dict[str, Any]:
+    """Chord body, first part: claim the scene's assembly for ``run`` and concatenate the
+    shot clips in scene order into ``scene.mp4`` (a failed shot becomes a slate card of its
+    length, so the cut keeps its timing). A delivery with nothing to do (another run, the
+    stage done or held) returns ``skipped``."""
+    token = lifecycle.claim(rt, scene_id, run, SceneState.ASSEMBLING,
+                            wait_for=4 * rt.settings.lease_ttl)  # fmt: skip
+    if token is None:
+        return {"scene_id": scene_id, "skipped": True}
+    with _stage(rt, scene_id, token, SceneState.ASSEMBLING, run):
+        return _assemble(rt, scene_id, token)
+    return {"scene_id": scene_id, "skipped": True}  # the stage failed: tried again or failed
+
+
+def _assemble(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
     state = rt.state
     record = state.scene(scene_id)
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}
     if str(record.get("cancel")) == "1":
-        state.update_scene(scene_id, "scene_cancelled", state=SceneState.CANCELLED)
+        lifecycle.cancel_scene(rt, scene_id, token)
         return {"scene_id": scene_id, "video": None}
-    state.update_scene(scene_id, "scene_assembling", state=SceneState.ASSEMBLING)
     done = [
         s
         for s in scene.shots
@@ -50,9 +72,7 @@ def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
     ]
     if not done:
         errors = {s.id: shots[s.id].get("error") for s in scene.shots}
-        state.update_scene(
-            scene_id, "scene_failed", state=SceneState.FAILED, error=f"no shot rendered: {errors}"
-        )
+        lifecycle.fail_scene(rt, scene_id, f"no shot rendered: {errors}", token=token)
         return {"scene_id": scene_id, "video": None}
     first = media.probe(Path(shot_clip(shots[done[0].id]) or ""))
     folder = scene_dir(rt.settings.storage, scene_id)
@@ -75,7 +95,7 @@ def assemble(scene_id: str, rt: Runtime) -> dict[str, Any]:
         parts, folder / "scene.mp4", width=first.width, height=first.height, fps=first.fps
     )
     outputs = {**(record.get("outputs") or {}), "video": str(folder / "scene.mp4")}
-    state.update_scene(scene_id, "scene_assembled", outputs=outputs, frames=video.frames)
+    lifecycle.assembled(rt, scene_id, token, outputs=outputs, frames=video.frames)
     return {"scene_id": scene_id, "video": str(folder / "scene.mp4"), "frames": video.frames}
 
 
@@ -86,19 +106,77 @@ def _slate(path: Path, shot_id: str, error: Any, size: media.VideoInfo, frames: 
     return path
 
 
-def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
-    """Write the scene report (``report.json`` and ``report.html``): each shot's kept take
-    as the quality gate scored it, every take and decision, the continuity of each cut,
-    and each shot's provenance."""
+@contextlib.contextmanager
+def _stage(rt: Runtime, scene_id: str, token: str, stage: str, run: int) -> Iterator[None]:
+    """Hold the scene's lease while a stage works; a stage that fails is tried once more,
+    then the scene fails with its error (:func:`stage_failed`)."""
+    keys = rt.settings.keys
+    keeper = lifecycle.Keeper(rt, keys.scene_lease(scene_id), token, keys.scene(scene_id),
+                              "stage")  # fmt: skip
+    keeper.start()
+    try:
+        yield
+    except Exception as exc:
+        log.exception("%s of scene %s failed", stage, scene_id)
+        stage_failed(rt, scene_id, stage, run, token, f"{exc.__class__.__name__}: {exc}")
+    finally:
+        keeper.stop()
+        lifecycle.release_lease(rt, keys.scene_lease(scene_id), token)
+
+
+def stage_failed(rt: Runtime, scene_id: str, stage: str, run: int, token: str | None,
+                 error: str, *, countdown: float = 2.0) -> None:  # fmt: skip
+    """The task of ``stage`` failed (``token``) or died (None): on its first try it is
+    published again, after that the scene fails with the error (`farm retry` and
+    ``--replace`` act on a failed scene)."""
+    tries = int(rt.redis.hget(rt.settings.keys.scene(scene_id), "stage_tries") or 0)
+    error = error[:MAX_STAGE_ERROR]
+    if tries >= STAGE_TRIES:
+        what = "assembly" if stage == SceneState.ASSEMBLING else "scoring"
+        lifecycle.fail_scene(rt, scene_id, f"{what} failed {tries} times: {error}", token=token,
+                             states={stage})  # fmt: skip
+        return
+    if lifecycle.release(rt, scene_id, stage, token, error):
+        publish_stage(rt, scene_id, stage, run, countdown=countdown)
+
+
+def publish_stage(rt: Runtime, scene_id: str, stage: str, run: int, *,
+                  countdown: float = 0.0) -> None:  # fmt: skip
+    """Publish the task of ``stage`` of ``run`` again: the chord body (assembly, then
+    scoring) for assembling and for a scene whose body never came, the scoring alone for
+    scoring."""
+    from farm.celery_app import app
+
+    queue = rt.settings.cpu_queue
+    if stage == SceneState.SCORING:
+        signature = app.signature("farm.score_scene", args=(None, scene_id, run), queue=queue)
+    else:
+        signature = canvas.scene_body(app, scene_id, run, queue, records=[])
+    rt.state.update_scene(scene_id, stage_sent=time.time())
+    canvas.send(app, signature, countdown=countdown)
+
+
+def score(scene_id: str, run: int, rt: Runtime) -> dict[str, Any]:
+    """Chord body, second part: claim the scene's scoring for ``run`` and write the scene
+    report (``report.json`` and ``report.html``): each shot's kept take as the quality
+    gate scored it, every take and decision, the continuity of each cut, and each shot's
+    provenance."""
+    token = lifecycle.claim(rt, scene_id, run, SceneState.SCORING,
+                            wait_for=4 * rt.settings.lease_ttl)  # fmt: skip
+    if token is None:
+        return {"scene_id": scene_id, "skipped": True}
+    with _stage(rt, scene_id, token, SceneState.SCORING, run):
+        return _score(rt, scene_id, token)
+    return {"scene_id": scene_id, "skipped": True}  # the stage failed: tried again or failed
+
+
+def _score(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
     from farm.report import write_report
 
     state = rt.state
     record = state.scene(scene_id)
-    if record.get("state") in (SceneState.FAILED, SceneState.CANCELLED):
-        return {"scene_id": scene_id, "report": None}
     scene = parse_scene(record["spec"], check_files=False)
     shots = {s["id"]: s for s in state.shots(scene_id)}
-    state.update_scene(scene_id, "scene_scoring", state=SceneState.SCORING)
     try:
         report = build_report(rt, scene, record, shots)
     except Exception as exc:  # a report must never strand a rendered scene
@@ -115,14 +193,8 @@ def score(scene_id: str, rt: Runtime) -> dict[str, Any]:
         json_path = folder / "report.json"
         json_path.write_text(json.dumps(report, indent=2, default=str))
         outputs["report"] = str(json_path)
-    failed = any(shots[s.id].get("state") != ShotState.DONE for s in scene.shots)
-    state.update_scene(
-        scene_id,
-        "scene_done",
-        state=SceneState.PARTIAL if failed else SceneState.DONE,
-        metrics=_summary(report),
-        outputs=outputs,
-    )
+    partial = any(shots[s.id].get("state") != ShotState.DONE for s in scene.shots)
+    lifecycle.finish(rt, scene_id, token, partial, metrics=_summary(report), outputs=outputs)
     return {"scene_id": scene_id, "report": outputs["report"]}
 
 

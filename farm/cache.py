@@ -97,7 +97,7 @@ class RenderCache:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.key = rt.settings.key("cache")
+        self.key = rt.settings.keys.cache()
         self.folder = rt.settings.storage / "cache"
         self.enabled = bool(rt.settings.cache)
 

@@ -88,6 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "farm.assemble_scene": {"queue": settings.cpu_queue},
             "farm.close_shot": {"queue": settings.cpu_queue},
+            "farm.collect": {"queue": settings.cpu_queue},
             "farm.score_scene": {"queue": settings.cpu_queue},
             "farm.score_shot": {"queue": settings.cpu_queue},
         },

@@ -19,11 +19,11 @@ from rich.console import Console
 
 from farm import settings as settings_mod
 from farm.errors import ConfigError
-from farm.ingest import pack_submission, send_submission, wait_status
 from farm.local import EmulatedNode, LocalFarm
 from farm.runtime import get_runtime
 from farm.scene import load_scene
 from farm.settings import REPO_ROOT
+from farm.submission import pack_submission, send_submission, wait_status
 from farm.watch import watch
 
 DEMO_SCENE = REPO_ROOT / "examples" / "demo_scene.json"

@@ -15,7 +15,14 @@ FarmError
 │   ├── OutOfMemory       the node ran out of (V)RAM
 │   └── ModelMissing      the node lacks a model or file the job needs
 ├── RenderFailed          the node ran the job and it failed at run time
-└── JobCancelled          the job was cancelled or interrupted
+├── JobCancelled          the job was cancelled or interrupted
+└── InternalError         a bug in the farm; never retried (it would fail the same way)
+
+What the fallback ladder does with each (:func:`farm.planning.next_rung`) is decided by
+these classes, never by their ``kind`` strings, which are only what shot records keep:
+:func:`is_final` stops a shot, :func:`wants_another_node` moves it to another node,
+:class:`OutOfMemory` lightens it, any other error tries once more;
+:func:`counts_against_node` says which failures count towards a node's blocklist.
 """
 
 from __future__ import annotations
@@ -125,3 +132,32 @@ class JobCancelled(FarmError):
     """The job was cancelled or interrupted."""
 
     kind = "cancelled"
+
+
+class InternalError(FarmError):
+    """An unexpected exception inside the farm (a bug): recorded, never retried."""
+
+    kind = "error"
+
+
+def is_final(error: FarmError) -> bool:
+    """The shot stops here: nothing another attempt could change (bad input, a job the
+    node refused or answered wrongly, a cancel, a bug)."""
+    return isinstance(error, InvalidInput | PermanentError | JobCancelled | InternalError)
+
+
+def wants_another_node(error: FarmError) -> bool:
+    """The same work may succeed on another node: this one is down, too slow, or lacks a
+    model."""
+    return isinstance(error, RetryableError | ModelMissing | NoCapableNode)
+
+
+def counts_against_node(error: FarmError) -> bool:
+    """A failure that says something about the node (towards its blocklist for the scene),
+    not about the job or the user."""
+    return (
+        isinstance(
+            error, RetryableError | FallbackError | RenderFailed | BadNodeResponse | InternalError
+        )
+        or type(error) is FarmError
+    )

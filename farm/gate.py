@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +33,9 @@ from typing import Any
 from farm import telemetry
 from farm.errors import ConfigError
 from farm.jsonfile import read_json
+from farm.lifecycle import ShotState
 from farm.runtime import Runtime
 from farm.scene import Shot
-from farm.state import ShotState
 from farm.trajectory import resample
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ def score_file(clip_path: Path, shot: Shot) -> dict[str, Any]:
 
     from farm import metrics
     from farm.metrics.frames import load_clip, thumbnail
-    from farm.report import contact_strip, trajectory_plot
+    from farm.take_images import contact_strip, trajectory_plot
 
     clip = load_clip(clip_path)
     paths = target_paths(shot)
@@ -234,19 +233,38 @@ def _write(path: Path, data: bytes) -> None:
 def score_take(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str, Any] | None:
     """Score the take the shot's ``scoring`` token names and apply the gate: the shot's
     chord record when it is over (kept a take), None when a new take was put in the
-    backlog (the slot stays open for it) or this delivery is stale."""
-    from farm.celery_app import app
-    from farm.dispatch import Dispatcher
-    from farm.shots import begin, cancelled, is_cancelled, scene_of
+    backlog (the slot stays open for it) or this delivery is stale. The task holds the
+    shot's lease while it scores, so the timeout checker sees it alive."""
+    from farm import lifecycle
 
-    state = rt.state
-    shot = state.shot(scene_id, shot_id)
+    keys = rt.settings.keys
+    lease, record = keys.lease(scene_id, shot_id), keys.shot(scene_id, shot_id)
+    if not lifecycle.hold(rt, lease, token, record, "scoring", wait_for=4 * rt.settings.lease_ttl):
+        log.info("shot %s/%s: scoring %s is stale or scored elsewhere; ignored", scene_id,
+                 shot_id, token[:8])  # fmt: skip
+        return None
+    keeper = lifecycle.Keeper(rt, lease, token, record, "scoring")
+    keeper.start()
+    try:
+        return _gate(rt, scene_id, shot_id, token)
+    finally:
+        keeper.stop()
+        lifecycle.release_lease(rt, lease, token)
+
+
+def _gate(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str, Any] | None:
+    from farm import lifecycle
+    from farm.dispatch import cancelled_record, scene_of
+    from farm.shots import is_cancelled, place_take
+
+    shot = rt.state.shot(scene_id, shot_id)
     if shot.get("scoring") != token or shot.get("state") != ShotState.SCORING:
-        log.info("shot %s/%s: scoring %s is stale; ignored", scene_id, shot_id, token[:8])
         return None
     if is_cancelled(rt, scene_id, shot_id):
-        return cancelled(rt, scene_id, shot_id, None)
+        out = lifecycle.cancel(rt, scene_id, shot_id, state=ShotState.SCORING, token=token)
+        return cancelled_record(scene_id, shot_id) if out else None
     pending = dict(shot["pending_take"])
+    place_take(pending)
     scene = scene_of(rt, scene_id)
     spec = scene.shot(shot_id)
     rule = load_gate(rt.settings.gate_file).rule(spec.template, rt.settings.gate_takes)
@@ -263,55 +281,91 @@ def score_take(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str
             "reasons": [f"take {t['take']}: {', '.join(t['failed'])}" for t in takes
                         if t.get("failed")]}  # fmt: skip
     if "error" in pending:
-        return _keep(rt, scene_id, shot_id, shot, takes, len(takes) - 1,
+        return _keep(rt, scene_id, shot_id, token, shot, takes, len(takes) - 1,
                      {**gate, "decision": "unscored", "error": pending["error"]})  # fmt: skip
     if not rule.minimum:
-        return _keep(rt, scene_id, shot_id, shot, takes, len(takes) - 1,
+        return _keep(rt, scene_id, shot_id, token, shot, takes, len(takes) - 1,
                      {**gate, "decision": "not_gated"})  # fmt: skip
     if not missed:
-        return _keep(rt, scene_id, shot_id, shot, takes, len(takes) - 1,
+        return _keep(rt, scene_id, shot_id, token, shot, takes, len(takes) - 1,
                      {**gate, "decision": "passed"})  # fmt: skip
     if len(takes) < rule.takes:
-        n = int(shot.get("take") or 0) + 1
-        seed = take_seed(spec.seed, n)
-        state.update_shot(scene_id, shot_id, "shot_gate_retake", state=ShotState.QUEUED,
-                          takes=takes, take=n, attempt=0, scoring="", progress=0.0,
-                          gate={**gate, "decision": "retaking"}, error=None,
-                          used_fallback=False, primary_error=None, fallback=None)  # fmt: skip
-        state.event(scene_id, "shot_gate_rejected", shot=shot_id, take=pending["take"],
-                    failed=", ".join(missed), next_seed=seed)  # fmt: skip
-        telemetry.record_gate_rejection(rt.redis, rt.settings, spec.template, [m.split()[0] for m in missed])  # fmt: skip
-        from farm.planning import plan_variants
-
-        kind = pending["kind"]
-        variants = [replace(v, params={**v.params, "seed": seed}, take=n)
-                    for v in plan_variants(scene, spec, kind)]  # fmt: skip
-        d = Dispatcher(rt, app)
-        record = begin(rt, d, scene_id, shot_id, kind, variants, int(pending["priority"]),
-                       force=False, step=f"take {n}: seed {seed}")  # fmt: skip
-        d.dispatch()
-        return record
-    return _keep(rt, scene_id, shot_id, shot, takes, best(takes, rule.minimum),
+        return _retake(rt, scene_id, shot_id, token, shot, spec, takes, pending, missed,
+                       {**gate, "decision": "retaking"})  # fmt: skip
+    return _keep(rt, scene_id, shot_id, token, shot, takes, best(takes, rule.minimum),
                  {**gate, "decision": "kept_best"})  # fmt: skip
+
+
+def _retake(
+    rt: Runtime,
+    scene_id: str,
+    shot_id: str,
+    token: str,
+    shot: dict[str, Any],
+    spec: Shot,
+    takes: list[dict[str, Any]],
+    pending: dict[str, Any],
+    missed: list[str],
+    gate: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Render a new take with a new seed: from the cache when it has it, else through the
+    backlog. None: the slot stays open for it (a cancelled record if the shot was)."""
+    from farm import lifecycle
+    from farm.cache import RenderCache
+    from farm.celery_app import app
+    from farm.dispatch import Dispatcher, backlog_entry, cancelled_record, scene_of
+    from farm.planning import Rung, plan_variants
+    from farm.shots import serve_from_cache
+
+    n = int(shot.get("take") or 0) + 1
+    seed = take_seed(spec.seed, n)
+    kind, priority = pending["kind"], int(pending["priority"])
+    variants = [replace(v, params={**v.params, "seed": seed}, take=n)
+                for v in plan_variants(scene_of(rt, scene_id), spec, kind)]  # fmt: skip
+    fields = {"takes": takes, "take": n, "attempt": 0, "gate": gate, "error": None,
+              "used_fallback": False, "primary_error": None, "fallback": None}  # fmt: skip
+    d = Dispatcher(rt, app)
+    hit = RenderCache(rt).lookup([variants])[0]
+    if hit is not None:
+        out = serve_from_cache(rt, d, scene_id, shot_id, hit, source=ShotState.SCORING,
+                               token=token, **fields)  # fmt: skip
+    else:
+        backlog, stored = backlog_entry(Rung(tuple(variants), step=f"take {n}: seed {seed}"),
+                                        kind, priority)  # fmt: skip
+        out = lifecycle.retake(rt, scene_id, shot_id, token, backlog, stored,
+                               data={"take": n, "seed": seed}, progress=0.0, **fields)  # fmt: skip
+    if not out:
+        return None
+    rt.state.event(scene_id, "shot_gate_rejected", shot=shot_id, take=pending["take"],
+                   failed=", ".join(missed), next_seed=seed)  # fmt: skip
+    telemetry.record_gate_rejection(rt.redis, rt.settings, spec.template,
+                                    [m.split()[0] for m in missed])  # fmt: skip
+    if out.state == ShotState.CANCELLED:
+        return cancelled_record(scene_id, shot_id)
+    d.dispatch()
+    return None
 
 
 def _keep(
     rt: Runtime,
     scene_id: str,
     shot_id: str,
+    token: str,
     shot: dict[str, Any],
     takes: list[dict[str, Any]],
     index: int,
     gate: dict[str, Any],
-) -> dict[str, Any]:
-    """Close the shot as done with take ``index``."""
+) -> dict[str, Any] | None:
+    """Close the shot as done with take ``index`` (None: the scoring went stale)."""
+    from farm import lifecycle
+
     kept = takes[index]
     gate = {**gate, "kept": kept["take"], "takes": len(takes)}
     outputs = {**(shot.get("outputs") or {}), kept["kind"]: kept["clip"]}
-    rt.state.update_shot(scene_id, shot_id, "shot_done", state=ShotState.DONE, outputs=outputs,
-                         takes=takes, gate=gate, scoring="", progress=1.0, error=None,
-                         finished=time.time(), cache_hit=bool(kept.get("cache_hit")),
-                         node=kept.get("node"))  # fmt: skip
+    out = lifecycle.keep(rt, scene_id, shot_id, token, gate, outputs=outputs, takes=takes,
+                         cache_hit=bool(kept.get("cache_hit")), node=kept.get("node"))  # fmt: skip
+    if not out:
+        return None
     rt.state.event(scene_id, "shot_gate", shot=shot_id, decision=gate["decision"],
                    kept=kept["take"], takes=len(takes))  # fmt: skip
     telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.DONE, gate["decision"])

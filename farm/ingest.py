@@ -1,36 +1,21 @@
-"""Submissions: scenes sent on a Redis stream (protocol version 1), and ``farm ingest``, the
-service that validates each one and enqueues its scene exactly once.
-
-Keys (under the settings' prefix, ``farm`` by default)::
-
-    farm:submissions            stream of {submission, body}; read by consumer group ``ingest``
-    farm:submission:{id}        hash: the decision (state, scene, errors, reason, message, at,
-                                duplicates, client); expires FARM_SUBMISSION_TTL after a write
-    farm:submission:{id}:lock   held while one ingest decides submission {id}
-    farm:submissions:dead       stream of every rejected message (capped)
-
-:func:`read_submission` is pure: a stream entry in, a :class:`Submission` with every problem
-(``$.path: message``, paths into the body) out. :class:`Ingest` is the consumer;
-:func:`pack_submission`, :func:`send_submission` and :func:`wait_status` are the sending
-side (``farm submit``, ``farm demo``). The protocol is in docs/submissions.md.
+"""``farm ingest``: the service that reads the submissions stream (consumer group
+``ingest``), validates each entry (:func:`farm.submission.read_submission`), enqueues its
+scene exactly once, writes the decision, and trims from the stream what every consumer
+group has acknowledged. The protocol and its keys are in
+:mod:`farm.submission` and docs/submissions.md.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import io
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -39,29 +24,37 @@ from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
-from PIL import Image, UnidentifiedImageError
 
-from farm import __version__
 from farm.errors import InvalidInput, NoCapableNode
-from farm.jsonfile import read_json
 from farm.planning import place_any, plan_scene
+from farm.problems import capped
 from farm.runtime import Runtime
-from farm.scene import IMAGE_SUFFIXES, Scene, parse_scene
-from farm.settings import Settings
+from farm.scene import Scene, parse_scene
 from farm.state import connect
-from farm.submit import enqueue
+from farm.submission import (
+    GROUP,
+    Submission,
+    as_text,
+    dead_key,
+    entry_submission_id,
+    lock_key,
+    read_submission,
+    status_key,
+    stream_key,
+    submission_folder,
+    under_scene,
+)
+from farm.submit import enqueue, resume
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-GROUP = "ingest"
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(png|jpg|jpeg|webp)", re.IGNORECASE)
-IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
-BODY_FIELDS = ("version", "submission", "scene", "files", "replace", "client")
-CLIENT_MAX_KEYS, CLIENT_MAX_CHARS = 32, 1000
-DEAD_MAXLEN = 10_000
-DEAD_BODY_BYTES = 1024 * 1024
+#: the dead-letter stream keeps about this many entries (XADD MAXLEN ~) ...
+DEAD_MAXLEN = 1_000
+#: ... each with at most this much of the body as sent, so it stays under DEAD_MAXLEN x
+#: (DEAD_BODY_BYTES + the capped errors, see farm.problems): about 42 MB at most
+DEAD_BODY_BYTES = 16 * 1024
+#: seconds between two trims of the entries every group has acknowledged
+TRIM_SECONDS = 2.0
 LOCK_SECONDS = 120
 READ_COUNT, BLOCK_MS = 10, 1000
 MAX_BACKOFF = 10.0
@@ -76,300 +69,6 @@ class Reason(StrEnum):
     REFUSED = "refused"  # valid, but the farm cannot take it now
     INTERNAL = "internal"  # ingest failed unexpectedly (its log has the traceback)
     POISON = "poison"  # delivered more than FARM_INGEST_MAX_DELIVERIES times
-
-
-def stream_key(settings: Settings) -> str:
-    return settings.key("submissions")
-
-
-def dead_key(settings: Settings) -> str:
-    return settings.key("submissions", "dead")
-
-
-def status_key(settings: Settings, submission_id: str) -> str:
-    return settings.key("submission", submission_id)
-
-
-def lock_key(settings: Settings, submission_id: str) -> str:
-    return settings.key("submission", submission_id, "lock")
-
-
-def submission_folder(settings: Settings, submission_id: str) -> Path:
-    """Where a submission's attachments are written (its scene's relative paths resolve here)."""
-    return settings.storage / "submissions" / submission_id
-
-
-# -- reading a message (pure) ------------------------------------------------------------
-
-
-@dataclass
-class Submission:
-    """One stream entry as read: what was usable, and every problem found."""
-
-    id: str | None = None
-    scene: Any = None
-    files: dict[str, bytes] = field(default_factory=dict)
-    replace: bool = False
-    client: dict[str, str] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def scene_id(self) -> str:
-        value = self.scene.get("id") if isinstance(self.scene, dict) else None
-        return value if isinstance(value, str) else ""
-
-
-def read_submission(fields: Mapping[Any, Any], settings: Settings) -> Submission:
-    """Read one stream entry (``submission`` and ``body`` fields, bytes or text) against
-    protocol version 1; every problem is listed, none raised."""
-    fields = {_text(k): v for k, v in fields.items()}
-    sub = Submission()
-    problems = sub.problems
-    given = fields.get("submission")
-    if given is not None:
-        text = _utf8(given)
-        if text is not None and ID.fullmatch(text):
-            sub.id = text
-        else:
-            shown = _show(given if text is None else text)
-            problems.append(f"$.submission: the entry's submission field {shown} {_ID_RULE}")
-    data = _read_body(fields.get("body"), settings, problems)
-    if data is None:
-        if given is None:
-            problems.insert(0, "$.submission: the entry has no submission field; " + _ID_HINT)
-        return sub
-    _read_id(data.get("submission"), given, sub)
-    unknown = sorted(set(data) - set(BODY_FIELDS))
-    if unknown:
-        problems.append(f"$: unknown field(s) {', '.join(map(repr, unknown))}; "
-                        f"allowed: {', '.join(BODY_FIELDS)}")  # fmt: skip
-    version = data.get("version")
-    if type(version) is not int or version != VERSION:
-        problems.append(
-            "$.version: is required; this farm reads version 1" if version is None
-            else f"$.version: {_show(version)} is not supported; this farm reads version 1"
-        )  # fmt: skip
-        return sub  # another version's body means something else: read no further
-    _read_scene(data, sub)
-    sub.files = read_files(data.get("files"), settings, problems)
-    sub.replace = _read_replace(data.get("replace", False), problems)
-    sub.client = _read_client(data.get("client", {}), problems)
-    if isinstance(sub.scene, dict):
-        problems += start_image_problems(sub.scene, sub.files)
-        problems += scene_problems(sub.scene)
-    return sub
-
-
-_ID_RULE = "must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
-_ID_HINT = "send the submission id in both the entry's submission field and the body"
-
-
-def _read_body(body: Any, settings: Settings, problems: list[str]) -> dict[str, Any] | None:
-    """The body as a JSON object, or None with the reason in ``problems``."""
-    if body is None:
-        problems.append("$: the entry has no body field; send the submission as JSON text in body")
-        return None
-    raw = body.encode() if isinstance(body, str) else bytes(body)
-    if len(raw) > settings.submission_max_bytes:
-        problems.append(
-            f"$: the body is {len(raw)} bytes, over the limit of {settings.submission_max_bytes}"
-            " (FARM_SUBMISSION_MAX_BYTES); attach smaller images or split the scene"
-        )
-        return None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        problems.append(f"$: the body is not UTF-8 text ({exc}); send JSON text")
-        return None
-    except json.JSONDecodeError as exc:
-        problems.append(
-            f"$: the body is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
-        )
-        return None
-    except RecursionError:
-        problems.append("$: the body is nested too deeply to read; send a plain scene")
-        return None
-    if not isinstance(data, dict):
-        problems.append(
-            f"$: the body must be a JSON object with version, submission and scene, not {_kind(data)}"
-        )
-        return None
-    return data
-
-
-def _read_id(value: Any, given: Any, sub: Submission) -> None:
-    """Check the body's submission id against the entry's; use it when the entry has none."""
-    if value is None:
-        sub.problems.append(f"$.submission: is required; {_ID_HINT}")
-    elif not isinstance(value, str) or not ID.fullmatch(value):
-        sub.problems.append(f"$.submission: {_show(value)} {_ID_RULE}")
-    elif given is None:
-        sub.id = value
-        sub.problems.append(f"$.submission: the entry has no submission field; {_ID_HINT}")
-    elif sub.id is not None and value != sub.id:
-        sub.problems.append(
-            f"$.submission: {value!r} differs from the entry's submission field {sub.id!r};"
-            " send the same id in both"
-        )
-
-
-def _read_scene(data: dict[str, Any], sub: Submission) -> None:
-    if "scene" not in data:
-        sub.problems.append("$.scene: is required; give the scene to render "
-                            "(farm/schemas/scene-v1.schema.json)")  # fmt: skip
-    elif not isinstance(data["scene"], dict):
-        sub.problems.append(f"$.scene: must be a scene object, not {_kind(data['scene'])}")
-    else:
-        sub.scene = data["scene"]
-
-
-def read_files(value: Any, settings: Settings, problems: list[str]) -> dict[str, bytes]:
-    """The attachments that are valid images, decoded; a problem for each other one."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(
-            f"$.files: must be an object of file name → base64 data, not {_kind(value)}"
-        )
-        return {}
-    out: dict[str, bytes] = {}
-    for name, data in value.items():
-        where = f"$.files[{name!r}]"
-        if not FILE_NAME.fullmatch(name):
-            problems.append(
-                f"{where}: {name!r} is not a bare image file name; use up to 100 letters, digits,"
-                " '.', '_' or '-' (no folders) ending in .png, .jpg, .jpeg or .webp"
-            )
-            continue
-        if not isinstance(data, str):
-            problems.append(f"{where}: must be base64 text, not {_kind(data)}")
-            continue
-        try:
-            blob = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            problems.append(f"{where}: is not valid base64 ({exc}); send the file's bytes in "
-                            "standard base64, without line breaks")  # fmt: skip
-            continue
-        if len(blob) > settings.submission_max_file_bytes:
-            problems.append(
-                f"{where}: {len(blob)} bytes is over the limit of "
-                f"{settings.submission_max_file_bytes} (FARM_SUBMISSION_MAX_FILE_BYTES); "
-                "attach a smaller image"
-            )
-            continue
-        problem = image_problem(blob)
-        if problem:
-            problems.append(f"{where}: {problem}")
-            continue
-        out[name] = blob
-    return out
-
-
-def image_problem(blob: bytes) -> str | None:
-    """Why ``blob`` is not a PNG, JPEG or WebP image Pillow can open (None: it is one)."""
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            kind = image.format
-            image.verify()
-    except UnidentifiedImageError:
-        return "is not an image (Pillow cannot tell its format); attach a PNG, JPEG or WebP file"
-    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ...) on junk
-        return (f"is a damaged image ({type(exc).__name__}: {exc}); "
-                "attach a PNG, JPEG or WebP file")  # fmt: skip
-    if kind not in IMAGE_FORMATS:
-        return f"is a {kind} image; attach a PNG, JPEG or WebP file"
-    return None
-
-
-def _read_replace(value: Any, problems: list[str]) -> bool:
-    if isinstance(value, bool):
-        return value
-    problems.append(f"$.replace: must be true or false, not {_show(value)}")
-    return False
-
-
-def _read_client(value: Any, problems: list[str]) -> dict[str, str]:
-    rule = f"at most {CLIENT_MAX_KEYS} names with strings of at most {CLIENT_MAX_CHARS} characters"
-    if not isinstance(value, dict) or len(value) > CLIENT_MAX_KEYS:
-        what = _kind(value) if not isinstance(value, dict) else f"{len(value)} names"
-        problems.append(f'$.client: must be an object of {rule} (e.g. {{"app": "blender"}}), '
-                        f"not {what}")  # fmt: skip
-        return {}
-    bad = [k for k, v in value.items()
-           if len(k) > CLIENT_MAX_CHARS or not isinstance(v, str) or len(v) > CLIENT_MAX_CHARS]  # fmt: skip
-    for name in bad:
-        problems.append(f"$.client[{name[:80]!r}]: must be a string of at most "
-                        f"{CLIENT_MAX_CHARS} characters, not {_show(value[name])}")  # fmt: skip
-    return {} if bad else dict(value)
-
-
-def start_image_problems(scene: dict[str, Any], files: Mapping[str, bytes]) -> list[str]:
-    """Each shot's ``start_image`` must name an attached file (a bare name)."""
-    problems: list[str] = []
-    shots = scene.get("shots")
-    for i, shot in enumerate(shots if isinstance(shots, list) else []):
-        start = shot.get("start_image") if isinstance(shot, dict) else None
-        if not isinstance(start, str) or not start:
-            continue  # the schema reports a wrong type
-        where = f"$.scene.shots[{i}].start_image"
-        if "/" in start or "\\" in start or ".." in start or Path(start).is_absolute():
-            problems.append(f"{where}: {start!r} must be the bare name of a file attached under "
-                            "files (no folders or absolute paths)")  # fmt: skip
-        elif start not in files:
-            problems.append(f"{where}: {start!r} is not attached to the submission; "
-                            "add it under files, or remove start_image")  # fmt: skip
-    return problems
-
-
-def scene_problems(scene: dict[str, Any], base_dir: Path | None = None) -> list[str]:
-    """The scene's validation problems, with paths under ``$.scene`` (files not checked)."""
-    try:
-        parse_scene(scene, base_dir, check_files=False)
-    except InvalidInput as exc:
-        return under_scene(exc)
-    return []
-
-
-def under_scene(exc: InvalidInput) -> list[str]:
-    """A scene error's problems with their paths moved under ``$.scene``."""
-    problems = exc.problems or [f"$: {exc}"]
-    return ["$.scene" + p[1:] if p.startswith("$") else f"$.scene: {p}" for p in problems]
-
-
-def entry_submission_id(fields: Mapping[Any, Any]) -> str | None:
-    """The entry's submission field, when it is a usable id (read without the body)."""
-    for key, value in fields.items():
-        if _text(key) == "submission":
-            text = _utf8(value)
-            return text if text is not None and ID.fullmatch(text) else None
-    return None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _utf8(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    try:
-        return bytes(value).decode("utf-8")
-    except (UnicodeDecodeError, TypeError):
-        return None
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}  # fmt: skip
-    return names.get(type(value), type(value).__name__)
-
-
-# -- the service -------------------------------------------------------------------------
 
 
 @dataclass
@@ -400,6 +99,7 @@ class Ingest:
         self.r = client or connect(self.s, check=False, decode=False)
         self.stream = stream_key(self.s)
         self._stop = threading.Event()
+        self._trim_failed = False
 
     @property
     def stopping(self) -> bool:
@@ -415,10 +115,11 @@ class Ingest:
 
         At start and after Redis comes back: re-read this consumer's own unacknowledged
         entries, then claim those idle longer than FARM_INGEST_CLAIM_IDLE (again every half
-        of that), then read new ones."""
+        of that), then read new ones. Every TRIM_SECONDS (and before ``once`` ends), delete
+        the entries every group has acknowledged (:meth:`trim`)."""
         self._handle_signals()
         log.info("ingest %s reading %s (group %s)", self.name, self.stream, GROUP)
-        backoff, recover, next_claim = 0.0, True, 0.0
+        backoff, recover, next_claim, next_trim = 0.0, True, 0.0, 0.0
         while not self.stopping:
             try:
                 if recover:
@@ -430,6 +131,9 @@ class Ingest:
                     next_claim = time.monotonic() + self.s.ingest_claim_idle / 2
                 read = self.read_new(None if once else BLOCK_MS)
                 backoff = 0.0
+                if time.monotonic() >= next_trim or (once and not read):
+                    self.trim()
+                    next_trim = time.monotonic() + TRIM_SECONDS
                 if once and not read:
                     break
             except UNAVAILABLE as exc:
@@ -459,6 +163,31 @@ class Ingest:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def trim(self) -> int:
+        """Delete the entries every consumer group of the stream has acknowledged
+        (``XTRIM MINID ~``, see :func:`trim_point`); how many went. Never an entry that a
+        group has not read yet or has pending. ``~`` deletes whole stream nodes only, so up
+        to one node of acknowledged entries stays (fewer than ``stream-node-max-entries``,
+        100, of fewer than ``stream-node-max-bytes``, 4 KB: a bigger entry has a node of
+        its own)."""
+        try:
+            groups = self.r.xinfo_groups(self.stream)  # before XPENDING: see trim_point
+            pipe = self.r.pipeline(transaction=False)
+            for group in groups:
+                pipe.xpending(self.stream, group["name"])
+            summaries = pipe.execute()
+            point = trim_point(
+                [(g["last-delivered-id"], p["min"] if p["pending"] else None)
+                 for g, p in zip(groups, summaries, strict=True)]
+            )  # fmt: skip
+            return 0 if point is None else self.r.xtrim(self.stream, minid=point, approximate=True)
+        except redis.ResponseError as exc:  # no stream (read_new recreates it), or an ACL
+            if "no such key" not in str(exc) and not self._trim_failed:  # without XTRIM
+                log.warning("cannot trim %s (%s); acknowledged entries stay in it", self.stream,
+                            exc)  # fmt: skip
+                self._trim_failed = True
+            return 0
+
     def drain_own(self) -> None:
         """Decide the entries this consumer read before and never acknowledged."""
         start: Any = "0"
@@ -480,7 +209,7 @@ class Ingest:
             start, entries = reply[0], [e for e in reply[1] if e]
             if entries:
                 self._handle_all(entries, self._deliveries([e[0] for e in entries]))
-            if _text(start) == "0-0":
+            if as_text(start) == "0-0":
                 return
 
     def read_new(self, block_ms: int | None) -> int:
@@ -496,7 +225,7 @@ class Ingest:
         for entry_id, fields in entries:
             if self.stopping:
                 return
-            self.handle(entry_id, fields, deliveries.get(_text(entry_id), 1))
+            self.handle(entry_id, fields, deliveries.get(as_text(entry_id), 1))
 
     def _deliveries(self, ids: list[Any]) -> dict[str, int]:
         """How many times each entry was delivered (XPENDING)."""
@@ -504,7 +233,7 @@ class Ingest:
         for entry_id in ids:
             pipe.xpending_range(self.stream, GROUP, min=entry_id, max=entry_id, count=1)
         rows = [row for found in pipe.execute() for row in found]
-        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        return {as_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
     # one message
     def handle(self, entry_id: Any, fields: Mapping[Any, Any], deliveries: int = 1
@@ -512,7 +241,7 @@ class Ingest:
         """Decide one stream entry. None: nothing decided (the entry was deleted from the
         stream, or another ingest holds its submission: it stays pending and is claimed
         again later)."""
-        message = _text(entry_id)
+        message = as_text(entry_id)
         if not fields:  # deleted from the stream after it was delivered
             self.r.xack(self.stream, GROUP, message)
             return None
@@ -571,6 +300,9 @@ class Ingest:
         if self._enqueued(sub):  # by an ingest that died before writing the status
             shots = len(rt.state.scene(sub.scene_id).get("shots", []))
             log.info("submission %s was enqueued before a restart", sub.id)
+            if resume(rt, sub.scene_id):  # it died before every shot had started: finish
+                log.warning("submission %s: finished the enqueue of scene %s", sub.id,
+                            sub.scene_id)  # fmt: skip
             return self._accept(message, sub, shots)
         folder = submission_folder(self.s, sub.id)
         try:
@@ -630,15 +362,17 @@ class Ingest:
 
     def _reject(self, message: str, fields: Mapping[Any, Any], sub: Submission, reason: Reason
                 ) -> Decision:  # fmt: skip
-        body = next((v for k, v in fields.items() if _text(k) == "body"), b"")
+        body = next((v for k, v in fields.items() if as_text(k) == "body"), b"")
         body = body.encode() if isinstance(body, str) else bytes(body)
+        sub.problems = capped(sub.problems)
         pipe = self.r.pipeline(transaction=True)
         if sub.id is not None:
             self._status(pipe, message, sub, "rejected", reason)
         pipe.xadd(
             dead_key(self.s),
             {"submission": sub.id or "", "message": message, "reason": str(reason),
-             "errors": json.dumps(sub.problems), "body": cut(body, DEAD_BODY_BYTES), "at": _now()},
+             "errors": json.dumps(sub.problems), "body": cut(body, DEAD_BODY_BYTES),
+             "body_bytes": len(body), "at": _now()},
             maxlen=DEAD_MAXLEN, approximate=True,
         )  # fmt: skip
         pipe.xack(self.stream, GROUP, message)
@@ -647,7 +381,7 @@ class Ingest:
         log.warning("rejected submission %s (%s): %d error%s", sub.id or f"(no id, message {message})",
                     reason, n, "" if n == 1 else "s")  # fmt: skip
         for problem in sub.problems:
-            log.info("  %s", problem[:500])
+            log.info("  %s", problem)
         return Decision("rejected", sub.id, str(reason), list(sub.problems), sub.scene_id)
 
     def _duplicate(self, message: str, sub: Submission, state: str) -> Decision:
@@ -671,6 +405,30 @@ class Ingest:
             fields["scene"] = sub.scene_id
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self.s.submission_ttl)
+
+
+def trim_point(groups: list[tuple[Any, Any]]) -> str | None:
+    """The ``MINID`` to trim the stream to: every entry below it has been read and
+    acknowledged by every group. ``groups`` holds each group's last delivered id and its
+    oldest pending id (None: nothing pending). None: no group, trim nothing.
+
+    Read the last delivered ids before the pending ones: an entry delivered in between is
+    newer than the last delivered id read, so it is kept either way."""
+    keep = []
+    for last_delivered, oldest_pending in groups:
+        ms, seq = _stream_id(last_delivered)
+        keep.append((ms, seq + 1))  # the next entry may be unread
+        if oldest_pending is not None:
+            keep.append(_stream_id(oldest_pending))
+    if not keep:
+        return None
+    ms, seq = min(keep)
+    return f"{ms}-{seq}"
+
+
+def _stream_id(value: Any) -> tuple[int, int]:
+    ms, _, seq = as_text(value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _internal(exc: BaseException) -> str:
@@ -697,116 +455,3 @@ def cut(data: bytes, limit: int) -> bytes:
 
 def _now() -> str:
     return f"{time.time():.3f}"
-
-
-# -- the sending side --------------------------------------------------------------------
-
-
-def pack_submission(
-    scene_file: str | Path,
-    submission_id: str | None = None,
-    replace: bool = False,
-    *,
-    quality: str | None = None,
-) -> dict[str, str]:
-    """The stream entry (fields ``submission`` and ``body``) that submits ``scene_file``:
-    each start image attached once, under its file name, and ``start_image`` rewritten to
-    that name (``quality``: override the scene's). Raises :class:`InvalidInput` for an
-    unreadable file, a bad id or a start image that cannot be attached; the scene itself is
-    validated by ingest."""
-    path = Path(scene_file)
-    data = read_json(path, "scene file", InvalidInput)
-    if quality is not None and isinstance(data, dict):
-        data["quality"] = quality
-    if submission_id is not None and not ID.fullmatch(submission_id):
-        raise InvalidInput(f"submission id {submission_id!r} {_ID_RULE}")
-    files: dict[str, str] = {}
-    names: dict[Path, str] = {}
-    problems: list[str] = []
-    shots = data.get("shots") if isinstance(data, dict) else None
-    for i, shot in enumerate(shots if isinstance(shots, list) else []):
-        start = shot.get("start_image") if isinstance(shot, dict) else None
-        if not isinstance(start, str) or not start:
-            continue
-        source = (path.resolve().parent / Path(start).expanduser()).resolve()
-        if not start.lower().endswith(IMAGE_SUFFIXES):
-            problems.append(f"$.shots[{i}].start_image: {start!r} must be a "
-                            f"{', '.join(IMAGE_SUFFIXES)} image")  # fmt: skip
-        elif not source.is_file():
-            problems.append(f"$.shots[{i}].start_image: file {source} does not exist")
-        else:
-            if source not in names:
-                names[source] = attachment_name(source.name, set(names.values()))
-                files[names[source]] = base64.b64encode(source.read_bytes()).decode()
-            shot["start_image"] = names[source]
-    if problems:
-        raise InvalidInput(f"cannot attach the start images of {path}", problems)
-    sid = submission_id or new_submission_id(data)
-    body = {"version": VERSION, "submission": sid, "scene": data, "files": files,
-            "replace": replace, "client": {"app": "farm", "version": __version__}}  # fmt: skip
-    return {"submission": sid, "body": json.dumps(body)}
-
-
-def attachment_name(file_name: str, taken: set[str]) -> str:
-    """A valid attachment name for ``file_name`` that is not in ``taken``."""
-    stem, suffix = os.path.splitext(file_name)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-")[:90] or "image"
-    name, n = f"{stem}{suffix.lower()}", 2
-    while name in taken:
-        name, n = f"{stem}-{n}{suffix.lower()}", n + 1
-    return name
-
-
-def new_submission_id(scene: Any) -> str:
-    """A fresh submission id: the scene id (when it has a usable one) and a random suffix."""
-    scene_id = scene.get("id") if isinstance(scene, dict) else None
-    suffix = uuid.uuid4().hex[:12]
-    if isinstance(scene_id, str) and ID.fullmatch(scene_id):
-        return f"{scene_id[:48]}-{suffix}"
-    return f"submission-{suffix}"
-
-
-def send_submission(client: redis.Redis, settings: Settings, fields: Mapping[str, str]) -> str:
-    """XADD a packed submission; returns its stream entry id."""
-    return _text(client.xadd(stream_key(settings), dict(fields)))
-
-
-def submission_status(client: redis.Redis, settings: Settings, submission_id: str
-                      ) -> dict[str, Any] | None:  # fmt: skip
-    """The decision on a submission (errors and client parsed), or None while undecided."""
-    raw = {
-        _text(k): _text(v) for k, v in client.hgetall(status_key(settings, submission_id)).items()
-    }
-    if raw.get("state") not in ("accepted", "rejected"):
-        return None
-    return {
-        "submission": submission_id,
-        "state": raw["state"],
-        "scene": raw.get("scene", ""),
-        "reason": raw.get("reason", ""),
-        "errors": json.loads(raw.get("errors") or "[]"),
-        "message": raw.get("message", ""),
-        "at": float(raw.get("at") or 0),
-        "duplicates": int(raw.get("duplicates") or 0),
-        "client": json.loads(raw.get("client") or "{}"),
-    }
-
-
-def wait_status(client: redis.Redis, settings: Settings, submission_id: str, timeout: float,
-                poll: float = 0.2) -> dict[str, Any] | None:  # fmt: skip
-    """Poll until ingest has decided ``submission_id``; None when ``timeout`` runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = submission_status(client, settings, submission_id)
-        if status is not None or time.monotonic() >= deadline:
-            return status
-        time.sleep(poll)
-
-
-def ingest_running(client: redis.Redis, settings: Settings, within: float = 10.0) -> bool:
-    """Whether some ingest consumer has read the stream in the last ``within`` seconds."""
-    try:
-        consumers = client.xinfo_consumers(stream_key(settings), GROUP)
-    except redis.ResponseError:  # no stream or no group: no ingest ever ran
-        return False
-    return any(int(c["idle"]) < within * 1000 for c in consumers)

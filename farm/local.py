@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,9 @@ class LocalFarm:
     it; with ``redis_user`` too, the farm's processes log in as that ACL user
     (:data:`WORKER_ACL`) and the default user keeps every right with the same password
     (the tests' administrator). ``redis_url``: use that Redis (e.g. a ``sentinel://``
-    URL; its settings in ``extra_env``) and start none.
+    URL; its settings in ``extra_env``) and start none. ``supervise``: restart a worker or
+    ingest that exits on its own one second later, as `farm up` does (one stopped with
+    :meth:`kill` stays down until it is started again).
     """
 
     def __init__(
@@ -219,8 +222,13 @@ class LocalFarm:
         redis_password: str = "",
         redis_user: str = "",
         redis_url: str | None = None,
+        supervise: bool = False,
     ) -> None:
         self.root = root.resolve()
+        self.supervise = supervise
+        self.held: set[str] = set()  # stopped on purpose: not restarted
+        self.restarts: dict[str, int] = {}
+        self._watching: threading.Event | None = None
         self.nodes = nodes
         self.cpu_concurrency = cpu_concurrency
         self.procs: dict[str, subprocess.Popen] = {}
@@ -328,7 +336,28 @@ class LocalFarm:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self._watching = threading.Event()
+            threading.Thread(target=self._watch, name="local-farm-supervisor", daemon=True).start()
         return self
+
+    def _watch(self) -> None:
+        """Restart workers and ingest that exited on their own (`farm up` does the same)."""
+        assert self._watching is not None
+        starts = {"worker-cpu": self.start_cpu_worker, "ingest": self.start_ingest}
+        while not self._watching.wait(1.0):
+            for name, proc in list(self.procs.items()):
+                restartable = name.startswith("worker-") or name == "ingest"
+                if not restartable or name in self.held or proc.poll() is None:
+                    continue
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                with (self.logs / "supervisor.log").open("a") as log:
+                    log.write(f"{time.strftime('%H:%M:%S')} {name} (pid {proc.pid}) exited with "
+                              f"code {proc.returncode}; restarted\n")  # fmt: skip
+                try:
+                    starts.get(name, lambda n=name: self.start_worker(n[len("worker-") :]))()
+                except ConfigError:  # it failed to start: try again next round
+                    continue
 
     def start_redis(self) -> None:
         """Start ``redis-server`` (on a free port the first time, on the same port and folder
@@ -396,6 +425,7 @@ class LocalFarm:
             node.kind, self.ports[node.name], node.profile, self.root / "nodes" / node.name))  # fmt: skip
 
     def start_worker(self, name: str) -> None:
+        self.held.discard(f"worker-{name}")
         self._spawn(f"worker-{name}", [sys.executable, "-m", "farm", "worker", "--node", name])
 
     def restart_emulator(self, name: str, profile: Path | None = None) -> None:
@@ -417,6 +447,7 @@ class LocalFarm:
         )
 
     def start_cpu_worker(self) -> None:
+        self.held.discard("worker-cpu")
         self._spawn(
             "worker-cpu",
             [
@@ -433,13 +464,14 @@ class LocalFarm:
     def start_ingest(self, timeout: float = 30) -> None:
         """Start ``farm ingest`` (the submissions service, :mod:`farm.ingest`) and wait until
         it reads the stream (its consumer, named after host and pid, is in the group)."""
+        self.held.discard("ingest")
         proc = self._spawn("ingest", [sys.executable, "-m", "farm", "ingest"])
         settings = self.settings()
         name = f"{socket.gethostname()}-{proc.pid}".encode()
         client = self._redis()
 
         def reading() -> bool:
-            consumers = client.xinfo_consumers(settings.key("submissions"), "ingest")
+            consumers = client.xinfo_consumers(settings.keys.submissions(), "ingest")
             return any(c["name"] == name for c in consumers)
 
         try:
@@ -458,7 +490,9 @@ class LocalFarm:
                      self.logs / "worker-cpu.log")  # fmt: skip
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to process ``name`` and its children (e.g. ``emulator-gpu-a``)."""
+        """Send ``sig`` to process ``name`` and its children (e.g. ``emulator-gpu-a``); it
+        stays down until started again."""
+        self.held.add(name)
         proc = self.procs.get(name)
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, sig)
@@ -466,6 +500,9 @@ class LocalFarm:
 
     def stop(self) -> None:
         """Stop everything started, workers first, Redis last."""
+        if self._watching is not None:
+            self._watching.set()
+        self.held.update(self.procs)
         order = sorted(self.procs, key=lambda n: (n == "redis", n.startswith("emulator")))
         for name in order:
             proc = self.procs[name]

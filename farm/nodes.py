@@ -31,7 +31,6 @@ from typing import Any
 
 import redis
 
-from farm import telemetry
 from farm.planning import NodeInfo
 from farm.settings import Settings
 
@@ -60,22 +59,13 @@ def _octaves(ratio: float) -> float:
     return round(2.0 ** (round(math.log2(ratio) * 8) / 8), 3)
 
 
-def queue_lists(settings: Settings, queue: str) -> list[str]:
-    """The Redis lists that hold ``queue``'s messages: its own (priority 0) and one per
-    other priority step (kombu's ``priority_steps``, named QUEUE + sep + priority)."""
-    from farm.celery_app import celery_config
-
-    options = celery_config(settings)["broker_transport_options"]
-    return [queue, *(f"{queue}{options['sep']}{p}" for p in options["priority_steps"] if p)]
-
-
 class NodeRegistry:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.r = client
         self.s = settings
 
     def key(self, name: str) -> str:
-        return self.s.key("node", name)
+        return self.s.keys.node(name)
 
     def register(self, name: str, kind: str, url: str, description: dict[str, Any]) -> None:
         """Record node ``name`` with its discovered description and a first heartbeat."""
@@ -93,7 +83,7 @@ class NodeRegistry:
             },
         )
         self.update_description(name, description)
-        self.r.sadd(self.s.key("nodes"), name)
+        self.r.sadd(self.s.keys.nodes(), name)
 
     def update_description(self, name: str, description: dict[str, Any]) -> None:
         """Store what discovery found (an empty description: the node did not answer)."""
@@ -120,17 +110,16 @@ class NodeRegistry:
             mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason},
         )
 
-    def record_render(self, name: str, model: str, cost: float, seconds: float) -> None:
+    def record_render(self, name: str, model: str, cost: float, seconds: float) -> bool:
         """A render of ``cost`` reference steps took ``seconds`` on node ``name``; one that
         loaded its model (a model other than the node's last render's) is not a sample of
-        its speed."""
+        its speed. Returns whether it loaded its model."""
         key = self.key(name)
         last = self.r.hget(key, "rendered_model")
         self.r.hset(key, "rendered_model", model)
-        telemetry.record_render(self.r, self.s, model, name, seconds, loaded_model=last != model)
         if last != model or cost <= 0 or seconds <= 0:
-            return
-        samples = f"{key}:renders"
+            return last != model
+        samples = self.s.keys.node_renders(name)
         pipe = self.r.pipeline()
         pipe.lpush(samples, f"{cost:.6g} {seconds:.6g}")
         pipe.ltrim(samples, 0, SPEED_WINDOW - 1)
@@ -138,19 +127,22 @@ class NodeRegistry:
         rows = [tuple(map(float, row.split())) for row in pipe.execute()[-1]]
         work, busy = sum(c for c, _ in rows), sum(t for _, t in rows)
         self.r.hset(key, "throughput", f"{work / busy:.6g}")
+        return False
 
     def mark_down(self, name: str, reason: str) -> None:
         self.r.hset(self.key(name), mapping={"ok": "0", "reason": reason, "last_seen": "0"})
 
     def remove(self, name: str) -> None:
-        self.r.delete(self.key(name), f"{self.key(name)}:renders")
-        self.r.srem(self.s.key("nodes"), name)
+        self.r.delete(self.key(name), self.s.keys.node_renders(name))
+        self.r.srem(self.s.keys.nodes(), name)
 
     def records(self) -> list[dict[str, Any]]:
         """Every registered node with ``alive`` and ``age`` (seconds since its last beat)."""
-        names = sorted(self.r.smembers(self.s.key("nodes")))
+        from farm.canvas import queue_lists
+
+        names = sorted(self.r.smembers(self.s.keys.nodes()))
         pipe = self.r.pipeline()
-        lists = [queue_lists(self.s, node_queue(name)) for name in names]
+        lists = [queue_lists(self.s, node_queue(name)) for name in names]  # every priority
         for name, keys in zip(names, lists, strict=True):
             pipe.hgetall(self.key(name))
             for key in keys:  # the queue `register` records for it, every priority
@@ -180,6 +172,7 @@ class NodeRegistry:
                     "workflows": json.loads(raw["workflows"]) if raw.get("workflows") else None,
                     "described": float(raw.get("described") or 0),
                     "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
+                    "ok": raw.get("ok") == "1",
                     "age": round(age, 1),
                     "reason": raw.get("reason", ""),
                     "queued": queued,

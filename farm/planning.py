@@ -11,21 +11,20 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from farm.catalog import Catalog, load_catalog
-from farm.errors import InvalidInput, NoCapableNode
+from farm.errors import (
+    FarmError,
+    InvalidInput,
+    NoCapableNode,
+    OutOfMemory,
+    is_final,
+    wants_another_node,
+)
 from farm.scene import Scene, Shot
 from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
 
 REFERENCE_WORKLOAD = 832 * 480 * 81
 #: cost of loading another model on a node, in reference sampler steps
 MODEL_SWITCH_COST = 20.0
-#: error kinds after which another attempt is pointless
-PERMANENT_KINDS = frozenset(
-    {"invalid_input", "permanent", "workflow", "rejected", "bad_response", "cancelled"}
-)
-#: error kinds that mean "try another node"
-NODE_KINDS = frozenset(
-    {"node_unavailable", "timeout", "model_missing", "retryable", "no_capable_node"}
-)
 
 
 @dataclass(frozen=True)
@@ -367,29 +366,29 @@ def _capable(nodes: Iterable[NodeInfo], variants: Iterable[Job], exclude: Iterab
 
 def next_rung(
     job: Job,
-    error_kind: str,
+    error: FarmError,
     current: Iterable[Job],
     fast: Iterable[Job],
     nodes: Iterable[NodeInfo],
     max_attempts: int = 3,
 ) -> Rung | None:
     """The shot's next rung after ``job`` (one of the ``current`` rung's variants) failed
-    with ``error_kind``, or None when it should stop. ``fast`` are the shot's fast-tier
-    (preview model) variants.
+    with ``error``, or None when it should stop; decided by the error's class
+    (:mod:`farm.errors`). ``fast`` are the shot's fast-tier (preview model) variants.
 
-    - permanent errors (validation, a rejected graph, cancelled) and spent attempts: stop;
+    - final errors (validation, a rejected graph, cancelled, a bug) and spent attempts: stop;
     - out of memory: a WanGP job first retries on the same node at the next lower-memory
       profile; then every variant at 0.75 x the size; then the fast tier at that size;
     - node down, timeout, connection lost, model missing: the same work on another live
       node (of either backend: another engine with the model is as good); none: stop;
     - other run-time failures: once more, on another node when one can take it.
     """
-    if error_kind in PERMANENT_KINDS or job.attempt >= max_attempts:
+    if is_final(error) or job.attempt >= max_attempts:
         return None
     nodes = list(nodes)
     tried = tuple(dict.fromkeys(n for n in (*job.tried_nodes, job.node) if n))
     current = [replace(v, tried_nodes=tried, node=None) for v in current]
-    if error_kind == "out_of_memory":
+    if isinstance(error, OutOfMemory):
         if job.backend == "wan2gp":
             catalog = load_catalog()  # WanGP trades speed for memory first
             ran_at = job.params.get("override_profile", catalog.wan_default_profile)
@@ -411,7 +410,7 @@ def next_rung(
             if faster and any(v.model != job.model for v in faster):
                 return Rung(tuple(faster), step="fast tier")
         return None
-    if error_kind in NODE_KINDS:
+    if wants_another_node(error):
         if not _capable(nodes, current, tried):
             return None  # no other live node can: the shot fails now rather than wait
         return Rung(tuple(current), exclude=tried, step="another node")

@@ -19,6 +19,7 @@ import jsonschema
 
 from farm.errors import InvalidInput
 from farm.jsonfile import read_json
+from farm.problems import MAX_PROBLEMS, SHOW_CHARS, capped, more_line, names, show
 from farm.trajectory import track_problems
 
 SCHEMA_FILE = "scene-v1.schema.json"
@@ -142,14 +143,22 @@ def load_scene(path: str | Path) -> Scene:
 
 def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = True) -> Scene:
     """Validate scene data and build a :class:`Scene`; raise :class:`InvalidInput` listing
-    every problem as ``$.json.path: message``."""
+    every problem as ``$.json.path: message`` (the first MAX_PROBLEMS of them and how many
+    more, each value echoed short: see :mod:`farm.problems`)."""
+    most = schema()["properties"]["shots"]["maxItems"]
+    if isinstance(data, dict) and isinstance(data.get("shots"), list) and len(data["shots"]) > most:
+        # checking every one of that many shots takes seconds, and the scene is refused anyway
+        raise InvalidInput("scene is invalid", [_over("$.shots", data["shots"], most, "items")])
     validator = jsonschema.Draft202012Validator(schema())
-    problems = [_describe(e) for e in sorted(validator.iter_errors(data), key=_error_order)]
-    if problems:
-        raise InvalidInput("scene is invalid", problems)
+    errors = sorted(validator.iter_errors(data), key=_error_order)
+    if errors:
+        problems = [_describe(e) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(more_line(len(errors) - MAX_PROBLEMS))
+        raise InvalidInput("scene is invalid", capped(problems))
     problems = _check_rules(data, base_dir, check_files)
     if problems:
-        raise InvalidInput("scene is invalid", problems)
+        raise InvalidInput("scene is invalid", capped(problems))
     shots = tuple(_shot(data["id"], raw, base_dir) for raw in data["shots"])
     return Scene(
         id=data["id"],
@@ -229,13 +238,23 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
         if start:
             if not start.lower().endswith(IMAGE_SUFFIXES):
                 problems.append(
-                    f"{where}.start_image: {start!r} must be a {', '.join(IMAGE_SUFFIXES)} image"
+                    f"{where}.start_image: {show(start)} must be a {', '.join(IMAGE_SUFFIXES)} image"
                 )
-            elif check_files and not _resolve(start, base_dir).is_file():
-                problems.append(
-                    f"{where}.start_image: file {_resolve(start, base_dir)} does not exist"
-                )
+            elif check_files:
+                problems += _file_problems(start, base_dir, f"{where}.start_image")
     return problems
+
+
+def _file_problems(start: str, base_dir: Path | None, where: str) -> list[str]:
+    """Why ``start`` does not name a readable file (none when it does)."""
+    try:
+        path = _resolve(start, base_dir)
+        if path.is_file():
+            return []
+    except OSError as exc:  # a name too long for the file system, a loop of links, ...
+        return [f"{where}: {show(start)} cannot be read ({exc.strerror or exc}); "
+                "give the path of an image file"]  # fmt: skip
+    return [f"{where}: file {path} does not exist"]
 
 
 def _error_order(error: jsonschema.ValidationError) -> tuple[str, ...]:
@@ -243,26 +262,48 @@ def _error_order(error: jsonschema.ValidationError) -> tuple[str, ...]:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    """One validation error as '$.path: what is wrong and how to fix it'."""
+    """One validation error as '$.path: what is wrong and how to fix it', the value in it
+    shown short and the schema's limit named."""
     path = error.json_path
-    v = error.validator
+    v, limit, instance = error.validator, error.validator_value, error.instance
     if v == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        return (
-            f"{path}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(allowed)}"
-        )
+        extra = sorted(set(instance) - set(allowed))
+        return f"{path}: unknown field(s) {names(extra)}; allowed: {', '.join(allowed)}"
     if v == "required":
         return f"{path}: {error.message.replace(' is a required property', '')} is required"
     if v == "enum":
-        options = ", ".join(map(str, error.validator_value))
-        return f"{path}: {error.instance!r} is not allowed; use one of: {options}"
-    if v == "not" and isinstance(error.instance, dict):
+        options = ", ".join(map(str, limit))
+        return f"{path}: {show(instance)} is not allowed; use one of: {options}"
+    if v == "not" and isinstance(instance, dict):
         return f"{path}: give either frames or duration_s (with fps), not both"
     if v == "pattern":
-        return f"{path}: {error.instance!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        return f"{path}: {show(instance)} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
     if v == "const":
-        return f"{path}: must be {error.validator_value!r}"
+        return f"{path}: must be {limit!r}"
     if v == "uniqueItems":
         return f"{path}: has duplicate entries; list each once"
-    return f"{path}: {error.message}"
+    if v in ("maxLength", "maxItems"):
+        return _over(path, instance, limit, "characters" if v == "maxLength" else "items")
+    if v in ("minLength", "minItems") and limit > 1:
+        unit = "characters" if v == "minLength" else "items"
+        return (f"{path}: {show(instance, sized=True)} is under the minimum of {limit:,} {unit}; "
+                f"give at least {limit:,}")  # fmt: skip
+    return f"{path}: {_message(error)}"
+
+
+def _over(path: str, value: Any, limit: int, unit: str) -> str:
+    return (f"{path}: {show(value, sized=True)} is over the limit of {limit:,} {unit}; "
+            f"give at most {limit:,}")  # fmt: skip
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message with the value it starts with shown short (it echoes the
+    value whole: a 5 MB string, a list of 100,000 shots)."""
+    message = error.message
+    if len(message) <= 2 * SHOW_CHARS:
+        return message
+    whole = repr(error.instance)
+    if message.startswith(whole):
+        return show(error.instance) + message[len(whole) :]
+    return message

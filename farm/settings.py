@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from farm.errors import ConfigError
+from farm.keys import Keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,6 +255,23 @@ class Settings:
             "900",
         )
     )
+    start_timeout: float = field(
+        **_env(
+            "FARM_START_TIMEOUT",
+            "Seconds a published task (a bound render, a scoring or assembly task) may go "
+            "unstarted while its queue is empty before the timeout checker takes its message "
+            "as lost and publishes it again",
+            "30",
+        )
+    )
+    retention: float = field(
+        **_env(
+            "FARM_RETENTION",
+            "Seconds a finished scene's records, shots and events stay in Redis after it "
+            "ended (its files in FARM_STORAGE stay)",
+            str(30 * 24 * 3600),
+        )
+    )
     blocklist_after: int = field(
         **_env(
             "FARM_BLOCKLIST_AFTER",
@@ -321,6 +339,15 @@ class Settings:
             str(30 * 24 * 3600),
         )
     )
+    submissions_maxlen: int = field(
+        **_env(
+            "FARM_SUBMISSIONS_MAXLEN",
+            "Entries the submissions stream holds at most when nothing reads it: `farm submit` "
+            "and `farm demo` add with XADD MAXLEN ~ this, deleting the oldest, read or not "
+            "(a backstop; `farm ingest` deletes what it has acknowledged)",
+            "10000",
+        )
+    )
     ingest_claim_idle: float = field(
         **_env(
             "FARM_INGEST_CLAIM_IDLE",
@@ -381,8 +408,14 @@ class Settings:
             ("FARM_SUBMISSION_MAX_BYTES", self.submission_max_bytes),
             ("FARM_SUBMISSION_MAX_FILE_BYTES", self.submission_max_file_bytes),
             ("FARM_SUBMISSION_TTL", self.submission_ttl),
+            ("FARM_SUBMISSIONS_MAXLEN", self.submissions_maxlen),
             ("FARM_INGEST_CLAIM_IDLE", self.ingest_claim_idle),
             ("FARM_INGEST_MAX_DELIVERIES", self.ingest_max_deliveries),
+            ("FARM_LEASE_TTL", self.lease_ttl),
+            ("FARM_NODE_TTL", self.node_ttl),
+            ("FARM_HEARTBEAT", self.heartbeat),
+            ("FARM_START_TIMEOUT", self.start_timeout),
+            ("FARM_RETENTION", self.retention),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} ({value}) must be more than 0")
@@ -477,9 +510,10 @@ class Settings:
         known = ", ".join(n.name for n in self.nodes) or "none"
         raise ConfigError(f"node {name!r} is not in FARM_NODES (configured: {known})")
 
-    def key(self, *parts: str) -> str:
-        """A Redis key under the farm's prefix."""
-        return ":".join((self.key_prefix, *parts))
+    @property
+    def keys(self) -> Keys:
+        """The farm's Redis key names (:mod:`farm.keys`)."""
+        return Keys(self.key_prefix)
 
     @property
     def max_download_bytes(self) -> int:

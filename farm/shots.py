@@ -1,34 +1,47 @@
-"""Rendering one bound shot: the plain function behind the preview, final and fallback tasks.
+"""Rendering one bound shot: the plain function behind the preview, final, fallback and
+collect tasks, and the start of a shot (the render cache, else the backlog).
 
-:func:`run_bound` checks that the task still holds the shot's binding, takes the attempt's
-lease (so a task Celery delivers twice renders once), drives the node's backend while a
-guard thread renews the lease and watches for a cancel, keeps the shot record current and
-decides what comes next: done, the final after a preview, the next rung of the fallback
-ladder (back to the backlog), or a failure record. It never raises for a render failure,
-so a scene's chord always completes.
+:func:`run_bound` starts the delivery that holds the shot's binding (it takes the shot's
+lease, so a task Celery delivers twice renders once), drives the node's backend while a
+guard thread renews the lease and watches for a cancel, and applies what comes next
+through :mod:`farm.lifecycle`: the take to the quality gate, the final after a preview,
+the next rung of the fallback ladder, or a failure record. Each of those transitions is
+fenced on the binding: a renderer that lost it (frozen or cut off while the farm moved
+the shot on) changes nothing; its files stay in its own attempt folder, an orphan. The
+node slot is released on every path out. It never raises for a render failure, so a
+scene's chord always completes.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from farm import telemetry
-from farm.backends import Backend, image_mime, make_backend
-from farm.cache import RenderCache, place_file
-from farm.dispatch import Dispatcher
-from farm.errors import FarmError, JobCancelled, NodeUnavailable
-from farm.planning import PERMANENT_KINDS, Job, Rung, next_rung, plan_variants
+from farm import lifecycle, telemetry
+from farm.backends import Backend, RenderResult, image_mime, make_backend
+from farm.cache import RenderCache, place_file, request_key
+from farm.dispatch import (
+    Dispatcher,
+    backlog_entry,
+    cancelled_record,
+    rung_of,
+    scene_of,
+)
+from farm.errors import (
+    FarmError,
+    InternalError,
+    JobCancelled,
+    NodeUnavailable,
+    counts_against_node,
+)
+from farm.lifecycle import ShotState
+from farm.planning import Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
-from farm.scene import Scene, parse_scene
-from farm.scheduler import Group, job_cost
-from farm.state import TERMINAL_SHOT, SceneState, ShotState
+from farm.scheduler import job_cost
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +50,22 @@ PREVIEW_EVERY = 1.0  # seconds between preview frames kept
 GUARD_EVERY = 0.5  # seconds between cancel checks of a running render
 #: marks the fallback ladder leaves in a job's params (planning.next_rung): not settings
 LADDER_MARKS = ("reduced", "fast_tier")
-#: error kinds that count against a node for the scene's blocklist
-NODE_FAULTS = frozenset(
-    {"node_unavailable", "timeout", "render_failed", "out_of_memory", "model_missing",
-     "retryable", "bad_response", "error"}
-)  # fmt: skip
+
+Hit = tuple[Job, dict[str, Any]]
 
 
 def shot_dir(storage: Path, scene_id: str, shot_id: str) -> Path:
     return storage / "scenes" / scene_id / "shots" / shot_id
+
+
+def attempt_dir(storage: Path, job: Job) -> Path:
+    """The folder of one attempt's files from its node (``final_a2``, ``final_t1_a1``)."""
+    return shot_dir(storage, job.scene_id, job.shot_id) / job.label
+
+
+def clip_name(job: Job) -> str:
+    """File name of ``job``'s kept clip in its shot folder: one per kind and take."""
+    return f"{job.kind}_t{job.take}.mp4" if job.take else f"{job.kind}.mp4"
 
 
 # -- the task body ------------------------------------------------------------------------
@@ -58,34 +78,46 @@ def run_bound(
     shot_id: str,
     token: str,
     backend_for: Callable[[str, str], Backend] | None = None,
+    *,
+    collect: bool = False,
 ) -> dict[str, Any] | None:
-    """Render the shot bound with ``token``; the chord record, or None when this delivery
-    must do nothing (a stale binding, a duplicate, a paused scene: the slot stays open)."""
-    state = rt.state
-    shot = state.shot(scene_id, shot_id)
-    if not shot or shot.get("binding") != token or shot.get("state") in TERMINAL_SHOT:
-        log.info("shot %s/%s: binding %s is stale or over; ignored", scene_id, shot_id, token[:8])
-        return None
-    job = Job.from_dict(shot["job"])
-    node = job.node or ""
-    flags = _flags(rt, scene_id, shot_id)
-    if flags["cancel"]:
-        d.release(scene_id, shot_id, node, token)
-        return cancelled(rt, scene_id, shot_id, job)
-    if flags["paused"] or d.blocklisted(scene_id, node):  # (bound before it was blocklisted)
-        d.release(scene_id, shot_id, node, token)
-        _back_to_backlog(rt, d, scene_id, shot_id, rung_of(rt, scene_id, shot))
-        d.dispatch()  # the node has room again
-        return None
-    if not _take_lease(rt, scene_id, shot_id, token):
-        return None
+    """Render the shot bound with ``token`` (``collect``: only fetch the outputs of the
+    attempt its node finished); the chord record, or None when this delivery must do
+    nothing more (a stale binding, a duplicate, a paused scene, or the shot goes on: the
+    slot stays open)."""
+    node = ""
     try:
-        return _render(rt, d, job, token, backend_for)
+        shot = rt.state.shot(scene_id, shot_id)
+        if shot.get("binding") != token or shot.get("state") not in (
+            ShotState.BOUND, ShotState.RUNNING):  # fmt: skip
+            log.info("shot %s/%s: binding %s is stale or over; ignored", scene_id, shot_id,
+                     token[:8])  # fmt: skip
+            return None
+        job = Job.from_dict(shot["job"])
+        node = job.node or ""
+        if shot["state"] == ShotState.BOUND:
+            flags = _flags(rt, scene_id, shot_id)
+            if flags["cancel"]:
+                out = lifecycle.cancel(rt, scene_id, shot_id, state=ShotState.BOUND, token=token,
+                                       node=node)  # fmt: skip
+                return cancelled_record(scene_id, shot_id, job) if out else None
+            if not collect and (flags["paused"] or d.blocklisted(scene_id, node)):
+                why = "paused" if flags["paused"] else "blocklisted"
+                backlog, stored = backlog_entry(rung_of(rt, scene_id, shot), job.kind,
+                                                job.priority)  # fmt: skip
+                lifecycle.unbind(rt, scene_id, shot_id, token, node, backlog, stored,
+                                 max(0, job.attempt - 1), why=why)  # fmt: skip
+                return None
+        started = lifecycle.start(rt, scene_id, shot_id, token, node,
+                                  wait_for=4 * rt.settings.lease_ttl)  # fmt: skip
+        if not started:
+            log.info("shot %s/%s is rendered by another delivery (%s); this one is a duplicate",
+                     scene_id, shot_id, started.why)  # fmt: skip
+            return None
+        return _render(rt, d, job, token, backend_for, collect)
     finally:
-        lease = rt.settings.key("lease", scene_id, shot_id)
-        if rt.redis.get(lease) == token:
-            rt.redis.delete(lease)
-        d.release(scene_id, shot_id, node, token)
+        lifecycle.release_slot(rt, node, scene_id, shot_id, token)
+        lifecycle.release_lease(rt, rt.settings.keys.lease(scene_id, shot_id), token)
         d.dispatch()
 
 
@@ -100,58 +132,23 @@ def _flags(rt: Runtime, scene_id: str, shot_id: str) -> dict[str, bool]:
     return {"cancel": scene[0] == "1" or shot == "1", "paused": scene[1] == "1"}
 
 
-def _take_lease(rt: Runtime, scene_id: str, shot_id: str, token: str) -> bool:
-    """The attempt's lease. Held by another renderer of this binding (Celery delivered the
-    task again after its worker died, or past the visibility timeout): wait for that lease
-    to lapse — a live renderer renews it — or for the shot to move on."""
-    key, ttl = rt.settings.key("lease", scene_id, shot_id), rt.settings.lease_ttl
-    deadline = time.monotonic() + 4 * ttl
-    while True:
-        taken = rt.redis.set(key, token, nx=True, px=int(ttl * 1000))
-        shot = rt.redis.hmget(rt.state.shot_key(scene_id, shot_id), ["binding", "state"])
-        moved_on = shot[0] != token or shot[1] in TERMINAL_SHOT  # e.g. the other one ended it
-        if taken and not moved_on:
-            return True
-        if taken:
-            rt.redis.delete(key)
-        if moved_on or time.monotonic() > deadline:
-            log.info("shot %s/%s is rendered elsewhere; this delivery is a duplicate",
-                     scene_id, shot_id)  # fmt: skip
-            return False
-        time.sleep(0.25)
+class Guard(lifecycle.Keeper):
+    """Keeps the render's lease and cancels the backend job when the shot or its scene
+    is cancelled (checked every GUARD_EVERY seconds)."""
 
-
-class Guard(threading.Thread):
-    """Renews the lease while the render runs and cancels the backend job when the shot
-    or its scene is cancelled (checked every GUARD_EVERY seconds)."""
-
-    def __init__(self, rt: Runtime, job: Job, token: str, backend: Backend) -> None:
-        super().__init__(name=f"guard-{job.shot_id}", daemon=True)
-        self.rt, self.job, self.token, self.backend = rt, job, token, backend
-        self.stopped = threading.Event()
+    def __init__(self, rt: Runtime, job: Job, token: str, backend: Backend, out_dir: Path):
+        keys = rt.settings.keys
+        super().__init__(rt, keys.lease(job.scene_id, job.shot_id), token,
+                         keys.shot(job.scene_id, job.shot_id), "binding", GUARD_EVERY)  # fmt: skip
+        self.job, self.backend, self.out_dir = job, backend, out_dir
         self.cancelled = False
 
-    def run(self) -> None:
-        key = self.rt.settings.key("lease", self.job.scene_id, self.job.shot_id)
-        ttl_ms = int(self.rt.settings.lease_ttl * 1000)
-        renew_every = self.rt.settings.lease_ttl / 3
-        renewed = time.monotonic()
-        while not self.stopped.wait(GUARD_EVERY):
-            try:
-                if time.monotonic() - renewed >= renew_every:
-                    if self.rt.redis.get(key) == self.token:
-                        self.rt.redis.pexpire(key, ttl_ms)
-                    renewed = time.monotonic()
-                if (
-                    not self.cancelled
-                    and _flags(self.rt, self.job.scene_id, self.job.shot_id)["cancel"]
-                ):
-                    self.cancelled = True
-                    how = self.backend.cancel(self.job)
-                    log.info("shot %s/%s cancelled on %s: %s", self.job.scene_id,
-                             self.job.shot_id, self.job.node, how)  # fmt: skip
-            except Exception:  # Redis or node hiccups: try again next round
-                log.exception("guard of %s/%s", self.job.scene_id, self.job.shot_id)
+    def tick(self) -> None:
+        if not self.cancelled and is_cancelled(self.rt, self.job.scene_id, self.job.shot_id):
+            self.cancelled = True
+            how = self.backend.cancel(self.job, self.out_dir)
+            log.info("shot %s/%s cancelled on %s: %s", self.job.scene_id, self.job.shot_id,
+                     self.job.node, how)  # fmt: skip
 
 
 def _render(
@@ -160,14 +157,11 @@ def _render(
     job: Job,
     token: str,
     backend_for: Callable[[str, str], Backend] | None,
+    collect: bool,
 ) -> dict[str, Any] | None:
-    state, settings = rt.state, rt.settings
+    settings = rt.settings
     backend_for = backend_for or (lambda kind, url: make_backend(kind, url, settings))
-    if state.scene(job.scene_id).get("state") == SceneState.QUEUED:
-        state.update_scene(job.scene_id, "scene_rendering", state=SceneState.RENDERING)
-    state.update_shot(job.scene_id, job.shot_id, "shot_started", state=ShotState.RUNNING,
-                      node=job.node, kind=job.kind, progress=0.0, started=time.time())  # fmt: skip
-    folder = shot_dir(settings.storage, job.scene_id, job.shot_id)
+    out_dir = attempt_dir(settings.storage, job)
     started = time.monotonic()
     guard = None
     try:
@@ -175,112 +169,179 @@ def _render(
         if node is None:
             raise NodeUnavailable(f"node {job.node!r} is not registered (is its worker running?)")
         backend = backend_for(node["kind"], node["url"])
-        guard = Guard(rt, job, token, backend)
+        guard = Guard(rt, job, token, backend, out_dir)
         guard.start()
-        result = backend.render(_settings_only(job), folder / job.label, _progress(rt, job, folder))
+        if collect:
+            result = backend.collect(job, out_dir)
+        else:
+            result = backend.render(_settings_only(job), out_dir, _progress(rt, job, token))
     except FarmError as exc:
         if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):
             exc = JobCancelled(f"cancelled by the user ({exc})")
-        return _failed(rt, d, job, exc, time.monotonic() - started)
+        return _failed(rt, d, job, token, exc, time.monotonic() - started)
     except Exception as exc:  # a bug must not hang the scene: record it, never retry it
         log.exception("internal error rendering %s/%s", job.scene_id, job.shot_id)
-        error = FarmError(f"internal error: {exc.__class__.__name__}: {exc}")
-        return _failed(rt, d, job, error, time.monotonic() - started)
+        error = InternalError(f"internal error: {exc.__class__.__name__}: {exc}")
+        return _failed(rt, d, job, token, error, time.monotonic() - started)
     finally:
         if guard is not None:
-            guard.stopped.set()
-    clip = place_file(Path(result.video), folder / clip_name(job))
-    seconds = round(time.monotonic() - started, 2)
-    cache_key = RenderCache(rt).store(job, clip, result.backend_job_id)
-    rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
-    state.log_attempt(job.scene_id, job.shot_id, {
-        **_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
-        "workflow": job.workflow, "seed": job.params.get("seed"), "cache_key": cache_key,
-    })  # fmt: skip
-    return _rendered(rt, d, job, clip, cache_hit=False, seconds=seconds)
-
-
-def clip_name(job: Job) -> str:
-    """File name of ``job``'s clip in its shot folder: one per kind and take."""
-    return f"{job.kind}_t{job.take}.mp4" if job.take else f"{job.kind}.mp4"
+            guard.stop()
+    return _rendered(rt, d, job, token, result, round(time.monotonic() - started, 2))
 
 
 def _rendered(
-    rt: Runtime, d: Dispatcher, job: Job, clip: Path, *, cache_hit: bool, seconds: float = 0.0
+    rt: Runtime, d: Dispatcher, job: Job, token: str, result: RenderResult, seconds: float
 ) -> dict[str, Any] | None:
-    """``job``'s clip is ready (rendered or from the cache): hand a preview over to its
-    final (None: the slot stays open for it, unless the final is cached too), or hand the
-    take to the quality gate (:mod:`farm.gate`, on the CPU queue; None: the slot is
-    filled by its scoring task)."""
-    state = rt.state
-    shot = state.shot(job.scene_id, job.shot_id)
-    outputs = {**(shot.get("outputs") or {}), job.kind: str(clip)}
+    """The node rendered ``job``: hand a preview over to its final (the backlog, or the
+    cache), or the take to the quality gate (:mod:`farm.gate`, on the CPU queue). None:
+    the slot stays open for what comes next (a cancelled record if the shot ended)."""
+    shot = rt.state.shot(job.scene_id, job.shot_id)
+    source = Path(result.video)
+    kept = shot_dir(rt.settings.storage, job.scene_id, job.shot_id) / clip_name(job)
+    entry = {**_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
+             "workflow": job.workflow, "seed": job.params.get("seed"),
+             "cache_key": request_key(job, rt.settings.workflows_dir) if rt.settings.cache
+             else None}  # fmt: skip
+    outputs = {**(shot.get("outputs") or {}), job.kind: str(kept)}
     if job.then_final and job.kind == "preview":
-        state.update_shot(job.scene_id, job.shot_id, "shot_preview_done", outputs=outputs,
-                          kind="final", progress=0.0, attempt=0)  # fmt: skip
-        scene = scene_of(rt, job.scene_id)
-        finals = plan_variants(scene, scene.shot(job.shot_id), "final")
-        # the final of a previewed shot follows the preview's node when it can (warm cache)
-        return begin(rt, d, job.scene_id, job.shot_id, "final", finals, job.priority,
-                     force=_forced(rt, job.scene_id, job.shot_id))  # fmt: skip
-    token = uuid.uuid4().hex
-    take = {"take": job.take, "kind": job.kind, "seed": job.params.get("seed"),
-            "node": job.node, "clip": str(clip), "seconds": round(seconds, 2),
-            "cache_hit": cache_hit, "priority": job.priority, "backend": job.backend,
-            "model": job.model, "workflow": job.workflow,
+        out = to_final(rt, d, job, source=ShotState.RUNNING, token=token, logged=[entry],
+                       outputs=outputs, preview=source)  # fmt: skip
+    else:
+        scoring = lifecycle.new_token()
+        take = take_record(job, kept, source, cache_hit=False, seconds=seconds)
+        out = lifecycle.rendered(rt, job.scene_id, job.shot_id, token, job.node or "",
+                                 scoring=scoring, take=take, outputs=outputs, logged=entry)  # fmt: skip
+        if out:
+            place_file(source, kept)
+            d.score(job.scene_id, job.shot_id, scoring)
+    if not out:
+        orphan(rt, job, token, out.why)
+        return None
+    RenderCache(rt).store(job, kept, result.backend_job_id)
+    loaded = rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
+    telemetry.record_render(rt.redis, rt.settings, job.model, job.node or "", seconds, loaded)
+    if out.state == ShotState.CANCELLED:  # cancelled before its final could wait
+        return cancelled_record(job.scene_id, job.shot_id, job)
+    return None
+
+
+def to_final(rt: Runtime, d: Dispatcher, job: Job, *, source: str, token: str,
+             logged: list[dict[str, Any]], outputs: dict[str, Any],
+             preview: Path | str) -> lifecycle.Outcome:  # fmt: skip
+    """The preview ``job`` of a previewed shot is done (rendered, or served by the cache
+    from ``preview``): its final comes from the cache, or waits in the backlog (it follows
+    the preview's node when it can: a warm cache). The preview's file is put in place
+    once that is so."""
+    key = (job.scene_id, job.shot_id)
+    scene = scene_of(rt, job.scene_id)
+    finals = plan_variants(scene, scene.shot(job.shot_id), "final")
+    hit = None if forced(rt, *key) else RenderCache(rt).lookup([finals])[0]
+    if hit is not None:
+        out = serve_from_cache(rt, d, *key, hit, source=source, token=token, node=job.node,
+                               logged=logged, outputs=outputs)  # fmt: skip
+    else:
+        backlog, stored = backlog_entry(Rung(tuple(finals)), "final", job.priority)
+        fields = {"outputs": outputs, "kind": "final", "progress": 0.0, "attempt": 0}
+        if source == ShotState.QUEUED:
+            out = lifecycle.wait(rt, *key, backlog, stored, logged=logged, **fields)
+        else:
+            out = lifecycle.next_rung(rt, *key, token, job.node, backlog, stored, logged=logged,
+                                      event="shot_preview_done", data={}, **fields)  # fmt: skip
+    if out:
+        place_file(Path(preview), Path(outputs["preview"]))
+        if hit is None and out.state != ShotState.CANCELLED:
+            d.dispatch()
+    return out
+
+
+def take_record(job: Job, kept: Path, source: Path | str, *, cache_hit: bool,
+                seconds: float) -> dict[str, Any]:  # fmt: skip
+    """A take as the quality gate scores it: ``clip`` is where it is kept, ``source``
+    where its file came from (the attempt folder, or the cache)."""
+    return {"take": job.take, "kind": job.kind, "seed": job.params.get("seed"),
+            "node": job.node, "clip": str(kept), "source": str(source),
+            "seconds": round(seconds, 2), "cache_hit": cache_hit, "priority": job.priority,
+            "backend": job.backend, "model": job.model, "workflow": job.workflow,
             "params": {k: v for k, v in job.params.items()
                        if isinstance(v, str | int | float | bool) and k not in LADDER_MARKS}}  # fmt: skip
-    state.update_shot(job.scene_id, job.shot_id, "shot_scoring", state=ShotState.SCORING,
-                      outputs=outputs, progress=1.0, scoring=token, pending_take=take,
-                      cache_hit=cache_hit)  # fmt: skip
-    d.score(job.scene_id, job.shot_id, token)
-    return None
+
+
+def place_take(take: dict[str, Any]) -> None:
+    """Put a take's file where the shot keeps it, if it is not there yet (the renderer
+    that made the transition died before it could)."""
+    clip, source = Path(take["clip"]), Path(take.get("source") or take["clip"])
+    if not clip.is_file() and source.is_file():
+        place_file(source, clip)
+
+
+def orphan(rt: Runtime, job: Job, token: str, why: str) -> None:
+    """A render whose binding no longer holds: its files stay in its attempt folder, and
+    nothing of the shot changes."""
+    folder = attempt_dir(rt.settings.storage, job)
+    log.warning("shot %s/%s: attempt %d on %s finished after the shot moved on (%s); its "
+                "files stay in %s", job.scene_id, job.shot_id, job.attempt, job.node, why,
+                folder)  # fmt: skip
+    rt.state.event(job.scene_id, "shot_orphan_attempt", shot=job.shot_id, node=job.node,
+                   attempt=job.attempt, binding=token[:8], files=str(folder))  # fmt: skip
 
 
 # -- starting a shot: the render cache, else the backlog ----------------------------------
 
-Hit = tuple[Job, dict[str, Any]]
 
-
-def begin(
-    rt: Runtime,
-    d: Dispatcher,
-    scene_id: str,
-    shot_id: str,
-    kind: str,
-    variants: list[Job],
-    priority: int,
-    *,
-    force: bool = False,
-    hit: Hit | None = None,
-    looked: bool = False,
-    step: str = "first",
-) -> dict[str, Any] | None:
-    """Start rendering a shot at ``kind``: served from the render cache when one of its
-    ``variants`` was rendered before (unless ``force``), else put in the backlog. Returns
-    the shot's chord record when it is over without rendering (every kind it needed was
-    cached), else None. ``looked``: the caller looked the cache up already (``hit``);
-    ``step``: what the rung is (a gate's retake: its variants carry a new seed)."""
-    if not force and not looked:
-        hit = RenderCache(rt).lookup([variants])[0]
-    if force or hit is None:
-        d.wait(kind, priority, scene_id, shot_id, Rung(tuple(variants), step=step))
-        return None
+def serve_from_cache(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, hit: Hit, *,
+                     source: str, token: str, node: str | None = None,
+                     logged: Sequence[dict[str, Any]] = (),
+                     outputs: dict[str, Any] | None = None, **fields: Any) -> lifecycle.Outcome:  # fmt: skip
+    """The cache has the shot's take: it goes to the quality gate from ``source`` (queued,
+    running: a preview's final, scoring: a retake) fenced on ``token`` (a previewed shot's
+    cached preview goes on to its final)."""
     job, entry = hit
     job = replace(job, attempt=0, node=None)
-    clip = place_file(Path(entry["clip"]), shot_dir(rt.settings.storage, scene_id, shot_id)
-                      / clip_name(job))  # fmt: skip
-    rt.state.log_attempt(scene_id, shot_id, {
-        **_attempt(job, "cached", 0.0), "node": entry.get("node"), "cache_key": entry["key"],
-        "source": f"{entry['scene']}/{entry['shot']}", "workflow": job.workflow,
-        "seed": job.params.get("seed"),
-    })  # fmt: skip
-    rt.state.event(scene_id, "shot_cache_hit", shot=shot_id, kind=kind,
+    kept = shot_dir(rt.settings.storage, scene_id, shot_id) / clip_name(job)
+    if outputs is None:
+        outputs = rt.state.shot(scene_id, shot_id).get("outputs") or {}
+    outputs = {**outputs, job.kind: str(kept)}
+    logged = [*logged, served_entry(job, entry)]
+    rt.state.event(scene_id, "shot_cache_hit", shot=shot_id, kind=job.kind,
                    source=f"{entry['scene']}/{entry['shot']}")  # fmt: skip
-    return _rendered(rt, d, job, clip, cache_hit=True)
+    if job.then_final and job.kind == "preview":
+        return to_final(rt, d, job, source=source, token=token, logged=logged, outputs=outputs,
+                        preview=entry["clip"])  # fmt: skip
+    scoring = lifecycle.new_token()
+    take = take_record(job, kept, entry["clip"], cache_hit=True, seconds=0.0)
+    out = lifecycle.cached(rt, scene_id, shot_id, source=source, token=token, node=node,
+                           scoring=scoring, take=take, outputs=outputs, logged=logged,
+                           **fields)  # fmt: skip
+    if out:
+        place_take(take)
+        d.score(scene_id, shot_id, scoring)
+    return out
 
 
-def _forced(rt: Runtime, scene_id: str, shot_id: str) -> bool:
+def served_entry(job: Job, entry: dict[str, Any]) -> dict[str, Any]:
+    """The attempt-log entry of a take the render cache served."""
+    return {**attempt_entry(job, "cached", 0.0), "node": entry.get("node"),
+            "cache_key": entry["key"], "source": f"{entry['scene']}/{entry['shot']}",
+            "workflow": job.workflow, "seed": job.params.get("seed")}  # fmt: skip
+
+
+def start_shots(rt: Runtime, d: Dispatcher, scene_id: str, shots: list[list[Job]],
+                priority: int, *, force: bool) -> None:  # fmt: skip
+    """Start each shot (its variants): from the render cache (one lookup for all), else
+    into the backlog."""
+    hits = [None] * len(shots) if force else RenderCache(rt).lookup(shots)
+    for variants, hit in zip(shots, hits, strict=True):
+        job = variants[0]
+        if hit is not None:
+            serve_from_cache(rt, d, scene_id, job.shot_id, hit, source=ShotState.QUEUED,
+                             token="")  # fmt: skip
+            continue
+        out = d.wait(scene_id, job.shot_id, Rung(tuple(variants)), job.kind, priority)
+        if out.state == ShotState.CANCELLED:
+            d.close(scene_id, job.shot_id, cancelled_record(scene_id, job.shot_id))
+
+
+def forced(rt: Runtime, scene_id: str, shot_id: str) -> bool:
     """Whether the shot must be rendered even when its request is cached (``--force``,
     ``farm retry``)."""
     scene = rt.redis.hget(rt.state.scene_key(scene_id), "force")
@@ -288,50 +349,63 @@ def _forced(rt: Runtime, scene_id: str, shot_id: str) -> bool:
     return scene == "1" or shot == "1"
 
 
+# -- a failed attempt ------------------------------------------------------------------------
+
+
 def _failed(
-    rt: Runtime, d: Dispatcher, job: Job, exc: FarmError, seconds: float
+    rt: Runtime, d: Dispatcher, job: Job, token: str, exc: FarmError, seconds: float
 ) -> dict[str, Any] | None:
-    """Record the failed attempt; put the next rung in the backlog (None: the slot stays
+    """Log the failed attempt and put the next rung in the backlog (None: the slot stays
     open for it), or close the shot as failed or cancelled."""
-    state = rt.state
     message = f"{exc.kind}: {exc}"
     log.warning("shot %s/%s attempt %d on %s failed: %s", job.scene_id, job.shot_id,
                 job.attempt, job.node, message)  # fmt: skip
-    state.log_attempt(job.scene_id, job.shot_id,
-                      {**_attempt(job, "failed", seconds), "error_kind": exc.kind,
-                       "error": str(exc)})  # fmt: skip
-    if exc.kind == "cancelled":
-        return cancelled(rt, job.scene_id, job.shot_id, job)
-    if exc.kind in NODE_FAULTS and job.node:
-        count = d.count_failure(job.scene_id, job.node)
-        if count == rt.settings.blocklist_after:
-            state.event(job.scene_id, "node_blocklisted", node=job.node, failures=count)
-    rung = _next(rt, job, exc.kind)
-    shot = state.shot(job.scene_id, job.shot_id)
-    if rung is not None and not _flags(rt, job.scene_id, job.shot_id)["cancel"]:
-        primary = shot.get("primary_error") or message
-        state.update_shot(job.scene_id, job.shot_id, "shot_retry", state=ShotState.RETRYING,
-                          error=message, used_fallback=True, primary_error=primary,
-                          fallback=rung.step)  # fmt: skip
-        telemetry.record_fallback(rt.redis, rt.settings, exc.kind)
-        d.wait(job.kind, job.priority, job.scene_id, job.shot_id, rung)
+    entry = {**_attempt(job, "failed", seconds), "error_kind": exc.kind, "error": str(exc)}
+    key = (job.scene_id, job.shot_id)
+    if isinstance(exc, JobCancelled) or is_cancelled(rt, *key):
+        out = lifecycle.cancel(rt, *key, state=ShotState.RUNNING, token=token, node=job.node,
+                               logged=entry)  # fmt: skip
+        if not out:
+            orphan(rt, job, token, out.why)
+            return None
+        return cancelled_record(*key, job)
+    shot = rt.state.shot(*key)
+    rung = _next(rt, job, exc, shot)
+    if rung is not None:
+        backlog, stored = backlog_entry(rung, job.kind, job.priority)
+        out = lifecycle.next_rung(
+            rt, *key, token, job.node, backlog, stored, logged=[entry], event="shot_retry",
+            data={"error": message, "fallback": rung.step}, error=message, used_fallback=True,
+            primary_error=shot.get("primary_error") or message, fallback=rung.step,
+        )  # fmt: skip
+    else:
+        out = lifecycle.fail(rt, *key, error=message, token=token, node=job.node, logged=entry)
+    if not out:
+        orphan(rt, job, token, out.why)
         return None
-    state.update_shot(job.scene_id, job.shot_id, "shot_failed", state=ShotState.FAILED,
-                      error=message, finished=time.time())  # fmt: skip
+    _count_against(rt, d, job, exc)
+    if out.state == ShotState.CANCELLED:
+        return cancelled_record(*key, job)
+    if rung is not None:
+        telemetry.record_fallback(rt.redis, rt.settings, exc.kind)
+        return None
     telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.FAILED)
     return _record(job, "failed", error=message)
 
 
-def _next(rt: Runtime, job: Job, error_kind: str) -> Rung | None:
-    if error_kind in PERMANENT_KINDS or error_kind == "error":
-        return None  # internal errors are bugs: retrying would repeat them
-    state = rt.state
-    shot = state.shot(job.scene_id, job.shot_id)
+def _count_against(rt: Runtime, d: Dispatcher, job: Job, exc: FarmError) -> None:
+    """A node fault counts towards the node's blocklist for the scene."""
+    if counts_against_node(exc) and job.node:
+        count = d.count_failure(job.scene_id, job.node)
+        if count == rt.settings.blocklist_after:
+            rt.state.event(job.scene_id, "node_blocklisted", node=job.node, failures=count)
+
+
+def _next(rt: Runtime, job: Job, exc: FarmError, shot: dict[str, Any]) -> Rung | None:
     scene = scene_of(rt, job.scene_id)
     current = rung_of(rt, job.scene_id, shot).variants
     fast = plan_variants(scene, scene.shot(job.shot_id), "preview")
-    return next_rung(job, error_kind, current, fast, rt.registry.infos(),
-                     rt.settings.max_attempts)  # fmt: skip
+    return next_rung(job, exc, current, fast, rt.registry.infos(), rt.settings.max_attempts)
 
 
 def _settings_only(job: Job) -> Job:
@@ -339,140 +413,16 @@ def _settings_only(job: Job) -> Job:
     return replace(job, params={k: v for k, v in job.params.items() if k not in LADDER_MARKS})
 
 
-_scenes: dict[tuple[str, float], Scene] = {}
-
-
-def scene_of(rt: Runtime, scene_id: str) -> Scene:
-    """The scene as submitted, parsed once per process (a scene of thousands of shots
-    takes a while to validate), until it is submitted again."""
-    created = float(rt.redis.hget(rt.state.scene_key(scene_id), "created") or 0)
-    scene = _scenes.get((scene_id, created))
-    if scene is None:
-        if len(_scenes) >= 32:
-            _scenes.clear()
-        scene = _scenes[(scene_id, created)] = parse_scene(
-            rt.state.scene(scene_id)["spec"], check_files=False
-        )
-    return scene
-
-
-def rung_of(rt: Runtime, scene_id: str, shot: dict[str, Any]) -> Rung:
-    """The shot's current rung (``dispatch.stored_rung``): a first rung is planned again
-    from the scene, the later ones are kept whole."""
-    data = shot["rung"]
-    if "plan" not in data:
-        return Rung.from_dict(data)
-    scene = scene_of(rt, scene_id)
-    variants = plan_variants(scene, scene.shot(shot["id"]), data["plan"])
-    return Rung(tuple(replace(v, then_final=data["then_final"]) for v in variants))
-
-
-def remember(rt: Runtime, scene: Scene) -> None:
-    """Keep the scene just submitted as :func:`scene_of` would parse it (this process
-    plans its shots' first rungs again when it dispatches them)."""
-    created = float(rt.redis.hget(rt.state.scene_key(scene.id), "created") or 0)
-    _scenes[(scene.id, created)] = scene
-
-
-def cancelled(rt: Runtime, scene_id: str, shot_id: str, job: Job | None) -> dict[str, Any]:
-    rt.state.update_shot(scene_id, shot_id, "shot_cancelled", state=ShotState.CANCELLED,
-                         error="cancelled", finished=time.time())  # fmt: skip
-    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.CANCELLED)
-    record = {"scene_id": scene_id, "shot_id": shot_id, "state": "cancelled"}
-    return {**(_record(job, "cancelled") if job else record), "error": "cancelled"}
-
-
-def _back_to_backlog(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, rung: Rung) -> None:
-    """Put a bound shot back in the backlog as it was (paused scene: the binding did not
-    become an attempt)."""
-    shot = rt.state.shot(scene_id, shot_id)
-    rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, shot["attempt"] - 1))
-    job = Job.from_dict(shot["job"])
-    d.wait(job.kind, job.priority, scene_id, shot_id, rung)
-
-
-# -- called by the dispatcher's housekeeping ---------------------------------------------
-
-
-def requeue_from_dead_node(
-    rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, token: str, node: dict[str, Any]
-) -> bool:
-    """A shot bound to a node that stopped beating, with no live renderer: its job there
-    is cancelled if the node still answers, and the shot goes back to the backlog without
-    that node while it is down, as a new attempt (started ones) or as it was (queued ones).
-    False while the node still runs the job it was asked to stop: call again later."""
-    shot = rt.state.shot(scene_id, shot_id)
-    if shot.get("binding") != token or shot.get("state") not in (
-        ShotState.QUEUED,
-        ShotState.RUNNING,
-    ):
-        return True
-    job = Job.from_dict(shot["job"])
-    started = shot.get("state") == ShotState.RUNNING
-    reason = f"node {node['name']} stopped beating ({node.get('reason') or 'no heartbeat'})"
-    if started:
-        if not _off_node(rt, node, job, shot):
-            return False
-        rt.state.log_attempt(scene_id, shot_id, {**_attempt(job, "lost", 0.0),
-                             "error_kind": "node_unavailable", "error": reason})  # fmt: skip
-        telemetry.record_fallback(rt.redis, rt.settings, "node_unavailable")
-    else:
-        rt.redis.hset(rt.state.shot_key(scene_id, shot_id), "attempt", max(0, job.attempt - 1))
-    rung = rung_of(rt, scene_id, shot)  # a dead node is no candidate; back, it may take it
-    rung = Rung(rung.variants, None if rung.pin == node["name"] else rung.pin, rung.exclude,
-                "another node")  # fmt: skip
-    rt.state.update_shot(scene_id, shot_id, "shot_requeued", error=reason, stopping=None,
-                         used_fallback=started or bool(shot.get("used_fallback")),
-                         primary_error=shot.get("primary_error") or (reason if started else None))  # fmt: skip
-    d.wait(job.kind, job.priority, scene_id, shot_id, rung)
-    return True
-
-
-def _off_node(rt: Runtime, node: dict[str, Any], job: Job, shot: dict[str, Any]) -> bool:
-    """Ask the node of a dead worker to drop ``job`` (it may live on without its worker:
-    it must not render for nobody, nor beside the next attempt). True once the job is off
-    it, or the node cannot be asked, or it had FARM_NODE_IDLE_TIMEOUT seconds to stop."""
-    try:
-        how = make_backend(node["kind"], node["url"], rt.settings).cancel(job)
-    except Exception as exc:
-        log.info("could not cancel %s/%s on %s: %s", job.scene_id, job.shot_id, node["name"], exc)
-        return True
-    if how != "interrupted":  # removed from its queue, or not (any more) there
-        return True
-    since = float(shot.get("stopping") or 0)
-    if not since:
-        rt.redis.hset(rt.state.shot_key(job.scene_id, job.shot_id), "stopping", time.time())
-    return bool(since) and time.time() - since > rt.settings.node_idle_timeout
-
-
-def fail_waiting(rt: Runtime, d: Dispatcher, scene_id: str, shot_id: str, group: Group) -> None:
-    """A shot that waited FARM_WAIT_TIMEOUT seconds with no live node able to take it."""
-    models = " or ".join(dict.fromkeys(v.model for v in group.variants))
-    message = (f"no_capable_node: no live node could render {models} for "
-               f"{rt.settings.wait_timeout:g}s")  # fmt: skip
-    rt.state.update_shot(scene_id, shot_id, "shot_failed", state=ShotState.FAILED,
-                         error=message, finished=time.time())  # fmt: skip
-    telemetry.record_shot_finished(rt.redis, rt.settings, ShotState.FAILED)
-    d.close(scene_id, shot_id, {"scene_id": scene_id, "shot_id": shot_id, "state": "failed",
-                                "error": message})  # fmt: skip
-
-
-def finish_scene(rt: Runtime, scene_id: str) -> None:
-    """The watchdog's way to run a scene's chord body (assemble, then score) once more."""
-    from farm.celery_app import app
-
-    queue = rt.settings.cpu_queue
-    (app.signature("farm.assemble_scene", args=([], scene_id), queue=queue)
-     | app.signature("farm.score_scene", args=(scene_id,), queue=queue)).apply_async()  # fmt: skip
-
-
 # -- records -------------------------------------------------------------------------------
 
 
-def _attempt(job: Job, state: str, seconds: float) -> dict[str, Any]:
+def attempt_entry(job: Job, state: str, seconds: float) -> dict[str, Any]:
     """The common part of an attempt-log entry."""
     return {"attempt": job.attempt, "kind": job.kind, "node": job.node, "state": state,
             "seconds": round(seconds, 2), "model": job.model, "backend": job.backend}  # fmt: skip
+
+
+_attempt = attempt_entry
 
 
 def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:
@@ -480,10 +430,13 @@ def _record(job: Job, state: str, **extra: Any) -> dict[str, Any]:
             "node": job.node, "attempt": job.attempt, **extra}  # fmt: skip
 
 
-def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
+def _progress(rt: Runtime, job: Job, token: str) -> Callable[..., None]:
     """A progress callback that writes at most every PROGRESS_EVERY seconds, and keeps
-    the newest preview frame (file beside the shot, and in Redis) every PREVIEW_EVERY."""
+    the newest preview frame (file beside the shot, and in Redis) every PREVIEW_EVERY;
+    only while the render still holds the shot's binding."""
     last = {"progress": 0.0, "preview": 0.0}
+    folder = shot_dir(rt.settings.storage, job.scene_id, job.shot_id)
+    key = (job.scene_id, job.shot_id)
 
     def report(fraction: float, message: str = "", preview: bytes | None = None) -> None:
         now = time.monotonic()
@@ -497,11 +450,12 @@ def _progress(rt: Runtime, job: Job, folder: Path) -> Callable[..., None]:
             tmp = path.with_name(path.name + ".part")
             tmp.write_bytes(preview)
             tmp.replace(path)
-            rt.state.set_preview(job.scene_id, job.shot_id, preview, mime, str(path))
+            if rt.state.set_preview(*key, preview, mime):
+                lifecycle.guarded_write(rt, *key, token, preview=str(path), preview_at=time.time())
             return
         if now - last["progress"] >= PROGRESS_EVERY or fraction >= 1.0:
             last["progress"] = now
-            rt.state.update_shot(job.scene_id, job.shot_id, "shot_progress",
-                                 progress=round(fraction, 3), message=message)  # fmt: skip
+            lifecycle.guarded_write(rt, *key, token, "shot_progress", progress=round(fraction, 3),
+                                    message=message)  # fmt: skip
 
     return report

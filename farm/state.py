@@ -1,16 +1,13 @@
 """The farm's state in Redis: scenes, shots, their progress and a per-scene event stream.
 
-Keys (all under the settings' prefix, ``farm`` by default)::
+Records (keys in :mod:`farm.keys`): ``scene:{scene}`` (id, title, quality, priority,
+state, spec, shots, outputs, metrics, submission, run, open, ...), ``shot:{scene}:{shot}``
+(id, state, progress, node, attempts, attempt_log, outputs, error, binding, ...), the event
+stream ``events:{scene}`` and the newest preview frame ``preview:{scene}:{shot}``. Names
+and numbers are stored as plain text, everything else as JSON text.
 
-    farm:scenes                 sorted set, scene id -> creation time
-    farm:scene:{scene}          hash: id, title, quality, priority, state, spec, shots, outputs,
-                                metrics, submission (the id it came in by, if any), ...
-    farm:shot:{scene}:{shot}    hash: id, state, progress, node, attempts, outputs, error, ...
-    farm:events:{scene}         stream of {type, shot?, ...} events, capped
-    farm:preview:{scene}:{shot} hash: the newest preview frame of a running shot
-                                (mime, data = base64 image, bytes, at)
-
-Names and numbers are stored as plain text, everything else as JSON text.
+A record's ``state`` is written by :mod:`farm.lifecycle` alone; this module reads records
+and writes what is not state: flags, progress, previews and events.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import base64
 import json
 import re
 import time
-from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
@@ -50,6 +46,11 @@ PLAIN = frozenset(
         "force",
         "scoring",
         "submission",
+        "stage",
+        "on_node",
+        "queue",
+        "enqueued",
+        "enqueuer",
     }
 )
 NUMBERS: dict[str, type] = {
@@ -65,34 +66,14 @@ NUMBERS: dict[str, type] = {
     "slot": int,
     "retries": int,
     "take": int,
+    "version": int,
+    "since": float,
+    "run": int,
+    "open": int,
+    "stage_tries": int,
+    "stage_sent": float,
+    "shots_over_at": float,
 }
-
-
-class SceneState(StrEnum):
-    QUEUED = "queued"
-    RENDERING = "rendering"
-    ASSEMBLING = "assembling"
-    SCORING = "scoring"
-    DONE = "done"  # every shot rendered
-    PARTIAL = "partial"  # assembled, some shots failed
-    FAILED = "failed"  # no shot rendered
-    CANCELLED = "cancelled"  # `farm cancel`
-
-
-class ShotState(StrEnum):
-    QUEUED = "queued"  # waiting in the backlog, or bound to a node's queue
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SCORING = "scoring"  # rendered; the quality gate scores the take (farm.gate)
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_SCENE = frozenset(
-    {SceneState.DONE, SceneState.PARTIAL, SceneState.FAILED, SceneState.CANCELLED}
-)
-TERMINAL_SHOT = frozenset({ShotState.DONE, ShotState.FAILED, ShotState.CANCELLED})
 
 
 def redacted(url: str) -> str:
@@ -260,98 +241,37 @@ def _decode(raw: dict[str, str]) -> dict[str, Any]:
 
 
 class FarmState:
-    """Reads and writes scene and shot records; every change also goes to the event stream."""
+    """Reads scene and shot records; writes what is not their state (flags, progress,
+    previews) and events."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.r = client
         self.s = settings
+        self.keys = settings.keys
 
     # keys
     def scene_key(self, scene_id: str) -> str:
-        return self.s.key("scene", scene_id)
+        return self.keys.scene(scene_id)
 
     def shot_key(self, scene_id: str, shot_id: str) -> str:
-        return self.s.key("shot", scene_id, shot_id)
+        return self.keys.shot(scene_id, shot_id)
 
     def events_key(self, scene_id: str) -> str:
-        return self.s.key("events", scene_id)
+        return self.keys.events(scene_id)
 
     # scenes
-    def create_scene(
-        self,
-        spec: dict[str, Any],
-        jobs: list[dict[str, Any]],
-        quality: str,
-        *,
-        replace: bool = False,
-        submission: str | None = None,
-    ) -> None:
-        """Record a new scene and its queued shots; refuse to clobber an unfinished one.
-        ``submission``: the id of the submission it came in by (:mod:`farm.ingest`)."""
-        scene_id = spec["id"]
-        existing = self.r.hget(self.scene_key(scene_id), "state")
-        if existing is not None:
-            if existing not in TERMINAL_SCENE:
-                raise InvalidInput(
-                    f"scene {scene_id!r} is already {existing}; wait for it to finish or use another id"
-                )
-            if not replace:
-                raise InvalidInput(
-                    f"scene {scene_id!r} already exists ({existing}); pass --replace to render it again"
-                )
-            self.delete_scene(scene_id)
-        now = time.time()
-        pipe = self.r.pipeline()
-        pipe.hset(
-            self.scene_key(scene_id),
-            mapping=_encode(
-                {
-                    "id": scene_id,
-                    "title": spec.get("title", ""),
-                    "quality": quality,
-                    "priority": spec.get("priority", 5),
-                    "state": SceneState.QUEUED,
-                    "spec": spec,
-                    "shots": [j["shot_id"] for j in jobs],
-                    "outputs": {},
-                    "metrics": {},
-                    "created": now,
-                    "updated": now,
-                    "submission": submission,
-                }
-            ),
-        )
-        for job in jobs:
-            pipe.hset(
-                self.shot_key(scene_id, job["shot_id"]),
-                mapping=_encode(
-                    {
-                        "id": job["shot_id"],
-                        "state": ShotState.QUEUED,
-                        "progress": 0.0,
-                        "node": job["node"],
-                        "kind": job["kind"],
-                        "attempts": 0,
-                        "outputs": {},
-                        "error": None,
-                        "used_fallback": False,
-                        "primary_error": None,
-                        "attempt_log": [],
-                        "updated": now,
-                    }
-                ),
-            )
-        pipe.zadd(self.s.key("scenes"), {scene_id: now})
-        pipe.execute()
-        self.event(scene_id, "scene_queued", shots=len(jobs), quality=quality)
-
     def delete_scene(self, scene_id: str) -> None:
+        """Delete every key of the scene (records, events, previews, leases, backlog
+        parking, blocklist) and its entries in the scene indexes."""
         shots = self.scene(scene_id).get("shots", []) if self.exists(scene_id) else []
-        keys = [self.scene_key(scene_id), self.events_key(scene_id)]
-        keys += [self.shot_key(scene_id, s) for s in shots]
-        keys += [self.preview_key(scene_id, s) for s in shots]
-        self.r.delete(*keys)
-        self.r.zrem(self.s.key("scenes"), scene_id)
+        pipe = self.r.pipeline()
+        for key in self.keys.scene_keys(scene_id, shots):
+            pipe.delete(key)
+        pipe.zrem(self.keys.active(), *[f"{scene_id}/{s}" for s in shots] or ["-"])
+        pipe.zrem(self.keys.scenes(), scene_id)
+        pipe.srem(self.keys.open_scenes(), scene_id)
+        pipe.zrem(self.keys.over_scenes(), scene_id)
+        pipe.execute()
 
     def exists(self, scene_id: str) -> bool:
         return bool(self.r.exists(self.scene_key(scene_id)))
@@ -365,20 +285,22 @@ class FarmState:
         return _decode(raw)
 
     def update_scene(self, scene_id: str, event: str | None = None, **fields: Any) -> None:
+        """Write fields that are not the scene's state (flags, outputs)."""
+        if "state" in fields:
+            raise ValueError("a scene's state changes only through farm.lifecycle")
         fields["updated"] = time.time()
         self.r.hset(self.scene_key(scene_id), mapping=_encode(fields))
         if event:
-            self.event(
-                scene_id, event, **{k: v for k, v in fields.items() if k in {"state", "error"}}
-            )
+            self.event(scene_id, event, **{k: v for k, v in fields.items() if k == "error"})
 
     def list_scenes(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids = self.r.zrevrange(self.s.key("scenes"), 0, limit - 1)
-        out = []
+        ids = self.r.zrevrange(self.keys.scenes(), 0, limit - 1)
+        pipe = self.r.pipeline()
         for scene_id in ids:
-            raw = self.r.hmget(
-                self.scene_key(scene_id), ["id", "title", "state", "quality", "created", "shots"]
-            )
+            pipe.hmget(self.scene_key(scene_id), ["id", "title", "state", "quality", "created",
+                                                  "shots"])  # fmt: skip
+        out = []
+        for raw in pipe.execute():
             if raw[0]:
                 out.append(
                     {
@@ -406,30 +328,19 @@ class FarmState:
     def update_shot(
         self, scene_id: str, shot_id: str, event: str | None = None, **fields: Any
     ) -> None:
+        """Write fields that are not the shot's state (flags such as ``cancel``)."""
+        if "state" in fields:
+            raise ValueError("a shot's state changes only through farm.lifecycle")
         fields["updated"] = time.time()
         self.r.hset(self.shot_key(scene_id, shot_id), mapping=_encode(fields))
         if event:
-            data = {
-                k: v
-                for k, v in fields.items()
-                if k in {"state", "node", "error", "progress", "attempts"}
-            }
-            self.event(scene_id, event, shot=shot_id, **data)
-
-    def log_attempt(
-        self, scene_id: str, shot_id: str, entry: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """Append ``entry`` to the shot's attempt log and return the whole log."""
-        log = self.shot(scene_id, shot_id).get("attempt_log", []) or []
-        log.append(entry)
-        self.update_shot(scene_id, shot_id, attempt_log=log, attempts=len(log))
-        return log
+            self.event(scene_id, event, shot=shot_id)
 
     # previews
     def preview_key(self, scene_id: str, shot_id: str) -> str:
-        return self.s.key("preview", scene_id, shot_id)
+        return self.keys.preview(scene_id, shot_id)
 
-    def set_preview(self, scene_id: str, shot_id: str, image: bytes, mime: str, path: str) -> bool:
+    def set_preview(self, scene_id: str, shot_id: str, image: bytes, mime: str) -> bool:
         """Keep ``image`` as the shot's newest preview (False if over MAX_PREVIEW_BYTES)."""
         if len(image) > MAX_PREVIEW_BYTES:
             return False
@@ -442,10 +353,6 @@ class FarmState:
                      "bytes": len(image), "at": f"{now:.3f}"},
         )  # fmt: skip
         pipe.expire(key, self.s.result_expires)
-        pipe.hset(
-            self.shot_key(scene_id, shot_id),
-            mapping=_encode({"preview": path, "preview_at": now, "updated": now}),
-        )
         pipe.execute()
         return True
 

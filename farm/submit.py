@@ -5,30 +5,32 @@ The scene's chord: header = one slot per shot (published to a node's queue when 
 body = assemble → score on the CPU queue. A shot whose request is in the render cache
 (:mod:`farm.cache`) is served from it and never reaches the backlog.
 
-:func:`retry` renders shots of a finished scene again: a new chord with one slot per
-retried shot and the same body, so the scene is assembled and scored once more.
+An enqueue holds the scene's enqueue lease from the moment its records exist until its
+chord is frozen and every shot has started (``enqueued`` on the scene). If the enqueuer
+dies in between (ingest killed, a CLI interrupted), :func:`resume` — called by the
+timeout checker once the lease lapsed, and by ingest when the submission comes again —
+does the rest, so no shot waits forever outside the backlog.
+
+:func:`retry` renders shots of a finished scene again: a new run of the scene with a new
+chord of one slot per retried shot and the same body, so the scene is assembled and
+scored once more.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace as replace_job
 
-from farm.cache import RenderCache
+from farm import lifecycle
 from farm.celery_app import app
-from farm.dispatch import Dispatcher
+from farm.dispatch import Dispatcher, remember, scene_of
 from farm.errors import InvalidInput
+from farm.lifecycle import TERMINAL_SCENE, ShotState
 from farm.planning import Job, place_any, plan_scene
 from farm.runtime import Runtime
-from farm.scene import Scene, parse_scene
-from farm.shots import begin, remember
-from farm.state import TERMINAL_SCENE, SceneState, ShotState
-
-
-def scene_body(scene_id: str, cpu_queue: str):
-    """The chord body: assemble the scene, then score it."""
-    return app.signature("farm.assemble_scene", args=(scene_id,), queue=cpu_queue) | app.signature(
-        "farm.score_scene", args=(scene_id,), queue=cpu_queue
-    )
+from farm.scene import Scene
+from farm.shots import start_shots
 
 
 def enqueue(
@@ -53,14 +55,15 @@ def enqueue(
         place_any(variants, nodes)  # raises NoCapableNode, naming what each node lacks
     first = [variants[0] for variants in shots]
     records = [{"shot_id": j.shot_id, "node": j.node, "kind": j.kind} for j in first]
-    rt.state.create_scene(scene.to_dict(), records, quality, replace=replace, submission=submission)
+    token = lifecycle.new_token()
+    run = lifecycle.create(rt, scene.to_dict(), records, quality, enqueuer=token,
+                           replace=replace, submission=submission)  # fmt: skip
     remember(rt, scene)
     if force:
         rt.state.update_scene(scene.id, force="1")
-    d = Dispatcher(rt, app)
-    d.open_scene(scene.id, [j.shot_id for j in first], scene_body(scene.id, rt.settings.cpu_queue))
-    start(rt, d, scene.id, shots, scene.priority, force=force)
-    bound = {a.key: a for a in d.dispatch()}
+    with _enqueuing(rt, scene.id, token):
+        bound = {a.key: a for a in _finish(rt, scene.id, run, shots, scene.priority, force,
+                                           fresh=True)}  # fmt: skip
     out = []
     for variants in shots:
         a = bound.get(f"{scene.id}/{variants[0].shot_id}")
@@ -68,19 +71,74 @@ def enqueue(
     return out
 
 
-def start(
-    rt: Runtime, d: Dispatcher, scene_id: str, shots: list[list[Job]], priority: int, *,
-    force: bool,
-) -> None:  # fmt: skip
-    """Start each shot (its variants): from the render cache (one lookup for all), else
-    into the backlog; a shot the cache served whole fills its chord slot at once."""
-    hits = [None] * len(shots) if force else RenderCache(rt).lookup(shots)
-    for variants, hit in zip(shots, hits, strict=True):
-        job = variants[0]
-        record = begin(rt, d, scene_id, job.shot_id, job.kind, variants, priority,
-                       force=force, hit=hit, looked=True)  # fmt: skip
-        if record is not None:
-            d.close(scene_id, job.shot_id, record)
+@contextlib.contextmanager
+def _enqueuing(rt: Runtime, scene_id: str, token: str) -> Iterator[None]:
+    """Keep the scene's enqueue lease (``token``) alive while the block runs, then free it."""
+    keys = rt.settings.keys
+    keeper = lifecycle.Keeper(rt, keys.enqueue_lease(scene_id), token, keys.scene(scene_id),
+                              "enqueuer")  # fmt: skip
+    keeper.start()
+    try:
+        yield
+    finally:
+        keeper.stop()
+        lifecycle.release_lease(rt, keys.enqueue_lease(scene_id), token)
+
+
+def _take_enqueue(rt: Runtime, scene_id: str, token: str) -> bool:
+    """Take the scene's enqueue lease with ``token``; False while another process holds it."""
+    keys = rt.settings.keys
+    if not rt.redis.set(keys.enqueue_lease(scene_id), token, nx=True,
+                        px=int(rt.settings.lease_ttl * 1000)):  # fmt: skip
+        return False
+    rt.redis.hset(keys.scene(scene_id), "enqueuer", token)
+    return True
+
+
+def _finish(rt: Runtime, scene_id: str, run: int, shots: list[list[Job]], priority: int,
+            force: bool, *, fresh: bool = False) -> list:  # fmt: skip
+    """The second half of an enqueue (or a retry), under the enqueue lease: freeze the
+    chord of ``run`` over ``shots`` (unless done), start every shot still outside the
+    backlog, mark the scene enqueued; returns what was bound at once. ``fresh``: the
+    scene was just recorded, nothing of this is done yet."""
+    d = Dispatcher(rt, app)
+    chord_run = 0 if fresh else int(rt.redis.hget(rt.state.scene_key(scene_id), "chord_run") or 0)
+    if chord_run != run:
+        d.open_scene(scene_id, [v[0].shot_id for v in shots], run)
+    waiting = shots
+    if not fresh:
+        records = {s["id"]: s for s in rt.state.shots(scene_id)}
+        waiting = [v for v in shots if records[v[0].shot_id].get("state") == ShotState.QUEUED
+                   and not records[v[0].shot_id].get("group")]  # fmt: skip
+    start_shots(rt, d, scene_id, waiting, priority, force=force)
+    rt.state.update_scene(scene_id, enqueued="1")
+    return d.dispatch()
+
+
+def resume(rt: Runtime, scene_id: str) -> bool:
+    """Finish the enqueue (or retry) of a scene whose enqueuer died: its chord frozen, its
+    shots in the backlog. False when there is nothing to do or another process does it."""
+    token = lifecycle.new_token()
+    if not _take_enqueue(rt, scene_id, token):
+        return False
+    with _enqueuing(rt, scene_id, token):
+        scene = rt.state.scene(scene_id)
+        if scene.get("enqueued") == "1" or scene.get("state") in TERMINAL_SCENE:
+            return False
+        parsed = scene_of(rt, scene_id)
+        records = {s["id"]: s for s in rt.state.shots(scene_id)}
+        planned = [v for v in plan_scene(parsed, scene.get("quality"))
+                   if records[v[0].shot_id].get("state") not in lifecycle.TERMINAL_SHOT]  # fmt: skip
+        if not planned:  # nothing was reset before the retry died: the scene is over again
+            rt.state.update_scene(scene_id, enqueued="1")
+            return True
+        take = {sid: int(r.get("take") or 0) for sid, r in records.items()}
+        planned = [[replace_job(v, take=take[v.shot_id]) for v in variants]
+                   for variants in planned]  # fmt: skip
+        force = scene.get("force") == "1" or any(records[v[0].shot_id].get("force") == "1"
+                                                 for v in planned)  # fmt: skip
+        _finish(rt, scene_id, int(scene.get("run") or 1), planned, parsed.priority, force)
+        return True
 
 
 def retry(rt: Runtime, scene_id: str, shot_ids: list[str] | None = None) -> list[str]:
@@ -110,26 +168,32 @@ def retry(rt: Runtime, scene_id: str, shot_ids: list[str] | None = None) -> list
                 f"every shot of scene {scene_id!r} is done; name the shots to render again "
                 "with --shot"
             )
-    scene = parse_scene(info["spec"], check_files=False)
+    scene = scene_of(rt, scene_id)
     planned = {v[0].shot_id: v for v in plan_scene(scene, info.get("quality"))}
-    pipe = rt.redis.pipeline()
-    pipe.hdel(state.scene_key(scene_id), "cancel", "paused")
-    pipe.delete(rt.settings.key("watchdog", scene_id), rt.settings.key("blocklist", scene_id),
-                rt.settings.key("parked", scene_id))  # fmt: skip
-    for shot_id in ids:
-        pipe.hdel(state.shot_key(scene_id, shot_id), "cancel")
-    pipe.execute()
-    for shot_id in ids:
-        state.update_shot(scene_id, shot_id, "shot_retry_requested", state=ShotState.QUEUED,
-                          progress=0.0, error=None, used_fallback=False, primary_error=None,
-                          fallback=None, attempt=0, cache_hit=False, force="1",
-                          retries=int(shots[shot_id].get("retries") or 0) + 1,
-                          take=int(shots[shot_id].get("take") or 0) + 1, takes=[], gate=None,
-                          scoring="", pending_take=None,
-                          kind=planned[shot_id][0].kind)  # fmt: skip
-    state.update_scene(scene_id, "scene_retry", state=SceneState.QUEUED, error=None)
-    d = Dispatcher(rt, app)
-    d.open_scene(scene_id, ids, scene_body(scene_id, rt.settings.cpu_queue))
-    start(rt, d, scene_id, [planned[i] for i in ids], scene.priority, force=True)
-    d.dispatch()
+    token = lifecycle.new_token()
+    if not _take_enqueue(rt, scene_id, token):
+        raise InvalidInput(f"scene {scene_id!r} is being retried already; wait for it")
+    with _enqueuing(rt, scene_id, token):
+        _retry(rt, scene_id, scene, ids, shots, planned)
     return ids
+
+
+def _retry(rt: Runtime, scene_id: str, scene: Scene, ids: list[str],
+           shots: dict[str, dict], planned: dict[str, list[Job]]) -> None:  # fmt: skip
+    keys = rt.settings.keys
+    pipe = rt.redis.pipeline()
+    pipe.delete(keys.blocklist(scene_id), keys.parked(scene_id))
+    for shot_id in ids:
+        pipe.hdel(keys.shot(scene_id, shot_id), "cancel")
+    pipe.execute()
+    run = lifecycle.reopen(rt, scene_id)
+    takes = {}
+    for shot_id in ids:
+        takes[shot_id] = int(shots[shot_id].get("take") or 0) + 1
+        lifecycle.reset(rt, scene_id, shot_id, progress=0.0, error=None, used_fallback=False,
+                        primary_error=None, fallback=None, attempt=0, cache_hit=False, force="1",
+                        retries=int(shots[shot_id].get("retries") or 0) + 1,
+                        take=takes[shot_id], takes=[], gate=None, scoring="",
+                        pending_take=None, kind=planned[shot_id][0].kind, finished=None)  # fmt: skip
+    again = [[replace_job(v, take=takes[i]) for v in planned[i]] for i in ids]
+    _finish(rt, scene_id, run, again, scene.priority, True)

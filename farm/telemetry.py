@@ -67,7 +67,7 @@ CHUNK = 1000
 
 def key(settings: Settings, name: str) -> str:
     """The Redis key of telemetry hash ``name``."""
-    return settings.key("telemetry", name)
+    return settings.keys.telemetry(name)
 
 
 # -- recording (workers) ------------------------------------------------------------------
@@ -224,10 +224,11 @@ class FarmCollector:
     def _scenes(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from farm.state import TERMINAL_SCENE, FarmState, SceneState, ShotState
+        from farm.lifecycle import TERMINAL_SCENE, SceneState, ShotState
+        from farm.state import FarmState
 
         state = FarmState(self.r, self.s)
-        ids = self.r.zrange(self.s.key("scenes"), 0, -1)
+        ids = self.r.zrange(self.s.keys.scenes(), 0, -1)
         rows = _pipelined(
             self.r, ids, lambda p, i: p.hmget(state.scene_key(i), ["state", "updated", "shots"])
         )
@@ -265,7 +266,7 @@ class FarmCollector:
         from farm.nodes import NodeRegistry
 
         records = NodeRegistry(self.r, self.s).records()
-        bound = _pipelined(self.r, records, lambda p, r: p.hlen(self.s.key("bound", r["name"])))
+        bound = _pipelined(self.r, records, lambda p, r: p.hlen(self.s.keys.bound(r["name"])))
         queued = [r["queued"] for r in records]  # every priority list of the node's queue
         up = GaugeMetricFamily(
             "farm_node_up",
@@ -295,9 +296,9 @@ class FarmCollector:
         from farm.planning import Job
         from farm.scheduler import can_run
 
-        groups = self.r.hgetall(self.s.key("groups"))
+        groups = self.r.hgetall(self.s.keys.groups())
         gids = list(groups)
-        sizes = _pipelined(self.r, gids, lambda p, g: p.zcard(self.s.key("wait", g)))
+        sizes = _pipelined(self.r, gids, lambda p, g: p.zcard(self.s.keys.wait(g)))
         nodes = NodeRegistry(self.r, self.s).infos()
         per_node = {n.name: 0 for n in nodes}
         total = 0

@@ -24,6 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from farm.errors import InvalidInput
+from farm.problems import show
 
 Track = list[tuple[float, float]]
 
@@ -139,13 +140,21 @@ class _Reader:
             self.problems.append(
                 f"{path}.{key}: expected a number, got {_short(value)}; give {key} in pixels"
             )
-        elif not math.isfinite(value):
+        elif not _finite(value):
             self.problems.append(
-                f"{path}.{key}: expected a finite number, got {value!r}; give {key} in pixels"
+                f"{path}.{key}: expected a finite number, got {show(value)}; give {key} in pixels"
             )
         else:
             return float(value)
         return None
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite number a float can hold (a JSON integer may not be)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of more than ~308 digits
+        return False
 
 
 def _short(value: Any) -> str:

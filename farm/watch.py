@@ -11,13 +11,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from farm.state import TERMINAL_SCENE, FarmState
+from farm.lifecycle import TERMINAL_SCENE
+from farm.state import FarmState
 
 STATE_STYLE = {
     "done": "green",
     "failed": "red",
     "running": "cyan",
-    "retrying": "yellow",
+    "bound": "blue",
     "queued": "dim",
     "partial": "yellow",
     "rendering": "cyan",

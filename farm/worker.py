@@ -82,16 +82,41 @@ class Heartbeat(threading.Thread):
             log.exception("heartbeat of %s failed", self.node.name)
 
     def run(self) -> None:
-        from farm.dispatch import Dispatcher
-
-        patient(get_runtime().redis)
+        keeper = Housekeeping(self.settings)
         while not self.stopped.is_set():
             self.beat()
-            try:  # the farm's housekeeping rides on every node's heartbeat
-                Dispatcher(get_runtime(), app).tick()
-            except Exception:
-                log.exception("dispatcher tick failed")
+            keeper.once()  # the farm's housekeeping rides on every node's heartbeat
             self.stopped.wait(self.settings.heartbeat)
+
+
+class Housekeeping(threading.Thread):
+    """The timeout checker (:mod:`farm.checker`) and a dispatch, every ``FARM_HEARTBEAT``
+    seconds: in every farm worker, GPU and CPU alike, so the farm recovers with any one of
+    them alive."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="housekeeping", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+        self._checker = None
+
+    def once(self) -> None:
+        from farm.checker import Checker
+        from farm.dispatch import Dispatcher
+
+        rt = get_runtime()
+        patient(rt.redis)
+        try:
+            if self._checker is None:
+                self._checker = Checker(rt, app)
+            self._checker.tick()
+            Dispatcher(rt, app).dispatch()
+        except Exception:  # Redis away, a node not answering: next round
+            log.exception("housekeeping failed")
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat):
+            self.once()
 
 
 def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO") -> None:
@@ -113,16 +138,26 @@ def run_cpu_worker(
     name: str | None = None,
 ) -> None:
     """Run a worker for the CPU queue (assembly and scoring), named ``NAME@host``
-    (default ``cpuPID``)."""
-    run_worker(
-        settings.cpu_queue,
-        f"{name or f'cpu{os.getpid()}'}@%h",
-        concurrency or os.cpu_count() or 1,
-        loglevel,
-    )
+    (default ``cpuPID``), with the farm's housekeeping."""
+    keeper = Housekeeping(settings)
+    keeper.start()
+    try:
+        run_worker(
+            settings.cpu_queue,
+            f"{name or f'cpu{os.getpid()}'}@%h",
+            concurrency or os.cpu_count() or 1,
+            loglevel,
+        )
+    finally:
+        keeper.stopped.set()
 
 
 def run_worker(queue: str, name: str, concurrency: int, loglevel: str) -> None:
-    """A prefork Celery worker on one queue, sending events (for Flower)."""
-    app.worker_main(["worker", "-Q", queue, "-n", name, "-c", str(concurrency), "--pool", "prefork",
-                     "-E", "-l", loglevel, "--without-mingle", "--without-gossip"])  # fmt: skip
+    """A prefork Celery worker on one queue, sending events (for Flower). Raises
+    ``SystemExit`` with Celery's exit status when the worker stopped on an error (an
+    "Unrecoverable error" exits with 0 otherwise, and a supervisor that restarts only
+    failed services would leave it down)."""
+    code = app.start(["worker", "-Q", queue, "-n", name, "-c", str(concurrency), "--pool",
+                      "prefork", "-E", "-l", loglevel, "--without-mingle", "--without-gossip"])  # fmt: skip
+    if code:
+        raise SystemExit(code)

@@ -36,6 +36,28 @@ def test_validate_reports_every_problem_with_exit_2():
     assert ok.returncode == 0 and json.loads(ok.stdout)["valid"] is True
 
 
+def test_a_number_of_5000_digits_is_invalid_for_validate_and_enqueue(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_text('{"id": "x", "shots": [{"id": "s1", "action_description": "a", "seed": '
+                    + "9" * 5000 + "}]}")  # fmt: skip
+    for command in ("validate", "enqueue"):
+        out = farm(command, str(path))
+        assert out.returncode == 2, (command, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert out.stderr.startswith(f"error: scene file {path} has a number of more than 4,300 "
+                                     "digits, the most this farm reads"), out.stderr  # fmt: skip
+
+
+def test_validate_prints_a_few_lines_for_a_huge_scene(tmp_path):
+    path = tmp_path / "huge.json"
+    shots = [{"id": f"s{i}", "action_description": "a" * 300_000} for i in range(30)]
+    path.write_text(json.dumps({"id": "x", "title": "t" * 5_000_000, "shots": shots}))
+    out = farm("validate", str(path))  # 14 MB of scene
+    assert out.returncode == 2 and len(out.stderr) < 10_000, len(out.stderr)
+    assert "$.title: 'ttt" in out.stderr and "over the limit of 200 characters" in out.stderr
+    assert out.stderr.count("over the limit of 2,000 characters") == 30
+
+
 def test_unreachable_redis_is_one_line_with_exit_3(tmp_path):
     env = {**os.environ, "FARM_REDIS_URL": "redis://127.0.0.1:9/0"}
     out = farm("status", env=env)

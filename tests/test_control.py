@@ -8,8 +8,8 @@ import time
 
 import requests
 
+from farm.lifecycle import TERMINAL_SCENE
 from farm.scene import parse_scene
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 from .conftest import EXAMPLES

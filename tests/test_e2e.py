@@ -9,11 +9,11 @@ from pathlib import Path
 import cv2
 import requests
 
+from farm.lifecycle import TERMINAL_SCENE
 from farm.local import wait_for
 from farm.media import probe
 from farm.metrics import score_clip
 from farm.scene import parse_scene
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 from .conftest import EXAMPLES

@@ -23,12 +23,12 @@ import pytest
 import requests
 
 from farm.backends.comfyui import prompt_id_for
+from farm.lifecycle import TERMINAL_SCENE
 from farm.local import EmulatedNode, LocalFarm
 from farm.media import probe
 from farm.planning import Job
 from farm.runtime import Runtime, get_runtime
 from farm.scene import parse_scene
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 from farm.worker import patient
 
@@ -115,7 +115,7 @@ def wait_for(check, timeout: float, what: str):
 
 def idle(rt: Runtime, farm: LocalFarm) -> bool:
     alive = {r["name"] for r in rt.registry.records() if r["alive"]}
-    bound = any(rt.redis.hlen(rt.settings.key("bound", n.name)) for n in farm.nodes)
+    bound = any(rt.redis.hlen(rt.settings.keys.bound(n.name)) for n in farm.nodes)
     return alive == {n.name for n in farm.nodes} and not bound
 
 
@@ -266,7 +266,7 @@ def test_a_killed_pool_child_s_render_is_followed_not_started_again(rt, farm, at
 
 def test_a_killed_worker_s_shots_are_reclaimed_and_rendered_once_on_a_live_node(rt, farm):
     """SIGKILL a node's whole worker (main process and pool child) mid-render: the node
-    stops beating, its renderer's lease lapses, and the dispatcher takes its shots back:
+    stops beating, its renderer's lease lapses, and the timeout checker takes its shots back:
     the running one is interrupted on the node and rendered as a new attempt on the live
     node, a queued one goes back as it was. Each attempt starts one execution."""
     for node in ("fa", "fb"):

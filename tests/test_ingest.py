@@ -20,9 +20,14 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
-from farm.ingest import (
+from farm import lifecycle
+from farm.ingest import DEAD_BODY_BYTES, cut
+from farm.lifecycle import TERMINAL_SCENE
+from farm.local import LocalFarm
+from farm.scene import parse_scene
+from farm.settings import Settings
+from farm.submission import (
     attachment_name,
-    cut,
     dead_key,
     pack_submission,
     read_submission,
@@ -31,10 +36,6 @@ from farm.ingest import (
     submission_folder,
     wait_status,
 )
-from farm.local import LocalFarm
-from farm.scene import parse_scene
-from farm.settings import Settings
-from farm.state import TERMINAL_SCENE
 from farm.submit import enqueue
 
 from .conftest import EXAMPLES
@@ -249,7 +250,8 @@ def test_junk_gets_clear_errors_and_ingest_goes_on(farm_cluster, rt, r, raw, set
     assert {e.split(":")[0] for e in wrong} >= {"$.submission", "$.scene", "$.files",
                                                "$.replace", "$.client"}  # fmt: skip
     assert dead_letter(raw, settings, sent["binary"][1])["body"] == b"\x00\xff\xfe\x80junk"
-    assert len(dead_letter(raw, settings, sent["huge-body"][1])["body"]) == 1024 * 1024
+    huge = dead_letter(raw, settings, sent["huge-body"][1])
+    assert len(huge["body"]) == DEAD_BODY_BYTES and huge["body_bytes"] == b"2097153"
     # no usable id: only a dead letter, naming the entry's field
     letter = dead_letter(raw, settings, nameless)
     assert (
@@ -365,7 +367,8 @@ def test_a_scene_id_in_use_is_refused_and_replace_renders_it_again(rt, r, settin
     scene_id = new_id("scene")
     scene = quick_scene(scene_id)
     spec = parse_scene(scene).to_dict()
-    rt.state.create_scene(spec, [{"shot_id": "s0", "node": None, "kind": "preview"}], "preview")
+    lifecycle.create(rt, spec, [{"shot_id": "s0", "node": None, "kind": "preview"}], "preview",
+                     enqueuer="test")  # fmt: skip
     try:
         busy = new_id()
         r.xadd(stream_key(settings), entry(busy, scene, replace=True))
@@ -373,7 +376,7 @@ def test_a_scene_id_in_use_is_refused_and_replace_renders_it_again(rt, r, settin
         assert (status["state"], status["reason"]) == ("rejected", "refused")
         assert status["errors"] == [f"$.scene.id: scene {scene_id!r} is already queued; "
                                     "wait for it to finish or use another id"]  # fmt: skip
-        rt.state.update_scene(scene_id, state="done")
+        r.hset(settings.keys.scene(scene_id), "state", "done")  # as if it had ended
         kept = new_id()
         r.xadd(stream_key(settings), entry(kept, scene))
         status = decided(r, settings, kept)

@@ -7,7 +7,20 @@ from dataclasses import replace
 import pytest
 
 from farm.catalog import load_catalog
-from farm.errors import NoCapableNode
+from farm.errors import (
+    BadNodeResponse,
+    InternalError,
+    InvalidInput,
+    JobCancelled,
+    ModelMissing,
+    NoCapableNode,
+    NodeRejected,
+    NodeTimeout,
+    NodeUnavailable,
+    OutOfMemory,
+    RenderFailed,
+    WorkflowError,
+)
 from farm.planning import (
     NodeInfo,
     Rung,
@@ -150,18 +163,20 @@ def test_wangp_out_of_memory_lowers_the_memory_profile_on_the_same_node():
     sc = scene()
     job = replace(plan_wan_job(sc, sc.shots[0], "final", CAT), node="w")
     nodes = [wan_node("w", job.model), wan_node("v", job.model)]
-    first = next_rung(job, "out_of_memory", [job], [], nodes)
+    first = next_rung(job, OutOfMemory("CUDA out of memory"), [job], [], nodes)
     # the node ran WanGP's default profile 4, so the next lower-memory one is 5, same node
     (retry,) = first.variants
     assert first.pin == "w" and retry.params["override_profile"] == 5
     assert (retry.params["width"], retry.params["height"]) == (
         job.params["width"], job.params["height"])  # fmt: skip
-    second = next_rung(replace(retry, node="w", attempt=2), "out_of_memory", [retry], [], nodes)
+    second = next_rung(
+        replace(retry, node="w", attempt=2), OutOfMemory("CUDA out of memory"), [retry], [], nodes
+    )
     # no lower profile left: a smaller render, anywhere
     assert second.pin is None and second.variants[0].params["width"] < job.params["width"]
     assert second.variants[0].params["override_profile"] == 5
     at_three = replace(job, params={**job.params, "override_profile": 3})
-    lower = next_rung(at_three, "out_of_memory", [at_three], [], nodes)
+    lower = next_rung(at_three, OutOfMemory("CUDA out of memory"), [at_three], [], nodes)
     assert lower.variants[0].params["override_profile"] == 4
 
 
@@ -227,14 +242,17 @@ def test_node_failure_moves_the_work_to_another_node():
     variants = plan_scene(sc)[0]
     job = replace(variants[0], node="a")
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
-    rung = next_rung(job, "node_unavailable", variants, [], nodes)
+    rung = next_rung(job, NodeUnavailable("refused"), variants, [], nodes)
     assert rung.exclude == ("a",) and rung.pin is None and rung.step == "another node"
     assert [v.backend for v in rung.variants] == ["comfyui", "wan2gp"]  # either engine
     assert all(v.tried_nodes == ("a",) and v.node is None for v in rung.variants)
     # no other live node can take it: the shot fails now
-    assert next_rung(job, "node_unavailable", variants, [], [node("a", "wan_t2v_fast")]) is None
+    assert (
+        next_rung(job, NodeUnavailable("refused"), variants, [], [node("a", "wan_t2v_fast")])
+        is None
+    )
     dead_b = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast", alive=False)]
-    assert next_rung(job, "timeout", variants, [], dead_b) is None
+    assert next_rung(job, NodeTimeout("no progress"), variants, [], dead_b) is None
 
 
 def test_model_missing_falls_back_to_another_engine():
@@ -242,7 +260,9 @@ def test_model_missing_falls_back_to_another_engine():
     variants = plan_scene(sc)[0]
     job = replace(variants[0], node="a")
     wan = wan_node("w", variants[1].model)
-    rung = next_rung(job, "model_missing", variants, [], [node("a", "wan_t2v_fast"), wan])
+    rung = next_rung(
+        job, ModelMissing("no such model"), variants, [], [node("a", "wan_t2v_fast"), wan]
+    )
     assert rung.exclude == ("a",) and variants[1].model in [v.model for v in rung.variants]
 
 
@@ -252,7 +272,7 @@ def test_out_of_memory_shrinks_then_takes_the_fast_tier():
     fast = plan_scene(sc, "preview")[0]
     job = replace(finals[0], node="a")
     nodes = [node("a", "wan_t2v_full", "wan_t2v_fast")]
-    shrunk = next_rung(job, "out_of_memory", finals, fast, nodes)
+    shrunk = next_rung(job, OutOfMemory("CUDA out of memory"), finals, fast, nodes)
     small = shrunk.variants[0]
     assert (
         small.params["width"] < job.params["width"]
@@ -260,13 +280,35 @@ def test_out_of_memory_shrinks_then_takes_the_fast_tier():
     )
     assert small.model == job.model and small.kind == "final"
     tier = next_rung(
-        replace(small, node="a", attempt=2), "out_of_memory", shrunk.variants, fast, nodes
+        replace(small, node="a", attempt=2), OutOfMemory("oom"), shrunk.variants, fast, nodes
     )
     assert tier.step == "fast tier" and tier.variants[0].model == fast[0].model
     assert tier.variants[0].kind == "final"  # still the shot's final, on the faster model
     assert tier.variants[0].params["width"] == small.params["width"]
     spent = replace(tier.variants[0], node="a", attempt=3)
-    assert next_rung(spent, "out_of_memory", tier.variants, fast, nodes, max_attempts=5) is None
+    assert (
+        next_rung(
+            spent, OutOfMemory("CUDA out of memory"), tier.variants, fast, nodes, max_attempts=5
+        )
+        is None
+    )
+
+
+def test_the_error_class_decides_not_its_kind_string():
+    """A subclass the ladder has never heard of is handled as its base class says: the
+    decision follows the exception tree, never a kind string."""
+
+    class GpuFellOff(NodeUnavailable):
+        kind = "gpu_fell_off"
+
+    class StrangeRefusal(NodeRejected):
+        kind = "node_unavailable"  # a misleading kind string changes nothing
+
+    variants = plan_scene(scene())[0]
+    job = replace(variants[0], node="a")
+    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    assert next_rung(job, GpuFellOff("gone"), variants, [], nodes).step == "another node"
+    assert next_rung(job, StrangeRefusal("no"), variants, [], nodes) is None
 
 
 def test_permanent_errors_and_exhausted_attempts_stop():
@@ -274,14 +316,16 @@ def test_permanent_errors_and_exhausted_attempts_stop():
     variants = plan_scene(sc)[0]
     job = replace(variants[0], node="a")
     nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
-    for kind in ("rejected", "invalid_input", "workflow", "cancelled", "bad_response"):
-        assert next_rung(job, kind, variants, [], nodes) is None
-    again = next_rung(job, "render_failed", variants, [], nodes)
+    final = (NodeRejected("refused"), InvalidInput("bad"), WorkflowError("unbound"),
+             JobCancelled("cancelled"), BadNodeResponse("junk"), InternalError("a bug"))  # fmt: skip
+    for error in final:
+        assert next_rung(job, error, variants, [], nodes) is None
+    again = next_rung(job, RenderFailed("CUDA error"), variants, [], nodes)
     assert again.exclude == ("a",)  # elsewhere when another node can
-    alone = next_rung(job, "render_failed", variants, [], [node("a", "wan_t2v_fast")])
+    alone = next_rung(job, RenderFailed("CUDA error"), variants, [], [node("a", "wan_t2v_fast")])
     assert alone.exclude == () and alone.step == "again"
     last = replace(job, attempt=3)
-    assert next_rung(last, "render_failed", variants, [], nodes, max_attempts=3) is None
+    assert next_rung(last, RenderFailed("CUDA error"), variants, [], nodes, max_attempts=3) is None
 
 
 def test_rungs_round_trip_through_json():

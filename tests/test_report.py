@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 
 from farm.emulators.synth import ClipSpec, synthesize
-from farm.report import (
-    LOST_BGR,
-    TARGET_BGR,
-    TRACKED_BGR,
-    contact_strip,
-    render_html,
-    trajectory_plot,
-    write_report,
-)
+from farm.report import render_html, write_report
+from farm.take_images import LOST_BGR, TARGET_BGR, TRACKED_BGR, contact_strip, trajectory_plot
 
 W, H, N, FPS = 320, 192, 17, 16.0
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}

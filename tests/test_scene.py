@@ -137,6 +137,71 @@ def test_unreadable_scene_files(tmp_path):
     bad.write_text('{"id": "x",\n "shots": [}')
     with pytest.raises(InvalidInput, match="line 2"):
         load_scene(bad)
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InvalidInput, match="is not UTF-8 text .*; save it as UTF-8 JSON"):
+        load_scene(bad)
+    bad.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidInput, match="is nested too deeply to read"):
+        load_scene(bad)
+    with pytest.raises(InvalidInput, match="cannot be read: Is a directory"):
+        load_scene(tmp_path)
+
+
+def test_a_number_longer_than_python_reads_is_invalid_input(tmp_path):
+    """Python converts at most 4,300 digits (sys.get_int_max_str_digits()); json.loads
+    raises a plain ValueError past that, which must not escape as a traceback."""
+    path = tmp_path / "big.json"
+    path.write_text('{"id": "x", "shots": [{"id": "s1", "action_description": "a", "seed": '
+                    + "9" * 5000 + "}]}")  # fmt: skip
+    with pytest.raises(InvalidInput) as info:
+        load_scene(path)
+    assert str(info.value) == (
+        f"scene file {path} has a number of more than 4,300 digits, the most this farm reads; "
+        "use numbers of at most 4,300 digits"
+    )
+    seed = int("9" * 4000)  # within what Python reads, far over the schema's maximum
+    assert problems({"id": "x", "shots": [shot(seed=seed)]}) == [
+        "$.shots[0].seed: a number of 4,000 digits is greater than the maximum of 4294967295"
+    ]
+    track = [{"x": seed, "y": 1}, {"x": 1, "y": 1}]
+    found = problems({"id": "x", "shots": [shot(start_image="a.png", trajectories=[track])]},
+                     check_files=False)  # fmt: skip
+    assert found == ["$.shots[0].trajectories[0][0].x: expected a finite number, got a number "
+                     "of 4,000 digits; give x in pixels"]  # fmt: skip
+
+
+def test_long_values_are_echoed_short_with_the_limit_they_break(tmp_path):
+    """jsonschema's own messages echo the whole value (4.5 MB for a scene of 100,000
+    shots, 5 MB for a 5 MB string): the farm's name the path, the size and the limit."""
+    mb5 = 5 * 1024 * 1024
+    assert problems({"id": "x", "title": "t" * mb5, "shots": [shot()]}) == [
+        f"$.title: '{'t' * 60}…' (a string of {mb5:,} characters) is over the limit of 200 "
+        "characters; give at most 200"
+    ]
+    assert problems({"id": "x", "title": "t" * 201, "shots": [shot()]})[0].endswith(
+        "(a string of 201 characters) is over the limit of 200 characters; give at most 200"
+    )
+    (found,) = problems({"id": "x", "shots": [shot()] * 100_000})
+    assert found.startswith("$.shots: [{") and found.endswith(
+        "(a list of 100,000 items) is over the limit of 10,000 items; give at most 10,000"
+    )
+    found = problems({"id": "x", "shots": [shot(id=f"s{i}", colour="red") for i in range(10_000)]})
+    assert len(found) == 51 and found[-1] == "… and 9,950 more problems"
+    assert found[0].startswith("$.shots[0]: unknown field(s) 'colour'")
+    (found,) = problems({"id": "x", "shots": [shot(characters=["c" * mb5])]})
+    assert found.startswith("$.shots[0].characters[0]: 'ccc") and "over the limit of 500" in found
+    (found,) = problems({"id": "x", "shots": [shot(width="w" * mb5)]})
+    assert (
+        found
+        == f"$.shots[0].width: '{'w' * 60}…' (a string of {mb5:,} characters) is not of type 'integer'"
+    )
+    (found,) = problems({"id": "x", "shots": [shot(start_image="s" * mb5 + ".png")]},
+                        base_dir=tmp_path)  # fmt: skip
+    assert (
+        found.startswith("$.shots[0].start_image: 'sss")
+        and "cannot be read (File name too long)" in found
+    )
+    assert all(len(p) <= 500 for p in found)
 
 
 def test_scene_round_trips_through_its_dict():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from farm import lifecycle
 from farm.errors import ConfigError, InvalidInput
+from farm.lifecycle import Backlog
 from farm.nodes import NodeRegistry
+from farm.runtime import Runtime
 from farm.settings import Settings
 from farm.state import FarmState, connect, redacted
 
@@ -24,14 +28,34 @@ JOBS = [
 ]
 
 
+def runtime(settings) -> Runtime:
+    client = connect(settings)
+    return Runtime(settings, client, FarmState(client, settings), NodeRegistry(client, settings))
+
+
+def create(rt: Runtime, quality: str = "final", replace: bool = False) -> None:
+    lifecycle.create(rt, SPEC, JOBS, quality, enqueuer="test", replace=replace)
+
+
+def run_shot(rt: Runtime, shot_id: str, token: str) -> None:
+    """Take a shot through the backlog to a node and start it."""
+    needs = json.dumps({"variants": [], "pin": None, "exclude": []})
+    lifecycle.wait(rt, "sc1", shot_id, Backlog("g", needs, 1.0), {"plan": "final"})
+    lifecycle.bind(rt, "sc1", shot_id, "g", token, {"attempt": 1, "kind": "final"}, "n1", "q")
+    lifecycle.start(rt, "sc1", shot_id, token, "n1", wait_for=0)
+
+
 def test_scene_status_has_the_documented_shape(scratch_settings):
-    state, _ = make(scratch_settings)
-    state.create_scene(SPEC, JOBS, "final")
-    state.update_shot(
-        "sc1", "a", "shot_done", state="done", progress=1.0, outputs={"final": "/x.mp4"}
-    )
-    state.update_shot("sc1", "b", "shot_failed", state="failed", error="node_unavailable: refused")
-    status = state.status("sc1")
+    rt = runtime(scratch_settings)
+    create(rt)
+    run_shot(rt, "a", "ta")
+    take = {"take": 0, "kind": "final", "clip": "/x.mp4"}
+    lifecycle.rendered(rt, "sc1", "a", "ta", "n1", scoring="s", take=take,
+                       outputs={"final": "/x.mp4"}, logged={"attempt": 1})  # fmt: skip
+    lifecycle.keep(rt, "sc1", "a", "s", {"decision": "passed", "kept": 0, "takes": 1})
+    run_shot(rt, "b", "tb")
+    lifecycle.fail(rt, "sc1", "b", error="node_unavailable: refused", token="tb", node="n1")
+    status = rt.state.status("sc1")
     assert set(status) >= {"id", "state", "shots", "outputs", "metrics"}
     assert [
         set(s) >= {"id", "state", "node", "attempts", "outputs", "error"} for s in status["shots"]
@@ -47,26 +71,35 @@ def test_scene_status_has_the_documented_shape(scratch_settings):
 
 
 def test_events_are_streamed_in_order(scratch_settings):
-    state, _ = make(scratch_settings)
-    state.create_scene(SPEC, JOBS, "final")
-    state.update_shot("sc1", "a", "shot_started", state="running")
-    state.update_shot("sc1", "a", "shot_done", state="done")
-    types = [e[1]["type"] for e in state.events("sc1")]
-    assert types == ["scene_queued", "shot_started", "shot_done"]
-    first = state.events("sc1")[0][0]
-    assert [e[1]["type"] for e in state.events("sc1", after=first)] == ["shot_started", "shot_done"]
+    rt = runtime(scratch_settings)
+    create(rt)
+    run_shot(rt, "a", "ta")
+    types = [e[1]["type"] for e in rt.state.events("sc1")]
+    assert types == ["scene_queued", "shot_bound", "scene_rendering", "shot_started"]
+    first = rt.state.events("sc1")[0][0]
+    assert [e[1]["type"] for e in rt.state.events("sc1", after=first)] == types[1:]
+
+
+def test_a_state_is_never_written_outside_the_lifecycle(scratch_settings):
+    rt = runtime(scratch_settings)
+    create(rt)
+    with pytest.raises(ValueError, match="farm.lifecycle"):
+        rt.state.update_shot("sc1", "a", state="done")
+    with pytest.raises(ValueError, match="farm.lifecycle"):
+        rt.state.update_scene("sc1", state="done")
 
 
 def test_an_unfinished_scene_is_not_clobbered(scratch_settings):
-    state, _ = make(scratch_settings)
-    state.create_scene(SPEC, JOBS, "final")
+    rt = runtime(scratch_settings)
+    create(rt)
     with pytest.raises(InvalidInput, match="already queued"):
-        state.create_scene(SPEC, JOBS, "final")
-    state.update_scene("sc1", state="done")
+        create(rt)
+    lifecycle.fail_scene(rt, "sc1", "given up")
     with pytest.raises(InvalidInput, match="--replace"):
-        state.create_scene(SPEC, JOBS, "final")
-    state.create_scene(SPEC, JOBS, "preview", replace=True)
-    assert state.status("sc1")["quality"] == "preview" and state.status("sc1")["state"] == "queued"
+        create(rt)
+    create(rt, "preview", replace=True)
+    status = rt.state.status("sc1")
+    assert status["quality"] == "preview" and status["state"] == "queued"
 
 
 def test_unknown_scene_is_explained(scratch_settings):
@@ -75,27 +108,21 @@ def test_unknown_scene_is_explained(scratch_settings):
         state.status("nope")
 
 
-def test_attempts_are_logged(scratch_settings):
-    state, _ = make(scratch_settings)
-    state.create_scene(SPEC, JOBS, "final")
-    state.log_attempt("sc1", "a", {"attempt": 1, "state": "failed"})
-    state.log_attempt("sc1", "a", {"attempt": 2, "state": "done"})
-    shot = state.shot("sc1", "a")
-    assert shot["attempts"] == 2 and [e["attempt"] for e in shot["attempt_log"]] == [1, 2]
-
-
 def test_the_newest_preview_is_kept_for_the_cli_and_blender(scratch_settings):
-    state, _ = make(scratch_settings)
-    state.create_scene(SPEC, JOBS, "final")
+    rt = runtime(scratch_settings)
+    state = rt.state
+    create(rt)
+    run_shot(rt, "a", "ta")
     assert state.preview("sc1", "a") is None
     jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256))
-    assert state.set_preview("sc1", "a", b"\xff\xd8\xff old", "image/jpeg", "/p/a.jpg")
-    assert state.set_preview("sc1", "a", jpeg, "image/jpeg", "/p/a.jpg")
+    assert state.set_preview("sc1", "a", b"\xff\xd8\xff old", "image/jpeg")
+    assert state.set_preview("sc1", "a", jpeg, "image/jpeg")
+    assert lifecycle.guarded_write(rt, "sc1", "a", "ta", preview="/p/a.jpg", preview_at=1.5)
     frame = state.preview("sc1", "a")
     assert frame["image"] == jpeg and frame["mime"] == "image/jpeg" and frame["bytes"] == 260
     shot = state.status("sc1")["shots"][0]
-    assert shot["preview"] == "/p/a.jpg" and abs(shot["preview_at"] - frame["at"]) < 0.01
-    assert not state.set_preview("sc1", "b", b"\xff" * (600 * 1024), "image/jpeg", "/p/b.jpg")
+    assert shot["preview"] == "/p/a.jpg" and shot["preview_at"] == 1.5
+    assert not state.set_preview("sc1", "b", b"\xff" * (600 * 1024), "image/jpeg")
     assert state.preview("sc1", "b") is None
     state.delete_scene("sc1")
     assert state.preview("sc1", "a") is None
@@ -139,36 +166,43 @@ def test_a_waiting_shot_keeps_its_first_rung_as_a_plan_and_plans_the_same_jobs(s
     hash stays in Redis' compact listpack encoding); planning it again from the scene as
     a worker parses it gives exactly the jobs planned at submission, start image and
     trajectories included. A later rung is kept whole."""
-    from farm import shots
+    from farm import dispatch
     from farm.celery_app import app
     from farm.dispatch import Dispatcher
     from farm.planning import Rung, plan_scene
-    from farm.runtime import Runtime
     from farm.scene import load_scene
     from tests.conftest import EXAMPLES
 
-    client = connect(scratch_settings)
-    rt = Runtime(scratch_settings, client, FarmState(client, scratch_settings),
-                 NodeRegistry(client, scratch_settings))  # fmt: skip
+    rt = runtime(scratch_settings)
+    client = rt.redis
     scene = load_scene(EXAMPLES / "demo_scene.json")
     planned = plan_scene(scene, "preview_then_final")
-    rt.state.create_scene(scene.to_dict(), [{"shot_id": v[0].shot_id, "node": None,
-                          "kind": v[0].kind} for v in planned], "preview_then_final")  # fmt: skip
+    lifecycle.create(rt, scene.to_dict(), [{"shot_id": v[0].shot_id, "node": None,
+                     "kind": v[0].kind} for v in planned], "preview_then_final",
+                     enqueuer="test")  # fmt: skip
     d = Dispatcher(rt, app)
     for variants in planned:
-        d.wait("preview", 5, scene.id, variants[0].shot_id, Rung(tuple(variants)))
-    shots._scenes.clear()  # as in a worker: the scene is parsed from its record
+        d.wait(scene.id, variants[0].shot_id, Rung(tuple(variants)), "preview", 5)
+    dispatch._scenes.clear()  # as in a worker: the scene is parsed from its record
     for variants in planned:
         key = rt.state.shot_key(scene.id, variants[0].shot_id)
         record = rt.state.shot(scene.id, variants[0].shot_id)
         assert record["rung"] == {"plan": "preview", "then_final": True}
         assert client.object("encoding", key) == "listpack"
-        assert shots.rung_of(rt, scene.id, record) == Rung(tuple(variants))
+        assert dispatch.rung_of(rt, scene.id, record) == Rung(tuple(variants))
     later = Rung(tuple(planned[0]), exclude=("node-a",), step="another node")
-    d.wait("preview", 5, scene.id, planned[0][0].shot_id, later)
+    backlog, stored = dispatch.backlog_entry(later, "preview", 5)
+    lifecycle.cancel(rt, scene.id, planned[0][0].shot_id, state="queued",
+                     group=record_group(rt, scene.id, planned[0][0].shot_id))  # fmt: skip
+    lifecycle.reset(rt, scene.id, planned[0][0].shot_id)
+    lifecycle.wait(rt, scene.id, planned[0][0].shot_id, backlog, stored)
     record = rt.state.shot(scene.id, planned[0][0].shot_id)
-    assert shots.rung_of(rt, scene.id, record) == later
+    assert dispatch.rung_of(rt, scene.id, record) == later
     assert record["rung"]["variants"][0]["params"] == planned[0][0].params
+
+
+def record_group(rt: Runtime, scene_id: str, shot_id: str) -> str:
+    return rt.state.shot(scene_id, shot_id)["group"]
 
 
 def test_node_speed_is_learned_from_renders_without_model_loads(scratch_settings):

@@ -147,7 +147,9 @@ def test_a_scene_shows_in_shots_queues_renders_loads_and_gate_rejections(
     assert value(busy, "farm_backlog_shots") >= value(
         busy, "farm_node_backlog_shots", node="node-c"
     )
-    assert value(busy, "farm_shots", state="queued") >= 2
+    # one waits in the backlog, one is bound to node-c's queue behind the one it renders
+    assert value(busy, "farm_shots", state="queued") >= 1
+    assert value(busy, "farm_shots", state="bound") >= 1
     assert value(busy, "farm_node_backlog_shots", node="node-a") == 0  # it has no ATI model
     assert status["state"] == "done", status
 
@@ -284,5 +286,5 @@ def test_shots_of_finished_scenes_are_counted_once_per_scrape(rt, exporter):
     exp = exporter()
     first, second = exp.scrape(), exp.scrape()
     total = sum(len(json.loads(rt.redis.hget(rt.state.scene_key(s), "shots") or "[]"))
-                for s in rt.redis.zrange(rt.settings.key("scenes"), 0, -1))  # fmt: skip
+                for s in rt.redis.zrange(rt.settings.keys.scenes(), 0, -1))  # fmt: skip
     assert value(first, "farm_shots") == value(second, "farm_shots") == total

@@ -85,7 +85,8 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
         if s is None:
             continue
         s.state, s.progress, s.node = remote["state"], remote["progress"], remote["node"]
-        s.error = remote["error"] if remote["state"] in ("failed", "cancelled", "retrying") else ""
+        # an error on a shot not over is its last attempt's: the farm is trying the next rung
+        s.error = remote["error"] or "" if remote["state"] not in ("done", "scoring") else ""
         gate = remote.get("gate") or {}
         s.gate = str(gate.get("decision") or "")
         preview = snap["previews"].get(shot_id)

@@ -23,7 +23,7 @@ from typing import Any
 import requests
 import websocket
 
-from farm.backends import ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.base import ProgressFn, RenderResult, image_mime, safe_name
 from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
@@ -595,6 +595,9 @@ class ComfyUIBackend:
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)
         entry = self.client.run(self.graph_for(job), prompt_id, progress)
+        return self._result(prompt_id, entry, out_dir)
+
+    def _result(self, prompt_id: str, entry: dict[str, Any], out_dir: Path) -> RenderResult:
         files = self.client.collect(entry, out_dir, self.settings.max_download_bytes)
         videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         if not videos:
@@ -603,6 +606,25 @@ class ComfyUIBackend:
             )
         return RenderResult(video=videos[0], files=files, backend_job_id=prompt_id)
 
-    def cancel(self, job: Job) -> str:
+    def find(self, job: Job, out_dir: Path | None = None) -> str:
+        """Where the node has the job's attempt (by its prompt id): ``pending``,
+        ``running``, ``succeeded``, ``failed`` or ``absent``."""
+        prompt_id = prompt_id_for(job)
+        entry = self.client.history(prompt_id)
+        if entry is not None:
+            failed = (entry.get("status") or {}).get("status_str") == "error"
+            return "failed" if failed else "succeeded"
+        return self.client.queue_state(prompt_id) or "absent"
+
+    def collect(self, job: Job, out_dir: Path) -> RenderResult:
+        """The outputs of the attempt the node finished (never queues it)."""
+        prompt_id = prompt_id_for(job)
+        entry = self.client.history(prompt_id)
+        if entry is None:
+            raise NodeUnavailable(f"job {prompt_id} has not finished on {self.url}")
+        raise_for_status(prompt_id, entry)
+        return self._result(prompt_id, entry, out_dir)
+
+    def cancel(self, job: Job, out_dir: Path | None = None) -> str:
         """Take the job's current attempt off the node (see :meth:`ComfyClient.cancel`)."""
         return self.client.cancel(prompt_id_for(job))

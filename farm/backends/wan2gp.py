@@ -28,14 +28,14 @@ import logging
 import shutil
 import time
 import urllib.parse
-from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from farm.backends import Backend, ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.base import Backend, ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.wan2gp_common import EventFn, is_out_of_memory, job_key, model_facts
 from farm.errors import (
     BadNodeResponse,
     ConfigError,
@@ -50,7 +50,7 @@ from farm.errors import (
 )
 from farm.planning import Job
 from farm.settings import Settings
-from farm.wan_settings import build_settings, load_wan_models
+from farm.wan_settings import build_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,6 @@ MISSING = ("unknown model type", "is not available on this node", "unable to rea
            "no such file")  # fmt: skip
 #: (spaces removed) texts of a PermissionError for a file path argument
 PATHS_REFUSED = ("permissionerror", "accesstolocalfile", "allow-read-file-system")
-
-EventFn = Callable[[str, dict[str, Any]], None]
 
 
 class NodeBusy(NodeUnavailable):
@@ -83,17 +81,6 @@ class UnknownJob(NodeUnavailable):
 
 
 # -- pure helpers ---------------------------------------------------------------------------
-
-
-def job_key(job: Job) -> str:
-    """What identifies one attempt of one job, across redeliveries."""
-    return job.attempt_id
-
-
-def is_out_of_memory(text: str) -> bool:
-    low = text.lower()
-    squeezed = low.replace(" ", "").replace("_", "")
-    return "outofmemory" in squeezed or "allocation on device" in low or "oom" in low.split()
 
 
 def tool_error(tool: str, text: str) -> FarmError:
@@ -424,12 +411,6 @@ def _report(event: Any, progress: ProgressFn, on_event: EventFn | None) -> None:
 # -- the MCP backend ------------------------------------------------------------------------
 
 
-def model_facts(model_type: str) -> dict[str, Any]:
-    """The farm's facts for a WanGP model id (grid, block); unknown ids get Wan's."""
-    facts = load_wan_models().get(model_type)
-    return facts or {"frame_step": 4, "min_frames": 5, "size_step": 16}
-
-
 def collect(
     client: WanClient | None,
     result: dict[str, Any],
@@ -535,6 +516,11 @@ class Wan2GPBackend:
         except (JobCancelled, NodeTimeout) as exc:
             self.client.abandon(job_id, exc)
             raise
+        result = self._outputs(job_id, snap, out_dir)
+        progress(1.0, "done")
+        return result
+
+    def _outputs(self, job_id: str, snap: dict[str, Any], out_dir: Path) -> RenderResult:
         result = snap.get("result")
         if not isinstance(result, dict):
             raise BadNodeResponse(f"WanGP job {job_id} is done without a result")
@@ -546,11 +532,28 @@ class Wan2GPBackend:
             raise BadNodeResponse(
                 f"WanGP job {job_id} finished without a video (files: {[f.name for f in files]})"
             )
-        progress(1.0, "done")
         return RenderResult(video=videos[0], files=files, backend_job_id=job_id)
 
     def _resume(self, job: Job, out_dir: Path) -> str | None:
         """The job id recorded by an earlier delivery of this attempt, if the node knows it."""
+        job_id = self._recorded(job, out_dir)
+        if job_id is None:
+            return None
+        try:
+            self.client.get_job(job_id)
+        except UnknownJob:
+            log.info("WanGP job %s is gone from %s: submitting again", job_id, self.url)
+            return None
+        log.info("following WanGP job %s of %s (redelivered)", job_id, job_key(job))
+        return job_id
+
+    def _recorded(self, job: Job, out_dir: Path | None) -> str | None:
+        """The node's job id of ``job``'s attempt: known to this process, or recorded in
+        its attempt folder by the delivery that submitted it."""
+        if job_key(job) in self._jobs:
+            return self._jobs[job_key(job)]
+        if out_dir is None:
+            return None
         try:
             record = json.loads((out_dir / RECORD).read_text())
         except (OSError, ValueError):
@@ -561,13 +564,32 @@ class Wan2GPBackend:
             or record.get("url") != self.url
         ):
             return None
-        try:
-            self.client.get_job(str(record["job_id"]))
-        except UnknownJob:
-            log.info("WanGP job %s is gone from %s: submitting again", record["job_id"], self.url)
-            return None
-        log.info("following WanGP job %s of %s (redelivered)", record["job_id"], job_key(job))
         return str(record["job_id"])
+
+    def find(self, job: Job, out_dir: Path) -> str:
+        """Where the node has the job's attempt: ``running`` (WanGP does not tell queued
+        from running), ``succeeded``, ``failed`` or ``absent``."""
+        job_id = self._recorded(job, out_dir)
+        if job_id is None:
+            return "absent"
+        try:
+            snap = self.client.get_job(job_id)
+        except UnknownJob:
+            return "absent"
+        if not snap.get("done"):
+            return "running"
+        result = snap.get("result")
+        return "succeeded" if isinstance(result, dict) and result.get("success") else "failed"
+
+    def collect(self, job: Job, out_dir: Path) -> RenderResult:
+        """The outputs of the attempt the node finished (never submits it)."""
+        job_id = self._recorded(job, out_dir)
+        if job_id is None:
+            raise NodeUnavailable(f"no WanGP job of {job_key(job)} is recorded in {out_dir}")
+        snap = self.client.get_job(job_id)
+        if not snap.get("done"):
+            raise NodeUnavailable(f"WanGP job {job_id} has not finished on {self.url}")
+        return self._outputs(job_id, snap, out_dir)
 
     def _submit(self, job: Job, out_dir: Path) -> str:
         image = job.params.get("start_image")
@@ -599,9 +621,9 @@ class Wan2GPBackend:
             return self.client.upload(path)
         return str(path.resolve())
 
-    def cancel(self, job: Job) -> str:
+    def cancel(self, job: Job, out_dir: Path | None = None) -> str:
         """Cancel the job's current attempt: ``interrupted``, or ``not_found``."""
-        job_id = self._jobs.get(job_key(job))
+        job_id = self._recorded(job, out_dir)
         if job_id is None:
             return "not_found"
         try:

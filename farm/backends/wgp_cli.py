@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from farm.backends import ProgressFn, RenderResult
-from farm.backends.wan2gp import EventFn, is_out_of_memory, job_key, model_facts
+from farm.backends.base import ProgressFn, RenderResult
+from farm.backends.wan2gp_common import EventFn, is_out_of_memory, job_key, model_facts
 from farm.errors import (
     BadNodeResponse,
     FarmError,
@@ -165,7 +165,15 @@ class WgpCliBackend:
         elif on_event:
             on_event("stream", {"text": line})
 
-    def cancel(self, job: Job) -> str:
+    def find(self, job: Job, out_dir: Path) -> str:
+        """A CLI run lives and dies with the worker that started it: another process
+        never finds it."""
+        return "absent"
+
+    def collect(self, job: Job, out_dir: Path) -> RenderResult:
+        raise NodeUnavailable(f"a wgp.py run of {job_key(job)} cannot be collected afterwards")
+
+    def cancel(self, job: Job, out_dir: Path | None = None) -> str:
         proc = self._procs.get(job_key(job))
         if proc is None or proc.poll() is not None:
             return "not_found"

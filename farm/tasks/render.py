@@ -1,11 +1,12 @@
 """Shot tasks, published to the bound GPU node's own queue by the dispatcher
-(:mod:`farm.dispatch`): preview, final and fallback (a later rung of a failed shot).
+(:mod:`farm.dispatch`): preview, final and fallback (a later rung of a failed shot); and
+collect, on the CPU queue, which fetches what a dead node finished (:mod:`farm.checker`).
 
 Each holds one slot of its scene's chord. It returns the shot's record to the chord when
 the shot is over; when the shot goes on (the final after a preview, the next fallback
-rung, a paused scene) or this delivery is stale or a duplicate, it raises ``Ignore``: the
-slot stays open and the dispatcher publishes the shot's next task into it, as
-``Task.replace`` would (same task id, chord, group and index).
+rung, the quality gate, a paused scene) or this delivery is stale or a duplicate, it
+raises ``Ignore``: the slot stays open and the farm publishes the shot's next task into
+it, as ``Task.replace`` would (same task id, chord, group and index).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from farm.runtime import get_runtime
 from farm.shots import run_bound
 
 
-def _run(scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
+def _run(scene_id: str, shot_id: str, binding: str, collect: bool = False) -> dict[str, Any]:
     rt = get_runtime()
-    record = run_bound(rt, Dispatcher(rt, app), scene_id, shot_id, binding)
+    record = run_bound(rt, Dispatcher(rt, app), scene_id, shot_id, binding, collect=collect)
     if record is None:
         raise Ignore()
     return record
@@ -46,6 +47,13 @@ def fallback(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str,
     """Run the next rung of a failed shot's fallback ladder (another node, a lower-memory
     setting, a smaller size, the fast tier)."""
     return _run(scene_id, shot_id, binding)
+
+
+@app.task(name="farm.collect", bind=True)
+def collect(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str, Any]:
+    """Fetch the outputs of the attempt a node finished after its worker died (the node
+    itself is not asked to render anything)."""
+    return _run(scene_id, shot_id, binding, collect=True)
 
 
 @app.task(name="farm.close_shot")

@@ -37,13 +37,25 @@ def score_shot(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[st
 
 
 @app.task(name="farm.assemble_scene")
-def assemble_scene(shot_records: list[dict[str, Any]], scene_id: str) -> dict[str, Any]:
+def assemble_scene(
+    shot_records: list[dict[str, Any]], scene_id: str, run: int | None = None
+) -> dict[str, Any]:
     """Chord body: concatenate the scene's kept takes (header results are advisory; the
-    shot records in Redis are the truth)."""
-    return assemble(scene_id, get_runtime())
+    shot records in Redis are the truth). Does nothing when ``run`` is not the scene's
+    latest or its assembly is done."""
+    rt = get_runtime()
+    return assemble(scene_id, run or _run_of(rt, scene_id), rt)
 
 
 @app.task(name="farm.score_scene")
-def score_scene(assembly: dict[str, Any], scene_id: str) -> dict[str, Any]:
+def score_scene(
+    assembly: dict[str, Any] | None, scene_id: str, run: int | None = None
+) -> dict[str, Any]:
     """Score the cuts between shots and write the scene report (report.json, report.html)."""
-    return score(scene_id, get_runtime())
+    rt = get_runtime()
+    return score(scene_id, run or _run_of(rt, scene_id), rt)
+
+
+def _run_of(rt: Any, scene_id: str) -> int:
+    """The scene's current run (a body task published before runs existed)."""
+    return int(rt.redis.hget(rt.settings.keys.scene(scene_id), "run") or 1)

@@ -1,0 +1,190 @@
+"""GPU node commands: list the registered nodes, run a worker for a node (or the CPU
+queue), run an emulated node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from farm.cli.common import console, fail, print_json, runtime
+from farm.errors import FarmError, InvalidInput
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def nodes(as_json: bool) -> None:
+    """List the registered GPU nodes: health, GPU, learned speed (relative to the median
+    node; - until it has rendered), models and queue depth."""
+    from farm.nodes import relative_speeds
+
+    try:
+        records = runtime().registry.records()
+    except FarmError as exc:
+        fail(exc)
+    for r, speed in zip(records, relative_speeds(records), strict=True):
+        r["speed"] = speed
+    if as_json:
+        print_json(records)
+        return
+    table = Table("node", "kind", "state", "gpu", "speed", "queued", "can render", "url", box=None)
+    for r in records:
+        state = "[green]up[/]" if r["alive"] else f"[red]down[/] {escape(r['reason'][:40])}"
+        flows = r["workflows"] or {}
+        usable = sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
+        table.add_row(
+            r["name"],
+            r["kind"],
+            state,
+            r["gpu"],
+            f"{r['speed']:g}" if r["throughput"] else "-",
+            str(r["queued"]),
+            ", ".join(usable) if r["workflows"] is not None else "(not discovered yet)",
+            r["url"],
+        )
+    console.print(table if records else "no nodes registered: start `farm worker --node NAME`")
+
+
+@click.command()
+@click.option("--node", "node_name", help="GPU node to serve (its URL from FARM_NODES or --url).")
+@click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "comfyui", "wan2gp"]),
+    default="auto",
+    show_default=True,
+    help="Node backend with --url; auto asks the server which it is.",
+)
+@click.option("--cpu", is_flag=True, help="Serve the CPU queue (assembly, scoring) instead.")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="CPU worker processes (default: cores)."
+)
+@click.option(
+    "--name", "cpu_name",
+    help="With --cpu: the worker's name (NAME@host; default cpuPID). Give a stable name "
+    "so Flower shows one worker across restarts.",
+)  # fmt: skip
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(
+    node_name: str | None,
+    url: str | None,
+    kind: str,
+    cpu: bool,
+    concurrency: int | None,
+    cpu_name: str | None,
+    loglevel: str,
+) -> None:
+    """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
+    from farm.settings import NodeConfig, get_settings, node_name_for
+    from farm.worker import run_cpu_worker, run_node_worker
+
+    if cpu == bool(node_name or url):
+        fail(InvalidInput("give exactly one of --node NAME (or --url URL) or --cpu"))
+    if cpu_name and not cpu:
+        fail(InvalidInput("--name is for --cpu workers; a node worker is named after its node"))
+    try:
+        settings = get_settings()
+        if cpu:
+            run_cpu_worker(settings, concurrency, loglevel, cpu_name)
+            return
+        if url:
+            if kind == "auto":
+                from farm.backends import detect_kind
+
+                kind = detect_kind(url, settings.http_timeout)
+            node = NodeConfig(node_name or node_name_for(url), kind, url.rstrip("/"))
+        else:
+            node = settings.node(node_name)
+        run_node_worker(node, settings, loglevel)
+    except FarmError as exc:
+        fail(exc)
+
+
+@click.group()
+def emulate() -> None:
+    """Run an emulated GPU node (real protocol, synthetic video on the CPU)."""
+
+
+@emulate.command("comfyui")
+@click.option("--port", type=click.IntRange(1, 65535), default=8188, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Node profile JSON (models, VRAM, speed, costs); see deploy/nodes/.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/emulator"),
+    show_default=True,
+    help="Folder for the node's input, output and temp files.",
+)
+def emulate_comfyui(port: int, host: str, profile: Path, data: Path) -> None:
+    """Serve the ComfyUI HTTP + websocket API on HOST:PORT."""
+    from farm.emulators.comfyui import serve
+    from farm.emulators.profile import load_profile
+
+    try:
+        serve(load_profile(profile), host, port, data)
+    except FarmError as exc:
+        fail(exc)
+
+
+@emulate.command("wan2gp")
+@click.option("--port", type=click.IntRange(1, 65535), default=7866, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--profile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Node profile JSON (WanGP model ids, VRAM, speed, costs); see deploy/nodes/wan-a.json.",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/emulator-wan"),
+    show_default=True,
+    help="Folder for the node's outputs/ and uploads/.",
+)
+@click.option(
+    "--allow-read-file-system",
+    is_flag=True,
+    help="Accept file paths in tool arguments (WanGP's --mcp-allow-read-file-system).",
+)
+@click.option(
+    "--memory-profile",
+    type=click.IntRange(1, 5),
+    default=4,
+    show_default=True,
+    help="WanGP's --profile N memory profile (lower needs more VRAM).",
+)
+def emulate_wan2gp(
+    port: int,
+    host: str,
+    profile: Path,
+    data: Path,
+    allow_read_file_system: bool,
+    memory_profile: int,
+) -> None:
+    """Serve WanGP's MCP server (streamable HTTP at /mcp) on HOST:PORT.
+
+    For WanGP's CLI batch mode, install an emulated wgp.py with
+    `python -m farm.emulators.wgp_cli --install FOLDER --profile FILE`."""
+    from farm.emulators.profile import load_profile
+    from farm.emulators.wan2gp import serve
+
+    try:
+        serve(load_profile(profile), host, port, data, allow_read_file_system, memory_profile)
+    except FarmError as exc:
+        fail(exc)
+
+
+COMMANDS = (nodes, worker, emulate)
