@@ -34,7 +34,7 @@ ARG_NAMES = {
     "farm.fallback": ("scene", "shot", "binding"),
     "farm.score_shot": ("scene", "shot", "take"),
 }
-SCENE_LAST = ("farm.assemble_scene", "farm.score_scene")  # (chord results, scene id)
+SCENE_LAST = ("farm.assemble_scene", "farm.score_scene")  # (chord results, scene id, run)
 
 
 def parse_auth(text: str) -> list[str]:
@@ -83,8 +83,9 @@ def describe_args(name: str, args: str) -> str | None:
     if isinstance(values, list | tuple):
         if name in ARG_NAMES and len(values) == len(ARG_NAMES[name]):
             return " ".join(f"{k}={v}" for k, v in zip(ARG_NAMES[name], values, strict=True))
-        if name in SCENE_LAST and values and isinstance(values[-1], str):
-            return f"scene={values[-1]}"
+        if name in SCENE_LAST and len(values) in (2, 3) and isinstance(values[1], str):
+            run = f" run={values[2]}" if len(values) == 3 and values[2] is not None else ""
+            return f"scene={values[1]}{run}"
         if name == "farm.close_shot" and values and isinstance(values[0], dict):
             return f"scene={values[0].get('scene_id')} shot={values[0].get('shot_id')}"
         return None

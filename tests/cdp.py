@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -121,15 +122,20 @@ class Browser:
 
     def wait_text(self, *needles: str, timeout: float = 30) -> str:
         """The page's text once it holds every needle (fails with the text it had)."""
+        return self.wait_until(
+            lambda text: all(n in text for n in needles), f"{list(needles)}", timeout
+        )
+
+    def wait_until(self, check: Callable[[str], bool], what: str, timeout: float = 30) -> str:
+        """The page's text once ``check(text)`` holds (fails with the text it had)."""
         deadline = time.monotonic() + timeout
         text = ""
         while time.monotonic() < deadline:
             text = self.text()
-            if all(n in text for n in needles):
+            if check(text):
                 return text
             self.pump(0.5)
-        missing = [n for n in needles if n not in text]
-        raise AssertionError(f"page never showed {missing}; it showed:\n{text[:2000]}")
+        raise AssertionError(f"page never showed {what}; it showed:\n{text[:2000]}")
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png")["data"]

@@ -68,6 +68,8 @@ def test_task_arguments_are_shown_by_scene_and_shot():
         describe_args("farm.score_shot", "['s1', 'intro', 't2']") == "scene=s1 shot=intro take=t2"
     )
     assert describe_args("farm.score_scene", "({'video': 'v.mp4'}, 's1')") == "scene=s1"
+    body = "({'video': 'v.mp4'}, 's1', 2)"  # a body task of the scene's second run
+    assert describe_args("farm.score_scene", body) == "scene=s1 run=2"
     record = "({'scene_id': 's1', 'shot_id': 'intro', 'state': 'failed'},)"
     assert describe_args("farm.close_shot", record) == "scene=s1 shot=intro"
     cut = "([{'scene_id': 's1', 'shot_id': 'a', 'outputs': {'final': '/x..."
