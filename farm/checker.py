@@ -56,7 +56,7 @@ from farm.keys import member, split
 from farm.lifecycle import SceneState, ShotState
 from farm.planning import Job, Rung
 from farm.runtime import Runtime
-from farm.scheduler import CLASS_SPAN, can_run
+from farm.scheduler import CLASS_SPAN, able_for
 from farm.shots import attempt_dir, attempt_entry
 from farm.state import _decode
 
@@ -323,21 +323,33 @@ class Checker:
 
     # -- waiting shots ------------------------------------------------------------------
     def waiting(self) -> None:
-        """Fail shots that waited FARM_WAIT_TIMEOUT with no live node able to take them."""
+        """Fail shots that waited FARM_WAIT_TIMEOUT with no live node able to take them:
+        none can render the group, or every one that can is blocklisted for the shot's
+        scene."""
         if not self.contact.judges(self.s.node_ttl):
             return
-        infos = self.rt.registry.infos()
+        infos = [n for n in self.rt.registry.infos() if n.alive]
         limit = time.time() - self.s.wait_timeout
         for group in self.d._groups():
-            if any(n.alive and any(can_run(n, v) for v in group.variants) for n in infos):
+            expired = [split(key) for key, sc in self.r.zrange(self.keys.wait(group.id), 0, -1,
+                                                                withscores=True)
+                       if sc % CLASS_SPAN < limit]  # fmt: skip
+            if not expired:
                 continue
-            for key, sc in self.r.zrange(self.keys.wait(group.id), 0, -1, withscores=True):
-                if sc % CLASS_SPAN >= limit:
+            able = {n.name for n in infos if able_for(group, n) is not None}
+            models = " or ".join(dict.fromkeys(v.model for v in group.variants))
+            blocked = self.d._blocklisted({scene_id for scene_id, _ in expired}) if able else {}
+            for scene_id, shot_id in expired:
+                if not able:
+                    error = (f"no_capable_node: no live node could render {models} for "
+                             f"{self.s.wait_timeout:g}s")  # fmt: skip
+                elif able <= blocked[scene_id]:
+                    error = (f"no_capable_node: every live node that can render {models} "
+                             f"({', '.join(sorted(able))}) is blocked for this scene after "
+                             f"{self.s.blocklist_after} failed shots, for "
+                             f"{self.s.wait_timeout:g}s; `farm retry` clears the blocks")  # fmt: skip
+                else:
                     continue
-                scene_id, shot_id = split(key)
-                models = " or ".join(dict.fromkeys(v.model for v in group.variants))
-                error = (f"no_capable_node: no live node could render {models} for "
-                         f"{self.s.wait_timeout:g}s")  # fmt: skip
                 if lifecycle.fail(self.rt, scene_id, shot_id, error=error, group=group.id):
                     telemetry.record_shot_finished(self.r, self.s, ShotState.FAILED)
                     self.d.close(scene_id, shot_id, {"scene_id": scene_id, "shot_id": shot_id,

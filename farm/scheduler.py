@@ -144,19 +144,25 @@ def job_cost(job: Job) -> float:
         return 1.0
 
 
+def able_for(group: Group, info: NodeInfo) -> int | None:
+    """Index of the first variant of ``group`` the node can run, or None when it may not
+    take the group's shots (liveness and scene blocklists aside)."""
+    if info.name in group.exclude or (group.pin is not None and group.pin != info.name):
+        return None
+    for i, variant in enumerate(group.variants):
+        if variant.backend == info.kind and can_run(info, variant):
+            return i
+    return None
+
+
 def _able(group_list: Sequence[Group], node: NodeLoad) -> dict[int, int]:
     """Position in ``group_list`` → index of the first variant ``node`` can run, for each
     group it may take shots of (liveness aside: only live nodes are asked)."""
-    info = node.info
-    name, kind = info.name, info.kind
     able = {}
     for j, group in enumerate(group_list):
-        if name in group.exclude or (group.pin is not None and group.pin != name):
-            continue
-        for i, variant in enumerate(group.variants):
-            if variant.backend == kind and can_run(info, variant):
-                able[j] = i
-                break
+        index = able_for(group, node.info)
+        if index is not None:
+            able[j] = index
     return able
 
 

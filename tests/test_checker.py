@@ -83,3 +83,49 @@ def test_a_finished_scene_is_deleted_after_its_retention(rt):
     assert not rt.redis.exists(keys.shot("old", "a"), keys.events("old"))
     assert rt.redis.zscore(keys.scenes(), "old") is None
     assert rt.redis.zscore(keys.over_scenes(), "old") is None
+
+
+def test_a_shot_whose_every_capable_node_is_blocked_for_its_scene_fails_in_time(rt):
+    """A waiting shot that only blocklisted nodes could render fails after
+    FARM_WAIT_TIMEOUT, saying so, instead of waiting for ever; a shot of another scene,
+    for which the node is not blocked, is bound to it."""
+    from farm import canvas
+    from farm.planning import plan_scene
+    from farm.scene import parse_scene
+    from farm.submit import enqueue
+
+    settings = Settings.from_env({"FARM_REDIS_URL": rt.settings.redis_url,
+                                  "FARM_NODE_TTL": "2", "FARM_WAIT_TIMEOUT": "1",
+                                  "FARM_BLOCKLIST_AFTER": "3"},
+                                 key_prefix=rt.settings.key_prefix)  # fmt: skip
+    rt = Runtime(
+        settings, rt.redis, FarmState(rt.redis, settings), NodeRegistry(rt.redis, settings)
+    )
+    scenes = [parse_scene({"id": scene_id, "quality": "final", "shots": [
+        {"id": "a", "action_description": "a fox", "backend": "comfyui",
+         "width": 320, "height": 192, "frames": 17}]}) for scene_id in ("blocked-sc", "free-sc")]  # fmt: skip
+    files: dict[str, list[str]] = {}
+    for v in plan_scene(scenes[0], "final")[0]:
+        for folder, names in v.files.items():
+            files.setdefault(folder, []).extend(names)
+    rt.registry.register("n1", "comfyui", "http://127.0.0.1:1", {"models": files})
+    rt.redis.hset(settings.keys.blocklist("blocked-sc"), "n1", 3)
+    try:
+        for scene in scenes:
+            enqueue(scene, rt)
+        assert rt.state.shot("free-sc", "a")["state"] == "bound"
+        checker = Checker(rt, app)
+        checker.contact.check(rt.redis)
+        checker.contact.since = time.time() - 3
+        checker.waiting()
+        assert rt.state.shot("blocked-sc", "a")["state"] == "queued"  # not long enough yet
+        time.sleep(1.2)
+        rt.registry.beat("n1", ok=True)
+        checker.waiting()
+        shot = rt.state.shot("blocked-sc", "a")
+        assert shot["state"] == "failed"
+        assert "every live node that can render" in shot["error"] and "(n1)" in shot["error"]
+        assert "blocked for this scene" in shot["error"] and "farm retry" in shot["error"]
+        assert rt.state.shot("free-sc", "a")["state"] == "bound"
+    finally:  # the free scene's task, published to a node no worker serves
+        rt.redis.delete(*canvas.queue_lists(settings, "node.n1"))
