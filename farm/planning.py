@@ -78,18 +78,18 @@ class Job:
     tried_nodes: tuple[str, ...] = ()
     primary_error: str | None = None
     backend: str = "comfyui"  # the node kind that runs it: "comfyui" | "wan2gp"
-    take: int = 0  # 0: the shot's first take; n: its n-th re-render (`farm retry`)
+    take: int = 1  # counted from 1: the shot's first take; each gate retake or `farm retry` the next
 
     @property
     def attempt_id(self) -> str:
         """What identifies this attempt of this job on a node, across redeliveries."""
-        take = f"/t{self.take}" if self.take else ""
+        take = f"/t{self.take}" if self.take > 1 else ""
         return f"{self.scene_id}/{self.shot_id}/{self.kind}{take}/{self.attempt}"
 
     @property
     def label(self) -> str:
-        """A file-name-safe name of the attempt: ``final_a2``, ``final_t1_a1``."""
-        take = f"_t{self.take}" if self.take else ""
+        """A file-name-safe name of the attempt: ``final_a2``, ``final_t2_a1`` (take 2)."""
+        take = f"_t{self.take}" if self.take > 1 else ""
         return f"{self.kind}{take}_a{self.attempt}"
 
     @property

@@ -400,7 +400,7 @@ def _takes(gate: dict, thresholds: dict, images: _Images) -> str:
 def _take_row(
     take: dict, index: int, kept: Any, metrics: list[str], thresholds: dict, images: _Images
 ) -> str:
-    number = take.get("take", index)
+    number = take.get("take", index + 1)
     failed, scores = _list(take.get("failed")), _dict(take.get("scores"))
     cells = "".join(_take_cell(scores.get(m), thresholds.get(m), m in failed) for m in metrics)
     verdict = {

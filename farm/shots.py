@@ -64,8 +64,9 @@ def attempt_dir(storage: Path, job: Job) -> Path:
 
 
 def clip_name(job: Job) -> str:
-    """File name of ``job``'s kept clip in its shot folder: one per kind and take."""
-    return f"{job.kind}_t{job.take}.mp4" if job.take else f"{job.kind}.mp4"
+    """File name of ``job``'s kept clip in its shot folder: one per kind and take
+    (``final.mp4`` for take 1, ``final_t2.mp4`` for take 2)."""
+    return f"{job.kind}_t{job.take}.mp4" if job.take > 1 else f"{job.kind}.mp4"
 
 
 # -- the task body ------------------------------------------------------------------------

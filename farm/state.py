@@ -397,7 +397,7 @@ class FarmState:
                 "fallback": s.get("fallback"),
                 "cache_hit": s.get("cache_hit", False),
                 "retries": s.get("retries", 0),
-                "take": s.get("take", 0),
+                "take": s.get("take") or 1,
                 "gate": s.get("gate"),
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),

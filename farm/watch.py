@@ -38,7 +38,7 @@ def gate_text(gate: dict[str, Any] | None) -> Text:
     decision = gate.get("decision", "")
     takes, kept = gate.get("takes", 0), gate.get("kept")
     words = {
-        "passed": f"passed (take {kept})" if kept else "passed",
+        "passed": f"passed (take {kept})" if kept else "passed",  # takes count from 1
         "kept_best": f"kept take {kept} of {takes}",
         "retaking": f"take {len(gate.get('reasons', [])) + 1} of {gate.get('takes_allowed')}",
         "unscored": "unscored",
