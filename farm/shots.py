@@ -263,6 +263,7 @@ def take_record(job: Job, kept: Path, source: Path | str, *, cache_hit: bool,
             "node": job.node, "clip": str(kept), "source": str(source),
             "seconds": round(seconds, 2), "cache_hit": cache_hit, "priority": job.priority,
             "backend": job.backend, "model": job.model, "workflow": job.workflow,
+            "adjusted": list(job.adjusted),
             "params": {k: v for k, v in job.params.items()
                        if isinstance(v, str | int | float | bool) and k not in LADDER_MARKS}}  # fmt: skip
 
