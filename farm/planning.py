@@ -78,7 +78,8 @@ class Job:
     tried_nodes: tuple[str, ...] = ()
     primary_error: str | None = None
     backend: str = "comfyui"  # the node kind that runs it: "comfyui" | "wan2gp"
-    take: int = 1  # counted from 1: the shot's first take; each gate retake or `farm retry` the next
+    #: counted from 1: the shot's first take; each gate retake or `farm retry` the next
+    take: int = 1
     #: where the render differs from what the shot asked: [{"field", "asked", "rendered", "why"}]
     adjusted: tuple[dict[str, Any], ...] = ()
 
@@ -160,7 +161,9 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
     if shot.start_image:
         params["start_image"] = shot.start_image
     step = model.engine.frame_step
-    why = [f"{model.engine.name} renders {step}n+1 frames"] if params["length"] != shot.frames else []
+    why = []
+    if params["length"] != shot.frames:
+        why.append(f"{model.engine.name} renders {step}n+1 frames")
     if shot.trajectories:
         if not ati_length_ok(params["length"]):  # WanTrackToVideo fails at 121 and 241
             why.append(f"ComfyUI's WanTrackToVideo (trajectories) fails at {params['length']} "

@@ -587,7 +587,8 @@ def _adjusted(adjusted: Any) -> str:
         f"{_e(a.get('rendered'))} &mdash; {_e(a.get('why'))}</li>"
         for a in items
     )
-    return f'<div class="adjusted small"><b>Rendered differently than asked</b><ul>{lines}</ul></div>'
+    title = "<b>Rendered differently than asked</b>"
+    return f'<div class="adjusted small">{title}<ul>{lines}</ul></div>'
 
 
 def _alert(error: Any, title: str) -> str:

@@ -81,11 +81,16 @@ def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt):
     assert "image_start" in embedded_settings(shots["fantasy"]["outputs"]["final"])
     video = probe(Path(status["outputs"]["video"]))
     assert video.width == 320 and video.frames > 0
-    report = {s["id"]: s for s in json.loads(Path(status["outputs"]["report"]).read_text())["shots"]}
+    report = {
+        s["id"]: s for s in json.loads(Path(status["outputs"]["report"]).read_text())["shots"]
+    }
     assert report["hy"]["adjusted"] == shots["hy"]["adjusted"] and not report["comfy"]["adjusted"]
     html = Path(status["outputs"]["report_html"]).read_text()
     assert html.count("Rendered differently than asked") == 2
-    assert "fps: asked 16, rendered 24 &mdash; WanGP model hunyuan_t2v_fast renders at 24 fps only" in html
+    assert (
+        "fps: asked 16, rendered 24 &mdash; WanGP model hunyuan_t2v_fast renders at 24 fps only"
+        in html
+    )
 
 
 def test_out_of_memory_on_wangp_retries_with_a_lower_memory_profile(rt):

@@ -24,9 +24,9 @@ from farm.errors import (
 )
 from farm.planning import (
     Job,
-    describe_adjusted,
     NodeInfo,
     Rung,
+    describe_adjusted,
     next_rung,
     place,
     place_scene,
@@ -170,7 +170,8 @@ def test_frames_off_the_grid_are_noted_on_comfyui_too():
     sc = scene(frames=48)
     job = plan_job(sc, sc.shots[0], "final", CAT)
     assert job.params["length"] == 49 and job.adjusted == (
-        {"field": "frames", "asked": 48, "rendered": 49, "why": "wan_t2v renders 4n+1 frames"},)
+        {"field": "frames", "asked": 48, "rendered": 49, "why": "wan_t2v renders 4n+1 frames"},
+    )
 
 
 def test_placement_picks_a_backend_that_can_render_the_shot():
