@@ -251,6 +251,7 @@ def _shot_report(shot: Shot, rec: dict[str, Any], rule: Any) -> dict[str, Any]:
         "width": result.get("width"),
         "height": result.get("height"),
         "fps": result.get("fps"),
+        "adjusted": (kept or {}).get("adjusted") or [],  # frames/fps the node's model forced
         "scores": result.get("scores", {}),
         "raw": result.get("raw", {}),
         "cuts": result.get("cuts", []),

@@ -311,7 +311,7 @@ class Dispatcher:
             return False
         job = rung_of(self.rt, scene_id, shot).variants[a.variant]
         attempt = int(shot.get("attempt") or 0) + 1
-        job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("take") or 0))
+        job = replace(job, node=a.node, attempt=attempt, take=int(shot.get("take") or 1))
         token = uuid.uuid4().hex
         queue = node_queue(a.node)
         if not lifecycle.bind(self.rt, scene_id, shot_id, a.group, token, job.to_dict(), a.node,

@@ -32,7 +32,7 @@ ARG_NAMES = {
     "farm.preview": ("scene", "shot", "binding"),
     "farm.final": ("scene", "shot", "binding"),
     "farm.fallback": ("scene", "shot", "binding"),
-    "farm.score_shot": ("scene", "shot", "take"),
+    "farm.score_shot": ("scene", "shot", "scoring"),  # the scoring token, not a take number
 }
 SCENE_LAST = ("farm.assemble_scene", "farm.score_scene")  # (chord results, scene id, run)
 

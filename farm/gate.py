@@ -9,8 +9,9 @@ strip and trajectory plot beside its clip, and decides:
 
 - ``passed``: the take reaches every threshold of its template: it is kept;
 - a new take: below a threshold, with takes left: the shot goes back to the backlog with
-  seed ``shot seed + take x SEED_STEP`` (a retake is a new request: it may be served from
-  the render cache, and is never mixed up with an earlier take's files);
+  seed ``shot seed + (take - 1) x SEED_STEP`` (takes count from 1; a retake is a new
+  request: it may be served from the render cache, and is never mixed up with an earlier
+  take's files);
 - ``kept_best``: no take passed and none is left: the best take is kept (fewest failed
   metrics, then the largest worst margin);
 - ``not_gated``: no threshold applies to the shot (its scores are still kept);
@@ -176,8 +177,8 @@ def best(takes: list[dict[str, Any]], minimum: Mapping[str, float]) -> int:
 
 
 def take_seed(seed: int, take: int) -> int:
-    """The seed of a shot's ``take`` (0: its own seed)."""
-    return (seed + take * SEED_STEP) % SEED_SPACE
+    """The seed of a shot's ``take``, counted from 1 (1: its own seed)."""
+    return (seed + (take - 1) * SEED_STEP) % SEED_SPACE
 
 
 def target_paths(shot: Shot) -> list[list[tuple[float, float]]]:
@@ -317,7 +318,7 @@ def _retake(
     from farm.planning import Rung, plan_variants
     from farm.shots import serve_from_cache
 
-    n = int(shot.get("take") or 0) + 1
+    n = int(shot.get("take") or 1) + 1
     seed = take_seed(spec.seed, n)
     kind, priority = pending["kind"], int(pending["priority"])
     variants = [replace(v, params={**v.params, "seed": seed}, take=n)

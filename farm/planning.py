@@ -78,18 +78,21 @@ class Job:
     tried_nodes: tuple[str, ...] = ()
     primary_error: str | None = None
     backend: str = "comfyui"  # the node kind that runs it: "comfyui" | "wan2gp"
-    take: int = 0  # 0: the shot's first take; n: its n-th re-render (`farm retry`)
+    #: counted from 1: the shot's first take; each gate retake or `farm retry` the next
+    take: int = 1
+    #: where the render differs from what the shot asked: [{"field", "asked", "rendered", "why"}]
+    adjusted: tuple[dict[str, Any], ...] = ()
 
     @property
     def attempt_id(self) -> str:
         """What identifies this attempt of this job on a node, across redeliveries."""
-        take = f"/t{self.take}" if self.take else ""
+        take = f"/t{self.take}" if self.take > 1 else ""
         return f"{self.scene_id}/{self.shot_id}/{self.kind}{take}/{self.attempt}"
 
     @property
     def label(self) -> str:
-        """A file-name-safe name of the attempt: ``final_a2``, ``final_t1_a1``."""
-        take = f"_t{self.take}" if self.take else ""
+        """A file-name-safe name of the attempt: ``final_a2``, ``final_t2_a1`` (take 2)."""
+        take = f"_t{self.take}" if self.take > 1 else ""
         return f"{self.kind}{take}_a{self.attempt}"
 
     @property
@@ -101,12 +104,14 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tried_nodes"] = list(self.tried_nodes)
+        data["adjusted"] = list(self.adjusted)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Job:
         data = dict(data)
         data["tried_nodes"] = tuple(data.get("tried_nodes", ()))
+        data["adjusted"] = tuple(data.get("adjusted", ()))
         return cls(**data)
 
 
@@ -155,9 +160,15 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
     }
     if shot.start_image:
         params["start_image"] = shot.start_image
+    step = model.engine.frame_step
+    why = []
+    if params["length"] != shot.frames:
+        why.append(f"{model.engine.name} renders {step}n+1 frames")
     if shot.trajectories:
         if not ati_length_ok(params["length"]):  # WanTrackToVideo fails at 121 and 241
-            params["length"] -= model.engine.frame_step
+            why.append(f"ComfyUI's WanTrackToVideo (trajectories) fails at {params['length']} "
+                       f"frames (120n+1), so {step} fewer")  # fmt: skip
+            params["length"] -= step
         params["tracks"] = ati_tracks(
             [[(p.x, p.y) for p in track] for track in shot.trajectories],
             width,
@@ -176,7 +187,29 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
         files={k: list(v) for k, v in model.required_files().items()},
         params=params,
         priority=scene.priority,
+        adjusted=adjustments(shot, params, {"frames": "; ".join(why)}),
     )
+
+
+def adjustments(shot: Shot, params: Mapping[str, Any], why: Mapping[str, str]) -> tuple[dict, ...]:
+    """Where ``params`` (the render) differ from what ``shot`` asked, in frames and fps:
+    ``{"field", "asked", "rendered", "why"}`` each, ``why`` from ``why[field]``."""
+    asked = {"frames": shot.frames, "fps": shot.fps}
+    rendered = {"frames": params["length"], "fps": params["fps"]}
+    return tuple(
+        {"field": f, "asked": asked[f], "rendered": rendered[f], "why": why[f]}
+        for f in ("fps", "frames")
+        if asked[f] != rendered[f]
+    )
+
+
+def describe_adjusted(adjusted: Iterable[Mapping[str, Any]]) -> str:
+    """``adjusted`` in a line: ``fps 16 → 30, frames 48 → 89 (why; why)``; "" for none."""
+    adjusted = list(adjusted)
+    if not adjusted:
+        return ""
+    changes = ", ".join(f"{a['field']} {a['asked']} → {a['rendered']}" for a in adjusted)
+    return f"{changes} ({'; '.join(dict.fromkeys(a['why'] for a in adjusted))})"
 
 
 def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job | None:
@@ -203,6 +236,13 @@ def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = 
     }
     if shot.start_image:
         params["start_image"] = shot.start_image
+    seconds = f"{shot.frames / shot.fps:.3g} s"
+    grid = f"on its {model.frame_step}n+1 frame grid"
+    why = {
+        "fps": f"WanGP model {model.id} renders at {model.fps} fps only",
+        "frames": f"the shot's {seconds} at {model.fps} fps, {grid}"
+        if model.fps != shot.fps else f"WanGP model {model.id} renders {grid}",
+    }  # fmt: skip
     return Job(
         scene_id=scene.id,
         shot_id=shot.id,
@@ -214,6 +254,7 @@ def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = 
         params=params,
         priority=scene.priority,
         backend="wan2gp",
+        adjusted=adjustments(shot, params, why),
     )
 
 

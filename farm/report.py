@@ -272,6 +272,7 @@ def _shot(shot: dict, index: int, images: _Images, base: Path | None) -> str:
         "</div>",
         f'<p class="action">{_e(shot.get("action"))}</p>' if shot.get("action") else "",
         f'<div class="facts small">{meta}</div>' if meta else "",
+        _adjusted(shot.get("adjusted")),
         _alert(shot.get("error"), "Shot failed"),
         f'<figure class="strip">{images.tag(shot.get("contact"), "contact sheet")}</figure>'
         if shot.get("contact")
@@ -400,7 +401,7 @@ def _takes(gate: dict, thresholds: dict, images: _Images) -> str:
 def _take_row(
     take: dict, index: int, kept: Any, metrics: list[str], thresholds: dict, images: _Images
 ) -> str:
-    number = take.get("take", index)
+    number = take.get("take", index + 1)
     failed, scores = _list(take.get("failed")), _dict(take.get("scores"))
     cells = "".join(_take_cell(scores.get(m), thresholds.get(m), m in failed) for m in metrics)
     verdict = {
@@ -576,6 +577,20 @@ def _gate_badge(gate: Any) -> str:
     return f'<span class="badge gate {cls}">{_e(text)}</span>'
 
 
+def _adjusted(adjusted: Any) -> str:
+    """Where the render differs from what the shot asked (frames, fps), and why."""
+    items = [a for a in _list(adjusted) if isinstance(a, dict)]
+    if not items:
+        return ""
+    lines = "".join(
+        f"<li>{_e(a.get('field'))}: asked {_e(a.get('asked'))}, rendered "
+        f"{_e(a.get('rendered'))} &mdash; {_e(a.get('why'))}</li>"
+        for a in items
+    )
+    title = "<b>Rendered differently than asked</b>"
+    return f'<div class="adjusted small">{title}<ul>{lines}</ul></div>'
+
+
 def _alert(error: Any, title: str) -> str:
     if not error:
         return ""
@@ -689,6 +704,8 @@ header.top { margin-bottom: 22px; }
          padding: 8px 12px; margin: 12px 0; color: var(--text);
          background: color-mix(in srgb, var(--bad) 10%, transparent); }
 .alert b { color: var(--bad); }
+.adjusted { border-left: 4px solid var(--warn); padding: 4px 12px; margin: 10px 0; }
+.adjusted b { color: var(--warn); } .adjusted ul { margin: 4px 0 0; padding-left: 18px; }
 figure { margin: 0; }
 .strip { margin: 14px 0 4px; overflow-x: auto; }
 .strip img { display: block; max-width: 100%; height: auto; border-radius: 8px; }

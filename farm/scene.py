@@ -169,11 +169,18 @@ def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = 
     )
 
 
+def _frames(raw: dict[str, Any]) -> int:
+    """The shot's length in frames: ``frames``, else ``duration_s`` at its fps, else 33."""
+    if raw.get("frames"):
+        return raw["frames"]
+    if "duration_s" in raw:
+        return max(1, round(raw["duration_s"] * raw.get("fps", 16)))
+    return Shot.frames
+
+
 def _shot(scene_id: str, raw: dict[str, Any], base_dir: Path | None) -> Shot:
     fps = raw.get("fps", 16)
-    frames = raw.get("frames") or (
-        max(1, round(raw["duration_s"] * fps)) if "duration_s" in raw else Shot.frames
-    )
+    frames = _frames(raw)
     start = raw.get("start_image")
     return Shot(
         id=raw["id"],
@@ -224,7 +231,9 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
         seen.setdefault(shot["id"], i)
         if "trajectories" in shot:
             width, height = shot.get("width", 832), shot.get("height", 480)
-            problems += track_problems(shot["trajectories"], width, height, f"{where}.trajectories")
+            problems += track_problems(shot["trajectories"], width, height, f"{where}.trajectories",
+                                       frames=_frames(shot),
+                                       method=shot.get("trajectory_interpolation", "linear"))  # fmt: skip
         if shot.get("trajectories") and not shot.get("start_image"):
             problems.append(
                 f"{where}.trajectories: trajectory control (Wan ATI) animates a start image; add start_image"

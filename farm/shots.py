@@ -64,8 +64,9 @@ def attempt_dir(storage: Path, job: Job) -> Path:
 
 
 def clip_name(job: Job) -> str:
-    """File name of ``job``'s kept clip in its shot folder: one per kind and take."""
-    return f"{job.kind}_t{job.take}.mp4" if job.take else f"{job.kind}.mp4"
+    """File name of ``job``'s kept clip in its shot folder: one per kind and take
+    (``final.mp4`` for take 1, ``final_t2.mp4`` for take 2)."""
+    return f"{job.kind}_t{job.take}.mp4" if job.take > 1 else f"{job.kind}.mp4"
 
 
 # -- the task body ------------------------------------------------------------------------
@@ -262,6 +263,7 @@ def take_record(job: Job, kept: Path, source: Path | str, *, cache_hit: bool,
             "node": job.node, "clip": str(kept), "source": str(source),
             "seconds": round(seconds, 2), "cache_hit": cache_hit, "priority": job.priority,
             "backend": job.backend, "model": job.model, "workflow": job.workflow,
+            "adjusted": list(job.adjusted),
             "params": {k: v for k, v in job.params.items()
                        if isinstance(v, str | int | float | bool) and k not in LADDER_MARKS}}  # fmt: skip
 

@@ -397,10 +397,11 @@ class FarmState:
                 "fallback": s.get("fallback"),
                 "cache_hit": s.get("cache_hit", False),
                 "retries": s.get("retries", 0),
-                "take": s.get("take", 0),
+                "take": s.get("take") or 1,
                 "gate": s.get("gate"),
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),
+                "adjusted": _adjusted(s),
             }
             for s in self.shots(scene_id)
         ]
@@ -417,3 +418,11 @@ class FarmState:
             "created": scene.get("created", 0.0),
             "updated": scene.get("updated", 0.0),
         }
+
+
+def _adjusted(shot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where the shot's render differs from what it asked (frames, fps) and why: its kept
+    take's, else its newest job's (``farm.planning.adjustments``)."""
+    kept = (shot.get("gate") or {}).get("kept")
+    take = next((t for t in shot.get("takes") or [] if t.get("take") == kept), None)
+    return list((take or shot.get("job") or {}).get("adjusted") or [])

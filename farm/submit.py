@@ -132,7 +132,7 @@ def resume(rt: Runtime, scene_id: str) -> bool:
         if not planned:  # nothing was reset before the retry died: the scene is over again
             rt.state.update_scene(scene_id, enqueued="1")
             return True
-        take = {sid: int(r.get("take") or 0) for sid, r in records.items()}
+        take = {sid: int(r.get("take") or 1) for sid, r in records.items()}
         planned = [[replace_job(v, take=take[v.shot_id]) for v in variants]
                    for variants in planned]  # fmt: skip
         force = scene.get("force") == "1" or any(records[v[0].shot_id].get("force") == "1"
@@ -189,7 +189,7 @@ def _retry(rt: Runtime, scene_id: str, scene: Scene, ids: list[str],
     run = lifecycle.reopen(rt, scene_id)
     takes = {}
     for shot_id in ids:
-        takes[shot_id] = int(shots[shot_id].get("take") or 0) + 1
+        takes[shot_id] = int(shots[shot_id].get("take") or 1) + 1
         lifecycle.reset(rt, scene_id, shot_id, progress=0.0, error=None, used_fallback=False,
                         primary_error=None, fallback=None, attempt=0, cache_hit=False, force="1",
                         retries=int(shots[shot_id].get("retries") or 0) + 1,

@@ -48,25 +48,38 @@ def parse_tracks(raw: Any, name: str = "trajectories") -> list[Track]:
 
 
 def validate_tracks(
-    tracks: Any, width: float, height: float, name: str = "trajectories"
+    tracks: Any,
+    width: float,
+    height: float,
+    name: str = "trajectories",
+    *,
+    frames: int | None = None,
+    method: str = "linear",
 ) -> list[Track]:
     """:func:`parse_tracks` for user input, plus at least one track, at least 2 points
-    per track and every point inside the ``width`` x ``height`` canvas.
+    per track and every point inside the ``width`` x ``height`` canvas. With ``frames``
+    (the clip's length) a track that leaves the canvas is reported once, by the frames
+    (counted from 1) on which its ``method`` path is off the canvas.
 
     Raises :class:`InvalidInput` listing every problem as ``path: what is wrong; the fix``.
     """
-    reader = _Reader(canvas=(width, height))
-    parsed = reader.tracks(tracks, name)
-    if reader.problems:
-        raise InvalidInput(f"{name} are invalid", reader.problems)
-    return parsed
+    problems = track_problems(tracks, width, height, name, frames=frames, method=method)
+    if problems:
+        raise InvalidInput(f"{name} are invalid", problems)
+    return parse_tracks(tracks, name)
 
 
 def track_problems(
-    tracks: Any, width: float, height: float, name: str = "trajectories"
+    tracks: Any,
+    width: float,
+    height: float,
+    name: str = "trajectories",
+    *,
+    frames: int | None = None,
+    method: str = "linear",
 ) -> list[str]:
     """The problems :func:`validate_tracks` would raise, as a list (empty when valid)."""
-    reader = _Reader(canvas=(width, height))
+    reader = _Reader(canvas=(width, height), frames=frames, method=method)
     reader.tracks(tracks, name)
     return reader.problems
 
@@ -74,9 +87,12 @@ def track_problems(
 @dataclass
 class _Reader:
     """Reads tracks and notes every problem with its path; with a ``canvas`` it also wants
-    at least one track, 2 points per track and every point inside the canvas."""
+    at least one track, 2 points per track and every point inside the canvas (reported
+    per track by the frames it is off the canvas when ``frames`` is known, else per point)."""
 
     canvas: tuple[float, float] | None = None
+    frames: int | None = None
+    method: str = "linear"
     problems: list[str] = field(default_factory=list)
 
     def tracks(self, raw: Any, name: str) -> list[Track]:
@@ -111,7 +127,39 @@ class _Reader:
                 "it ends; repeat a point to hold it still)"
             )
         points = [self.point(point, f"{path}[{j}]") for j, point in enumerate(raw)]
-        return [p for p in points if p is not None]
+        track = [p for p in points if p is not None]
+        outside = [j for j, p in enumerate(points) if p is not None and not self.inside(p)]
+        if outside:
+            self.problems.extend(self.off_canvas(path, points, outside))
+        return track
+
+    def inside(self, point: tuple[float, float]) -> bool:
+        w, h = self.canvas or (math.inf, math.inf)
+        return 0 <= point[0] <= w and 0 <= point[1] <= h
+
+    def off_canvas(
+        self, path: str, points: list[tuple[float, float] | None], outside: list[int]
+    ) -> list[str]:
+        """One problem for a track whose path leaves the canvas, naming the frames (from
+        1) it is off; one per point outside when the frames are unknown or none is off."""
+        w, h = self.canvas or (0, 0)
+        fix = f"keep every point within 0 <= x <= {w:g}, 0 <= y <= {h:g} (pixels)"
+        where = ", ".join(f"[{j}] ({points[j][0]:g}, {points[j][1]:g})" for j in outside)  # type: ignore[index]
+        track = [p for p in points if p is not None]
+        if self.frames and len(track) == len(points) >= 2 and self.method in METHODS:
+            path_at = frame_path(track, self.frames, self.method)
+            off = [k + 1 for k, p in enumerate(path_at) if not self.inside(p)]
+            if off:
+                return [
+                    f"{path}: leaves the {w:g}x{h:g} canvas on {frame_ranges(off)} of "
+                    f"{self.frames}, because point{'s' if len(outside) > 1 else ''} {where} "
+                    f"{'are' if len(outside) > 1 else 'is'} outside it; {fix}"
+                ]
+        return [
+            f"{path}[{j}]: point ({points[j][0]:g}, {points[j][1]:g}) is outside the "  # type: ignore[index]
+            f"{w:g}x{h:g} canvas; points are pixels with 0 <= x <= {w:g}, 0 <= y <= {h:g}"
+            for j in outside
+        ]
 
     def point(self, raw: Any, path: str) -> tuple[float, float] | None:
         if isinstance(raw, list | tuple) and len(raw) == 2:
@@ -124,12 +172,6 @@ class _Reader:
         x, y = self.coord(raw, "x", path), self.coord(raw, "y", path)
         if x is None or y is None:
             return None
-        if self.canvas and not (0 <= x <= self.canvas[0] and 0 <= y <= self.canvas[1]):
-            w, h = self.canvas
-            self.problems.append(
-                f"{path}: point ({x:g}, {y:g}) is outside the {w:g}x{h:g} canvas; "
-                f"points are pixels with 0 <= x <= {w:g}, 0 <= y <= {h:g}"
-            )
         return x, y
 
     def coord(self, point: dict, key: str, path: str) -> float | None:
@@ -147,6 +189,18 @@ class _Reader:
         else:
             return float(value)
         return None
+
+
+def frame_ranges(frames: list[int]) -> str:
+    """Sorted frame numbers as ranges: ``frame 4``, ``frames 3-5, 9``."""
+    runs: list[list[int]] = []
+    for k in frames:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return f"frame {text}" if len(frames) == 1 else f"frames {text}"
 
 
 def _finite(value: int | float) -> bool:
@@ -321,7 +375,7 @@ def ati_tracks(
     invalid tracks or a length WanTrackToVideo cannot render.
     """
     src = src_size or (width, height)
-    parsed = validate_tracks(tracks, *src)
+    parsed = validate_tracks(tracks, *src, frames=length, method=method)
     if not ati_length_ok(length):
         raise InvalidInput(
             f"Wan ATI cannot render {length} frames: ComfyUI's WanTrackToVideo fails when "

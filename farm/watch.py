@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from farm.lifecycle import TERMINAL_SCENE
+from farm.planning import describe_adjusted
 from farm.state import FarmState
 
 STATE_STYLE = {
@@ -38,7 +39,7 @@ def gate_text(gate: dict[str, Any] | None) -> Text:
     decision = gate.get("decision", "")
     takes, kept = gate.get("takes", 0), gate.get("kept")
     words = {
-        "passed": f"passed (take {kept})" if kept else "passed",
+        "passed": f"passed (take {kept})" if kept else "passed",  # takes count from 1
         "kept_best": f"kept take {kept} of {takes}",
         "retaking": f"take {len(gate.get('reasons', [])) + 1} of {gate.get('takes_allowed')}",
         "unscored": "unscored",
@@ -71,7 +72,9 @@ def render_status(status: dict[str, Any]) -> Group:
         "  ",
         (status["state"], STATE_STYLE.get(status["state"], "")),
     )
-    return Group(title, table)
+    notes = [Text(f"{shot['id']}: rendered with {describe_adjusted(shot['adjusted'])}",
+                  style="yellow") for shot in status["shots"] if shot.get("adjusted")]  # fmt: skip
+    return Group(title, table, *notes)
 
 
 def watch(

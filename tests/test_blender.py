@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from farm.media import probe
 from tests.conftest import REPO
 
 BLENDERS = {"4.5": REPO / ".venv-blender-4.5", "5.0": REPO / ".venv-blender-5.0"}
@@ -154,7 +156,8 @@ def test_scene_renders_and_comes_back_as_strips(version, addon, farm_cluster, ar
     mount.symlink_to(farm_cluster.storage, target_is_directory=True)
     out = run_blender(version, tmp_path / "b", addon=str(addon["extension"]), kind="extension",
                       mode="render", follow="thread", redis_url=url, password=password,
-                      path_maps=[[str(farm_cluster.storage), str(mount)]])  # fmt: skip
+                      path_maps=[[str(farm_cluster.storage), str(mount)]],
+                      frame_end=50)  # the close-up's 16 frames are rendered as 17  # fmt: skip
     state = out["state"]
     assert "submit_error" not in out, out["submit_error"]
     assert out["timer_registered"] is True
@@ -163,12 +166,16 @@ def test_scene_renders_and_comes_back_as_strips(version, addon, farm_cluster, ar
     shots = {s["marker"]: s for s in state["shots"]}
     assert [shots[m]["state"] for m in ("intro", "chase", "close-up")] == ["done"] * 3, shots
     assert out["seen_running"], "the panel never showed a shot running"
+    # the gate's decision with the kept take, counted from 1 as everywhere
+    assert all(re.fullmatch(r"\w+ \(take [1-9]\d*\)", shots[m]["gate"]) for m in shots), shots
     strips = state["strips"]
     clips = [s for s in strips if s["channel"] == 2]
     assert [(s["name"], s["start"], s["end"]) for s in clips] == [
-        ("farm:intro", 1, 18), ("farm:chase", 18, 35), ("farm:close-up", 35, 52)]  # fmt: skip
+        ("farm:intro", 1, 18), ("farm:chase", 18, 35), ("farm:close-up", 35, 51)]  # fmt: skip
     (whole,) = [s for s in strips if s["channel"] == 3]
-    assert whole["name"] == "farm:scene" and whole["start"] == 1 and whole["end"] >= 52
+    # the scene strip ends with the timeline (frame 50), not with the 51-frame video
+    assert (whole["name"], whole["start"], whole["end"]) == ("farm:scene", 1, 51)
+    assert probe(Path(whole["filepath"])).frames == 51
     assert len(strips) == 4 and all(s["type"] == "MOVIE" for s in strips)
     for s in strips:
         assert s["filepath"].startswith(str(mount)) and Path(s["filepath"]).is_file(), s

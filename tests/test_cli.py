@@ -144,8 +144,12 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
     assert info["mime"] == "image/jpeg" and info["bytes"] == frame.stat().st_size > 100
     assert frame.read_bytes()[:3] == b"\xff\xd8\xff"
     assert frame.read_bytes() == Path(status["shots"][0]["preview"]).read_bytes()
+    # an unknown shot or scene is named as such (exit 2, as every unknown id)
     missing = farm("preview", "cli-scene", "nope", env=cli_env)
-    assert missing.returncode == 2 and "no preview for shot 'nope'" in missing.stderr
+    assert missing.returncode == 2, missing.stderr
+    assert "no shot 'nope' in scene 'cli-scene'; its shots: one, two" in missing.stderr
+    no_scene = farm("preview", "no-such-scene", "one", env=cli_env)
+    assert no_scene.returncode == 2 and "no scene 'no-such-scene'" in no_scene.stderr
 
 
 def test_unknown_scene_status_exit_2(cli_env):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from farm.media import probe
@@ -38,7 +39,7 @@ def wan_shot(shot_id: str, seed: int, **extra) -> dict:
     }
 
 
-def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt):
+def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt, cli_env):
     img = str(EXAMPLES / "images" / "meadow.jpg")
     scene = parse_scene(
         {
@@ -72,10 +73,30 @@ def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt):
         assert settings["multi_prompts_gen_type"] == "FG"
         log = rt.state.shot(scene.id, shot_id)["attempt_log"]
         assert len(log) == 1 and log[0]["backend_job_id"]
+        # the model forced its own rate and frame count: the status says so, and why
+        adjusted = {a["field"]: a for a in shots[shot_id]["adjusted"]}
+        assert (adjusted["fps"]["asked"], adjusted["fps"]["rendered"]) == (16, fps)
+        assert f"{model} renders at {fps} fps only" in adjusted["fps"]["why"]
+        assert (adjusted["frames"]["asked"], adjusted["frames"]["rendered"]) == (17, info.frames)
+    assert shots["comfy"]["adjusted"] == []  # 17 frames at 16 fps, rendered as asked
+    shown = subprocess.run([sys.executable, "-m", "farm", "status", scene.id], env=cli_env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())  # the note may wrap
+    assert "hy: rendered with fps 16 → 24, frames 17 → 25 (WanGP model hunyuan_t2v_fast" in text
     assert "image_start" in embedded_settings(shots["fantasy"]["outputs"]["final"])
     video = probe(Path(status["outputs"]["video"]))
     assert video.width == 320 and video.frames > 0
-    assert json.loads(Path(status["outputs"]["report"]).read_text())["shots"]
+    report = {
+        s["id"]: s for s in json.loads(Path(status["outputs"]["report"]).read_text())["shots"]
+    }
+    assert report["hy"]["adjusted"] == shots["hy"]["adjusted"] and not report["comfy"]["adjusted"]
+    html = Path(status["outputs"]["report_html"]).read_text()
+    assert html.count("Rendered differently than asked") == 2
+    assert (
+        "fps: asked 16, rendered 24 &mdash; WanGP model hunyuan_t2v_fast renders at 24 fps only"
+        in html
+    )
 
 
 def test_out_of_memory_on_wangp_retries_with_a_lower_memory_profile(rt):

@@ -65,7 +65,8 @@ def test_flower_runs_open_only_when_told(farm_cluster, tmp_path):
 def test_task_arguments_are_shown_by_scene_and_shot():
     assert describe_args("farm.final", "('s1', 'intro', 'b0')") == "scene=s1 shot=intro binding=b0"
     assert (
-        describe_args("farm.score_shot", "['s1', 'intro', 't2']") == "scene=s1 shot=intro take=t2"
+        describe_args("farm.score_shot", "['s1', 'intro', 't2']")
+        == "scene=s1 shot=intro scoring=t2"
     )
     assert describe_args("farm.score_scene", "({'video': 'v.mp4'}, 's1')") == "scene=s1"
     body = "({'video': 'v.mp4'}, 's1', 2)"  # a body task of the scene's second run

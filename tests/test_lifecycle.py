@@ -137,7 +137,7 @@ def test_a_stale_renderer_changes_nothing_and_keeps_no_slot(rt):
     running(rt, token="old")
     rt.redis.delete(keys.lease("sc", "a"))  # the old renderer froze: its lease lapsed
     assert lifecycle.rebind(rt, "sc", "a", "old", "new", "n1", "node.n1", why="test")
-    take = {"take": 0, "kind": "final", "clip": "/x.mp4"}
+    take = {"take": 1, "kind": "final", "clip": "/x.mp4"}
 
     def late():
         return lifecycle.rendered(rt, "sc", "a", "old", "n1", scoring="s", take=take,
@@ -161,7 +161,7 @@ def test_rendered_logs_the_attempt_frees_the_slot_and_hands_the_take_to_the_gate
     running(rt)
     assert rt.redis.get(keys.lease("sc", "a")) == "t1"
     version = shot(rt)["version"]
-    take = {"take": 0, "kind": "final", "clip": "/x.mp4"}
+    take = {"take": 1, "kind": "final", "clip": "/x.mp4"}
     out = lifecycle.rendered(rt, "sc", "a", "t1", "n1", scoring="s1", take=take,
                              outputs={"final": "/x.mp4"}, logged={"attempt": 1, "state": "done"})  # fmt: skip
     assert out and out.state == ShotState.SCORING
@@ -171,7 +171,7 @@ def test_rendered_logs_the_attempt_frees_the_slot_and_hands_the_take_to_the_gate
     assert rec["version"] == version + 1
     assert rt.redis.hget(keys.bound("n1"), "sc/a") is None
     assert rt.redis.get(keys.lease("sc", "a")) is None
-    gate = {"decision": "passed", "kept": 0, "takes": 1}
+    gate = {"decision": "passed", "kept": 1, "takes": 1}
     assert not lifecycle.keep(rt, "sc", "a", "other", gate)  # another scorer's token
     assert lifecycle.keep(rt, "sc", "a", "s1", gate)
     rec = shot(rt)

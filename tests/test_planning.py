@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -22,8 +23,10 @@ from farm.errors import (
     WorkflowError,
 )
 from farm.planning import (
+    Job,
     NodeInfo,
     Rung,
+    describe_adjusted,
     next_rung,
     place,
     place_scene,
@@ -101,7 +104,11 @@ def test_start_image_and_trajectories_choose_image_engines():
         t = k / (length - 1)
         assert abs(x - (50 + 350 * t)) < 0.02 and abs(y - (50 + 150 * t)) < 0.02
     long = scene(start_image="/a.png", trajectories=tracks, frames=121)
-    assert plan_job(long, long.shots[0], "final", CAT).params["length"] == 117  # not 121
+    job = plan_job(long, long.shots[0], "final", CAT)
+    assert job.params["length"] == 117  # not 121: WanTrackToVideo fails there
+    assert job.adjusted == ({"field": "frames", "asked": 121, "rendered": 117,
+                             "why": "ComfyUI's WanTrackToVideo (trajectories) fails at 121 "
+                                    "frames (120n+1), so 4 fewer"},)  # fmt: skip
     sc = scene(start_image="/a.png")
     assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan_i2v"
 
@@ -143,6 +150,28 @@ def test_wangp_jobs_use_the_models_grid_block_and_fps():
     assert (job.params["width"], job.params["height"]) == (832, 480)
     assert job.params["fps"] == 30 and job.params["length"] == 65  # 33 at 16 fps ≈ 62 at 30
     assert job.params["steps"] == 30
+    # the shot's record says what was asked, what is rendered and why
+    assert job.adjusted == (
+        {"field": "fps", "asked": 16, "rendered": 30,
+         "why": "WanGP model ltxv_13B renders at 30 fps only"},
+        {"field": "frames", "asked": 33, "rendered": 65,
+         "why": "the shot's 2.06 s at 30 fps, on its 8n+1 frame grid"},
+    )  # fmt: skip
+    assert describe_adjusted(job.adjusted) == (
+        "fps 16 → 30, frames 33 → 65 (WanGP model ltxv_13B renders at 30 fps only; "
+        "the shot's 2.06 s at 30 fps, on its 8n+1 frame grid)")  # fmt: skip
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    # a shot the node renders as asked has nothing to say
+    asked = scene(frames=33, fps=16)
+    assert plan_job(asked, asked.shots[0], "final", CAT).adjusted == ()
+
+
+def test_frames_off_the_grid_are_noted_on_comfyui_too():
+    sc = scene(frames=48)
+    job = plan_job(sc, sc.shots[0], "final", CAT)
+    assert job.params["length"] == 49 and job.adjusted == (
+        {"field": "frames", "asked": 48, "rendered": 49, "why": "wan_t2v renders 4n+1 frames"},
+    )
 
 
 def test_placement_picks_a_backend_that_can_render_the_shot():
@@ -337,10 +366,6 @@ def test_rungs_round_trip_through_json():
 
 
 def test_jobs_round_trip_through_json_dicts():
-    import json
-
-    from farm.planning import Job
-
     job = place_scene(plan_scene(scene()), [node("a", "wan_t2v_fast")])[0]
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 

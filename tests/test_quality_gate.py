@@ -79,12 +79,12 @@ def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster,
     shot = next(s for s in status["shots"] if s["id"] == "ati")
     record = rt.state.shot(scene.id, "ati")
     takes = record["takes"]
-    assert [t["take"] for t in takes] == [0, 1]
+    assert [t["take"] for t in takes] == [1, 2]  # takes count from 1
     first, second = takes
     assert not first["passed"] and any("motion_smoothness" in f for f in first["failed"])
     assert second["passed"] and second["seed"] != first["seed"]
     assert second["scores"]["motion_smoothness"] > 2 * first["scores"]["motion_smoothness"]
-    assert shot["gate"]["decision"] == "passed" and shot["gate"]["kept"] == 1
+    assert shot["gate"]["decision"] == "passed" and shot["gate"]["kept"] == 2
     assert shot["outputs"]["final"] == second["clip"] != first["clip"]
     assert Path(first["clip"]).is_file() and Path(second["clip"]).is_file()
     # the ATI take follows its trajectory
@@ -95,11 +95,14 @@ def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster,
     assert np.abs(cut - kept).mean() < 0.5 * np.abs(cut - rejected).mean()
     # the lead shot passed on its first take
     lead = next(s for s in status["shots"] if s["id"] == "lead")
-    assert lead["gate"]["decision"] == "passed" and lead["gate"]["kept"] == 0
+    assert lead["gate"]["decision"] == "passed" and lead["gate"]["kept"] == 1
 
     report = json.loads(Path(status["outputs"]["report"]).read_text())
     ati = next(s for s in report["shots"] if s["id"] == "ati")
     assert ati["gate"]["decision"] == "passed" and len(ati["gate"]["takes"]) == 2
+    assert [t["take"] for t in ati["gate"]["takes"]] == [1, 2] and ati["gate"]["kept"] == 2
+    assert ati["gate"]["reasons"][0].startswith("take 1: motion_smoothness")
+    assert Path(first["clip"]).name == "final.mp4" and Path(second["clip"]).name == "final_t2.mp4"
     assert ati["provenance"]["seed"] == second["seed"] and ati["clip"] == second["clip"]
     assert ati["tracks"] and ati["scores"]["trajectory_adherence"] > 0.9
     lead_report = next(s for s in report["shots"] if s["id"] == "lead")
@@ -113,7 +116,8 @@ def test_the_gate_rejects_a_shaken_take_and_keeps_the_new_seed(rt, farm_cluster,
         text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "passed (take 1)" in out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.split()}
+    assert "passed (take 2)" in lines["ati"] and "passed (take 1)" in lines["lead"], out.stdout
 
 
 def test_with_no_take_left_the_gate_keeps_the_best_take(rt, farm_cluster):

@@ -40,9 +40,9 @@ def report(tmp_path, frames, tracks):
     """A two-shot report: one gated shot with every image on disk, one failed shot."""
     shot_dir = tmp_path / "shots" / "a"
     shot_dir.mkdir(parents=True)
-    (shot_dir / "final_t1.contact.jpg").write_bytes(contact_strip(frames))
-    (shot_dir / "final_t0.contact.jpg").write_bytes(contact_strip(frames[::-1], count=4))
-    (shot_dir / "final_t1.tracks.jpg").write_bytes(trajectory_plot(frames[0], tracks))
+    (shot_dir / "final_t2.contact.jpg").write_bytes(contact_strip(frames))
+    (shot_dir / "final.contact.jpg").write_bytes(contact_strip(frames[::-1], count=4))
+    (shot_dir / "final_t2.tracks.jpg").write_bytes(trajectory_plot(frames[0], tracks))
     thresholds = {"motion_smoothness": 0.6, "temporal_flicker": 0.5, "trajectory_adherence": 0.7}
     take_scores = [
         {"motion_smoothness": 0.41, "temporal_flicker": 0.9, "trajectory_adherence": 0.8},
@@ -66,7 +66,7 @@ def report(tmp_path, frames, tracks):
                 "state": "done",
                 "template": "standard_generation",
                 "action": "a fox runs",
-                "clip": str(shot_dir / "final_t1.mp4"),
+                "clip": str(shot_dir / "final_t2.mp4"),
                 "error": None,
                 "frames": N,
                 "width": W,
@@ -87,33 +87,33 @@ def report(tmp_path, frames, tracks):
                 },
                 "cuts": [9],
                 "thresholds": thresholds,
-                "contact": str(shot_dir / "final_t1.contact.jpg"),
-                "trajectory_plot": "shots/a/final_t1.tracks.jpg",  # relative to the base
+                "contact": str(shot_dir / "final_t2.contact.jpg"),
+                "trajectory_plot": "shots/a/final_t2.tracks.jpg",  # relative to the base
                 "gate": {
                     "enabled": True,
                     "decision": "passed",
                     "takes_allowed": 3,
-                    "kept": 1,
-                    "reasons": ["take 0: motion_smoothness 0.41 < 0.60"],
+                    "kept": 2,
+                    "reasons": ["take 1: motion_smoothness 0.41 < 0.60"],
                     "takes": [
                         {
-                            "take": 0,
+                            "take": 1,
                             "seed": 42,
                             "node": "gpu-a",
                             "seconds": 3.1,
-                            "clip": str(shot_dir / "final_t0.mp4"),
-                            "contact": str(shot_dir / "final_t0.contact.jpg"),
+                            "clip": str(shot_dir / "final.mp4"),
+                            "contact": str(shot_dir / "final.contact.jpg"),
                             "scores": take_scores[0],
                             "passed": False,
                             "failed": ["motion_smoothness"],
                         },
                         {
-                            "take": 1,
+                            "take": 2,
                             "seed": 1000045,
                             "node": "gpu-b",
                             "seconds": 2.9,
-                            "clip": str(shot_dir / "final_t1.mp4"),
-                            "contact": str(shot_dir / "final_t1.contact.jpg"),
+                            "clip": str(shot_dir / "final_t2.mp4"),
+                            "contact": str(shot_dir / "final_t2.contact.jpg"),
                             "scores": take_scores[1],
                             "passed": True,
                             "failed": [],
@@ -280,10 +280,10 @@ def test_page_shows_bars_against_thresholds(report, tmp_path):
 def test_page_shows_gate_takes_and_provenance(report, tmp_path):
     page = render_html(report, base=tmp_path)
     assert '<span class="badge gate ok">passed</span>' in page
-    assert "take 0: motion_smoothness 0.41 &lt; 0.60" in page
+    assert "take 1: motion_smoothness 0.41 &lt; 0.60" in page
     takes = page.split('class="takes"')[1].split("</table>")[0]
     assert takes.count("<tr") == 3  # header and two takes
-    assert '<tr class="kept"><td>1 <span class="badge info">kept</span>' in takes
+    assert '<tr class="kept"><td>2 <span class="badge info">kept</span>' in takes
     assert "1000045" in takes and "gpu-b" in takes and '"num fail-text">0.41' in takes
     for text in ("comfyui", "wan_t2v", "wan2.1_t2v_1.3B_fp16.safetensors", "CUDA out of memory"):
         assert text in page
@@ -340,7 +340,7 @@ def test_error_reports_and_bare_shots_render(tmp_path):
 
 def test_write_report_writes_both_files(report, tmp_path):
     out = tmp_path / "scenes" / "fox-dawn"
-    report["shots"][0]["trajectory_plot"] = str(tmp_path / "shots/a/final_t1.tracks.jpg")
+    report["shots"][0]["trajectory_plot"] = str(tmp_path / "shots/a/final_t2.tracks.jpg")
     json_path, html_path = write_report(report, out)
     assert (json_path, html_path) == (out / "report.json", out / "report.html")
     assert json.loads(json_path.read_text()) == report

@@ -111,11 +111,29 @@ def test_trajectory_points_must_be_inside_the_canvas(tmp_path):
         ],
     }
     found = problems(data)
-    assert (
-        len(found) == 1
-        and found[0].startswith("$.shots[0].trajectories[0][1]:")
-        and "320x192" in found[0]
-    )
+    assert found == [  # per frame: the default 33 frames, straight to (400, 10) on the last
+        "$.shots[0].trajectories[0]: leaves the 320x192 canvas on frames 27-33 of 33, because "
+        "point [1] (400, 10) is outside it; keep every point within 0 <= x <= 320, "
+        "0 <= y <= 192 (pixels)"
+    ]
+
+
+def test_an_off_canvas_track_is_reported_by_the_frames_it_is_off(tmp_path):
+    """Frames count from 1, from the shot's length (duration_s x fps) and interpolation."""
+    off = [{"x": 10, "y": 100}, {"x": 300, "y": 100}, {"x": -50, "y": 100}, {"x": 100, "y": 100},
+           {"x": 100, "y": 250}]  # fmt: skip
+    tracks = [[{"x": 10, "y": 10}, {"x": 20, "y": 20}], off]
+    # 16 frames over 4 segments: point [2] is at frame 8.5, point [4] on frame 16; the straight
+    # path is off the left edge on frames 8-9 and below the bottom from frame 15, the smooth
+    # one (flat into point [3], steep out of it) only on frame 16
+    for method, frames in (("linear", "frames 8-9, 15-16"), ("smooth", "frames 8-9, 16")):
+        shot = tracked(tmp_path, width=320, height=192, duration_s=2, fps=8, trajectories=tracks,
+                       trajectory_interpolation=method)  # fmt: skip
+        assert problems({"id": "x", "shots": [shot]}) == [
+            f"$.shots[0].trajectories[1]: leaves the 320x192 canvas on {frames} of 16, "
+            "because points [2] (-50, 100), [4] (100, 250) are outside it; keep every point "
+            "within 0 <= x <= 320, 0 <= y <= 192 (pixels)"
+        ], method
 
 
 def test_trajectories_need_a_start_image():
@@ -287,9 +305,11 @@ def test_every_trajectory_point_problem_is_listed(tmp_path):
         {"id": "x", "shots": [tracked(tmp_path, width=320, height=192, trajectories=tracks)]}
     )
     assert found == [
-        "$.shots[0].trajectories[0][0]: point (-1, 10) is outside the 320x192 canvas; "
-        "points are pixels with 0 <= x <= 320, 0 <= y <= 192",
+        "$.shots[0].trajectories[0]: leaves the 320x192 canvas on frames 1-3 of 33, because "
+        "point [0] (-1, 10) is outside it; keep every point within 0 <= x <= 320, "
+        "0 <= y <= 192 (pixels)",
         "$.shots[0].trajectories[1][1].y: expected a finite number, got nan; give y in pixels",
+        # a track with a bad point has no path: its points outside are listed one by one
         "$.shots[0].trajectories[1][2]: point (10, 200) is outside the 320x192 canvas; "
         "points are pixels with 0 <= x <= 320, 0 <= y <= 192",
     ]

@@ -49,7 +49,7 @@ def test_scene_status_has_the_documented_shape(scratch_settings):
     rt = runtime(scratch_settings)
     create(rt)
     run_shot(rt, "a", "ta")
-    take = {"take": 0, "kind": "final", "clip": "/x.mp4"}
+    take = {"take": 1, "kind": "final", "clip": "/x.mp4"}
     lifecycle.rendered(rt, "sc1", "a", "ta", "n1", scoring="s", take=take,
                        outputs={"final": "/x.mp4"}, logged={"attempt": 1})  # fmt: skip
     lifecycle.keep(rt, "sc1", "a", "s", {"decision": "passed", "kept": 0, "takes": 1})

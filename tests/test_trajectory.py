@@ -221,8 +221,8 @@ def test_ati_tracks_validate_in_the_shot_canvas():
     with pytest.raises(InvalidInput) as err:
         ati_tracks([[(0, 0), (900, 10)]], 416, 240, src_size=(832, 480), length=33)
     assert err.value.problems == [
-        "trajectories[0][1]: point (900, 10) is outside the 832x480 canvas; "
-        "points are pixels with 0 <= x <= 832, 0 <= y <= 480"
+        "trajectories[0]: leaves the 832x480 canvas on frames 31-33 of 33, because point [1] "
+        "(900, 10) is outside it; keep every point within 0 <= x <= 832, 0 <= y <= 480 (pixels)"
     ]
 
 

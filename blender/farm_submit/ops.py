@@ -88,7 +88,8 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
         # an error on a shot not over is its last attempt's: the farm is trying the next rung
         s.error = remote["error"] or "" if remote["state"] not in ("done", "scoring") else ""
         gate = remote.get("gate") or {}
-        s.gate = str(gate.get("decision") or "")
+        decision, kept = str(gate.get("decision") or ""), gate.get("kept")
+        s.gate = f"{decision} (take {kept})" if decision and kept else decision  # from 1
         preview = snap["previews"].get(shot_id)
         if preview is not None:
             s.preview_image = results.show_preview(
@@ -103,8 +104,11 @@ def apply_snapshot(context, scene, snap: dict[str, Any]) -> list[str]:
         local = results.map_path(video, p.path_maps)
         if farm.scene_video != local:
             if os.path.isfile(local):
+                # the scene ends where its last shot does: clips snapped to the model's
+                # frame grid make the video a few frames longer than the timeline
                 start = min((s.frame_start for s in by_id.values()), default=scene.frame_start)
-                results.place_clip(scene, results.SCENE_STRIP, local, farm.channel + 1, start, None)
+                end = max((s.frame_end for s in by_id.values()), default=scene.frame_end)
+                results.place_clip(scene, results.SCENE_STRIP, local, farm.channel + 1, start, end)
                 farm.scene_video = local
             else:
                 problems.append(_missing(local, video))

@@ -337,12 +337,18 @@ def preview(scene_id: str, shot_id: str, out: Path | None, as_json: bool) -> Non
     """The newest preview frame a node sent for a running shot."""
     try:
         rt = runtime()
-        rt.state.scene(scene_id)  # a clear error for an unknown scene
+        shots = rt.state.scene(scene_id).get("shots", [])  # exit 2 for an unknown scene
+        if shot_id not in shots:
+            raise InvalidInput(
+                f"no shot {shot_id!r} in scene {scene_id!r}; its shots: {', '.join(shots)}"
+            )
         frame = rt.state.preview(scene_id, shot_id)
     except FarmError as exc:
         fail(exc)
     if frame is None:
-        fail(InvalidInput(f"no preview for shot {shot_id!r} of scene {scene_id!r} (yet)"))
+        state = rt.state.shot(scene_id, shot_id).get("state")
+        fail(InvalidInput(f"shot {shot_id!r} of scene {scene_id!r} ({state}) has no preview "
+                          "frame yet: a node sends them while it renders the shot"))  # fmt: skip
     if out:
         out.write_bytes(frame["image"])
     info = {"scene": scene_id, "shot": shot_id, "mime": frame["mime"], "bytes": frame["bytes"],

@@ -53,7 +53,7 @@ def build_scene() -> None:
     scene = bpy.context.scene
     scene.render.engine = "BLENDER_WORKBENCH"
     scene.render.fps, scene.render.fps_base = 16, 1.0
-    scene.frame_start, scene.frame_end = 1, 51
+    scene.frame_start, scene.frame_end = 1, cfg.get("frame_end", 51)
     bpy.ops.mesh.primitive_cube_add(size=1.0, location=(-2.0, 0.0, 0.0))
     cube = bpy.context.active_object
     cube.name = "Runner"
