@@ -11,6 +11,13 @@ the supervisor itself was killed, ``farm down`` stops the processes listed in th
 file, each only while its command line still is the one recorded: it never stops anything
 ``farm up`` did not start.
 
+Before it starts anything, ``farm up`` refuses ports that another program already holds
+(Redis, emulated nodes, Flower, exporter), naming each port, its service and the config
+key to change. A service counts as started only once the process it started is the one
+listening on its port; an emulated node also has to answer as its kind does
+(:func:`farm.local.node_ready`), so a foreign server is never taken for it. The
+supervisor runs in ROOT, where :mod:`farm.running` finds it for commands given no config.
+
 The config file (TOML; deploy/farm.toml is an example)::
 
     root = "var/farm"                 # logs/, run/, storage/, redis/, flower/
@@ -21,7 +28,7 @@ The config file (TOML; deploy/farm.toml is an example)::
     name = "gpu-a"
     emulate = "comfyui"               # comfyui or wan2gp
     profile = "deploy/nodes/gpu-a.json"
-    port = 8188
+    port = 8288                       # not 8188: a real ComfyUI here would hold that
     [[node]]                          # a real node: farm up runs only its worker
     name = "gpu-b"
     url = "http://10.0.0.5:8188"      # comfyui (http://) or wan2gp+http://...
@@ -323,14 +330,14 @@ def ports_wanted(cfg: UpConfig) -> list[tuple[int, str, str, str]]:
     """``(port, address, what, config key)`` of every server this farm starts."""
     wanted = []
     if cfg.redis_url is None:
-        wanted.append((cfg.redis_port, "127.0.0.1", "its Redis", "[redis] port"))
+        wanted.append((cfg.redis_port, "127.0.0.1", "Redis", "redis.port"))
     for i, n in enumerate(cfg.nodes):
         if "emulate" in n:
             wanted.append((n["port"], "127.0.0.1", f"node {n['name']}", f"node[{i}].port"))
     for key in ("flower", "exporter"):
         svc = getattr(cfg, key)
         if svc:
-            wanted.append((svc["port"], svc["address"], key.capitalize(), f"[{key}] port"))
+            wanted.append((svc["port"], svc["address"], key.capitalize(), f"{key}.port"))
     return wanted
 
 

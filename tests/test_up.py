@@ -312,7 +312,7 @@ def test_up_refuses_ports_other_programs_hold_and_starts_nothing(tmp_path):
         assert f"port {ports['gpu']} (node gpu-a) is taken" in out.stderr
         assert "set node[0].port to a free port" in out.stderr
         assert f"port {ports['flower']} (Flower) is taken" in out.stderr
-        assert "[flower] port" in out.stderr
+        assert "set flower.port to a free port" in out.stderr
         assert "wan-a" not in out.stderr and "Redis" not in out.stderr  # free ports: not named
         assert not (tmp_path / "root" / "run" / "state.json").exists()
         assert farm("ps", str(config)).returncode == 3
