@@ -210,6 +210,36 @@ def test_a_service_that_dies_is_restarted(upfarm):
     assert out.returncode == 0
 
 
+def test_the_cli_without_farm_settings_finds_the_farm_farm_up_runs(upfarm, tmp_path):
+    from farm.running import running_farms
+
+    folder, env = upfarm["folder"], bare_env()
+    assert farm("ps", str(upfarm["config"])).returncode == 0  # never ask this machine's Redis
+    # from the config's folder (./farm.toml): status and nodes answer from the running farm,
+    # not from the default Redis
+    out = farm("status", "--json", "up-scene", env=env, cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "done"
+    out = farm("nodes", "--json", env=env, cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert {"gpu-a", "wan-a"} <= {n["name"] for n in json.loads(out.stdout)}
+    # from any other folder, farm env prints the running farm's settings, not those of
+    # deploy/farm.toml
+    farms = running_farms()
+    assert str(upfarm["config"]) in [f["config"] for f in farms]
+    out = farm("env", env=env, cwd=tmp_path)
+    if len(farms) == 1:
+        assert out.returncode == 0, out.stderr
+        redis_url = f"redis://127.0.0.1:{upfarm['ports']['redis']}/0"
+        assert f"export FARM_REDIS_URL={redis_url}\n" in out.stdout
+        assert f"FARM_STORAGE={folder / 'root' / 'storage'}" in out.stdout
+        ps = farm("ps", "--json", env=env, cwd=tmp_path)
+        assert json.loads(ps.stdout)["config"] == str(upfarm["config"])
+    else:  # other farms run on this machine too (another test session): name one
+        assert out.returncode == 3 and out.stdout == ""
+        assert "several farms run" in out.stderr and str(upfarm["config"]) in out.stderr
+
+
 def test_up_twice_is_refused_and_down_stops_only_what_up_started(upfarm, tmp_path):
     config = upfarm["config"]
     again = farm("up", str(config))
@@ -254,35 +284,6 @@ def test_a_bad_config_names_the_field_and_starts_nothing(tmp_path):
     )
     out = farm("up", str(config))
     assert out.returncode == 2 and "cpu.workers" in out.stderr
-
-
-def test_the_cli_without_farm_settings_finds_the_farm_farm_up_runs(upfarm, tmp_path):
-    from farm.running import running_farms
-
-    folder, env = upfarm["folder"], bare_env()
-    # from the config's folder (./farm.toml): status and nodes answer from the running farm,
-    # not from the default Redis
-    out = farm("status", "--json", "up-scene", env=env, cwd=folder)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["state"] == "done"
-    out = farm("nodes", "--json", env=env, cwd=folder)
-    assert out.returncode == 0, out.stderr
-    assert {"gpu-a", "wan-a"} <= {n["name"] for n in json.loads(out.stdout)}
-    # from any other folder, farm env prints the running farm's settings, not those of
-    # deploy/farm.toml
-    farms = running_farms()
-    assert str(upfarm["config"]) in [f["config"] for f in farms]
-    out = farm("env", env=env, cwd=tmp_path)
-    if len(farms) == 1:
-        assert out.returncode == 0, out.stderr
-        redis_url = f"redis://127.0.0.1:{upfarm['ports']['redis']}/0"
-        assert f"export FARM_REDIS_URL={redis_url}\n" in out.stdout
-        assert f"FARM_STORAGE={folder / 'root' / 'storage'}" in out.stdout
-        ps = farm("ps", "--json", env=env, cwd=tmp_path)
-        assert json.loads(ps.stdout)["config"] == str(upfarm["config"])
-    else:  # other farms run on this machine too (another test session): name one
-        assert out.returncode == 3 and out.stdout == ""
-        assert "several farms run" in out.stderr and str(upfarm["config"]) in out.stderr
 
 
 def test_env_for_a_farm_that_is_down_says_so_and_prints_no_exports(tmp_path):
