@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import requests
-
-from farm.errors import ConfigError
+from farm.errors import ConfigError, FarmError
+from farm.ports import holds_port
 from farm.settings import Settings
 
 
@@ -176,6 +175,26 @@ def emulator_argv(kind: str, port: int, profile: Path, data: Path) -> list[str]:
             "--profile", str(profile), "--data", str(data)]  # fmt: skip
 
 
+def node_ready(kind: str, port: int, pid: int) -> bool:
+    """Whether emulator process ``pid`` serves loopback ``port`` as a ``kind`` node: it is
+    the process that listens there, and the port answers as that kind does (ComfyUI's
+    ``GET /system_stats``, WanGP's MCP ``initialize``), not merely with some HTTP status."""
+    from farm.backends import detect_kind
+
+    if not holds_port(pid, port):
+        return False
+    try:
+        return detect_kind(f"http://127.0.0.1:{port}", 2.0) == kind
+    except FarmError:  # it answers as neither kind
+        return False
+
+
+def wait_node(kind: str, port: int, proc: subprocess.Popen, what: str, log: Path | None,
+              timeout: float = 60) -> None:  # fmt: skip
+    """Wait until the emulator ``proc`` serves ``port`` (:func:`node_ready`)."""
+    wait_for(lambda: node_ready(kind, port, proc.pid), timeout, what, proc, log)
+
+
 def wait_workers(settings: Settings, nodes: list[str], cpu_workers: int, timeout: float,
                  log: Path | None = None) -> None:  # fmt: skip
     """Wait until the worker of each node in ``nodes`` and ``cpu_workers`` CPU workers
@@ -320,14 +339,7 @@ class LocalFarm:
             for node in self.nodes:
                 self.start_emulator(node)
             for node in self.nodes:
-                url = self.node_url(node.name) + "/emulator/faults"  # served by both kinds
-                wait_for(
-                    lambda u=url: requests.get(u, timeout=1).ok,
-                    30,
-                    f"emulator {node.name}",
-                    self.procs[f"emulator-{node.name}"],
-                    self.logs / f"emulator-{node.name}.log",
-                )
+                self._wait_emulator(node)
             for node in self.nodes:
                 self.start_worker(node.name)
             self.start_cpu_worker()
@@ -381,8 +393,10 @@ class LocalFarm:
             "redis", redis_server_argv(self.root / "redis", listen, self._redis_auth_file())
         )
         client = self._redis()
+        proc = self.procs["redis"]
         try:
-            wait_for(client.ping, 15, "redis-server", self.procs["redis"], self.logs / "redis.log")
+            wait_for(lambda: client.ping() and holds_port(proc.pid, self.redis_port), 15,
+                     "redis-server", proc, self.logs / "redis.log")  # fmt: skip
         finally:
             client.close()
 
@@ -437,14 +451,12 @@ class LocalFarm:
             node = EmulatedNode(node.name, profile, node.kind)
         self.kill(f"emulator-{name}", signal.SIGTERM)
         self.start_emulator(node)
-        url = self.node_url(name) + "/emulator/faults"
-        wait_for(
-            lambda: requests.get(url, timeout=1).ok,
-            30,
-            f"emulator {name}",
-            self.procs[f"emulator-{name}"],
-            self.logs / f"emulator-{name}.log",
-        )
+        self._wait_emulator(node)
+
+    def _wait_emulator(self, node: EmulatedNode) -> None:
+        name = f"emulator-{node.name}"
+        wait_node(node.kind, self.ports[node.name], self.procs[name], f"emulator {node.name}",
+                  self.logs / f"{name}.log", 30)  # fmt: skip
 
     def start_cpu_worker(self) -> None:
         self.held.discard("worker-cpu")

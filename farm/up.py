@@ -11,6 +11,13 @@ the supervisor itself was killed, ``farm down`` stops the processes listed in th
 file, each only while its command line still is the one recorded: it never stops anything
 ``farm up`` did not start.
 
+Before it starts anything, ``farm up`` refuses ports that another program already holds
+(Redis, emulated nodes, Flower, exporter), naming each port, its service and the config
+key to change. A service counts as started only once the process it started is the one
+listening on its port; an emulated node also has to answer as its kind does
+(:func:`farm.local.node_ready`), so a foreign server is never taken for it. The
+supervisor runs in ROOT, where :mod:`farm.running` finds it for commands given no config.
+
 The config file (TOML; deploy/farm.toml is an example)::
 
     root = "var/farm"                 # logs/, run/, storage/, redis/, flower/
@@ -21,7 +28,7 @@ The config file (TOML; deploy/farm.toml is an example)::
     name = "gpu-a"
     emulate = "comfyui"               # comfyui or wan2gp
     profile = "deploy/nodes/gpu-a.json"
-    port = 8188
+    port = 8288                       # not 8188: a real ComfyUI here would hold that
     [[node]]                          # a real node: farm up runs only its worker
     name = "gpu-b"
     url = "http://10.0.0.5:8188"      # comfyui (http://) or wan2gp+http://...
@@ -54,10 +61,14 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, InvalidInput
-from farm.local import emulator_argv, redis_server_argv, wait_for, wait_workers
+from farm.local import emulator_argv, node_ready, redis_server_argv, wait_for, wait_workers
+from farm.ports import holds_port, port_taken
 from farm.settings import REPO_ROOT, Settings
 
 BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
+#: what points a shell at a farm: recorded in ROOT/run/state.json, printed by `farm env`
+POINTER_KEYS = ("FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE", "FARM_REDIS_CA", "FARM_REDIS_CERT",
+                "FARM_REDIS_KEY", "FARM_REDIS_SENTINEL_MASTER", "FARM_PREFIX")  # fmt: skip
 STOP_ORDER = ("flower", "exporter", "ingest", "worker", "cpu", "emulator", "redis")
 
 
@@ -68,7 +79,7 @@ class Service:
     name: str
     argv: list[str]
     role: str  # one of STOP_ORDER
-    ready: Any = None  # a check: callable returning True once it serves
+    ready: Any = None  # a check: ready(pid) is True once that process serves
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
@@ -241,6 +252,11 @@ def farm_env(cfg: UpConfig) -> dict[str, str]:
     return env
 
 
+def pointer_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that point a shell at the farm (:data:`POINTER_KEYS`)."""
+    return {k: env[k] for k in POINTER_KEYS if env.get(k)}
+
+
 def flower_login(cfg: UpConfig) -> str:
     """The login made for Flower when FARM_FLOWER_AUTH is unset: ``farm:<random>``, kept
     in ROOT/flower/login (readable by its owner only) and reused."""
@@ -262,15 +278,14 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
     out: list[Service] = []
     if cfg.redis_url is None:
         argv = redis_server_argv(cfg.root / "redis", ["--port", str(cfg.redis_port)])
-        out.append(Service("redis", argv, "redis", ready=_redis_ready(env)))
+        out.append(Service("redis", argv, "redis", ready=_redis_ready(env, cfg.redis_port)))
     for n in cfg.nodes:
         if "emulate" in n:
-            url = f"http://127.0.0.1:{n['port']}/emulator/faults"
             argv = emulator_argv(
                 n["emulate"], n["port"], n["profile"], cfg.root / "nodes" / n["name"]
             )
             out.append(Service(f"emulator-{n['name']}", argv, "emulator",
-                               ready=lambda u=url: _http_ok(u)))  # fmt: skip
+                               ready=lambda pid, k=n["emulate"], p=n["port"]: node_ready(k, p, pid)))  # fmt: skip
     for n in cfg.nodes:
         out.append(Service(f"worker-{n['name']}", [*farm, "worker", "--node", n["name"]], "worker"))
     for i in range(cfg.cpu_workers):
@@ -283,27 +298,57 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
         if svc:
             url = f"http://{svc['address']}:{svc['port']}/{'healthcheck' if key == 'flower' else 'metrics'}"
             out.append(Service(role, [*farm, key, "--address", svc["address"], "--port",
-                                      str(svc["port"])], role, ready=lambda u=url: _http_ok(u)))  # fmt: skip
+                                      str(svc["port"])], role, ready=_http_ready(url, svc["port"])))  # fmt: skip
     return out
 
 
-def _http_ok(url: str) -> bool:
-    import requests
+def _http_ready(url: str, port: int):
+    """Ready once that process listens on ``port`` and ``url`` answers."""
 
-    return requests.get(url, timeout=1).status_code < 500
+    def check(pid: int) -> bool:
+        import requests
+
+        return holds_port(pid, port) and requests.get(url, timeout=1).status_code < 500
+
+    return check
 
 
-def _redis_ready(env: dict[str, str]):
-    def check() -> bool:
+def _redis_ready(env: dict[str, str], port: int):
+    def check(pid: int) -> bool:
         from farm.state import connect
 
         client = connect(Settings.from_env(env), check=False)
         try:
-            return bool(client.ping())
+            return bool(client.ping()) and holds_port(pid, port)
         finally:
             client.close()
 
     return check
+
+
+def ports_wanted(cfg: UpConfig) -> list[tuple[int, str, str, str]]:
+    """``(port, address, what, config key)`` of every server this farm starts."""
+    wanted = []
+    if cfg.redis_url is None:
+        wanted.append((cfg.redis_port, "127.0.0.1", "Redis", "redis.port"))
+    for i, n in enumerate(cfg.nodes):
+        if "emulate" in n:
+            wanted.append((n["port"], "127.0.0.1", f"node {n['name']}", f"node[{i}].port"))
+    for key in ("flower", "exporter"):
+        svc = getattr(cfg, key)
+        if svc:
+            wanted.append((svc["port"], svc["address"], key.capitalize(), f"{key}.port"))
+    return wanted
+
+
+def refuse_taken_ports(cfg: UpConfig) -> None:
+    """Raise, naming each, if another program already listens on a port this farm's
+    servers need (it would answer in their place)."""
+    taken = [f"port {port} ({what}) is taken on {address} by another program: set {key} "
+             f"to a free port in {cfg.path}, or stop that program"
+             for port, address, what, key in ports_wanted(cfg) if port_taken(port, address)]  # fmt: skip
+    if taken:
+        raise ConfigError("; ".join(taken))
 
 
 class Supervisor:
@@ -337,8 +382,7 @@ class Supervisor:
             "phase": phase,
             "config": str(self.cfg.path),
             "root": str(self.cfg.root),
-            "env": {k: v for k, v in self.env.items() if k in ("FARM_REDIS_URL", "FARM_NODES",
-                                                                "FARM_STORAGE")},
+            "env": pointer_env(self.env),
             "services": {
                 s.name: {
                     "pid": s.proc.pid if s.proc else None,
@@ -361,7 +405,9 @@ class Supervisor:
                 return
             self.spawn(svc)
             if svc.ready is not None:
-                wait_for(svc.ready, 60, svc.name, svc.proc, self.cfg.logs / f"{svc.name}.log")
+                pid = svc.proc.pid
+                wait_for(lambda s=svc, p=pid: s.ready(p), 60, svc.name, svc.proc,
+                         self.cfg.logs / f"{svc.name}.log")  # fmt: skip
         wait_workers(Settings.from_env(self.env), [n["name"] for n in self.cfg.nodes],
                      self.cfg.cpu_workers, 60, self.cfg.logs / "cpu-0.log")  # fmt: skip
         self.say("all services started")
@@ -492,6 +538,8 @@ def run_foreground(cfg: UpConfig) -> None:
     for folder in (cfg.logs, cfg.run, cfg.root / "storage", cfg.root / "redis"):
         folder.mkdir(parents=True, exist_ok=True)
     refuse_if_running(cfg)
+    refuse_taken_ports(cfg)
+    os.chdir(cfg.root)  # where `farm.running` looks for a supervisor's farm
     supervisor = Supervisor(cfg)
     (cfg.run / "supervisor.pid").write_text(str(os.getpid()))
     supervisor.run()
@@ -501,6 +549,7 @@ def up(cfg: UpConfig, timeout: float = 120) -> dict[str, Any]:
     """Start the supervisor in the background and wait until every service is up."""
     farm_env(cfg)  # config and settings errors here, in the user's terminal
     refuse_if_running(cfg)
+    refuse_taken_ports(cfg)
     for folder in (cfg.logs, cfg.run):
         folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,9 +25,15 @@ from .conftest import NODES, REPO
 ARTIFACTS = Path(os.environ.get("FARM_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
 
 
-def farm(*args: str, env: dict[str, str] | None = None, timeout: float = 180):
+def farm(*args: str, env: dict[str, str] | None = None, timeout: float = 180,
+         cwd: Path | None = None):  # fmt: skip
     return subprocess.run([sys.executable, "-m", "farm", *args], capture_output=True,
-                          text=True, env=env or os.environ, timeout=timeout)  # fmt: skip
+                          text=True, env=env or os.environ, timeout=timeout, cwd=cwd)  # fmt: skip
+
+
+def bare_env() -> dict[str, str]:
+    """This environment without any FARM_* variable: a shell nobody pointed at a farm."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
 
 
 def write_config(folder: Path, **ports: int) -> Path:
@@ -205,6 +212,36 @@ def test_a_service_that_dies_is_restarted(upfarm):
     assert out.returncode == 0
 
 
+def test_the_cli_without_farm_settings_finds_the_farm_farm_up_runs(upfarm, tmp_path):
+    from farm.running import running_farms
+
+    folder, env = upfarm["folder"], bare_env()
+    assert farm("ps", str(upfarm["config"])).returncode == 0  # never ask this machine's Redis
+    # from the config's folder (./farm.toml): status and nodes answer from the running farm,
+    # not from the default Redis
+    out = farm("status", "--json", "up-scene", env=env, cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "done"
+    out = farm("nodes", "--json", env=env, cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert {"gpu-a", "wan-a"} <= {n["name"] for n in json.loads(out.stdout)}
+    # from any other folder, farm env prints the running farm's settings, not those of
+    # deploy/farm.toml
+    farms = running_farms()
+    assert str(upfarm["config"]) in [f["config"] for f in farms]
+    out = farm("env", env=env, cwd=tmp_path)
+    if len(farms) == 1:
+        assert out.returncode == 0, out.stderr
+        redis_url = f"redis://127.0.0.1:{upfarm['ports']['redis']}/0"
+        assert f"export FARM_REDIS_URL={redis_url}\n" in out.stdout
+        assert f"FARM_STORAGE={folder / 'root' / 'storage'}" in out.stdout
+        ps = farm("ps", "--json", env=env, cwd=tmp_path)
+        assert json.loads(ps.stdout)["config"] == str(upfarm["config"])
+    else:  # other farms run on this machine too (another test session): name one
+        assert out.returncode == 3 and out.stdout == ""
+        assert "several farms run" in out.stderr and str(upfarm["config"]) in out.stderr
+
+
 def test_up_twice_is_refused_and_down_stops_only_what_up_started(upfarm, tmp_path):
     config = upfarm["config"]
     again = farm("up", str(config))
@@ -249,3 +286,50 @@ def test_a_bad_config_names_the_field_and_starts_nothing(tmp_path):
     )
     out = farm("up", str(config))
     assert out.returncode == 2 and "cpu.workers" in out.stderr
+
+
+def test_env_for_a_farm_that_is_down_says_so_and_prints_no_exports(tmp_path):
+    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "exporter")}
+    config = write_config(tmp_path, **ports)
+    for args, cwd in (((str(config),), None), ((), tmp_path)):  # named, and ./farm.toml
+        out = farm("env", *args, env=bare_env(), cwd=cwd)
+        assert out.returncode == 3, out.stdout
+        assert out.stdout == ""
+        assert "no `farm up` is running for" in out.stderr and str(config) in out.stderr
+        assert f"farm up {config}" in out.stderr
+
+
+def test_up_refuses_ports_other_programs_hold_and_starts_nothing(tmp_path):
+    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "exporter")}
+    config = write_config(tmp_path, **ports)
+    # a foreign web server on the ComfyUI node's port (it answers 404 to the emulator's
+    # routes), and a program that only listens on the Flower port
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(ports["gpu"]), "--bind",
+                            "127.0.0.1"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    listener = socket.create_server(("127.0.0.1", ports["flower"]))
+    try:
+        wait(lambda: _answers(f"http://127.0.0.1:{ports['gpu']}/"), 20, "http.server up")
+        out = farm("up", str(config), env=bare_env(), timeout=120)
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"port {ports['gpu']} (node gpu-a) is taken" in out.stderr
+        assert "set node[0].port to a free port" in out.stderr
+        assert f"port {ports['flower']} (Flower) is taken" in out.stderr
+        assert "set flower.port to a free port" in out.stderr
+        assert "wan-a" not in out.stderr and "Redis" not in out.stderr  # free ports: not named
+        assert not (tmp_path / "root" / "run" / "state.json").exists()
+        assert farm("ps", str(config)).returncode == 3
+        from farm.ports import port_taken
+
+        assert not port_taken(ports["redis"])  # no Redis was started
+    finally:
+        listener.close()
+        web.terminate()
+        web.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -20,17 +20,26 @@ from __future__ import annotations
 import click
 
 from farm.cli import nodes, scenes, services, tools
+from farm.cli.common import point_at_farm
+
+#: commands that find their farm from a config file themselves (farm.running)
+FROM_CONFIG = frozenset({"up", "down", "ps", "env", "demo"})
 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n", 1)[1]
 )
 @click.version_option(package_name="farm")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """farm: render scenes of AI video shots on ComfyUI / WanGP GPU nodes through Celery.
 
-    Settings come from FARM_* environment variables (see deploy/env.example).
+    Settings come from FARM_* environment variables (see deploy/env.example). Without
+    FARM_REDIS_URL, a command talks to the farm `farm up` runs on this machine (see
+    docs/operations.md); `eval $(farm env)` points a shell at it.
     """
+    if ctx.invoked_subcommand not in FROM_CONFIG:
+        point_at_farm()
 
 
 for module in (scenes, services, tools, nodes):

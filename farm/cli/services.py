@@ -32,15 +32,23 @@ def ingest(name: str | None, once: bool) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        Ingest(runtime(), name).run(once=once)
+        Ingest(runtime(need_farm=False), name).run(once=once)
     except FarmError as exc:
         fail(exc)
 
 
 def _up_config(path: Path | None):
+    """The config `farm up` starts from: PATH, else ./farm.toml, else deploy/farm.toml."""
     from farm.up import default_config, load_config
 
     return load_config(path or default_config())
+
+
+def _running(path: Path | None):
+    """The farm a command means (farm.running) and its state (None: it is down)."""
+    from farm.running import locate
+
+    return locate(path)
 
 
 CONFIG_ARG = click.argument(
@@ -102,11 +110,12 @@ def _print_services(state: dict[str, Any]) -> None:
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the stopped services as JSON.")
 def down(config: Path | None, timeout: float | None, as_json: bool) -> None:
-    """Stop the farm `farm up CONFIG` started (only the processes it started)."""
+    """Stop the farm `farm up CONFIG` started (only the processes it started). Without
+    CONFIG: ./farm.toml, else the farm `farm up` runs on this machine."""
     from farm import up as upmod
 
     try:
-        cfg = _up_config(config)
+        cfg, _ = _running(config)
         stopped = upmod.down(cfg, timeout)
     except FarmError as exc:
         fail(exc)
@@ -123,14 +132,12 @@ def down(config: Path | None, timeout: float | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def ps(config: Path | None, as_json: bool) -> None:
     """Show the processes of the farm `farm up CONFIG` runs: pid, state, restarts, log.
-    Exit 3 when it is not up."""
-    from farm import up as upmod
-
+    Without CONFIG: ./farm.toml, else the farm `farm up` runs on this machine. Exit 3 when
+    it is not up."""
     try:
-        cfg = _up_config(config)
+        cfg, state = _running(config)
     except FarmError as exc:
         fail(exc)
-    state = upmod.read_state(cfg) if upmod.supervisor_pid(cfg) else None
     if state is None:
         if as_json:
             print_json({"root": str(cfg.root), "phase": "down", "services": {}})
@@ -146,24 +153,28 @@ def ps(config: Path | None, as_json: bool) -> None:
 @CONFIG_ARG
 @click.option("--json", "as_json", is_flag=True, help="Print the variables as JSON.")
 def env_cmd(config: Path | None, as_json: bool) -> None:
-    """Print `export FARM_...` lines that point this shell's farm commands at the farm of
-    CONFIG: `eval $(farm env farm.toml)`."""
+    """Print `export FARM_...` lines that point this shell's farm commands at the running
+    farm of CONFIG (without CONFIG: ./farm.toml, else the farm `farm up` runs on this
+    machine): `eval $(farm env)`. Exit 3, printing nothing on stdout, when it is down."""
     import shlex
 
-    from farm.up import farm_env
+    from farm.up import pointer_env
 
     try:
-        env = farm_env(_up_config(config))
+        cfg, state = _running(config)
     except FarmError as exc:
         fail(exc)
-    keys = ["FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE"]
-    keys += [k for k in ("FARM_REDIS_CA", "FARM_REDIS_CERT", "FARM_REDIS_KEY",
-                         "FARM_REDIS_SENTINEL_MASTER", "FARM_PREFIX") if env.get(k)]  # fmt: skip
+    if state is None:
+        err_console.print(f"[red]error:[/] no `farm up` is running for {escape(str(cfg.path))}"
+                          f" (root {escape(str(cfg.root))}): start it with `farm up "
+                          f"{escape(str(cfg.path))}`", highlight=False, soft_wrap=True)  # fmt: skip
+        sys.exit(EXIT_UNAVAILABLE)
+    env = pointer_env(state["env"])
     if as_json:
-        print_json({key: env[key] for key in keys})
+        print_json(env)
         return
-    for key in keys:
-        click.echo(f"export {key}={shlex.quote(env[key])}")
+    for key, value in env.items():
+        click.echo(f"export {key}={shlex.quote(value)}")
 
 
 @click.command()
