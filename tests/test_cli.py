@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -146,6 +147,35 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
     assert frame.read_bytes() == Path(status["shots"][0]["preview"]).read_bytes()
     missing = farm("preview", "cli-scene", "nope", env=cli_env)
     assert missing.returncode == 2 and "no preview for shot 'nope'" in missing.stderr
+
+
+def test_enqueue_and_retry_watch_end_with_where_the_outputs_are(cli_env, tmp_path):
+    """Piped (not a terminal), `enqueue --watch` and `retry --watch` end the table's last
+    row with a newline, then print where the scene video and its reports are; those are
+    as readable as the clips (a new file's mode under the umask, not 0600)."""
+    scene = {"id": "cli-outputs", "quality": "preview", "shots": [
+        {"id": "one", "action_description": "a kite", "backend": "comfyui", "width": 256,
+         "height": 160, "frames": 9}]}  # fmt: skip
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    umask = os.umask(0)
+    os.umask(umask)
+    for args in (
+        ("enqueue", str(path), "--watch"),
+        ("retry", "cli-outputs", "--shot", "one", "--watch"),
+    ):
+        out = farm(*args, env=cli_env)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(farm("status", "cli-outputs", "--json", env=cli_env).stdout)
+        outputs = status["outputs"]
+        assert [Path(p).name for p in outputs.values()] == [
+            "scene.mp4", "report.json", "report.html"]  # fmt: skip
+        lines = out.stdout.splitlines()
+        assert lines[-3:] == [f"{name}: {p}" for name, p in outputs.items()], out.stdout
+        assert lines[-4].split()[:2] == ["one", "done"], out.stdout  # the row, on its own
+        clip = Path(status["shots"][0]["outputs"]["preview"]).stat().st_mode
+        assert [Path(p).stat().st_mode for p in outputs.values()] == [clip] * 3
+        assert stat.S_IMODE(clip) == 0o666 & ~umask
 
 
 def test_unknown_scene_status_exit_2(cli_env):
