@@ -90,8 +90,15 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     assert nodes["node-c"]["workflows"]["wan_ati"]["catalog"] == ["wan_ati"]
     assert not nodes["node-c"]["workflows"]["hunyuan_t2v"]["ok"]
     assert all(n["speed"] > 0 for n in nodes.values())  # learned from renders; 1.0 before
-    table = farm("nodes", env=cli_env).stdout
+    # what each can render: a ComfyUI node's catalogue models, a WanGP node's model ids
+    # that a template renders at some tier (not ti2v_2_2_fastwan, i2v_2_2: no template's)
+    assert nodes["node-c"]["can_render"] == ["wan_ati"]
+    assert nodes["node-w"]["can_render"] == ["fantasy", "hunyuan_t2v_fast", "ltxv_distilled",
+                                             "t2v_2_2"]  # fmt: skip
+    table = farm("nodes", env={**cli_env, "COLUMNS": "400"}).stdout
     assert "hunyuan_t2v" in table and "wan_ati" in table and "speed" in table
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert "fantasy, hunyuan_t2v_fast, ltxv_distilled, t2v_2_2" in rows["node-w"], table
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):
