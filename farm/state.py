@@ -381,7 +381,8 @@ class FarmState:
 
     # the public view
     def status(self, scene_id: str) -> dict[str, Any]:
-        """The scene as ``farm status --json`` prints it."""
+        """The scene as ``farm status --json`` prints it, with each shot's retry plan
+        (``plan``) and the nodes blocked for the scene (``blocked``; :mod:`farm.fallbacks`)."""
         scene = self.scene(scene_id)
         records = self.shots(scene_id)
         shots = [
