@@ -4,6 +4,7 @@ and → WanGP model ids per tier (its ``wan2gp`` part, with ``data/wan2gp_models
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -89,6 +90,12 @@ class Catalog:
             return None
         column = "i2v" if start_image else "t2v"
         return self.wan_models[self.wan_templates[template][column][kind]]
+
+    def wan_usable(self, ids: Iterable[str]) -> list[str]:
+        """Those of the WanGP model ids ``ids`` (a node's) that the templates render at some
+        tier, sorted: what a WanGP node can render for the farm."""
+        used = {m for t in self.wan_templates.values() for col in t.values() for m in col.values()}
+        return sorted(used.intersection(ids))
 
     def model_for(
         self, template: str, kind: str, *, start_image: bool, trajectories: bool

@@ -7,13 +7,12 @@ half-written video.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from farm.errors import ConfigError, InvalidInput
+from farm.files import atomic_target
 
 #: libx264 settings for every file the farm writes
 ENCODE_ARGS = [
@@ -57,21 +57,6 @@ def _rate(fps: float) -> str:
     return str(Fraction(fps).limit_denominator(1001))
 
 
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _tail(stream) -> str:
     stream.seek(0)
     text = stream.read().decode("utf-8", "replace").strip()
@@ -102,7 +87,7 @@ def write_video(
     ]  # fmt: skip
     for key, value in (metadata or {}).items():
         args += ["-metadata", f"{key}={value}"]
-    with _atomic_target(path) as tmp, tempfile.TemporaryFile() as err:
+    with atomic_target(path) as tmp, tempfile.TemporaryFile() as err:
         cmd = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y", *args, str(tmp)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         stdin = proc.stdin
@@ -232,7 +217,7 @@ def concat_videos(
     joined = "".join(f"[v{i}]" for i in range(len(clips)))
     graph = ";".join([*chains, f"{joined}concat=n={len(clips)}:v=1:a=0[out]"])
     inputs = [arg for clip in clips for arg in ("-i", str(clip))]
-    with _atomic_target(out) as tmp:
+    with atomic_target(out) as tmp:
         args = [*inputs, "-filter_complex", graph, "-map", "[out]", "-an", "-r", rate]
         _run_ffmpeg([*args, *ENCODE_ARGS, "-f", "mp4", str(tmp)])
     return probe(out)

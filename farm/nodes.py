@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from farm.catalog import load_catalog
 from farm.planning import NodeInfo
 from farm.settings import Settings
 
@@ -53,6 +54,20 @@ def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
     mid = len(measured) // 2
     median = measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
     return [_octaves(r["throughput"] / median) if r["throughput"] > 0 else 1.0 for r in records]
+
+
+def can_render(record: dict[str, Any]) -> list[str] | None:
+    """What a registered node can render, by the catalogue's names (None: not discovered
+    yet): a ComfyUI node's catalogue models whose workflow it runs, a WanGP node's model
+    ids that a template renders at some tier."""
+    if record["kind"] == "wan2gp":
+        if not record["described"]:
+            return None
+        return load_catalog().wan_usable(record["models"].get("wangp", []))
+    flows = record["workflows"]
+    if flows is None:
+        return None
+    return sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
 
 
 def _octaves(ratio: float) -> float:

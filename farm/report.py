@@ -17,13 +17,14 @@ import base64
 import json
 import math
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from farm.files import write_text
 
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger files are shown as missing, not embedded
 
@@ -82,20 +83,9 @@ def write_report(report: dict, folder: Path) -> tuple[Path, Path]:
     text = json.dumps(report, indent=2, default=str)
     page = render_html(report, base=folder)
     paths = folder / "report.json", folder / "report.html"
-    _write_atomic(paths[0], text)
-    _write_atomic(paths[1], page)
+    write_text(paths[0], text)
+    write_text(paths[1], page)
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------- page

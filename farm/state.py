@@ -25,6 +25,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from farm.errors import ConfigError, InvalidInput
+from farm.fallbacks import blocked_nodes, retry_plan
 from farm.settings import Settings
 
 EVENTS_MAXLEN = 2000
@@ -380,8 +381,10 @@ class FarmState:
 
     # the public view
     def status(self, scene_id: str) -> dict[str, Any]:
-        """The scene as ``farm status --json`` prints it."""
+        """The scene as ``farm status --json`` prints it, with each shot's retry plan
+        (``plan``) and the nodes blocked for the scene (``blocked``; :mod:`farm.fallbacks`)."""
         scene = self.scene(scene_id)
+        records = self.shots(scene_id)
         shots = [
             {
                 "id": s["id"],
@@ -402,9 +405,11 @@ class FarmState:
                 "preview": s.get("preview"),
                 "preview_at": s.get("preview_at"),
                 "adjusted": _adjusted(s),
+                "plan": retry_plan(s, self.s.max_attempts),
             }
-            for s in self.shots(scene_id)
+            for s in records
         ]
+        counts = self.r.hgetall(self.keys.blocklist(scene_id))
         return {
             "id": scene["id"],
             "title": scene.get("title", ""),
@@ -414,6 +419,7 @@ class FarmState:
             "shots": shots,
             "outputs": scene.get("outputs", {}),
             "metrics": scene.get("metrics", {}),
+            "blocked": blocked_nodes(counts, self.s.blocklist_after, records),
             "submission": scene.get("submission"),
             "created": scene.get("created", 0.0),
             "updated": scene.get("updated", 0.0),

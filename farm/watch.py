@@ -48,14 +48,30 @@ def gate_text(gate: dict[str, Any] | None) -> Text:
     return Text(words, style=GATE_STYLE.get(decision, ""))
 
 
+#: how much of an error's first line a note shows (the whole error: ``--json``)
+NOTE_CHARS = 300
+
+
+def note(shot: dict[str, Any]) -> Text | None:
+    """A line under the table for a shot: its retry plan, else its error (first line)."""
+    if shot.get("plan"):
+        return Text(f"{shot['id']}: {shot['plan']['text']}", style="yellow")
+    error = (shot.get("error") or "").strip()
+    if not error:
+        return None
+    line = error.splitlines()[0]
+    cut = line[:NOTE_CHARS] + ("…" if len(line) > NOTE_CHARS or "\n" in error else "")
+    return Text(f"{shot['id']}: {cut}", style="red")
+
+
 def render_status(status: dict[str, Any]) -> Group:
-    """A table of the scene's shots with progress bars."""
+    """A table of the scene's shots with progress bars; under it each shot's retry plan
+    or error, and the nodes blocked for the scene."""
     table = Table(expand=False, box=None, pad_edge=False)
-    for col in ("shot", "state", "node", "try", "progress", "gate", ""):
+    for col in ("shot", "state", "node", "try", "progress", "gate"):
         table.add_column(col)
     for shot in status["shots"]:
         style = STATE_STYLE.get(shot["state"] or "", "")
-        note = shot.get("error") or ""
         node = "cache" if shot.get("cache_hit") else shot.get("node") or "-"
         table.add_row(
             shot["id"],
@@ -64,7 +80,6 @@ def render_status(status: dict[str, Any]) -> Group:
             str(shot.get("attempts", 0)),
             ProgressBar(total=1.0, completed=float(shot.get("progress") or 0), width=24),
             gate_text(shot.get("gate")),
-            Text(note[:70], style="red") if note else "",
         )
     title = Text.assemble(
         ("scene ", "bold"),
@@ -72,9 +87,11 @@ def render_status(status: dict[str, Any]) -> Group:
         "  ",
         (status["state"], STATE_STYLE.get(status["state"], "")),
     )
-    notes = [Text(f"{shot['id']}: rendered with {describe_adjusted(shot['adjusted'])}",
-                  style="yellow") for shot in status["shots"] if shot.get("adjusted")]  # fmt: skip
-    return Group(title, table, *notes)
+    notes = [n for n in map(note, status["shots"]) if n is not None]
+    adjusted = [Text(f"{shot['id']}: rendered with {describe_adjusted(shot['adjusted'])}",
+                     style="yellow") for shot in status["shots"] if shot.get("adjusted")]  # fmt: skip
+    blocked = [Text(b["text"], style="yellow") for b in status.get("blocked") or []]
+    return Group(title, table, *notes, *adjusted, *blocked)
 
 
 def watch(
@@ -97,4 +114,6 @@ def watch(
             time.sleep(interval)
             status = state.status(scene_id)
             live.update(render_status(status))
+    if not console.is_terminal:  # a terminal's Live ends its last line; a pipe's does not
+        console.line()
     return status

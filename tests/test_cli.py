@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -89,8 +90,15 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     assert nodes["node-c"]["workflows"]["wan_ati"]["catalog"] == ["wan_ati"]
     assert not nodes["node-c"]["workflows"]["hunyuan_t2v"]["ok"]
     assert all(n["speed"] > 0 for n in nodes.values())  # learned from renders; 1.0 before
-    table = farm("nodes", env=cli_env).stdout
+    # what each can render: a ComfyUI node's catalogue models, a WanGP node's model ids
+    # that a template renders at some tier (not ti2v_2_2_fastwan, i2v_2_2: no template's)
+    assert nodes["node-c"]["can_render"] == ["wan_ati"]
+    assert nodes["node-w"]["can_render"] == ["fantasy", "hunyuan_t2v_fast", "ltxv_distilled",
+                                             "t2v_2_2"]  # fmt: skip
+    table = farm("nodes", env={**cli_env, "COLUMNS": "400"}).stdout
     assert "hunyuan_t2v" in table and "wan_ati" in table and "speed" in table
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert "fantasy, hunyuan_t2v_fast, ltxv_distilled, t2v_2_2" in rows["node-w"], table
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):
@@ -150,6 +158,35 @@ def test_enqueue_watch_and_status(cli_env, tmp_path):
     assert "no shot 'nope' in scene 'cli-scene'; its shots: one, two" in missing.stderr
     no_scene = farm("preview", "no-such-scene", "one", env=cli_env)
     assert no_scene.returncode == 2 and "no scene 'no-such-scene'" in no_scene.stderr
+
+
+def test_enqueue_and_retry_watch_end_with_where_the_outputs_are(cli_env, tmp_path):
+    """Piped (not a terminal), `enqueue --watch` and `retry --watch` end the table's last
+    row with a newline, then print where the scene video and its reports are; those are
+    as readable as the clips (a new file's mode under the umask, not 0600)."""
+    scene = {"id": "cli-outputs", "quality": "preview", "shots": [
+        {"id": "one", "action_description": "a kite", "backend": "comfyui", "width": 256,
+         "height": 160, "frames": 9}]}  # fmt: skip
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    umask = os.umask(0)
+    os.umask(umask)
+    for args in (
+        ("enqueue", str(path), "--watch"),
+        ("retry", "cli-outputs", "--shot", "one", "--watch"),
+    ):
+        out = farm(*args, env=cli_env)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(farm("status", "cli-outputs", "--json", env=cli_env).stdout)
+        outputs = status["outputs"]
+        assert [Path(p).name for p in outputs.values()] == [
+            "scene.mp4", "report.json", "report.html"]  # fmt: skip
+        lines = out.stdout.splitlines()
+        assert lines[-3:] == [f"{name}: {p}" for name, p in outputs.items()], out.stdout
+        assert lines[-4].split()[:2] == ["one", "done"], out.stdout  # the row, on its own
+        clip = Path(status["shots"][0]["outputs"]["preview"]).stat().st_mode
+        assert [Path(p).stat().st_mode for p in outputs.values()] == [clip] * 3
+        assert stat.S_IMODE(clip) == 0o666 & ~umask
 
 
 def test_unknown_scene_status_exit_2(cli_env):

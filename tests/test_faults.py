@@ -14,6 +14,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 import requests
 
 from farm.backends.comfyui import prompt_id_for
+from farm.celery_app import app
+from farm.dispatch import Dispatcher
 from farm.lifecycle import TERMINAL_SCENE
 from farm.local import EmulatedNode, LocalFarm
 from farm.media import probe
@@ -334,6 +338,9 @@ def test_a_node_that_fails_three_shots_of_a_scene_gets_no_more_of_them(rt, farm)
     found = events(rt, scene.id)
     (blocked,) = [i for i, e in enumerate(found) if e["type"] == "node_blocklisted"]
     assert (found[blocked]["node"], found[blocked]["failures"]) == ("fa", 3)
+    assert status["blocked"] == [{"node": "fa", "failures": 3, "errors": {"node_unavailable": 3},
+                                  "text": "fa: blocked for this scene after 3 failures "
+                                          "(a lost connection ×3)"}]  # fmt: skip
     later = [e for e in found[blocked:] if e["type"] == "shot_started" and e["node"] == "fa"]
     assert later == []
     set_faults(farm, "fa", {})
@@ -408,6 +415,70 @@ def test_out_of_memory_retries_at_three_quarters_of_the_size(rt, farm):
     assert shot["fallback"] == "720x416 (0.75x size)"
     info = probe(Path(shot["outputs"]["final"]))
     assert (info.width, info.height, info.frames) == (720, 416, 49)
+
+
+def test_status_says_what_an_out_of_memory_shot_retries_and_which_node_is_blocked(
+    rt, farm, tmp_path
+):
+    """fb holds no Wan model, so fa alone renders two 1280x720 Wan 14B shots: each runs out
+    of memory there, and fa's third failure blocks it for the scene, so both shots wait
+    for their next rung. `farm status` says in words what each one renders next and why,
+    and that fa is blocked (its --json too), instead of a cut error."""
+    hunyuan_only = tmp_path / "fb-hunyuan.json"
+    hunyuan_only.write_text(json.dumps({**comfy_profile("fb"), "models": HUNYUAN}))
+    swap_profile(rt, farm, "fb", hunyuan_only)
+    try:
+        scene = t2v_scene("fault-plan", 2, seed=32, width=1280, height=720, frames=49)
+        enqueue(scene, rt)
+
+        def waiting() -> dict[str, Any] | None:
+            status = rt.state.status(scene.id)
+            shots = status["shots"]
+            ready = status["blocked"] and all(s["state"] == "queued" and s["plan"] for s in shots)
+            return status if ready else None
+
+        status = wait_for(waiting, 60, "both shots waiting with fa blocked")
+        assert sorted(s["plan"]["text"] for s in status["shots"]) == [
+            "attempt 2 of 3: final at 960×544 after out of memory on fa",
+            "attempt 3 of 3: final at 960×544 with the fast-tier ComfyUI wan2.1_t2v_1.3B_fp16 "
+            "after out of memory on fa",
+        ]
+        assert status["blocked"] == [{
+            "node": "fa", "failures": 3, "errors": {"out_of_memory": 3},
+            "text": "fa: blocked for this scene after 3 failures (out of memory ×3)"}]  # fmt: skip
+        shown = subprocess.run([sys.executable, "-m", "farm", "status", scene.id],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        words = " ".join(shown.stdout.split())  # as one line, however the terminal wraps it
+        for shot in status["shots"]:
+            assert f"{shot['id']}: {shot['plan']['text']}" in words, shown.stdout
+        assert "fa: blocked for this scene after 3 failures (out of memory ×3)" in words
+        assert "Allocation on device" not in words  # the plan, not the stale error
+        as_json = subprocess.run([sys.executable, "-m", "farm", "status", scene.id, "--json"],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        printed = json.loads(as_json.stdout)
+        assert [s["plan"] for s in printed["shots"]] == [s["plan"] for s in status["shots"]]
+        assert printed["blocked"] == status["blocked"]
+    finally:
+        Dispatcher(rt, app).cancel("fault-plan")
+        swap_profile(rt, farm, "fb", None)
+
+
+def swap_profile(rt: Runtime, farm: LocalFarm, name: str, profile: Path | None) -> None:
+    """Restart node ``name``'s emulator with ``profile`` (None: its own), once its worker
+    saw it down, and wait until the registry holds what it now offers."""
+
+    def record() -> dict[str, Any]:
+        return next(r for r in rt.registry.records() if r["name"] == name)
+
+    farm.kill(f"emulator-{name}", signal.SIGTERM)
+    wait_for(lambda: not record()["ok"], 30, f"{name} seen down")
+    farm.restart_emulator(name, profile)
+    path = profile or next(n.profile for n in farm.nodes if n.name == name)
+    want = sorted(json.loads(path.read_text())["models"]["diffusion_models"])
+    wait_for(lambda: record()["alive"] and idle(rt, farm)
+             and sorted(record()["models"].get("diffusion_models", [])) == want,
+             30, f"{name} discovered again")  # fmt: skip
 
 
 def test_a_render_failure_is_tried_once_more_on_another_node(rt, farm, tmp_path):

@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,21 @@ def test_concat_letterboxes_clips_of_different_sizes(tmp_path):
     assert info == media.probe(out)
     tall = media.read_frames(out)[12]  # from b: white, pillarboxed
     assert tall[:, 150:170].mean() > 200 and tall[:, :40].mean() < 30
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_videos_are_as_readable_as_any_new_file(tmp_path, umask):
+    """A clip and a scene video get the mode of a file created normally (0666 less the
+    umask), not a temporary file's 0600: others can open scene.mp4 like the clips."""
+    before = os.umask(umask)
+    try:
+        media.write_video(tmp_path / "a.mp4", frames(4, 64, 64), fps=8)
+        media.concat_videos([tmp_path / "a.mp4"], tmp_path / "scene.mp4", width=64, height=64,
+                            fps=8)  # fmt: skip
+    finally:
+        os.umask(before)
+    modes = [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.mp4", "scene.mp4")]
+    assert modes == [0o666 & ~umask] * 2
 
 
 def test_concat_resamples_to_the_target_fps(tmp_path):

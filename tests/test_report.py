@@ -2,7 +2,9 @@
 
 import base64
 import json
+import os
 import re
+import stat
 from html.parser import HTMLParser
 
 import cv2
@@ -349,3 +351,18 @@ def test_write_report_writes_both_files(report, tmp_path):
     assert "../../scene.mp4" in page  # the scene video, relative to the report
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]  # no temp files
     balanced(page)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_report_files_are_as_readable_as_any_new_file(report, tmp_path, umask):
+    """report.json and report.html get the mode of a file created normally (0666 less the
+    umask: 0644 by default), like the clips beside them; not a temporary file's 0600."""
+    before = os.umask(umask)
+    try:
+        paths = write_report(report, tmp_path / "scene")
+        (tmp_path / "clip.mp4").write_bytes(b"")  # how a clip is written
+    finally:
+        os.umask(before)
+    clip = stat.S_IMODE((tmp_path / "clip.mp4").stat().st_mode)
+    assert clip == 0o666 & ~umask
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [clip, clip]

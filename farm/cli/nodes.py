@@ -17,8 +17,9 @@ from farm.errors import FarmError, InvalidInput
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def nodes(as_json: bool) -> None:
     """List the registered GPU nodes: health, GPU, learned speed (relative to the median
-    node; - until it has rendered), models and queue depth."""
-    from farm.nodes import relative_speeds
+    node; - until it has rendered), queue depth and what each can render (catalogue
+    models of a ComfyUI node, WanGP model ids the templates use)."""
+    from farm.nodes import can_render, relative_speeds
 
     try:
         records = runtime().registry.records()
@@ -26,14 +27,13 @@ def nodes(as_json: bool) -> None:
         fail(exc)
     for r, speed in zip(records, relative_speeds(records), strict=True):
         r["speed"] = speed
+        r["can_render"] = can_render(r)
     if as_json:
         print_json(records)
         return
     table = Table("node", "kind", "state", "gpu", "speed", "queued", "can render", "url", box=None)
     for r in records:
         state = "[green]up[/]" if r["alive"] else f"[red]down[/] {escape(r['reason'][:40])}"
-        flows = r["workflows"] or {}
-        usable = sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
         table.add_row(
             r["name"],
             r["kind"],
@@ -41,7 +41,7 @@ def nodes(as_json: bool) -> None:
             r["gpu"],
             f"{r['speed']:g}" if r["throughput"] else "-",
             str(r["queued"]),
-            ", ".join(usable) if r["workflows"] is not None else "(not discovered yet)",
+            "(not discovered yet)" if r["can_render"] is None else ", ".join(r["can_render"]),
             r["url"],
         )
     console.print(table if records else "no nodes registered: start `farm worker --node NAME`")

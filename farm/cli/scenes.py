@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.markup import escape
@@ -23,6 +23,9 @@ from farm.cli.common import (
     runtime,
 )
 from farm.errors import FarmError, InvalidInput
+
+if TYPE_CHECKING:
+    from farm.runtime import Runtime
 
 
 @click.command()
@@ -94,12 +97,7 @@ def enqueue(
             console.print(f"queued scene [bold]{scene.id}[/]: "
                           + ", ".join(f"{k}→{v}" for k, v in where.items()))  # fmt: skip
         return
-    from farm.watch import watch
-
-    status = watch(rt.state, scene.id, err_console if as_json else console)
-    if as_json:
-        print_json(status)
-    sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+    _follow(rt, scene.id, as_json)
 
 
 @click.command()
@@ -185,8 +183,7 @@ def status(scene_id: str | None, as_json: bool) -> None:
         from farm.watch import render_status
 
         console.print(render_status(data))
-        for name, path in data["outputs"].items():
-            console.print(f"{name}: {path}")
+        _print_outputs(data)
     else:
         table = Table("scene", "state", "quality", "shots", "title", box=None)
         for s in data:
@@ -237,12 +234,22 @@ def cancel(scene_id: str, shot_id: str | None, as_json: bool) -> None:
 def watch(scene_id: str, timeout: float | None, as_json: bool) -> None:
     """Follow a scene live: a progress bar per shot with its state, node, attempt and
     quality-gate decision, until the scene is done (exit 0), failed or partial (exit 1)."""
+    try:
+        rt = runtime()
+        rt.state.scene(scene_id)  # exit 2 for an unknown scene
+    except FarmError as exc:
+        fail(exc)
+    _follow(rt, scene_id, as_json, timeout)
+
+
+def _follow(rt: Runtime, scene_id: str, as_json: bool, timeout: float | None = None) -> NoReturn:
+    """Show the scene live until it is over (or ``timeout``), then where its outputs are
+    (``as_json``: its status on stdout, the live view on stderr); exit 0 when it is done,
+    1 otherwise."""
     from farm.lifecycle import TERMINAL_SCENE
     from farm.watch import watch as follow
 
     try:
-        rt = runtime()
-        rt.state.scene(scene_id)  # exit 2 for an unknown scene
         status = follow(rt.state, scene_id, err_console if as_json else console,
                         timeout=timeout)  # fmt: skip
     except FarmError as exc:
@@ -255,9 +262,14 @@ def watch(scene_id: str, timeout: float | None, as_json: bool) -> None:
     elif status["state"] not in TERMINAL_SCENE:
         err_console.print(f"scene {scene_id} is still {status['state']} after {timeout:g}s")
     else:
-        for name, path in status["outputs"].items():
-            console.print(f"{name}: {path}")
+        _print_outputs(status)
     sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+
+
+def _print_outputs(status: dict[str, Any]) -> None:
+    """One line per output of the scene: ``video: PATH``, ``report: PATH``, ..."""
+    for name, path in status["outputs"].items():
+        console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
 
 
 @click.command()
@@ -318,12 +330,7 @@ def retry(scene_id: str, shot_ids: tuple[str, ...], follow: bool, as_json: bool)
         else:
             console.print(f"retrying scene {scene_id}: {', '.join(ids)}")
         return
-    from farm.watch import watch
-
-    status = watch(rt.state, scene_id, err_console if as_json else console)
-    if as_json:
-        print_json(status)
-    sys.exit(EXIT_OK if status["state"] == "done" else EXIT_FAILED)
+    _follow(rt, scene_id, as_json)
 
 
 @click.command()
