@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import requests
 
+from farm.celery_app import app
 from farm.lifecycle import TERMINAL_SCENE
 from farm.local import wait_for
 from farm.media import probe, read_frames
@@ -208,5 +209,9 @@ def test_a_shot_whose_node_is_down_fails_and_the_scene_still_assembles(rt, farm_
     assert status["state"] == "partial"
     assert shots["ati"]["state"] == "failed" and "node_unavailable" in shots["ati"]["error"]
     assert all(shots[s]["state"] == "done" for s in ("t2v", "i2v", "hy"))
+    # the shot's chord slot task is SUCCESS in Celery (and Flower); its result says the shot failed
+    for shot_id, said in (("ati", "shot failed: node_unavailable"), ("t2v", "shot done (gate")):
+        slot = app.AsyncResult(rt.state.shot(scene.id, shot_id)["task_id"])
+        assert slot.state == "SUCCESS" and slot.result["outcome"].startswith(said), slot.result
     video = probe(Path(status["outputs"]["video"]))
     assert video.frames == 4 * 17  # the failed shot is a slate of its own length
