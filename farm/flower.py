@@ -66,7 +66,7 @@ def flower_env(settings: Settings, no_auth: bool = False) -> dict[str, str]:
         "FLOWER_STATE_SAVE_INTERVAL": str(SAVE_INTERVAL_MS),
         "FLOWER_TASK_RUNTIME_METRIC_BUCKETS": ",".join(str(b) for b in RUNTIME_BUCKETS),
         "FLOWER_PURGE_OFFLINE_WORKERS": str(24 * 3600),
-        "FLOWER_TASKS_COLUMNS": "name,uuid,state,args,received,started,runtime,worker",
+        "FLOWER_TASKS_COLUMNS": "name,uuid,state,result,args,received,started,runtime,worker",
     }
     if logins:
         env["FLOWER_BASIC_AUTH"] = ",".join(logins)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,19 @@ def load_gate(path: Path) -> GateConfig:
     return config
 
 
-def failures(scores: Mapping[str, float], minimum: Mapping[str, float]) -> list[str]:
-    """The thresholds a take misses, as ``"metric 0.41 < 0.60"`` (metrics it lacks aside)."""
-    return [
-        f"{m} {scores[m]:.2f} < {lo:.2f}"
-        for m, lo in minimum.items()
-        if m in scores and scores[m] < lo
-    ]
+def failures(
+    scores: Mapping[str, float], minimum: Mapping[str, float], cuts: Sequence[int] = ()
+) -> list[str]:
+    """The thresholds a take misses, as ``"metric 0.41 < 0.60"`` (metrics it lacks aside);
+    a missed visual_consistency names the take's ``cuts``, which halve it."""
+    missed = []
+    for m, lo in minimum.items():
+        if m in scores and scores[m] < lo:
+            why = f"{m} {scores[m]:.2f} < {lo:.2f}"
+            if m == "visual_consistency" and cuts:
+                why += f" (cut before frame {', '.join(map(str, cuts))})"
+            missed.append(why)
+    return missed
 
 
 def best(takes: list[dict[str, Any]], minimum: Mapping[str, float]) -> int:
@@ -274,7 +280,7 @@ def _gate(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str, Any
     except Exception as exc:  # scoring must never strand a rendered shot
         log.exception("scoring %s/%s take %s failed", scene_id, shot_id, pending.get("take"))
         pending["error"] = f"{exc.__class__.__name__}: {exc}"
-    missed = failures(pending.get("scores") or {}, rule.minimum)
+    missed = failures(pending.get("scores") or {}, rule.minimum, pending.get("cuts") or ())
     pending.update(passed="error" not in pending and not missed, failed=missed)
     takes = [t for t in shot.get("takes") or [] if t.get("take") != pending["take"]]
     takes.append(pending)

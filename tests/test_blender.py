@@ -95,12 +95,12 @@ def test_build_is_a_valid_extension_and_a_legacy_addon(addon, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     with zipfile.ZipFile(addon["extension"]) as z:
         names = set(z.namelist())
-    assert {"blender_manifest.toml", "__init__.py", "client.py"} <= names
+    assert {"blender_manifest.toml", "__init__.py", "client.py", "LICENSE"} <= names
     assert {f"wheels/{n}" for n in addon_build.manifest_wheels()} <= names
     with zipfile.ZipFile(addon["legacy"]) as z:
         names = set(z.namelist())
         assert "bl_info" in z.read("farm_submit/__init__.py").decode()
-    assert "farm_submit/_vendor/redis/__init__.py" in names
+    assert {"farm_submit/_vendor/redis/__init__.py", "farm_submit/LICENSE"} <= names
     assert not any(n.endswith("blender_manifest.toml") for n in names)
     again = addon_build.build(WHEELS, tmp_path)
     assert again[0].read_bytes() == addon["extension"].read_bytes()

@@ -9,9 +9,10 @@ from pathlib import Path
 import cv2
 import requests
 
+from farm.celery_app import app
 from farm.lifecycle import TERMINAL_SCENE
 from farm.local import wait_for
-from farm.media import probe
+from farm.media import probe, read_frames
 from farm.metrics import score_clip
 from farm.scene import parse_scene
 from farm.submit import enqueue
@@ -119,6 +120,53 @@ def test_a_scene_renders_assembles_and_scores(rt):
     assert status["metrics"]["summary"]
 
 
+def test_a_trajectory_shot_moves_its_subject_and_passes_the_gate_on_the_first_take(rt, tmp_path):
+    # the meadow with a subject where the track starts: an orange disk with a white and a dark spot
+    start, end = (80, 170), (330, 130)
+    image = cv2.resize(cv2.imread(str(EXAMPLES / "images" / "meadow.jpg")), (416, 240))
+    cv2.circle(image, start, 16, (40, 110, 230), -1)
+    cv2.circle(image, (start[0] - 6, start[1] - 5), 5, (255, 255, 255), -1)
+    cv2.circle(image, (start[0] + 7, start[1] + 4), 4, (20, 20, 20), -1)
+    cv2.imwrite(str(tmp_path / "fox.png"), image)
+    scene = parse_scene(
+        {
+            "id": "e2e-ati-gate",
+            "quality": "final",
+            "shots": [
+                {
+                    "id": "fox",
+                    "action_description": "a fox runs across the meadow",
+                    "start_image": str(tmp_path / "fox.png"),
+                    "trajectories": [[{"x": x, "y": y} for x, y in (start, (200, 150), end)]],
+                    "width": 416,
+                    "height": 240,
+                    "frames": 17,
+                    "seed": 5,
+                }
+            ],
+        }
+    )
+    enqueue(scene, rt)
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", status
+    report = json.loads(Path(status["outputs"]["report"]).read_text())
+    (shot,) = report["shots"]
+    assert shot["gate"]["decision"] == "passed" and len(shot["gate"]["takes"]) == 1, shot["gate"]
+    assert shot["scores"]["trajectory_adherence"] > 0.9
+    assert shot["raw"]["trajectory_adherence"]["lost_fraction"] == 0
+    # the subject itself moved: gone from where it started, found where its track ends
+    frames = read_frames(Path(shot["clip"]))
+    subject = cv2.getRectSubPix(image, (25, 25), start)
+
+    def match(frame, at):
+        near = cv2.getRectSubPix(frame, (65, 65), at)
+        return cv2.minMaxLoc(cv2.matchTemplate(near, subject, cv2.TM_CCOEFF_NORMED))[1]
+
+    assert match(frames[0], start) > 0.8
+    assert match(frames[-1], end) > 0.8
+    assert match(frames[-1], start) < 0.5
+
+
 def test_preview_then_final_hands_over_inside_the_chord(rt):
     scene = parse_scene(
         {
@@ -161,5 +209,9 @@ def test_a_shot_whose_node_is_down_fails_and_the_scene_still_assembles(rt, farm_
     assert status["state"] == "partial"
     assert shots["ati"]["state"] == "failed" and "node_unavailable" in shots["ati"]["error"]
     assert all(shots[s]["state"] == "done" for s in ("t2v", "i2v", "hy"))
+    # the shot's chord slot task is SUCCESS in Celery (and Flower); its result says the shot failed
+    for shot_id, said in (("ati", "shot failed: node_unavailable"), ("t2v", "shot done (gate")):
+        slot = app.AsyncResult(rt.state.shot(scene.id, shot_id)["task_id"])
+        assert slot.state == "SUCCESS" and slot.result["outcome"].startswith(said), slot.result
     video = probe(Path(status["outputs"]["video"]))
     assert video.frames == 4 * 17  # the failed shot is a slate of its own length

@@ -11,8 +11,9 @@ import time
 
 import requests
 
-from farm.flower import describe_args
+from farm.flower import describe_args, flower_env
 from farm.local import free_port
+from farm.settings import Settings
 
 
 def flower(*args: str, env: dict[str, str]):
@@ -77,3 +78,9 @@ def test_task_arguments_are_shown_by_scene_and_shot():
     assert describe_args("farm.assemble_scene", cut) == "scene=s1"
     assert describe_args("celery.chord_unlock", "('x',)") is None
     assert describe_args("farm.final", "('only-one',)") is None
+
+
+def test_the_task_list_shows_each_tasks_result_where_a_shot_says_what_became_of_it():
+    env = flower_env(Settings.from_env({}), no_auth=True)
+    columns = env["FLOWER_TASKS_COLUMNS"].split(",")
+    assert columns.index("state") < columns.index("result") < columns.index("args")

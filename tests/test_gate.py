@@ -16,10 +16,12 @@ from farm.gate import (
     failures,
     load_gate,
     parse_gate,
+    score_file,
     take_seed,
 )
 from farm.media import write_video
 from farm.metrics import score_clip
+from farm.scene import Shot
 from farm.settings import REPO_ROOT
 
 
@@ -75,6 +77,24 @@ def test_failures_name_the_metric_score_and_threshold_and_skip_absent_metrics():
     scores = {"motion_smoothness": 0.41, "temporal_flicker": 0.9}
     assert failures(scores, minimum) == ["motion_smoothness 0.41 < 0.60"]
     assert failures({"motion_smoothness": 0.6}, minimum) == []  # at the threshold passes
+
+
+def test_a_take_with_a_hard_cut_misses_the_default_gate_which_says_where(tmp_path):
+    spec = ClipSpec(320, 192, 25, 16, 7, "a lighthouse at dusk")
+    other = ClipSpec(320, 192, 25, 16, 8, "a lighthouse at dusk")  # another angle, same look
+    clean, cut = tmp_path / "clean.mp4", tmp_path / "cut.mp4"
+    write_video(clean, synthesize(spec), 16)
+    write_video(cut, list(synthesize(spec))[:12] + list(synthesize(other))[12:], 16)
+    shot = Shot(id="s", action_description="a lighthouse at dusk", width=320, height=192)
+    rule = load_gate(REPO_ROOT / "farm" / "data" / "gate.json").rule("standard_generation", 3)
+    kept = score_file(clean, shot)
+    assert kept["cuts"] == [] and failures(kept["scores"], rule.minimum, kept["cuts"]) == []
+    taken = score_file(cut, shot)
+    assert taken["cuts"] == [12]
+    low = taken["scores"]["visual_consistency"]
+    assert failures(taken["scores"], rule.minimum, taken["cuts"]) == [
+        f"visual_consistency {low:.2f} < 0.70 (cut before frame 12)"
+    ]
 
 
 def test_best_take_has_fewest_failures_then_the_largest_worst_margin():

@@ -144,9 +144,16 @@ def test_cut_is_found_at_the_right_frame(scores):
     assert scores["cut"]["cuts"] == [N // 2]
     for name in ("smooth", "pan", "gain", "fade", "jitter8", "held", "dropped", "blurred"):
         assert scores[name]["cuts"] == [], name
-    assert score(scores, "cut", "visual_consistency") < score(
-        scores, "smooth", "visual_consistency"
-    )
+
+
+def test_a_cut_halves_visual_consistency(scores):
+    cut, smooth = scores["cut"], score(scores, "smooth", "visual_consistency")
+    # each half is consistent with itself: only the cut tells the clip from a clean one
+    assert cut["raw"]["visual_consistency"]["score_without_cuts"] > 0.9 * smooth
+    assert cut["raw"]["visual_consistency"]["cuts"] == 1
+    assert score(scores, "cut", "visual_consistency") < 0.55 * smooth
+    for name in ("smooth", "pan", "gain", "fade", "jitter8", "held", "dropped", "blurred"):
+        assert scores[name]["raw"]["visual_consistency"]["cuts"] == 0, name
 
 
 def test_pan_is_motion_compensated_in_consistency(scores):

@@ -114,6 +114,25 @@ def test_start_image_is_frame_zero_and_the_background():
     assert np.abs(later - image[H // 2 :, : W // 3].astype(int)).mean() < 5
 
 
+def test_a_trajectory_moves_the_start_images_subject_and_leaves_its_place():
+    image = np.full((H, W, 3), (60, 140, 90), np.uint8)  # a plain backdrop ...
+    start, end = (100.0, 110.0), (240.0, 120.0)
+    yy, xx = np.mgrid[0:H, 0:W]
+    subject = np.hypot(xx - start[0], yy - start[1]) <= 14  # ... and a checkered subject
+    image[subject] = np.where((((xx // 4) + (yy // 4)) % 2 == 0)[subject, None], 240, 20)
+    frames = render(spec(start_image=image, tracks=((start, end),)))
+
+    def spot(frame, at, r=12):
+        x, y = round(at[0]), round(at[1])
+        return cv2.cvtColor(frame[y - r : y + r + 1, x - r : x + r + 1], cv2.COLOR_BGR2GRAY)
+
+    assert spot(frames[0], start).std() > 60  # it starts where the picture has it
+    assert spot(frames[-1], end).std() > 60  # and ends at the end of its track
+    assert spot(frames[-1], start).std() < 8  # where it was, only the backdrop is left
+    left = np.abs(spot(frames[-1], start).astype(int) - spot(image, (30, 110)).astype(int))
+    assert left.mean() < 6
+
+
 def test_start_image_of_another_shape_is_cover_cropped():
     image = np.zeros((400, 400, 3), np.uint8)
     image[:, :200] = 255

@@ -160,6 +160,8 @@ def test_flower_in_chromium_shows_a_worker_per_node_and_the_finished_shot(upfarm
         assert "scene=up-scene run=1" in text  # the scene's body tasks
         shot_rows = [line for line in text.splitlines() if "shot=intro" in line]
         assert shot_rows, text
+        # SUCCESS says the task ended; the Result column says what became of the shot
+        assert any("shot done (gate" in line for line in shot_rows), shot_rows
         shot = ARTIFACTS / "flower-tasks.png"
         browser.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

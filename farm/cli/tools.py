@@ -87,7 +87,7 @@ def score(
         result = score_clip(clip, tracks, canvas)
     except FarmError as exc:
         fail(exc)
-    missed = failures(result["scores"], minimum)
+    missed = failures(result["scores"], minimum, result.get("cuts") or ())
     if as_json:
         print_json({**result, "thresholds": minimum, "failed": missed})
     else:
@@ -113,7 +113,8 @@ def _print_scores(clip: Path, result: dict[str, Any], minimum: dict[str, float],
                       f"lost {adherence['lost_fraction']:.0%} of frames")  # fmt: skip
     console.print(f"dynamic (VBench rule): {'yes' if raw['dynamic_degree']['dynamic'] else 'no'}")
     cuts = result.get("cuts") or []
-    console.print(f"cuts before frames: {', '.join(map(str, cuts))}" if cuts else "no cuts")
+    console.print(f"cuts before frames: {', '.join(map(str, cuts))} (each halves "
+                  "visual_consistency)" if cuts else "no cuts")  # fmt: skip
     if missed:
         console.print(f"[red]below the thresholds:[/] {', '.join(missed)}")
 

@@ -3,7 +3,10 @@
 A clip is a seeded, non-periodic textured background (or the start image) seen through a
 camera that follows the moves named in the prompt, one textured disk per trajectory (or
 one on a seeded curve), the prompt in a banner at the top, and a little sensor noise.
-With a start image, frame 0 is that image (under the banner, without noise).
+With a start image, frame 0 is that image (under the banner, without noise). With a start
+image and trajectories (Wan ATI), the subject under each track's first point is what moves:
+it is lifted out of the picture, the place it leaves is filled in from its surroundings,
+and it travels along its track, as ATI moves a subject rather than copying it.
 The same :class:`ClipSpec` always gives the same frames.
 """
 
@@ -168,13 +171,16 @@ class _Renderer:
         self.start = None if spec.start_image is None else _cover(spec.start_image, w, h)
         if self.start is None:
             self.texture = _background(rng, h + 2 * self.my, w + 2 * self.mx, colours)
-        else:
-            self.texture = cv2.copyMakeBorder(
-                self.start, self.my, self.my, self.mx, self.mx, cv2.BORDER_REFLECT_101
-            )
         self.banner = _banner(spec.prompt, w, h)
         self.radius = max(4, round(min(w, h) / 10))
         self.paths = self._paths(rng)
+        if self.start is not None:
+            scenery = self.start
+            if spec.tracks:  # trajectory control moves the subjects: what was behind them shows
+                scenery = _without(self.start, [p[0] for p in self.paths], self.radius + 2)
+            self.texture = cv2.copyMakeBorder(
+                scenery, self.my, self.my, self.mx, self.mx, cv2.BORDER_REFLECT_101
+            )
         self.sprites = [self._sprite(rng, colours, path[0]) for path in self.paths]
         self.alpha = _disk_alpha(self.radius)
         self.moves = camera_moves(spec.prompt)
@@ -203,12 +209,12 @@ class _Renderer:
     def _sprite(self, rng: np.random.Generator, colours: np.ndarray, at) -> np.ndarray:
         size = 2 * self.radius + 5
         if self.start is not None:
-            centre = (float(round(at[0])), float(round(at[1])))
-            patch = cv2.getRectSubPix(self.start, (size, size), centre)
-            if not self.spec.tracks:
-                return patch  # image-to-video: a part of the picture comes alive
+            if not self.spec.tracks:  # image-to-video: a part of the picture comes alive
+                centre = (float(round(at[0])), float(round(at[1])))
+                return cv2.getRectSubPix(self.start, (size, size), centre)
             # trajectory control: the subject under the track's first point is what moves, lifted
             # from its surroundings (contrast and a rim) as a generated subject is
+            patch = cv2.getRectSubPix(self.start, (size, size), (float(at[0]), float(at[1])))
             mean = patch.astype(np.float32).mean(axis=(0, 1))
             img = (patch.astype(np.float32) - mean) * 1.8 + mean + 25
         else:
@@ -276,6 +282,14 @@ class _Renderer:
             noise = cv2.LUT(np.frombuffer(raw, np.uint8).reshape(out.shape), NOISE_LUT)
             out = cv2.add(out, noise, dtype=cv2.CV_8U)
         return out
+
+
+def _without(image: np.ndarray, centres: list, radius: float) -> np.ndarray:
+    """``image`` with a disk of ``radius`` around each centre filled in from its surroundings."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    for x, y in centres:
+        cv2.circle(mask, (round(x), round(y)), math.ceil(radius), 255, -1)
+    return cv2.inpaint(image, mask, 5, cv2.INPAINT_TELEA)
 
 
 def _disk_alpha(radius: int) -> np.ndarray:

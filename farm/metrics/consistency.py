@@ -3,9 +3,11 @@
 Per frame t >= 1: HSV-histogram correlation with the first frame, and SSIM of the
 thumbnail with the previous thumbnail warped by the global motion (a similarity
 transform fitted to the corner tracks with RANSAC). The score is the mean over t of
-(max(0, hist_to_first) + max(0, ssim_to_previous)) / 2, the shape of VBench's formula.
-A cut candidate is a frame whose SSIM or histogram correlation with the previous frame
-is below ``CUT_BELOW``.
+(max(0, hist_to_first) + max(0, ssim_to_previous)) / 2, the shape of VBench's formula,
+halved for every cut. A cut is a frame whose SSIM or histogram correlation with the
+previous frame is below ``CUT_BELOW``. A shot is one continuous take (cuts are between
+shots), so a cut inside a clip is a defect wherever it falls; without the halving, a
+clip cut in two still averages about 0.96, since each half is consistent with itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from farm.metrics.frames import Clip
 from farm.metrics.image import hist_corr, hsv_hist, ssim
 
 CUT_BELOW = 0.5
+CUT_FACTOR = 0.5  # the score is multiplied by this for every cut
 MIN_POINTS = 6
 BORDER = 3  # thumbnail pixels of the warped frame's edge left out of SSIM
 
@@ -51,18 +54,21 @@ def compensated_ssim(clip: Clip, tracks: FeatureTracks, t: int) -> float:
 def visual_consistency(clip: Clip, tracks: FeatureTracks) -> tuple[float, dict, list[int]]:
     """Score, raw values and cut candidates (indices of the first frame after a cut)."""
     if len(clip) < 2:
-        return 1.0, {"hist_to_first_mean": 1.0, "ssim_to_prev_mean": 1.0}, []
+        return 1.0, {"cuts": 0, "hist_to_first_mean": 1.0, "ssim_to_prev_mean": 1.0}, []
     hists = [hsv_hist(t) for t in clip.thumbs]
     to_first = np.array([hist_corr(hists[0], h) for h in hists[1:]])
     to_prev = np.array([hist_corr(a, b) for a, b in zip(hists, hists[1:], strict=False)])
     ssims = np.array([compensated_ssim(clip, tracks, t) for t in range(1, len(clip))])
     per_frame = (np.clip(to_first, 0, 1) + np.clip(ssims, 0, 1)) / 2
-    cuts = [t + 1 for t in np.flatnonzero((ssims < CUT_BELOW) | (to_prev < CUT_BELOW))]
+    cuts = [int(t) + 1 for t in np.flatnonzero((ssims < CUT_BELOW) | (to_prev < CUT_BELOW))]
+    uncut = float(per_frame.mean())
     raw = {
+        "cuts": len(cuts),
+        "score_without_cuts": uncut,
         "hist_to_first_mean": float(to_first.mean()),
         "hist_to_first_min": float(to_first.min()),
         "hist_to_prev_min": float(to_prev.min()),
         "ssim_to_prev_mean": float(ssims.mean()),
         "ssim_to_prev_min": float(ssims.min()),
     }
-    return float(per_frame.mean()), raw, [int(c) for c in cuts]
+    return uncut * CUT_FACTOR ** len(cuts), raw, cuts

@@ -3,7 +3,8 @@
 collect, on the CPU queue, which fetches what a dead node finished (:mod:`farm.checker`).
 
 Each holds one slot of its scene's chord. It returns the shot's record to the chord when
-the shot is over; when the shot goes on (the final after a preview, the next fallback
+the shot is over (Celery's SUCCESS then means the record was delivered; whether the shot
+was done, failed or cancelled is the record's ``outcome``); when the shot goes on (the final after a preview, the next fallback
 rung, the quality gate, a paused scene) or this delivery is stale or a duplicate, it
 raises ``Ignore``: the slot stays open and the farm publishes the shot's next task into
 it, as ``Task.replace`` would (same task id, chord, group and index).
@@ -20,6 +21,7 @@ from farm.celery_app import app
 from farm.dispatch import Dispatcher
 from farm.runtime import get_runtime
 from farm.shots import run_bound
+from farm.tasks import with_outcome
 
 
 def _run(scene_id: str, shot_id: str, binding: str, collect: bool = False) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def _run(scene_id: str, shot_id: str, binding: str, collect: bool = False) -> di
     record = run_bound(rt, Dispatcher(rt, app), scene_id, shot_id, binding, collect=collect)
     if record is None:
         raise Ignore()
-    return record
+    return with_outcome(record)
 
 
 @app.task(name="farm.preview", bind=True)
@@ -60,4 +62,4 @@ def collect(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[str, 
 def close_shot(record: dict[str, Any]) -> dict[str, Any]:
     """Fill a shot's chord slot without rendering (cancelled before it ran, or no node
     could take it): returns its record."""
-    return record
+    return with_outcome(record)

@@ -17,6 +17,7 @@ from farm.assembly import assemble, score
 from farm.celery_app import app
 from farm.gate import score_take
 from farm.runtime import get_runtime
+from farm.tasks import with_outcome
 
 
 @worker_process_init.connect
@@ -33,7 +34,7 @@ def score_shot(self: Task, scene_id: str, shot_id: str, binding: str) -> dict[st
     record = score_take(get_runtime(), scene_id, shot_id, binding)
     if record is None:
         raise Ignore()
-    return record
+    return with_outcome(record)
 
 
 @app.task(name="farm.assemble_scene")
