@@ -25,7 +25,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,9 @@ def read_submission(fields: Mapping[Any, Any], settings: Settings) -> Submission
     sub.files = read_files(data.get("files"), settings, problems)
     sub.replace = _read_replace(data.get("replace", False), problems)
     sub.client = _read_client(data.get("client", {}), problems)
-    problems += start_image_problems(sub.scene, sub.files)
+    given = data.get("files")
+    refused = set(given) - set(sub.files) if isinstance(given, dict) else set()
+    problems += start_image_problems(sub.scene, sub.files, refused)
     if isinstance(sub.scene, dict):
         problems += scene_problems(sub.scene)
     return sub
@@ -250,11 +252,13 @@ def _read_client(value: Any, problems: list[str]) -> dict[str, str]:
     return {} if bad else dict(value)
 
 
-def start_image_problems(scene: Any, files: Mapping[str, bytes]) -> list[str]:
+def start_image_problems(scene: Any, files: Mapping[str, bytes], refused: Collection[str] = ()
+                         ) -> list[str]:  # fmt: skip
     """Each shot's ``start_image`` must be the bare name of an attached image; every
     attachment must be an image (:func:`farm.images.image_problem`, once per file). An
     attachment that is not is one problem at each shot that uses it (at ``$.files`` when
-    none does)."""
+    none does). ``refused``: attachments :func:`read_files` reported already (bad base64,
+    too big), not reported again as missing."""
     problems: list[str] = []
     bad = {name: p for name, blob in files.items() if (p := image_problem(blob))}
     used: set[str] = set()
@@ -267,6 +271,8 @@ def start_image_problems(scene: Any, files: Mapping[str, bytes]) -> list[str]:
         if "/" in start or "\\" in start or ".." in start or Path(start).is_absolute():
             problems.append(f"{where}: {show(start)} must be the bare name of a file attached under "
                             "files (no folders or absolute paths)")  # fmt: skip
+        elif start in refused:
+            continue  # its $.files problem says why
         elif start not in files:
             problems.append(f"{where}: {show(start)} is not attached to the submission; "
                             "add it under files, or remove start_image")  # fmt: skip

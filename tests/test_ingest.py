@@ -541,23 +541,25 @@ def test_pack_submission_attaches_each_start_image_once(tmp_path):
 
 def test_an_attachment_that_is_not_an_image_is_one_problem_at_the_shot_using_it():
     """Before, ingest listed the attachment ($.files['a.png']: is not an image) and then
-    each shot using it as "not attached to the submission", which it was."""
+    each shot using it as "not attached to the submission", which it was (so too for an
+    attachment that is not base64)."""
     settings = Settings.from_env({})
     scene = quick_scene("s", 3)
     for shot in scene["shots"][:2]:
         shot["start_image"] = "a.png"
+    scene["shots"][2]["start_image"] = "b.png"
     files = {"a.png": base64.b64encode(b"GIF89a? no, just text").decode(),
-             "b.png": base64.b64encode(png()).decode(),
+             "b.png": "not base64!",
              "spare.png": base64.b64encode(png()[:100]).decode()}  # fmt: skip
     body = {"version": 1, "submission": "x", "scene": scene, "files": files}
     sub = read_submission({"submission": "x", "body": json.dumps(body)}, settings)
     bad = ("the attached file 'a.png' is not an image (Pillow cannot tell its format); use a "
            "PNG, JPEG or WebP image of 16 to 4,096 pixels a side")  # fmt: skip
-    assert sub.problems[:2] == [f"$.scene.shots[0].start_image: {bad}",
-                                f"$.scene.shots[1].start_image: {bad}"]  # fmt: skip
-    assert len(sub.problems) == 3 and sub.problems[2].startswith(
-        "$.files['spare.png']: is a damaged image ("
-    )
+    assert len(sub.problems) == 4, sub.problems
+    assert sub.problems[0].startswith("$.files['b.png']: is not valid base64")  # said once
+    assert sub.problems[1:3] == [f"$.scene.shots[0].start_image: {bad}",
+                                 f"$.scene.shots[1].start_image: {bad}"]  # fmt: skip
+    assert sub.problems[3].startswith("$.files['spare.png']: is a damaged image (")
     assert not any("not attached" in p for p in sub.problems)
 
 
