@@ -1,7 +1,8 @@
 """The farm's one exception tree: what is retried, what falls back, what is permanent.
 
 FarmError
-├── InvalidInput          user input is wrong (scene file, CLI flag, submission); never retried
+├── InvalidInput          user input is wrong (scene file, CLI flag, submission, a start
+│                         image no node can decode); never retried
 ├── ConfigError           the farm is misconfigured (settings, missing tool)
 │   └── NoCapableNode     no live node holds what a shot needs
 ├── PermanentError        the job cannot succeed as asked; never retried

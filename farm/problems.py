@@ -4,7 +4,8 @@ A problem reaches a terminal (``farm validate``, ``farm enqueue``, ``farm submit
 ingest log, the submission's status hash (kept ``FARM_SUBMISSION_TTL``) and the dead-letter
 stream, so its size must not grow with the input it describes:
 
-- an echoed value longer than :data:`SHOW_CHARS` is shown as its start and its size:
+- an echoed value longer than :data:`SHOW_CHARS` (a file path: :data:`SHOW_PATH_CHARS`)
+  is shown as its start and its size:
   ``'xxxx…' (a string of 2,097,152 characters)``, ``a number of 5,000 digits``,
   ``[{'id': 's0', ...}, ...] (a list of 100,000 items)``;
 - a problem is cut at :data:`MAX_PROBLEM_CHARS` characters;
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sized
 from typing import Any
 
 SHOW_CHARS = 60
+SHOW_PATH_CHARS = 300
 MAX_PROBLEM_CHARS = 500
 MAX_PROBLEMS = 50
 MAX_NAMES = 10
@@ -71,6 +73,13 @@ def quoted(name: str) -> str:
         return repr(name)
     head = repr(name[:SHOW_CHARS])
     return f"{head[:-1]}…{head[-1]}"
+
+
+def show_path(path: object) -> str:
+    """A file path as echoed in a message: whole up to :data:`SHOW_PATH_CHARS` characters
+    (a user needs all of it to find the file), else like :func:`show`."""
+    text = str(path)
+    return text if len(text) <= SHOW_PATH_CHARS else show(text)
 
 
 def digits(number: int) -> int:

@@ -18,8 +18,9 @@ from typing import Any
 import jsonschema
 
 from farm.errors import InvalidInput
+from farm.images import SUFFIXES, file_problem
 from farm.jsonfile import read_json
-from farm.problems import MAX_PROBLEMS, SHOW_CHARS, capped, more_line, names, show
+from farm.problems import MAX_PROBLEMS, SHOW_CHARS, capped, more_line, names, show, show_path
 from farm.trajectory import track_problems
 
 SCHEMA_FILE = "scene-v1.schema.json"
@@ -35,8 +36,6 @@ CAMERA_PHRASES: dict[str, str] = {
     "dolly_forward": "dolly forward, smooth camera approach",
     "dolly_back": "dolly back, camera pulls away",
 }
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = 
     most = schema()["properties"]["shots"]["maxItems"]
     if isinstance(data, dict) and isinstance(data.get("shots"), list) and len(data["shots"]) > most:
         # checking every one of that many shots takes seconds, and the scene is refused anyway
-        raise InvalidInput("scene is invalid", [_over("$.shots", data["shots"], most, "items")])
+        raise InvalidInput("scene is invalid", [_over("$.shots", data["shots"], most, "shots")])
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=_error_order)
     if errors:
@@ -219,9 +218,11 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 
 def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool) -> list[str]:
-    """Rules beyond the schema: unique shot ids, trajectories inside the canvas, files."""
+    """Rules beyond the schema: unique shot ids, trajectories inside the canvas, start
+    images that decode."""
     problems: list[str] = []
     seen: dict[str, int] = {}
+    decoded: dict[Path, str | None] = {}
     for i, shot in enumerate(data["shots"]):
         where = f"$.shots[{i}]"
         if shot["id"] in seen:
@@ -245,25 +246,37 @@ def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool)
             )
         start = shot.get("start_image")
         if start:
-            if not start.lower().endswith(IMAGE_SUFFIXES):
-                problems.append(
-                    f"{where}.start_image: {show(start)} must be a {', '.join(IMAGE_SUFFIXES)} image"
-                )
-            elif check_files:
-                problems += _file_problems(start, base_dir, f"{where}.start_image")
+            problem = start_image_problem(start, base_dir, f"{where}.start_image",
+                                          check_file=check_files, memo=decoded)  # fmt: skip
+            problems += [problem] if problem else []
     return problems
 
 
-def _file_problems(start: str, base_dir: Path | None, where: str) -> list[str]:
-    """Why ``start`` does not name a readable file (none when it does)."""
+def start_image_problem(
+    start: str,
+    base_dir: Path | None,
+    where: str,
+    *,
+    check_file: bool = True,
+    memo: dict[Path, str | None] | None = None,
+) -> str | None:
+    """Why a shot's ``start_image`` (at JSON path ``where``) cannot be rendered from: not an
+    image file name, or (``check_file``) a file that is missing, unreadable or not an image
+    (:mod:`farm.images`; ``memo`` keeps each file's answer, so a file many shots share is
+    decoded once). None: it can."""
+    if not start.lower().endswith(SUFFIXES):
+        return f"{where}: {show(start)} must name a {', '.join(SUFFIXES)} image file"
+    if not check_file:
+        return None
     try:
         path = _resolve(start, base_dir)
-        if path.is_file():
-            return []
     except OSError as exc:  # a name too long for the file system, a loop of links, ...
-        return [f"{where}: {show(start)} cannot be read ({exc.strerror or exc}); "
-                "give the path of an image file"]  # fmt: skip
-    return [f"{where}: file {path} does not exist"]
+        return (f"{where}: {show(start)} cannot be read ({exc.strerror or exc}); "
+                "give the path of an image file")  # fmt: skip
+    memo = {} if memo is None else memo
+    if path not in memo:
+        memo[path] = file_problem(path)
+    return f"{where}: file {show_path(path)} {memo[path]}" if memo[path] else None
 
 
 def _error_order(error: jsonschema.ValidationError) -> tuple[str, ...]:
@@ -293,17 +306,32 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if v == "uniqueItems":
         return f"{path}: has duplicate entries; list each once"
     if v in ("maxLength", "maxItems"):
-        return _over(path, instance, limit, "characters" if v == "maxLength" else "items")
+        return _over(path, instance, limit, _unit(error))
     if v in ("minLength", "minItems") and limit > 1:
-        unit = "characters" if v == "minLength" else "items"
+        unit = _unit(error)
         return (f"{path}: {show(instance, sized=True)} is under the minimum of {limit:,} {unit}; "
-                f"give at least {limit:,}")  # fmt: skip
+                f"give at least {limit:,} {unit}")  # fmt: skip
     return f"{path}: {_message(error)}"
 
 
+#: what a list's items are called in a message, by the field that holds the list
+ITEM_NAMES = {"shots": "shots", "trajectories": "tracks", "characters": "names"}
+
+
+def _unit(error: jsonschema.ValidationError) -> str:
+    """What the limit of a length error counts: characters, shots, tracks, points, items."""
+    if error.validator in ("maxLength", "minLength"):
+        return "characters"
+    path = list(error.absolute_path)
+    if path and isinstance(path[-1], int) and "trajectories" in path:
+        return "points"
+    return ITEM_NAMES.get(path[-1], "items") if path and isinstance(path[-1], str) else "items"
+
+
 def _over(path: str, value: Any, limit: int, unit: str) -> str:
+    fix = "; split the scene into scenes of fewer shots" if unit == "shots" else ""
     return (f"{path}: {show(value, sized=True)} is over the limit of {limit:,} {unit}; "
-            f"give at most {limit:,}")  # fmt: skip
+            f"give at most {limit:,} {unit}{fix}")  # fmt: skip
 
 
 def _message(error: jsonschema.ValidationError) -> str:

@@ -38,6 +38,7 @@ from farm.errors import (
     NodeUnavailable,
     counts_against_node,
 )
+from farm.images import check_start_image
 from farm.lifecycle import ShotState
 from farm.planning import Job, Rung, next_rung, plan_variants
 from farm.runtime import Runtime
@@ -175,6 +176,8 @@ def _render(
         if collect:
             result = backend.collect(job, out_dir)
         else:
+            if job.params.get("start_image"):  # changed since it was validated: fail it once
+                check_start_image(job.params["start_image"])
             result = backend.render(_settings_only(job), out_dir, _progress(rt, job, token))
     except FarmError as exc:
         if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):

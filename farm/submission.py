@@ -20,32 +20,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-from PIL import Image, UnidentifiedImageError
 
 from farm import __version__
 from farm.errors import InvalidInput
+from farm.images import image_problem
 from farm.jsonfile import JSONTextError, decode, read_json
 from farm.problems import capped, is_more, names, quoted, show
-from farm.scene import IMAGE_SUFFIXES, parse_scene
+from farm.scene import parse_scene, start_image_problem
 from farm.settings import Settings
 
 VERSION = 1
 GROUP = "ingest"
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(png|jpg|jpeg|webp)", re.IGNORECASE)
-IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 BODY_FIELDS = ("version", "submission", "scene", "files", "replace", "client")
 CLIENT_MAX_KEYS, CLIENT_MAX_CHARS = 32, 1000
 
@@ -126,8 +124,10 @@ def read_submission(fields: Mapping[Any, Any], settings: Settings) -> Submission
     sub.files = read_files(data.get("files"), settings, problems)
     sub.replace = _read_replace(data.get("replace", False), problems)
     sub.client = _read_client(data.get("client", {}), problems)
+    given = data.get("files")
+    refused = set(given) - set(sub.files) if isinstance(given, dict) else set()
+    problems += start_image_problems(sub.scene, sub.files, refused)
     if isinstance(sub.scene, dict):
-        problems += start_image_problems(sub.scene, sub.files)
         problems += scene_problems(sub.scene)
     return sub
 
@@ -191,7 +191,9 @@ def _read_scene(data: dict[str, Any], sub: Submission) -> None:
 
 
 def read_files(value: Any, settings: Settings, problems: list[str]) -> dict[str, bytes]:
-    """The attachments that are valid images, decoded; a problem for each other one."""
+    """The attachments with a valid name and size, base64-decoded; a problem for each other
+    one (whether each is an image is checked with the shots that use it:
+    :func:`start_image_problems`)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -224,28 +226,8 @@ def read_files(value: Any, settings: Settings, problems: list[str]) -> dict[str,
                 "attach a smaller image"
             )
             continue
-        problem = image_problem(blob)
-        if problem:
-            problems.append(f"{where}: {problem}")
-            continue
         out[name] = blob
     return out
-
-
-def image_problem(blob: bytes) -> str | None:
-    """Why ``blob`` is not a PNG, JPEG or WebP image Pillow can open (None: it is one)."""
-    try:
-        with Image.open(io.BytesIO(blob)) as image:
-            kind = image.format
-            image.verify()
-    except UnidentifiedImageError:
-        return "is not an image (Pillow cannot tell its format); attach a PNG, JPEG or WebP file"
-    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ...) on junk
-        return (f"is a damaged image ({type(exc).__name__}: {exc}); "
-                "attach a PNG, JPEG or WebP file")  # fmt: skip
-    if kind not in IMAGE_FORMATS:
-        return f"is a {kind} image; attach a PNG, JPEG or WebP file"
-    return None
 
 
 def _read_replace(value: Any, problems: list[str]) -> bool:
@@ -270,10 +252,17 @@ def _read_client(value: Any, problems: list[str]) -> dict[str, str]:
     return {} if bad else dict(value)
 
 
-def start_image_problems(scene: dict[str, Any], files: Mapping[str, bytes]) -> list[str]:
-    """Each shot's ``start_image`` must name an attached file (a bare name)."""
+def start_image_problems(scene: Any, files: Mapping[str, bytes], refused: Collection[str] = ()
+                         ) -> list[str]:  # fmt: skip
+    """Each shot's ``start_image`` must be the bare name of an attached image; every
+    attachment must be an image (:func:`farm.images.image_problem`, once per file). An
+    attachment that is not is one problem at each shot that uses it (at ``$.files`` when
+    none does). ``refused``: attachments :func:`read_files` reported already (bad base64,
+    too big), not reported again as missing."""
     problems: list[str] = []
-    shots = scene.get("shots")
+    bad = {name: p for name, blob in files.items() if (p := image_problem(blob))}
+    used: set[str] = set()
+    shots = scene.get("shots") if isinstance(scene, dict) else None
     for i, shot in enumerate(shots if isinstance(shots, list) else []):
         start = shot.get("start_image") if isinstance(shot, dict) else None
         if not isinstance(start, str) or not start:
@@ -282,9 +271,15 @@ def start_image_problems(scene: dict[str, Any], files: Mapping[str, bytes]) -> l
         if "/" in start or "\\" in start or ".." in start or Path(start).is_absolute():
             problems.append(f"{where}: {show(start)} must be the bare name of a file attached under "
                             "files (no folders or absolute paths)")  # fmt: skip
+        elif start in refused:
+            continue  # its $.files problem says why
         elif start not in files:
             problems.append(f"{where}: {show(start)} is not attached to the submission; "
                             "add it under files, or remove start_image")  # fmt: skip
+        elif start in bad:
+            used.add(start)
+            problems.append(f"{where}: the attached file {show(start)} {bad[start]}")
+    problems += [f"$.files[{quoted(name)}]: {p}" for name, p in bad.items() if name not in used]
     return problems
 
 
@@ -347,8 +342,8 @@ def pack_submission(
     """The stream entry (fields ``submission`` and ``body``) that submits ``scene_file``:
     each start image attached once, under its file name, and ``start_image`` rewritten to
     that name (``quality``: override the scene's). Raises :class:`InvalidInput` for an
-    unreadable file, a bad id or a start image that cannot be attached; the scene itself is
-    validated by ingest."""
+    unreadable file, a bad id or a start image that is missing or not an image (checked as
+    ``farm validate`` checks it); the rest of the scene is validated by ingest."""
     path = Path(scene_file)
     data = read_json(path, "scene file", InvalidInput)
     if quality is not None and isinstance(data, dict):
@@ -358,22 +353,22 @@ def pack_submission(
     files: dict[str, str] = {}
     names: dict[Path, str] = {}
     problems: list[str] = []
+    checked: dict[Path, str | None] = {}
     shots = data.get("shots") if isinstance(data, dict) else None
     for i, shot in enumerate(shots if isinstance(shots, list) else []):
         start = shot.get("start_image") if isinstance(shot, dict) else None
         if not isinstance(start, str) or not start:
             continue
+        problem = start_image_problem(start, path.resolve().parent, f"$.shots[{i}].start_image",
+                                      memo=checked)  # fmt: skip
+        if problem:
+            problems.append(problem)
+            continue
         source = (path.resolve().parent / Path(start).expanduser()).resolve()
-        if not start.lower().endswith(IMAGE_SUFFIXES):
-            problems.append(f"$.shots[{i}].start_image: {show(start)} must be a "
-                            f"{', '.join(IMAGE_SUFFIXES)} image")  # fmt: skip
-        elif not source.is_file():
-            problems.append(f"$.shots[{i}].start_image: file {source} does not exist")
-        else:
-            if source not in names:
-                names[source] = attachment_name(source.name, set(names.values()))
-                files[names[source]] = base64.b64encode(source.read_bytes()).decode()
-            shot["start_image"] = names[source]
+        if source not in names:
+            names[source] = attachment_name(source.name, set(names.values()))
+            files[names[source]] = base64.b64encode(source.read_bytes()).decode()
+        shot["start_image"] = names[source]
     if problems:
         raise InvalidInput(f"cannot attach the start images of {path}", capped(problems))
     sid = submission_id or new_submission_id(data)

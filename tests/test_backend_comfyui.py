@@ -16,11 +16,21 @@ from farm.backends.comfyui import (
     safe_name,
 )
 from farm.catalog import load_catalog
-from farm.errors import ModelMissing, NodeRejected, NodeUnavailable, OutOfMemory, RenderFailed
+from farm.errors import (
+    InvalidInput,
+    ModelMissing,
+    NodeRejected,
+    NodeUnavailable,
+    OutOfMemory,
+    RenderFailed,
+    is_final,
+)
 from farm.media import probe
 from farm.planning import plan_job
 from farm.scene import parse_scene
 from farm.settings import Settings
+
+from .conftest import EXAMPLES
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "comfyui-transcripts"
 
@@ -151,13 +161,25 @@ def test_render_downloads_a_real_video_and_redelivery_does_not_rerender(farm_clu
 
 
 def test_start_image_is_uploaded_and_used(farm_cluster, tmp_path):
-    from .conftest import EXAMPLES
-
     backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
     job = small_job(scene_id="bk2", start_image=str(EXAMPLES / "images" / "meadow.jpg"))
     assert job.workflow == "wan_i2v"
     result = backend.render(job, tmp_path, lambda *a, **k: None)
     assert probe(result.video).frames == 17
+
+
+def test_a_start_image_the_node_cannot_decode_is_final(farm_cluster, tmp_path):
+    """ComfyUI's LoadImage fails with PIL.UnidentifiedImageError on a file that is not an
+    image: no node can do better, so the shot must stop (it was a RenderFailed, tried on
+    node after node)."""
+    fake = tmp_path / "start.png"
+    fake.write_bytes(b"plain text, not a picture")
+    backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
+    job = small_job(scene_id="bk-notimage", start_image=str(EXAMPLES / "images" / "meadow.jpg"))
+    job = replace(job, params={**job.params, "start_image": str(fake)})
+    with pytest.raises(InvalidInput, match="UnidentifiedImageError") as info:
+        backend.render(job, tmp_path / "out", lambda *a, **k: None)
+    assert is_final(info.value) and "use a PNG, JPEG or WebP image" in str(info.value)
 
 
 def test_a_model_missing_on_the_node_is_reported(farm_cluster, tmp_path):

@@ -304,3 +304,75 @@ def test_every_read_command_takes_json_and_help_lists_the_exit_codes():
         "3  the farm is unavailable",
     ):
         assert line in help_text
+
+
+def huge_scenes(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Scenes whose errors once echoed whole values (4.5 MB for 100,000 shots, 5 MB for a
+    5 MB string) → the limit each message must name."""
+    shot = {"id": "s", "action_description": "a"}
+    cases = {
+        "100k-shots": ({"id": "x", "shots": [dict(shot, id=f"s{i}") for i in range(100_000)]},
+                       "over the limit of 10,000 shots; give at most 10,000 shots"),
+        "5mb-string": ({"id": "x", "shots": [dict(shot, action_description="a" * 5_000_000)]},
+                       "over the limit of 2,000 characters; give at most 2,000 characters"),
+        "5mb-start-image": ({"id": "x", "shots": [dict(shot, start_image="i" * 5_000_000 + ".png")]},
+                            "over the limit of 1,000 characters; give at most 1,000 characters"),
+    }  # fmt: skip
+    out = {}
+    for name, (scene, limit) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(scene))
+        out[name] = (path, limit)
+    return out
+
+
+def test_validate_and_enqueue_print_a_few_lines_naming_the_limit(tmp_path):
+    """Redis is unreachable here (FARM_REDIS_URL points at port 9): an enqueue that got past
+    validation would exit 3, not 2."""
+    for name, (path, limit) in huge_scenes(tmp_path).items():
+        for command in ("validate", "enqueue"):
+            out = farm(command, str(path))
+            assert out.returncode == 2, (name, command, out.stderr[:2000])
+            assert len(out.stdout) + len(out.stderr) < 2_000, (name, command, len(out.stderr))
+            assert limit in out.stderr, (name, command, out.stderr)
+
+
+def test_submit_prints_a_few_lines_naming_the_limit(tmp_path):
+    """What `farm submit` refuses before it sends: a body over FARM_SUBMISSION_MAX_BYTES, a
+    start image name the file system cannot open (it was a 5 MB traceback)."""
+    cases = huge_scenes(tmp_path)
+    for name in ("100k-shots", "5mb-string"):
+        out = farm("submit", str(cases[name][0]))
+        assert out.returncode == 2, (name, out.stderr[:2000])
+        assert (
+            len(out.stderr) < 1_000
+            and "over the limit of 2097152 (FARM_SUBMISSION_MAX_BYTES)" in out.stderr
+        )
+    out = farm("submit", str(cases["5mb-start-image"][0]))
+    assert out.returncode == 2 and len(out.stderr) < 1_000, out.stderr[:2000]
+    assert "$.shots[0].start_image: file " in out.stderr and "(a string of 5,000," in out.stderr
+    assert "cannot be read (File name too long); give the path of an image file" in out.stderr
+
+
+def test_a_start_image_that_is_not_an_image_is_refused_by_validate_enqueue_and_submit(tmp_path):
+    """Before, any file named .png passed `farm validate` and `farm enqueue` and failed on
+    the GPU nodes; `farm submit` sent it. Now each says so once, naming the shot's path, the
+    file and the fix, and queues or sends nothing (Redis is unreachable here: exit 3 if it
+    tried)."""
+    (tmp_path / "frames").mkdir()
+    fake = tmp_path / "frames" / "first.png"
+    fake.write_text("a text file, not a picture")
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps({"id": "x", "shots": [
+        {"id": "a", "action_description": "a fox"},
+        {"id": "b", "action_description": "a fox runs", "start_image": "frames/first.png"},
+    ]}))  # fmt: skip
+    problem = (f"$.shots[1].start_image: file {fake} is not an image (Pillow cannot tell its "
+               "format); use a PNG, JPEG or WebP image of 16 to 4,096 pixels a side")  # fmt: skip
+    for command in ("validate", "enqueue", "submit"):
+        out = farm(command, str(path))
+        assert out.returncode == 2, (command, out.stderr)
+        lines = [line.strip() for line in out.stderr.splitlines()]
+        assert lines[1:] == [f"- {problem}"], (command, out.stderr)
+    out = farm("validate", "--json", str(path))
+    assert json.loads(out.stdout)["problems"] == [problem]

@@ -215,3 +215,22 @@ def test_a_shot_whose_node_is_down_fails_and_the_scene_still_assembles(rt, farm_
         assert slot.state == "SUCCESS" and slot.result["outcome"].startswith(said), slot.result
     video = probe(Path(status["outputs"]["video"]))
     assert video.frames == 4 * 17  # the failed shot is a slate of its own length
+
+
+def test_a_start_image_that_is_not_an_image_at_render_time_fails_its_shot_once(rt, tmp_path):
+    """The file changed after the scene was validated (or was never checked): the worker
+    refuses it before a node gets the job, and the shot fails at once. Before, every node
+    failed it (PIL.UnidentifiedImageError) and the shot was tried three times."""
+    image = tmp_path / "start.png"
+    image.write_bytes(b"not an image any more")
+    shot = {"id": "i2v", "action_description": "the meadow", "start_image": str(image),
+            "width": 320, "height": 192, "frames": 17, "seed": 2}  # fmt: skip
+    scene = parse_scene({"id": "e2e-notimage", "quality": "final", "shots": [shot]},
+                        check_files=False)  # fmt: skip
+    enqueue(scene, rt)
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "failed"
+    record = rt.state.shot(scene.id, "i2v")
+    log = [(a["state"], a.get("error_kind")) for a in record["attempt_log"]]
+    assert log == [("failed", "invalid_input")], record["attempt_log"]
+    assert f"start image {image} is not an image (Pillow cannot tell its format)" in record["error"]

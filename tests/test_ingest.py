@@ -537,3 +537,75 @@ def test_pack_submission_attaches_each_start_image_once(tmp_path):
     path.write_text(json.dumps(scene))
     with pytest.raises(Exception, match=r"\$\.shots\[0\]\.start_image: file .*missing.png"):
         pack_submission(path)
+
+
+def test_an_attachment_that_is_not_an_image_is_one_problem_at_the_shot_using_it():
+    """Before, ingest listed the attachment ($.files['a.png']: is not an image) and then
+    each shot using it as "not attached to the submission", which it was (so too for an
+    attachment that is not base64)."""
+    settings = Settings.from_env({})
+    scene = quick_scene("s", 3)
+    for shot in scene["shots"][:2]:
+        shot["start_image"] = "a.png"
+    scene["shots"][2]["start_image"] = "b.png"
+    files = {"a.png": base64.b64encode(b"GIF89a? no, just text").decode(),
+             "b.png": "not base64!",
+             "spare.png": base64.b64encode(png()[:100]).decode()}  # fmt: skip
+    body = {"version": 1, "submission": "x", "scene": scene, "files": files}
+    sub = read_submission({"submission": "x", "body": json.dumps(body)}, settings)
+    bad = ("the attached file 'a.png' is not an image (Pillow cannot tell its format); use a "
+           "PNG, JPEG or WebP image of 16 to 4,096 pixels a side")  # fmt: skip
+    assert len(sub.problems) == 4, sub.problems
+    assert sub.problems[0].startswith("$.files['b.png']: is not valid base64")  # said once
+    assert sub.problems[1:3] == [f"$.scene.shots[0].start_image: {bad}",
+                                 f"$.scene.shots[1].start_image: {bad}"]  # fmt: skip
+    assert sub.problems[3].startswith("$.files['spare.png']: is a damaged image (")
+    assert not any("not attached" in p for p in sub.problems)
+
+
+def test_an_attached_start_image_that_is_not_an_image_is_rejected_once(rt, r, settings):
+    sid, scene_id = new_id(), new_id("scene")
+    scene = quick_scene(scene_id, start_image="card.png")
+    body = {"version": 1, "submission": sid, "scene": scene,
+            "files": {"card.png": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"junk" * 50).decode()}}  # fmt: skip
+    r.xadd(stream_key(settings), {"submission": sid, "body": json.dumps(body)})
+    status = decided(r, settings, sid)
+    assert (status["state"], status["reason"]) == ("rejected", "invalid")
+    (error,) = status["errors"]
+    assert error.startswith("$.scene.shots[0].start_image: the attached file 'card.png' is ")
+    assert error.endswith("; use a PNG, JPEG or WebP image of 16 to 4,096 pixels a side")
+    assert not rt.state.exists(scene_id)
+
+
+def test_farm_submit_prints_a_few_lines_for_a_huge_invalid_scene(cli_env, scratch_settings,
+                                                                  tmp_path):  # fmt: skip
+    """A scene of 100,000 shots (4.5 MB) or with a 5 MB string, under a farm's body limit:
+    ingest's report of it, and what `farm submit` prints of that report, are a few lines
+    naming the limit (they were 4.5 and 5.1 MB)."""
+    mib = 2**20
+    env = {**cli_env, "FARM_PREFIX": scratch_settings.key_prefix,
+           "FARM_SUBMISSION_MAX_BYTES": str(64 * mib)}  # fmt: skip
+    shot = {"id": "s", "action_description": "a"}
+    cases = {
+        "many": ({"id": "many", "shots": [dict(shot, id=f"s{i}") for i in range(100_000)]},
+                 "over the limit of 10,000 shots; give at most 10,000 shots"),
+        "long": ({"id": "long", "shots": [dict(shot, negative_prompt="n" * 5 * mib)]},
+                 "over the limit of 2,000 characters; give at most 2,000 characters"),
+    }  # fmt: skip
+    for name, (scene, _) in cases.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(scene))
+        sent = farm_cli("submit", str(tmp_path / f"{name}.json"), "--id", f"{name}-1",
+                        "--timeout", "0", env=env)  # fmt: skip
+        assert sent.returncode == 3, sent.stderr  # no ingest serves this prefix yet
+    once = farm_cli("ingest", "--once", "--name", "once", env=env, timeout=120)
+    assert once.returncode == 0 and len(once.stderr) < 10_000, once.stderr[-2000:]
+    client = redis_lib.Redis.from_url(env["FARM_REDIS_URL"], decode_responses=True)
+    for name, (_, limit) in cases.items():
+        status = decided(client, scratch_settings, f"{name}-1", 0)
+        assert status["reason"] == "invalid" and len(json.dumps(status["errors"])) < 1_000
+        assert limit in status["errors"][0], status["errors"]
+        again = farm_cli("submit", str(tmp_path / f"{name}.json"), "--id", f"{name}-1", env=env)
+        assert again.returncode == 2 and "duplicate" in again.stderr
+        assert len(again.stdout) + len(again.stderr) < 1_500 and limit in again.stderr
+    farm_cli("ingest", "--once", "--name", "once", env=env, timeout=120)  # the duplicates
+    client.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from farm.errors import InvalidInput
 from farm.scene import CAMERA_PHRASES, build_prompt, default_seed, load_scene, parse_scene
@@ -14,6 +18,12 @@ from .conftest import EXAMPLES
 
 def shot(**kw):
     return {"id": "s1", "action_description": "A fox runs", **kw}
+
+
+def image(path: Path, size=(64, 48), fmt="PNG") -> Path:
+    """Write a real image file at ``path``."""
+    Image.new("RGB", size, (200, 120, 40)).save(path, fmt)
+    return path
 
 
 def problems(data, **kw) -> list[str]:
@@ -97,8 +107,7 @@ def test_duplicate_shot_ids_are_refused():
 
 
 def test_trajectory_points_must_be_inside_the_canvas(tmp_path):
-    img = tmp_path / "a.png"
-    img.write_bytes(b"x")
+    img = image(tmp_path / "a.png")
     data = {
         "id": "x",
         "shots": [
@@ -194,14 +203,16 @@ def test_long_values_are_echoed_short_with_the_limit_they_break(tmp_path):
     mb5 = 5 * 1024 * 1024
     assert problems({"id": "x", "title": "t" * mb5, "shots": [shot()]}) == [
         f"$.title: '{'t' * 60}…' (a string of {mb5:,} characters) is over the limit of 200 "
-        "characters; give at most 200"
+        "characters; give at most 200 characters"
     ]
     assert problems({"id": "x", "title": "t" * 201, "shots": [shot()]})[0].endswith(
-        "(a string of 201 characters) is over the limit of 200 characters; give at most 200"
+        "(a string of 201 characters) is over the limit of 200 characters; give at most 200 "
+        "characters"
     )
     (found,) = problems({"id": "x", "shots": [shot()] * 100_000})
     assert found.startswith("$.shots: [{") and found.endswith(
-        "(a list of 100,000 items) is over the limit of 10,000 items; give at most 10,000"
+        "(a list of 100,000 items) is over the limit of 10,000 shots; give at most 10,000 "
+        "shots; split the scene into scenes of fewer shots"
     )
     found = problems({"id": "x", "shots": [shot(id=f"s{i}", colour="red") for i in range(10_000)]})
     assert len(found) == 51 and found[-1] == "… and 9,950 more problems"
@@ -215,11 +226,15 @@ def test_long_values_are_echoed_short_with_the_limit_they_break(tmp_path):
     )
     (found,) = problems({"id": "x", "shots": [shot(start_image="s" * mb5 + ".png")]},
                         base_dir=tmp_path)  # fmt: skip
-    assert (
-        found.startswith("$.shots[0].start_image: 'sss")
-        and "cannot be read (File name too long)" in found
+    assert found.startswith("$.shots[0].start_image: 'sss") and found.endswith(
+        f"(a string of {mb5 + 4:,} characters) is over the limit of 1,000 characters; "
+        "give at most 1,000 characters"
     )
-    assert all(len(p) <= 500 for p in found)
+    many = [shot(id=f"s{i}", characters=["c"] * 21, trajectories=[[{"x": 1, "y": 1}] * 1001])
+            for i in range(3)]  # fmt: skip
+    found = problems({"id": "x", "shots": many})
+    assert "is over the limit of 20 names; give at most 20 names" in found[0]
+    assert "is over the limit of 1,000 points; give at most 1,000 points" in found[1]
 
 
 def test_scene_round_trips_through_its_dict():
@@ -262,8 +277,7 @@ def test_every_camera_movement_has_its_phrase(move):
 
 
 def tracked(tmp_path, **kw):
-    img = tmp_path / "a.png"
-    img.write_bytes(b"x")
+    img = image(tmp_path / "a.png")
     return shot(start_image=str(img), **kw)
 
 
@@ -333,3 +347,34 @@ def test_backend_pins_a_shot_to_a_node_kind():
         "$.shots[0].backend: trajectory control (Wan ATI) runs on ComfyUI nodes only;"
         " set backend to comfyui or any, or remove the trajectories"
     ]
+
+
+def test_a_start_image_that_is_not_an_image_is_one_problem_naming_shot_file_and_fix(tmp_path):
+    """A start image is decoded when the scene is validated: before, any file with an image
+    suffix passed, and the shot failed on every node it was tried on."""
+    text = tmp_path / "notes.png"
+    text.write_text("not an image at all")
+    gif = image(tmp_path / "anim.png", fmt="GIF")
+    tiny = image(tmp_path / "tiny.jpg", size=(8, 8), fmt="JPEG")
+    huge = image(tmp_path / "huge.webp", size=(5000, 20), fmt="WEBP")
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (128, 96), os.urandom(128 * 96 * 3)).save(noise, "JPEG")
+    whole = noise.getvalue()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 3 // 4])  # verify() passes it
+    good = image(tmp_path / "good.webp", fmt="WEBP")
+    shots = [shot(id=f"s{i}", start_image=p.name) for i, p in
+             enumerate([text, gif, tiny, huge, tmp_path / "cut.jpg", good, text])]  # fmt: skip
+    found = problems({"id": "x", "shots": shots}, base_dir=tmp_path)
+    want = "use a PNG, JPEG or WebP image of 16 to 4,096 pixels a side"
+    assert found[:4] == [
+        f"$.shots[0].start_image: file {text} is not an image (Pillow cannot tell its format); {want}",
+        f"$.shots[1].start_image: file {gif} is a GIF image; {want}",
+        f"$.shots[2].start_image: file {tiny} is 8x8 pixels; {want}",
+        f"$.shots[3].start_image: file {huge} is 5000x20 pixels; {want}",
+    ]
+    assert found[4].startswith(f"$.shots[4].start_image: file {tmp_path / 'cut.jpg'} is a "
+                               "damaged image (OSError: image file is truncated")  # fmt: skip
+    assert found[5] == found[0].replace("shots[0]", "shots[6]") and len(found) == 6
+    assert parse_scene({"id": "x", "shots": [shots[5]]}, base_dir=tmp_path).shots[0].start_image
+    # a re-read of a stored scene does not look at files
+    assert parse_scene({"id": "x", "shots": shots}, base_dir=tmp_path, check_files=False)

@@ -28,6 +28,7 @@ from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
     FarmError,
+    InvalidInput,
     JobCancelled,
     ModelMissing,
     NodeRejected,
@@ -36,6 +37,7 @@ from farm.errors import (
     OutOfMemory,
     RenderFailed,
 )
+from farm.images import WANT
 from farm.planning import Job
 from farm.settings import Settings
 from farm.workflows import Graph, bind, load_workflow
@@ -91,7 +93,8 @@ def gpu_label(device: str) -> str:
 
 
 def classify_execution_error(data: dict[str, Any]) -> FarmError:
-    """An ``execution_error`` event as a farm error: out of memory, missing file, or other."""
+    """An ``execution_error`` event as a farm error: out of memory, a file that is not an
+    image (final: no node can decode it), missing file, or other."""
     etype = str(data.get("exception_type", ""))
     message = str(data.get("exception_message", "")).strip()
     where = f"{data.get('node_type', '?')} (node {data.get('node_id', '?')})"
@@ -100,6 +103,8 @@ def classify_execution_error(data: dict[str, Any]) -> FarmError:
     squeezed = low.replace(" ", "").replace("_", "")
     if "outofmemory" in squeezed or "allocation on device" in low or "oom" in low.split():
         return OutOfMemory(text)
+    if "unidentifiedimageerror" in squeezed or "cannot identify image file" in low:
+        return InvalidInput(f"{text}; the node cannot decode the start image: {WANT}")
     if (
         "filenotfound" in squeezed
         or "no such file" in low
