@@ -8,7 +8,6 @@ from . import export, ops
 
 STATE_ICONS = {
     "queued": "TIME", "sending": "EXPORT", "bound": "LINKED", "running": "RENDER_ANIMATION",
-    "retrying": "FILE_REFRESH",
     "scoring": "SEQ_HISTOGRAM", "done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL",
     "rejected": "ERROR",
 }  # fmt: skip
