@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from farm.catalog import Catalog, load_catalog
 from farm.planning import Job
 from farm.runtime import Runtime
 
@@ -56,9 +57,14 @@ def file_digest(path: str | Path, memo: dict[tuple, str] | None = None) -> str |
     return digest.hexdigest()
 
 
-def request_key(job: Job, workflows_dir: Path, memo: dict[tuple, str] | None = None) -> str | None:
+def request_key(
+    job: Job,
+    workflows_dir: Path,
+    memo: dict[tuple, str] | None = None,
+    catalog: Catalog | None = None,
+) -> str | None:
     """The cache key of ``job``'s request, or None when it cannot be cached (an input file
-    or the workflow cannot be read)."""
+    or the workflow cannot be read); ``catalog`` says where a studio's workflows are."""
     params = dict(job.params)
     if params.get("start_image"):
         digest = file_digest(params["start_image"], memo)
@@ -67,7 +73,8 @@ def request_key(job: Job, workflows_dir: Path, memo: dict[tuple, str] | None = N
         params["start_image"] = digest
     workflow = job.workflow
     if job.backend == "comfyui":
-        workflow = file_digest(Path(workflows_dir) / f"{job.workflow}.json", memo)
+        path = (catalog or load_catalog()).workflow_file(job.workflow, workflows_dir)
+        workflow = file_digest(path, memo)
         if workflow is None:
             return None
     request = {"v": VERSION, "backend": job.backend, "engine": job.engine,
@@ -110,7 +117,7 @@ class RenderCache:
             return [None] * len(shots)
         memo = {} if memo is None else memo
         wf = self.rt.settings.workflows_dir
-        keys = [[request_key(v, wf, memo) for v in variants] for variants in shots]
+        keys = [[request_key(v, wf, memo, self.rt.catalog) for v in variants] for variants in shots]
         flat = sorted({k for ks in keys for k in ks if k})
         if not flat or not self.rt.redis.exists(self.key):
             return [None] * len(shots)
@@ -130,7 +137,7 @@ class RenderCache:
         """Keep ``clip`` as the result of ``job``'s request; returns the key."""
         if not self.enabled:
             return None
-        k = request_key(job, self.rt.settings.workflows_dir)
+        k = request_key(job, self.rt.settings.workflows_dir, catalog=self.rt.catalog)
         if k is None:
             return None
         target = place_file(clip, self.folder / f"{k}.mp4")

@@ -1,14 +1,33 @@
 """The model catalogue: templates → ComfyUI engines and model files (``data/catalog.json``)
-and → WanGP model ids per tier (its ``wan2gp`` part, with ``data/wan2gp_models.json``)."""
+and → WanGP model ids per tier (its ``wan2gp`` part, with ``data/wan2gp_models.json``),
+merged with a studio's own catalogue (``FARM_CATALOG``, :mod:`farm.studio`).
+
+A template renders each shot by its input kind (``text``, ``start_image``,
+``trajectories``) and tier (``preview``, ``final``): ``templates[name][tier]`` is the model
+of text shots; ``templates[name]["start_image"][tier]`` and ``["trajectories"][tier]``,
+when the template has them, those of image shots (else the catalogue's ``image_models``).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from farm.workflows import BINDINGS, Targets
+
+BUILT_IN = "built-in"
+KINDS = ("text", "start_image", "trajectories")
+TIERS = ("preview", "final")
+#: the parameters every job gives its workflow, and those of each input kind besides
+BASE_PARAMS = ("prompt", "negative", "seed", "steps", "width", "height", "length", "fps",
+               "filename_prefix")  # fmt: skip
+KIND_PARAMS = {"text": (), "start_image": ("start_image",),
+               "trajectories": ("start_image", "tracks")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -22,20 +41,37 @@ class Engine:
     size_step: int
     fps: int
     files: dict[str, tuple[str, ...]]
+    #: the workflow file of a studio engine; None: ``FARM_WORKFLOWS/<workflow>.json``
+    path: Path | None = None
+    #: farm parameter → the node inputs (title, input) it is written to
+    bindings: Mapping[str, Targets] = field(default_factory=lambda: dict(BINDINGS))
+    #: where it is defined: ``built-in`` or the studio catalogue's file
+    source: str = BUILT_IN
+
+    def workflow_file(self, workflows_dir: Path) -> Path:
+        """The file of this engine's workflow."""
+        return self.path or Path(workflows_dir) / f"{self.workflow}.json"
 
 
 @dataclass(frozen=True)
 class Model:
-    """A diffusion model file usable with one engine."""
+    """The diffusion model files (any number, the first the primary) a job of one engine
+    loads: Wan 2.2 A14B loads two, a workflow without a diffusion model none."""
 
     key: str
     engine: Engine
-    file: str
+    files: tuple[str, ...]
+
+    @property
+    def file(self) -> str:
+        """The primary diffusion model file ("" when the workflow loads none)."""
+        return self.files[0] if self.files else ""
 
     def required_files(self) -> dict[str, tuple[str, ...]]:
         """Every file a node needs for this model, by ComfyUI model folder."""
         files = dict(self.engine.files)
-        files["diffusion_models"] = (*files.get("diffusion_models", ()), self.file)
+        if self.files:
+            files["diffusion_models"] = (*files.get("diffusion_models", ()), *self.files)
         return files
 
 
@@ -80,16 +116,28 @@ class Catalog:
     oom_profiles: tuple[int, ...]
     #: the memory profile a WanGP node runs when a job does not override it (WanGP's default)
     wan_default_profile: int = 4
+    #: template → where it is defined: ``built-in`` or the studio catalogue's file
+    sources: Mapping[str, str] = field(default_factory=dict)
+    #: the studio catalogue merged in (None: the built-in one alone)
+    studio: Path | None = None
+
+    def source(self, template: str) -> str:
+        return self.sources.get(template, BUILT_IN)
+
+    def description(self, template: str) -> str:
+        return str(self.templates[template].get("description", ""))
 
     def wan_model_for(
         self, template: str, kind: str, *, start_image: bool, trajectories: bool
     ) -> WanModel | None:
         """The WanGP model for a shot of ``template`` at ``kind``; None when WanGP cannot
-        render it (trajectory control is ComfyUI's Wan ATI only)."""
+        render it (trajectory control is ComfyUI's Wan ATI only; a studio template may
+        name no WanGP model)."""
         if trajectories:
             return None
         column = "i2v" if start_image else "t2v"
-        return self.wan_models[self.wan_templates[template][column][kind]]
+        model = self.wan_templates.get(template, {}).get(column, {}).get(kind)
+        return self.wan_models[model] if model else None
 
     def wan_usable(self, ids: Iterable[str]) -> list[str]:
         """Those of the WanGP model ids ``ids`` (a node's) that the templates render at some
@@ -99,13 +147,50 @@ class Catalog:
 
     def model_for(
         self, template: str, kind: str, *, start_image: bool, trajectories: bool
-    ) -> Model:
-        """The model that renders a shot of ``template`` at quality ``kind``."""
-        if trajectories:
-            return self.models[self.image_models["trajectories"]]
-        if start_image:
-            return self.models[self.image_models["start_image"]]
-        return self.models[self.templates[template][kind]]
+    ) -> Model | None:
+        """The model that renders a shot of ``template`` at quality ``kind`` on ComfyUI
+        (None: a studio template that renders it on WanGP only)."""
+        spec = self.templates[template]
+        if trajectories or start_image:
+            column = "trajectories" if trajectories else "start_image"
+            key = spec[column].get(kind) if column in spec else self.image_models[column]
+        else:
+            key = spec.get(kind)
+        return self.models[key] if key else None
+
+    def workflows(self) -> dict[str, Engine]:
+        """Each workflow the catalogue renders with, by name, with its engine."""
+        return {e.workflow: e for e in self.engines.values()}
+
+    def params(self) -> dict[str, set[str]]:
+        """The parameters each workflow is given by the templates that render with it."""
+        out: dict[str, set[str]] = {}
+        for spec in self.templates.values():
+            for kind in KINDS:
+                for tier in TIERS:
+                    if kind == "text":
+                        key = spec.get(tier)
+                    else:
+                        key = spec[kind].get(tier) if kind in spec else self.image_models[kind]
+                    model = self.models.get(key) if key else None
+                    if model is not None:
+                        used = out.setdefault(model.engine.workflow, set(BASE_PARAMS))
+                        used.update(KIND_PARAMS[kind], ["model"] if model.files else [])
+        return out
+
+    def workflow_file(self, name: str, workflows_dir: Path) -> Path:
+        """The file of workflow ``name``: a studio's own, else ``workflows_dir/name.json``."""
+        engine = self.workflows().get(name)
+        return (
+            engine.workflow_file(workflows_dir) if engine else Path(workflows_dir) / f"{name}.json"
+        )
+
+    def model_files(self, engine: str, primary: str) -> tuple[str, ...]:
+        """Every diffusion model file of the ``engine`` model whose primary is ``primary``."""
+        for model in self.models.values():
+            if model.engine.name == engine and model.file == primary:
+                return model.files
+        return (primary,) if primary else ()
 
     def steps(self, template: str, kind: str) -> int:
         return int(self.templates[template]["steps"][kind])
@@ -113,7 +198,7 @@ class Catalog:
 
 @cache
 def load_catalog() -> Catalog:
-    """The bundled catalogue."""
+    """The bundled catalogue (:func:`farm.studio.catalog_for`: with a studio's merged in)."""
     raw = json.loads(resources.files("farm").joinpath("data", "catalog.json").read_text())
     engines = {
         name: Engine(
@@ -128,7 +213,7 @@ def load_catalog() -> Catalog:
         for name, e in raw["engines"].items()
     }
     models = {
-        key: Model(key=key, engine=engines[m["engine"]], file=m["file"])
+        key: Model(key=key, engine=engines[m["engine"]], files=_files(m))
         for key, m in raw["models"].items()
     }
     wan_raw = json.loads(resources.files("farm").joinpath("data", "wan2gp_models.json").read_text())
@@ -144,4 +229,10 @@ def load_catalog() -> Catalog:
         wan_templates=raw["wan2gp"]["templates"],
         oom_profiles=tuple(raw["wan2gp"]["oom_profiles"]),
         wan_default_profile=int(raw["wan2gp"]["default_profile"]),
+        sources={name: BUILT_IN for name in raw["templates"]},
     )
+
+
+def _files(model: Mapping[str, Any]) -> tuple[str, ...]:
+    """A model's diffusion model files: ``files`` (a list) or ``file`` (one)."""
+    return tuple(model["files"]) if "files" in model else (model["file"],)

@@ -7,12 +7,21 @@ present) and which diffusion models it offers for the workflow's model input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from farm.catalog import Catalog, load_catalog
 from farm.errors import WorkflowError
-from farm.workflows import BINDINGS, Graph, find_titled, load_workflow, workflow_names
+from farm.workflows import (
+    BINDINGS,
+    Graph,
+    Targets,
+    find_titled,
+    load_workflow,
+    target_problem,
+    workflow_names,
+)
 
 #: loader inputs whose values name model files
 FILE_INPUTS = frozenset(
@@ -41,50 +50,65 @@ def combo_options(spec: Any) -> list[str] | None:
     return None
 
 
-def check_graph(graph: Graph, info: dict[str, Any]) -> tuple[list[str], list[str]]:
+def check_graph(
+    graph: Graph, info: dict[str, Any], bindings: Mapping[str, Targets] | None = None
+) -> tuple[list[str], list[str]]:
     """``(problems, models)``: what keeps the node from running ``graph``, and the files it
-    offers for the graph's bound diffusion-model input."""
+    offers for the graph's bound diffusion-model input (``bindings``: the workflow's)."""
     problems: list[str] = []
-    title, model_input = BINDINGS["model"]
-    bound = set(find_titled(graph, title))
+    targets = (BINDINGS if bindings is None else bindings).get("model", ())
+    bound = {(nid, name) for title, name in targets for nid in find_titled(graph, title)}
     for node_id, node in graph.items():
         cls = node["class_type"]
         if cls not in info:
             problems.append(f"node {node_id}: class {cls} is not installed")
             continue
         for name, value in node.get("inputs", {}).items():
-            if name not in FILE_INPUTS or not isinstance(value, str):
-                continue
-            if node_id in bound and name == model_input:
+            if name not in FILE_INPUTS or not isinstance(value, str) or (node_id, name) in bound:
                 continue
             options = combo_options(input_spec(info, cls, name))
             if options is not None and value not in options:
                 problems.append(f"node {node_id} ({cls}): no file {value!r} for {name}")
     models: list[str] = []
-    for node_id in bound:
-        options = combo_options(input_spec(info, graph[node_id]["class_type"], model_input))
+    for node_id, name in sorted(bound)[:1]:  # the primary model's loader
+        options = combo_options(input_spec(info, graph[node_id]["class_type"], name))
         models = options or []
     return problems, models
+
+
+def binding_problems(graph: Graph, bindings: Mapping[str, Targets], params: set[str]) -> list[str]:
+    """Each bound input of ``params`` the graph lacks (its title or input)."""
+    return [
+        f"binding {param}: {problem}"
+        for param in sorted(params)
+        for title, name in bindings.get(param, ())
+        if (problem := target_problem(graph, title, name))
+    ]
 
 
 def node_capabilities(
     info: dict[str, Any], workflows_dir: Path, catalog: Catalog | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per farm workflow: ``{"ok", "missing": [reasons], "models": [diffusion model files
+    """Per farm workflow (the catalogue's, a studio's own, and any other in
+    ``workflows_dir``): ``{"ok", "missing": [reasons], "models": [diffusion model files
     offered], "catalog": [catalogue models it can render]}``."""
     catalog = catalog or load_catalog()
+    engines, params = catalog.workflows(), catalog.params()
     out: dict[str, dict[str, Any]] = {}
-    for name in workflow_names(workflows_dir):
+    for name in sorted(set(engines) | set(workflow_names(workflows_dir))):
+        engine = engines.get(name)
+        path = catalog.workflow_file(name, workflows_dir)
         try:
-            graph = load_workflow(name, workflows_dir, lambda: info)
+            graph = load_workflow(name, workflows_dir, lambda: info, path)
         except WorkflowError as exc:
             out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
             continue
-        problems, models = check_graph(graph, info)
-        usable = sorted(
-            key
-            for key, model in catalog.models.items()
-            if model.engine.workflow == name and model.file in models and not problems
-        )
+        bindings = engine.bindings if engine else BINDINGS
+        problems, models = check_graph(graph, info, bindings)
+        problems += binding_problems(graph, bindings, params.get(name, set()))
+        mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
+        if not bindings.get("model"):  # the workflow names its model files itself
+            models = sorted({m.file for m in mine.values()})
+        usable = sorted(k for k, m in mine.items() if m.file in models and not problems)
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
     return out

@@ -86,7 +86,7 @@ def scene_of(rt: Runtime, scene_id: str) -> Scene:
         if len(_scenes) >= 32:
             _scenes.clear()
         scene = _scenes[(scene_id, created)] = parse_scene(
-            rt.state.scene(scene_id)["spec"], check_files=False
+            rt.state.scene(scene_id)["spec"], check_files=False, templates=rt.catalog.templates
         )
     return scene
 
@@ -105,7 +105,7 @@ def rung_of(rt: Runtime, scene_id: str, shot: dict[str, Any]) -> Rung:
     if "plan" not in data:
         return Rung.from_dict(data)
     scene = scene_of(rt, scene_id)
-    variants = plan_variants(scene, scene.shot(shot["id"]), data["plan"])
+    variants = plan_variants(scene, scene.shot(shot["id"]), data["plan"], rt.catalog)
     return Rung(tuple(replace(v, then_final=data["then_final"]) for v in variants))
 
 

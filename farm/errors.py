@@ -4,6 +4,7 @@ FarmError
 ├── InvalidInput          user input is wrong (scene file, CLI flag, submission, a start
 │                         image no node can decode); never retried
 ├── ConfigError           the farm is misconfigured (settings, missing tool)
+│   ├── CatalogError      the studio catalogue (FARM_CATALOG) is wrong
 │   └── NoCapableNode     no live node holds what a shot needs
 ├── PermanentError        the job cannot succeed as asked; never retried
 │   ├── WorkflowError     a workflow file or its parameter binding is wrong
@@ -55,6 +56,19 @@ class ConfigError(FarmError):
     """The farm is misconfigured or a required tool or service is missing."""
 
     kind = "config"
+
+
+class CatalogError(ConfigError):
+    """The studio catalogue is wrong; ``problems`` lists each as 'file: key: what; fix'."""
+
+    kind = "catalog"
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def __str__(self) -> str:
+        return "\n".join([super().__str__(), *(f"  - {p}" for p in self.problems)])
 
 
 class NoCapableNode(ConfigError):

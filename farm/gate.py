@@ -328,7 +328,7 @@ def _retake(
     seed = take_seed(spec.seed, n)
     kind, priority = pending["kind"], int(pending["priority"])
     variants = [replace(v, params={**v.params, "seed": seed}, take=n)
-                for v in plan_variants(scene_of(rt, scene_id), spec, kind)]  # fmt: skip
+                for v in plan_variants(scene_of(rt, scene_id), spec, kind, rt.catalog)]  # fmt: skip
     fields = {"takes": takes, "take": n, "attempt": 0, "gate": gate, "error": None,
               "used_fallback": False, "primary_error": None, "fallback": None}  # fmt: skip
     d = Dispatcher(rt, app)

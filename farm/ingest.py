@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
+from farm.catalog import Catalog
 from farm.errors import InvalidInput, NoCapableNode
 from farm.planning import place_any, plan_scene
 from farm.problems import capped
@@ -45,6 +46,7 @@ from farm.submission import (
     under_scene,
 )
 from farm.submit import enqueue, resume
+from farm.templates import publish
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Ingest:
         self.stream = stream_key(self.s)
         self._stop = threading.Event()
         self._trim_failed = False
+        self._published: Catalog | None = None
 
     @property
     def stopping(self) -> bool:
@@ -123,9 +126,11 @@ class Ingest:
         while not self.stopping:
             try:
                 if recover:
+                    self._published = None
                     self.ensure_group()
                     self.drain_own()
                     recover = False
+                self.publish_templates()
                 if time.monotonic() >= next_claim:
                     self.claim()
                     next_claim = time.monotonic() + self.s.ingest_claim_idle / 2
@@ -149,6 +154,14 @@ class Ingest:
                     self._stop.wait(MAX_BACKOFF)
                 recover = True
         log.info("ingest %s stopped", self.name)
+
+    def publish_templates(self) -> None:
+        """Publish the templates this ingest accepts (the Blender add-on's list), again
+        when the catalogue changed (``FARM_CATALOG`` edited) or Redis came back."""
+        catalog = self.rt.catalog
+        if catalog is not self._published:
+            publish(self.r, self.s.keys.templates(), catalog)
+            self._published = catalog
 
     def _handle_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -328,8 +341,7 @@ class Ingest:
         key = self.rt.state.scene_key(sub.scene_id)
         return bool(sub.scene_id) and self.rt.redis.hget(key, "submission") == sub.id
 
-    @staticmethod
-    def _materialise(sub: Submission, folder: Path) -> Scene:
+    def _materialise(self, sub: Submission, folder: Path) -> Scene:
         """Write the attachments to ``folder`` and parse the scene there (paths resolve)."""
         if sub.files:
             folder.mkdir(parents=True, exist_ok=True)
@@ -337,13 +349,13 @@ class Ingest:
             part = folder / f".{name}.part"
             part.write_bytes(blob)
             part.replace(folder / name)
-        return parse_scene(sub.scene, base_dir=folder)
+        return parse_scene(sub.scene, base_dir=folder, templates=self.rt.catalog.templates)
 
     def capability_problems(self, scene: Scene) -> list[str]:
         """One problem for each shot no live node can render."""
         nodes = self.rt.registry.infos()
         problems = []
-        for i, variants in enumerate(plan_scene(scene)):
+        for i, variants in enumerate(plan_scene(scene, catalog=self.rt.catalog)):
             try:
                 place_any(variants, nodes)
             except NoCapableNode as exc:

@@ -38,6 +38,8 @@ checker:lock                    string   one timeout checker at a time (fenced t
 nodes / node:{name}             set/hash the node registry (:mod:`farm.nodes`)
 node:{name}:renders             list     the node's last render speeds
 cache                           hash     the render cache (:mod:`farm.cache`)
+templates                       hash     template -> {description, source}: the catalogue
+                                         ingest validates against (the Blender add-on's list)
 telemetry:{name}                hash     counters for the exporter (:mod:`farm.telemetry`)
 submissions / :dead             stream   submissions and rejected ones (:mod:`farm.ingest`)
 submission:{id} / :lock         hash     a submission's decision / who decides it
@@ -140,6 +142,9 @@ class Keys:
     # the rest
     def cache(self) -> str:
         return self._k("cache")
+
+    def templates(self) -> str:
+        return self._k("templates")
 
     def telemetry(self, name: str) -> str:
         return self._k("telemetry", name)

@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from farm.catalog import load_catalog
+from farm.catalog import Catalog, load_catalog
 from farm.planning import NodeInfo
 from farm.settings import Settings
 
@@ -56,14 +56,14 @@ def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
     return [_octaves(r["throughput"] / median) if r["throughput"] > 0 else 1.0 for r in records]
 
 
-def can_render(record: dict[str, Any]) -> list[str] | None:
+def can_render(record: dict[str, Any], catalog: Catalog | None = None) -> list[str] | None:
     """What a registered node can render, by the catalogue's names (None: not discovered
     yet): a ComfyUI node's catalogue models whose workflow it runs, a WanGP node's model
     ids that a template renders at some tier."""
     if record["kind"] == "wan2gp":
         if not record["described"]:
             return None
-        return load_catalog().wan_usable(record["models"].get("wangp", []))
+        return (catalog or load_catalog()).wan_usable(record["models"].get("wangp", []))
     flows = record["workflows"]
     if flows is None:
         return None
@@ -208,6 +208,11 @@ class NodeRegistry:
                 workflows=None
                 if r["workflows"] is None
                 else {w: tuple(c["models"]) for w, c in r["workflows"].items() if c.get("ok")},
+                lacks={
+                    w: tuple(c["missing"])
+                    for w, c in (r["workflows"] or {}).items()
+                    if not c.get("ok")
+                },  # fmt: skip
                 speed=speed,
             )
             for r, speed in zip(records, relative_speeds(records), strict=True)

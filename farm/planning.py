@@ -38,6 +38,8 @@ class NodeInfo:
     speed: float = 1.0
     #: workflows the node can run → diffusion models it offers for them (None: not discovered)
     workflows: Mapping[str, tuple[str, ...]] | None = None
+    #: workflows it cannot run → what it lacks for each (discovery's reasons)
+    lacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def missing(self, files: Mapping[str, Iterable[str]]) -> list[str]:
         """Files of ``files`` (folder → names) this node does not hold."""
@@ -53,7 +55,8 @@ class NodeInfo:
         if self.workflows is None or job.backend != "comfyui":
             return None
         if job.workflow not in self.workflows:
-            return f"cannot run workflow {job.workflow} (see `farm nodes`)"
+            why = "; ".join(self.lacks.get(job.workflow, ())) or "see `farm nodes`"
+            return f"cannot run workflow {job.workflow} ({why})"
         if job.model not in self.workflows[job.workflow]:
             return f"offers no {job.model} to workflow {job.workflow}"
         return None
@@ -138,8 +141,9 @@ def render_size(shot: Shot, kind: str, step: int, catalog: Catalog) -> tuple[int
     )
 
 
-def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job:
-    """The job that renders ``shot`` at quality ``kind`` (node not yet chosen)."""
+def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None) -> Job | None:
+    """The job that renders ``shot`` at quality ``kind`` (node not yet chosen) on ComfyUI,
+    or None when its template renders it on WanGP only."""
     catalog = catalog or load_catalog()
     model = catalog.model_for(
         shot.template,
@@ -147,6 +151,8 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
         start_image=bool(shot.start_image),
         trajectories=bool(shot.trajectories),
     )
+    if model is None:
+        return None
     width, height = render_size(shot, kind, model.engine.size_step, catalog)
     params: dict[str, Any] = {
         "prompt": shot.prompt,
@@ -265,9 +271,14 @@ def plan_variants(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None =
     wan = plan_wan_job(scene, shot, kind, catalog) if shot.backend != "comfyui" else None
     variants = [job for job in (comfy, wan) if job is not None]
     if not variants:  # parse_scene refuses trajectories on wan2gp; a Scene built in code may not
+        if shot.backend == "any":
+            raise InvalidInput(
+                f"shot {shot.id!r}: template {shot.template!r} names no workflow or WanGP model "
+                f"for this shot at {kind} ({(catalog or load_catalog()).source(shot.template)})"
+            )
         raise InvalidInput(
-            f"shot {shot.id!r}: backend {shot.backend} cannot render this shot"
-            " (trajectories need Wan ATI on ComfyUI); set backend to any"
+            f"shot {shot.id!r}: backend {shot.backend} cannot render this shot with template "
+            f"{shot.template!r} (trajectories need Wan ATI on ComfyUI); set backend to any"
         )
     return variants
 

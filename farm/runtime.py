@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import redis
 
+from farm.catalog import Catalog
 from farm.nodes import NodeRegistry
 from farm.settings import Settings, get_settings
 from farm.state import FarmState, connect
+from farm.studio import catalog_for
 
 
 @dataclass
@@ -21,6 +23,11 @@ class Runtime:
     redis: redis.Redis
     state: FarmState
     registry: NodeRegistry
+
+    @property
+    def catalog(self) -> Catalog:
+        """The farm's catalogue: the built-in one with ``FARM_CATALOG`` merged in."""
+        return catalog_for(self.settings)
 
 
 _runtime: tuple[int, Runtime] | None = None

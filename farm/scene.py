@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
@@ -133,17 +134,25 @@ def schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def load_scene(path: str | Path) -> Scene:
+def load_scene(path: str | Path, templates: Collection[str] | None = None) -> Scene:
     """Read and validate a scene file; relative ``start_image`` paths are relative to it."""
     path = Path(path)
     data = read_json(path, "scene file", InvalidInput)
-    return parse_scene(data, base_dir=path.resolve().parent)
+    return parse_scene(data, base_dir=path.resolve().parent, templates=templates)
 
 
-def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = True) -> Scene:
+def parse_scene(
+    data: Any,
+    base_dir: Path | None = None,
+    *,
+    check_files: bool = True,
+    templates: Collection[str] | None = None,
+) -> Scene:
     """Validate scene data and build a :class:`Scene`; raise :class:`InvalidInput` listing
     every problem as ``$.json.path: message`` (the first MAX_PROBLEMS of them and how many
-    more, each value echoed short: see :mod:`farm.problems`)."""
+    more, each value echoed short: see :mod:`farm.problems`). ``templates``: the names a
+    shot may use (the farm's catalogue, :func:`farm.catalog.catalog_for`; default: the
+    built-in ones)."""
     most = schema()["properties"]["shots"]["maxItems"]
     if isinstance(data, dict) and isinstance(data.get("shots"), list) and len(data["shots"]) > most:
         # checking every one of that many shots takes seconds, and the scene is refused anyway
@@ -155,7 +164,11 @@ def parse_scene(data: Any, base_dir: Path | None = None, *, check_files: bool = 
         if len(errors) > MAX_PROBLEMS:
             problems.append(more_line(len(errors) - MAX_PROBLEMS))
         raise InvalidInput("scene is invalid", capped(problems))
-    problems = _check_rules(data, base_dir, check_files)
+    if templates is None:
+        from farm.catalog import load_catalog
+
+        templates = load_catalog().templates
+    problems = _check_rules(data, base_dir, check_files, templates)
     if problems:
         raise InvalidInput("scene is invalid", capped(problems))
     shots = tuple(_shot(data["id"], raw, base_dir) for raw in data["shots"])
@@ -217,14 +230,20 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return p.resolve() if base_dir is not None or p.is_absolute() else p
 
 
-def _check_rules(data: dict[str, Any], base_dir: Path | None, check_files: bool) -> list[str]:
-    """Rules beyond the schema: unique shot ids, trajectories inside the canvas, start
-    images that decode."""
+def _check_rules(
+    data: dict[str, Any], base_dir: Path | None, check_files: bool, templates: Collection[str]
+) -> list[str]:
+    """Rules beyond the schema: templates of the catalogue, unique shot ids, trajectories
+    inside the canvas, start images that decode."""
     problems: list[str] = []
     seen: dict[str, int] = {}
     decoded: dict[Path, str | None] = {}
     for i, shot in enumerate(data["shots"]):
         where = f"$.shots[{i}]"
+        template = shot.get("template", Shot.template)
+        if template not in templates:
+            problems.append(f"{where}.template: {show(template)} is not a template of this farm; "
+                            f"use one of: {', '.join(sorted(templates))} (`farm templates`)")  # fmt: skip
         if shot["id"] in seen:
             problems.append(
                 f"{where}.id: shot id {shot['id']!r} is already used by $.shots[{seen[shot['id']]}]; shot ids must be unique"

@@ -193,6 +193,14 @@ class Settings:
             str(REPO_ROOT / "workflows"),
         )
     )
+    catalog: str = field(
+        **_env(
+            "FARM_CATALOG",
+            "A studio catalogue (TOML or JSON) of templates, workflows and models merged over "
+            "the built-in one (docs/catalog.md); empty: the built-in catalogue alone",
+            "",
+        )
+    )
     nodes: tuple[NodeConfig, ...] = field(
         **_env(
             "FARM_NODES",
@@ -532,6 +540,8 @@ def _convert(name: str, env_name: str, type_: object, raw: object) -> object:
             return float(raw)
         if name == "nodes":
             return parse_nodes(raw)
+        if name == "catalog" and raw:
+            return str(Path(raw).expanduser().resolve())  # workers may run elsewhere
     except ValueError as exc:
         raise ConfigError(f"{env_name}={raw!r} is not a valid {type_}: {exc}") from None
     return raw

@@ -204,7 +204,7 @@ def _rendered(
     kept = shot_dir(rt.settings.storage, job.scene_id, job.shot_id) / clip_name(job)
     entry = {**_attempt(job, "done", seconds), "backend_job_id": result.backend_job_id,
              "workflow": job.workflow, "seed": job.params.get("seed"),
-             "cache_key": request_key(job, rt.settings.workflows_dir) if rt.settings.cache
+             "cache_key": request_key(job, rt.settings.workflows_dir, catalog=rt.catalog) if rt.settings.cache
              else None}  # fmt: skip
     outputs = {**(shot.get("outputs") or {}), job.kind: str(kept)}
     if job.then_final and job.kind == "preview":
@@ -238,7 +238,7 @@ def to_final(rt: Runtime, d: Dispatcher, job: Job, *, source: str, token: str,
     once that is so."""
     key = (job.scene_id, job.shot_id)
     scene = scene_of(rt, job.scene_id)
-    finals = plan_variants(scene, scene.shot(job.shot_id), "final")
+    finals = plan_variants(scene, scene.shot(job.shot_id), "final", rt.catalog)
     hit = None if forced(rt, *key) else RenderCache(rt).lookup([finals])[0]
     if hit is not None:
         out = serve_from_cache(rt, d, *key, hit, source=source, token=token, node=job.node,
@@ -409,7 +409,7 @@ def _count_against(rt: Runtime, d: Dispatcher, job: Job, exc: FarmError) -> None
 def _next(rt: Runtime, job: Job, exc: FarmError, shot: dict[str, Any]) -> Rung | None:
     scene = scene_of(rt, job.scene_id)
     current = rung_of(rt, job.scene_id, shot).variants
-    fast = plan_variants(scene, scene.shot(job.shot_id), "preview")
+    fast = plan_variants(scene, scene.shot(job.shot_id), "preview", rt.catalog)
     return next_rung(job, exc, current, fast, rt.registry.infos(), rt.settings.max_attempts)
 
 

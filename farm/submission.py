@@ -39,6 +39,7 @@ from farm.jsonfile import JSONTextError, decode, read_json
 from farm.problems import capped, is_more, names, quoted, show
 from farm.scene import parse_scene, start_image_problem
 from farm.settings import Settings
+from farm.studio import catalog_for
 
 VERSION = 1
 GROUP = "ingest"
@@ -128,7 +129,7 @@ def read_submission(fields: Mapping[Any, Any], settings: Settings) -> Submission
     refused = set(given) - set(sub.files) if isinstance(given, dict) else set()
     problems += start_image_problems(sub.scene, sub.files, refused)
     if isinstance(sub.scene, dict):
-        problems += scene_problems(sub.scene)
+        problems += scene_problems(sub.scene, templates=catalog_for(settings).templates)
     return sub
 
 
@@ -283,10 +284,13 @@ def start_image_problems(scene: Any, files: Mapping[str, bytes], refused: Collec
     return problems
 
 
-def scene_problems(scene: dict[str, Any], base_dir: Path | None = None) -> list[str]:
-    """The scene's validation problems, with paths under ``$.scene`` (files not checked)."""
+def scene_problems(
+    scene: dict[str, Any], base_dir: Path | None = None, templates: Collection[str] | None = None
+) -> list[str]:
+    """The scene's validation problems, with paths under ``$.scene`` (files not checked;
+    ``templates``: the farm's, see :func:`farm.scene.parse_scene`)."""
     try:
-        parse_scene(scene, base_dir, check_files=False)
+        parse_scene(scene, base_dir, check_files=False, templates=templates)
     except InvalidInput as exc:
         return under_scene(exc)
     return []

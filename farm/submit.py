@@ -49,7 +49,7 @@ def enqueue(
     request is in the render cache. ``submission``: the id of the submission the scene
     came in by, kept on its record (:mod:`farm.ingest`)."""
     quality = quality or scene.quality
-    shots = plan_scene(scene, quality)
+    shots = plan_scene(scene, quality, rt.catalog)
     nodes = rt.registry.infos()
     for variants in shots:
         place_any(variants, nodes)  # raises NoCapableNode, naming what each node lacks
@@ -127,7 +127,7 @@ def resume(rt: Runtime, scene_id: str) -> bool:
             return False
         parsed = scene_of(rt, scene_id)
         records = {s["id"]: s for s in rt.state.shots(scene_id)}
-        planned = [v for v in plan_scene(parsed, scene.get("quality"))
+        planned = [v for v in plan_scene(parsed, scene.get("quality"), rt.catalog)
                    if records[v[0].shot_id].get("state") not in lifecycle.TERMINAL_SHOT]  # fmt: skip
         if not planned:  # nothing was reset before the retry died: the scene is over again
             rt.state.update_scene(scene_id, enqueued="1")
@@ -169,7 +169,7 @@ def retry(rt: Runtime, scene_id: str, shot_ids: list[str] | None = None) -> list
                 "with --shot"
             )
     scene = scene_of(rt, scene_id)
-    planned = {v[0].shot_id: v for v in plan_scene(scene, info.get("quality"))}
+    planned = {v[0].shot_id: v for v in plan_scene(scene, info.get("quality"), rt.catalog)}
     token = lifecycle.new_token()
     if not _take_enqueue(rt, scene_id, token):
         raise InvalidInput(f"scene {scene_id!r} is being retried already; wait for it")

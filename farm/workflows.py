@@ -3,13 +3,14 @@
 Workflows are API-format graphs, or editor-format files converted with the node's
 ``/object_info`` (:mod:`farm.comfy_editor`). A workflow names its parameter nodes with
 ``_meta.title`` (the node's title in the editor); :data:`BINDINGS` maps each farm
-parameter to ``(title, input name)``. Nothing is ever bound by node position.
+parameter to the ``(title, input name)`` targets it is written to (a studio catalogue
+binds its own titles, :mod:`farm.studio`). Nothing is ever bound by node position.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,26 @@ from farm.comfy_editor import editor_to_api, is_editor_format
 from farm.errors import WorkflowError
 from farm.jsonfile import read_json
 
-#: farm parameter -> (node title, input name)
-BINDINGS: dict[str, tuple[str, str]] = {
-    "prompt": ("Positive Prompt", "text"),
-    "negative": ("Negative Prompt", "text"),
-    "seed": ("Sampler", "seed"),
-    "steps": ("Sampler", "steps"),
-    "width": ("Video Latent", "width"),
-    "height": ("Video Latent", "height"),
-    "length": ("Video Latent", "length"),
-    "tracks": ("Video Latent", "tracks"),
-    "model": ("Diffusion Model", "unet_name"),
-    "start_image": ("Start Image", "image"),
-    "fps": ("Create Video", "fps"),
-    "filename_prefix": ("Save Video", "filename_prefix"),
+#: the node inputs a parameter is written to: ``((title, input name), ...)``
+Targets = tuple[tuple[str, str], ...]
+
+#: farm parameter -> the node inputs it is written to (the built-in workflows' titles)
+BINDINGS: dict[str, Targets] = {
+    "prompt": (("Positive Prompt", "text"),),
+    "negative": (("Negative Prompt", "text"),),
+    "seed": (("Sampler", "seed"),),
+    "steps": (("Sampler", "steps"),),
+    "width": (("Video Latent", "width"),),
+    "height": (("Video Latent", "height"),),
+    "length": (("Video Latent", "length"),),
+    "tracks": (("Video Latent", "tracks"),),
+    "model": (("Diffusion Model", "unet_name"),),
+    "start_image": (("Start Image", "image"),),
+    "fps": (("Create Video", "fps"),),
+    "filename_prefix": (("Save Video", "filename_prefix"),),
 }
+#: parameters whose value is a list, one item per target (the diffusion model files)
+PER_TARGET = frozenset({"model"})
 
 Graph = dict[str, dict[str, Any]]
 
@@ -42,14 +48,17 @@ def workflow_names(folder: Path) -> list[str]:
 
 
 def load_workflow(
-    name: str, folder: Path, object_info: Callable[[], dict[str, Any]] | None = None
+    name: str,
+    folder: Path,
+    object_info: Callable[[], dict[str, Any]] | None = None,
+    path: Path | None = None,
 ) -> Graph:
-    """Read ``folder/name.json`` as an API-format graph.
+    """Read ``folder/name.json`` (or ``path``) as an API-format graph.
 
     An editor-format file is converted with ``object_info()`` (the node's class
     definitions); without it, it is refused with the export hint.
     """
-    path = folder / f"{name}.json"
+    path = path or folder / f"{name}.json"
     data = read_json(path, f"workflow {name!r}", WorkflowError)
     return as_api_graph(data, str(path), object_info)
 
@@ -88,27 +97,57 @@ def find_titled(graph: Graph, title: str) -> list[str]:
     return [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == title]
 
 
-def bind(graph: Graph, params: dict[str, Any], name: str = "workflow") -> Graph:
-    """A copy of ``graph`` with each parameter written into its titled node's input."""
+def bind(
+    graph: Graph,
+    params: dict[str, Any],
+    name: str = "workflow",
+    bindings: Mapping[str, Targets] | None = None,
+) -> Graph:
+    """A copy of ``graph`` with each parameter written into its targets, the inputs of
+    titled nodes (``bindings``, default :data:`BINDINGS`; a parameter bound to nothing is
+    left out). A :data:`PER_TARGET` parameter's list gives each target its own item."""
+    bindings = BINDINGS if bindings is None else bindings
     bound = copy.deepcopy(graph)
     for param, value in params.items():
-        if param not in BINDINGS:
+        if param not in bindings:
             raise WorkflowError(
-                f"unknown workflow parameter {param!r}; known: {', '.join(BINDINGS)}"
+                f"unknown workflow parameter {param!r}; known: {', '.join(bindings)}"
             )
-        title, input_name = BINDINGS[param]
-        ids = find_titled(bound, title)
-        if not ids:
-            raise WorkflowError(f"{name}: no node titled {title!r} to take parameter {param!r}")
-        if len(ids) > 1:
+        targets = bindings[param]
+        if not targets:
+            continue
+        per_target = param in PER_TARGET and not isinstance(value, str)
+        values = list(value) if per_target else [value] * len(targets)
+        if len(values) != len(targets):
             raise WorkflowError(
-                f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
+                f"{name}: {len(values)} values for {param!r} but it is bound to {len(targets)} inputs"
             )
-        inputs = bound[ids[0]].setdefault("inputs", {})
-        if input_name not in inputs:
-            cls = bound[ids[0]]["class_type"]
-            raise WorkflowError(
-                f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}"
-            )
-        inputs[input_name] = value
+        for (title, input_name), item in zip(targets, values, strict=True):
+            node_id = target_node(bound, title, input_name, name, param)
+            bound[node_id]["inputs"][input_name] = item
     return bound
+
+
+def target_node(graph: Graph, title: str, input_name: str, name: str, param: str) -> str:
+    """The id of the one node titled ``title``, which has the input ``input_name``."""
+    problem = target_problem(graph, title, input_name)
+    if problem:
+        raise WorkflowError(f"{name}: {problem} to take parameter {param!r}")
+    return find_titled(graph, title)[0]
+
+
+def target_problem(graph: Graph, title: str, input_name: str) -> str | None:
+    """Why ``graph`` has no one node titled ``title`` with input ``input_name`` (None: it
+    has)."""
+    ids = find_titled(graph, title)
+    if not ids:
+        return f"no node titled {title!r}"
+    if len(ids) > 1:
+        return (
+            f"{len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
+        )
+    if input_name not in graph[ids[0]].get("inputs", {}):
+        return (
+            f"node {ids[0]} {title!r} ({graph[ids[0]]['class_type']}) has no input {input_name!r}"
+        )
+    return None

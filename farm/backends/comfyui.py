@@ -40,7 +40,8 @@ from farm.errors import (
 from farm.images import WANT
 from farm.planning import Job
 from farm.settings import Settings
-from farm.workflows import Graph, bind, load_workflow
+from farm.studio import catalog_for
+from farm.workflows import BINDINGS, Graph, bind, load_workflow
 
 log = logging.getLogger(__name__)
 
@@ -582,20 +583,30 @@ class ComfyUIBackend:
             ],
             "version": str((stats.get("system") or {}).get("comfyui_version", "")),
             "classes": len(info),
-            "workflows": node_capabilities(info, self.settings.workflows_dir),
+            "workflows": node_capabilities(
+                info, self.settings.workflows_dir, catalog_for(self.settings)
+            ),  # fmt: skip
         }
 
     # rendering
     def graph_for(self, job: Job) -> Graph:
+        """The job's workflow (the catalogue's, a studio's own), its parameters bound."""
+        catalog = catalog_for(self.settings)
+        engine = catalog.workflows().get(job.workflow)
+        bindings = engine.bindings if engine else BINDINGS
         params = dict(job.params)
-        params["model"] = job.model
+        models = catalog.model_files(job.engine, job.model)
+        if models and bindings.get("model"):
+            params["model"] = list(models)
         params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
         if "start_image" in params:
             params["start_image"] = self.client.upload(Path(params["start_image"]))
         if "tracks" in params:
             params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
-        graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info)
-        return bind(graph, params, name=job.workflow)
+        path = catalog.workflow_file(job.workflow, self.settings.workflows_dir)
+        graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info, path)
+        return bind(graph, {k: v for k, v in params.items() if k in bindings}, job.workflow,
+                    bindings)  # fmt: skip
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from farm.errors import ConfigError, FarmError, InvalidInput
+from farm.errors import CatalogError, ConfigError, FarmError, InvalidInput
 
 if TYPE_CHECKING:
     from farm.runtime import Runtime
@@ -26,7 +26,7 @@ def fail(exc: FarmError) -> NoReturn:
     """Print a farm error the way a user can act on it, and exit with its code."""
     code = (
         EXIT_INVALID
-        if isinstance(exc, InvalidInput)
+        if isinstance(exc, InvalidInput | CatalogError)
         else EXIT_UNAVAILABLE
         if isinstance(exc, ConfigError)
         else EXIT_FAILED

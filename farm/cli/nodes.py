@@ -22,12 +22,13 @@ def nodes(as_json: bool) -> None:
     from farm.nodes import can_render, relative_speeds
 
     try:
-        records = runtime().registry.records()
+        rt = runtime()
+        records, catalog = rt.registry.records(), rt.catalog
     except FarmError as exc:
         fail(exc)
     for r, speed in zip(records, relative_speeds(records), strict=True):
         r["speed"] = speed
-        r["can_render"] = can_render(r)
+        r["can_render"] = can_render(r, catalog)
     if as_json:
         print_json(records)
         return
@@ -78,6 +79,7 @@ def worker(
 ) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
     from farm.settings import NodeConfig, get_settings, node_name_for
+    from farm.studio import catalog_for
     from farm.worker import run_cpu_worker, run_node_worker
 
     if cpu == bool(node_name or url):
@@ -86,6 +88,7 @@ def worker(
         fail(InvalidInput("--name is for --cpu workers; a node worker is named after its node"))
     try:
         settings = get_settings()
+        catalog_for(settings)  # a wrong FARM_CATALOG stops the worker before it takes a task
         if cpu:
             run_cpu_worker(settings, concurrency, loglevel, cpu_name)
             return
@@ -187,4 +190,33 @@ def emulate_wan2gp(
         fail(exc)
 
 
-COMMANDS = (nodes, worker, emulate)
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def templates(as_json: bool) -> None:
+    """List every template: where it is defined (built-in or the studio catalogue,
+    FARM_CATALOG), how each tier renders each kind of shot, and which live nodes can render
+    it, or what each node lacks."""
+    from farm.templates import report
+
+    try:
+        rt = runtime()
+        found = report(rt.catalog, rt.registry.infos())
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json(found)
+        return
+    table = Table("template", "tier", "shots", "renders with", "nodes", box=None)
+    for t in found:
+        for tier, routes in t["tiers"].items():
+            for r in routes:
+                models = ", ".join(r["models"]) or "no model"
+                lacks = "; ".join(f"{n} {why}" for n, why in r["lacks"].items())
+                able = escape(", ".join(r["nodes"])) if r["nodes"] else "[red]none[/]"
+                table.add_row(t["name"], tier, r["kind"], escape(f"{r['workflow']} ({models})"),
+                              able + (f" [dim](not: {escape(lacks)})[/]" if lacks else ""))  # fmt: skip
+        table.add_row(f"  [dim]{escape(t['source'])}[/]", "", "", escape(t["description"]), "")
+    console.print(table)
+
+
+COMMANDS = (nodes, worker, emulate, templates)

@@ -22,7 +22,7 @@ from farm.cli.common import (
     print_json,
     runtime,
 )
-from farm.errors import FarmError, InvalidInput
+from farm.errors import CatalogError, FarmError, InvalidInput
 
 if TYPE_CHECKING:
     from farm.runtime import Runtime
@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 def validate(scene_file: Path, as_json: bool) -> None:
     """Check a scene file against the scene schema without submitting it."""
     from farm.scene import load_scene
+    from farm.settings import get_settings
+    from farm.studio import catalog_for
 
     try:
-        scene = load_scene(scene_file)
-    except InvalidInput as exc:
+        scene = load_scene(scene_file, catalog_for(get_settings()).templates)
+    except (InvalidInput, CatalogError) as exc:
         if as_json:
             print_json(
                 {"valid": False, "error": str(exc).splitlines()[0], "problems": exc.problems}
@@ -82,8 +84,8 @@ def enqueue(
     from farm.submit import enqueue as submit
 
     try:
-        scene = load_scene(scene_file)
         rt = runtime()
+        scene = load_scene(scene_file, rt.catalog.templates)
         jobs = submit(scene, rt, quality, replace=replace, force=force)
     except FarmError as exc:
         fail(exc)

@@ -32,7 +32,9 @@ def ingest(name: str | None, once: bool) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        Ingest(runtime(need_farm=False), name).run(once=once)
+        rt = runtime(need_farm=False)
+        rt.catalog  # noqa: B018 -- a wrong FARM_CATALOG stops ingest before it reads a submission
+        Ingest(rt, name).run(once=once)
     except FarmError as exc:
         fail(exc)
 

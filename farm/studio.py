@@ -1,0 +1,357 @@
+"""A studio's own catalogue (``FARM_CATALOG``, TOML or JSON) merged over the built-in one.
+
+It adds templates or replaces built-in ones by name, and defines the ComfyUI workflows
+they render with; relative paths resolve against the catalogue's folder::
+
+    [workflows.dusk]                     # a workflow and what the farm must know of it
+    file = "flows/dusk.json"             # API or editor format
+    fps = 16                             # it renders at; frames = frame_step·n + 1
+    frame_step = 4
+    size_step = 16                       # width and height are multiples of it
+    files = { vae = ["wan_2.1_vae.safetensors"] }   # support files a node must hold
+    [workflows.dusk.bindings]            # parameter = "Node title.input" (default: the
+    models = ["High Noise.unet_name", "Low Noise.unet_name"]   # built-in titles)
+    negative_prompt = ""                 # "": the workflow does not take it
+
+    [templates.dusk]
+    description = "Wan 2.2 A14B, two models"
+    steps = { preview = 6, final = 20 }
+    text.preview = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"] }
+    text.final = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"], wangp = "t2v_2_2" }
+
+Everything is checked when the catalogue is loaded; each problem names the file, the key
+and the fix (:class:`~farm.errors.CatalogError`). What needs a node (its classes, the
+titles of an editor-format workflow once converted) is checked by node discovery
+(:mod:`farm.discovery`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from farm.catalog import KINDS, TIERS, Catalog, Engine, Model, load_catalog
+from farm.comfy_editor import is_editor_format
+from farm.errors import CatalogError, WorkflowError
+from farm.jsonfile import JSONTextError, decode, read_json
+from farm.workflows import BINDINGS, Targets, check_api_format, target_problem
+
+#: a binding's name in a studio catalogue → the farm parameter it sets
+PARAMS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative",
+    "seed": "seed",
+    "steps": "steps",
+    "width": "width",
+    "height": "height",
+    "frames": "length",
+    "fps": "fps",
+    "start_image": "start_image",
+    "tracks": "tracks",
+    "models": "model",
+    "filename_prefix": "filename_prefix",
+}
+TOP_KEYS = ("version", "description", "workflows", "templates")
+WORKFLOW_KEYS = ("file", "fps", "frame_step", "size_step", "family", "files", "bindings")
+TEMPLATE_KEYS = ("description", "steps", *KINDS)
+LEAF_KEYS = ("workflow", "models", "wangp")
+DEFAULT_STEPS = {"preview": 8, "final": 30}
+
+
+def catalog_for(settings: Any) -> Catalog:
+    """The catalogue of a farm with ``settings``: the built-in one with ``FARM_CATALOG``
+    merged in (read again when the file changes)."""
+    return load_studio(settings.catalog) if settings.catalog else load_catalog()
+
+
+def load_studio(path: str | Path) -> Catalog:
+    """The built-in catalogue with the studio catalogue at ``path`` merged in; raises
+    :class:`CatalogError` naming the file, the key and the fix when it is wrong."""
+    path = Path(path).expanduser().resolve()
+    try:
+        info = os.stat(path)
+        mark: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        mark = None  # read_catalog says what is wrong
+    return _merged(path, mark)
+
+
+@cache
+def _merged(path: Path, mark: tuple[int, int] | None) -> Catalog:
+    return merge_studio(load_catalog(), path)
+
+
+class Problems:
+    """The problems found in one catalogue file, each 'file: key: what; fix'."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.path}: {key}: {message}")
+
+    def table(self, raw: Any, key: str, known: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """``raw`` as a table of ``known`` keys (each unknown key a problem; None: any
+        key); {} if it is not a table."""
+        if not isinstance(raw, dict):
+            self.add(key, f"must be a table ({{...}}), not {type(raw).__name__}")
+            return {}
+        for name in raw if known is not None else ():
+            if name not in known:
+                self.add(f"{key}.{name}" if key else name,
+                         f"unknown key; remove it or use one of: {', '.join(known)}")  # fmt: skip
+        return raw
+
+    def positive(self, raw: dict[str, Any], key: str, name: str, default: int) -> int:
+        value = raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.add(f"{key}.{name}", f"{value!r} must be a whole number of 1 or more")
+            return default
+        return value
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        """A string or a list of strings, as a tuple ("" and [] give ())."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            self.add(key, f"{value!r} must be a string or a list of strings")
+            return ()
+        return tuple(i for i in items if i)
+
+
+def read_catalog(path: Path) -> dict[str, Any]:
+    """The studio catalogue at ``path`` as data (TOML, or JSON for ``*.json``)."""
+    where = f"{path} (FARM_CATALOG)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CatalogError(f"{where} does not exist: point FARM_CATALOG at your catalog.toml "
+                           "(or .json), or unset it to use the built-in catalogue") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{where} cannot be read ({exc}); save it as UTF-8 text") from None
+    try:
+        data = decode(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{where} is not valid TOML: {exc}; fix that line "
+                           "(https://toml.io), or give a .json file") from None  # fmt: skip
+    except JSONTextError as exc:
+        raise CatalogError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{where} must be a table of workflows and templates")
+    return data
+
+
+def merge_studio(base: Catalog, path: Path) -> Catalog:
+    """``base`` with the studio catalogue at ``path`` merged over it; raises
+    :class:`CatalogError` listing every problem."""
+    data = read_catalog(path)
+    p = Problems(path)
+    data = p.table(data, "", TOP_KEYS)
+    if data.get("version", 1) != 1:
+        p.add("version", f"{data['version']!r} is not supported; write version = 1")
+    if not isinstance(data.get("description", ""), str):
+        p.add("description", "must be a string")
+    engines = dict(base.engines)
+    graphs: dict[str, Any] = {}
+    raw_flows = p.table(data.get("workflows", {}), "workflows")
+    for name, raw in raw_flows.items():
+        found = _engine(p, name, raw, path.parent, base.engines.get(name))
+        if found is not None:
+            engines[name], graphs[name] = found
+    templates = dict(base.templates)
+    models = dict(base.models)
+    wan = {k: dict(v) for k, v in base.wan_templates.items()}
+    sources = dict(base.sources)
+    raw_templates = p.table(data.get("templates", {}), "templates")
+    for name, raw in raw_templates.items():
+        spec, found, wan_spec = _template(p, name, raw, engines, base)
+        templates[name], sources[name], wan[name] = spec, str(path), wan_spec
+        models.update(found)
+    merged = replace(base, engines=engines, models=models, templates=templates,
+                     wan_templates=wan, sources=sources, studio=path)  # fmt: skip
+    for name, params in merged.params().items():
+        if name in graphs:
+            _check_bindings(p, name, engines[name], graphs[name], params)
+    if p.items:
+        raise CatalogError(f"the studio catalogue {path} (FARM_CATALOG) has "
+                           f"{len(p.items)} problem{'s' if len(p.items) > 1 else ''}:", p.items)  # fmt: skip
+    return merged
+
+
+def _engine(
+    p: Problems, name: str, raw: Any, folder: Path, base: Engine | None
+) -> tuple[Engine, Any] | None:
+    """The engine of ``[workflows.name]`` and its graph (None: problems recorded)."""
+    key = f"workflows.{name}"
+    raw = p.table(raw, key, WORKFLOW_KEYS)
+    if not isinstance(raw.get("file"), str) or not raw.get("file"):
+        p.add(f"{key}.file", "is required: the path of the workflow's JSON file "
+              "(API or editor format), relative to this catalogue")  # fmt: skip
+        return None
+    file = (folder / raw["file"]).expanduser().resolve()
+    try:
+        graph = read_json(file, "workflow", WorkflowError)
+        if not is_editor_format(graph):
+            check_api_format(graph, str(file))
+    except WorkflowError as exc:
+        p.add(f"{key}.file", f"{exc}; fix the path (relative to this catalogue) or the file")
+        return None
+    files: dict[str, tuple[str, ...]] = {}
+    raw_files = raw.get("files", {})
+    for folder_name, names in p.table(raw_files, f"{key}.files").items():
+        files[folder_name] = p.strings(names, f"{key}.files.{folder_name}")
+    bindings = dict(base.bindings) if base else dict(BINDINGS)
+    raw_bindings = p.table(raw.get("bindings", {}), f"{key}.bindings", tuple(PARAMS))
+    for studio_name, value in raw_bindings.items():
+        if studio_name in PARAMS:
+            bindings[PARAMS[studio_name]] = _targets(p, f"{key}.bindings.{studio_name}", value)
+    family = raw.get("family", base.family if base else name)
+    if not isinstance(family, str):
+        p.add(f"{key}.family", "must be a string")
+    engine = Engine(
+        name=name,
+        workflow=name,
+        family=str(family),
+        frame_step=p.positive(raw, key, "frame_step", base.frame_step if base else 4),
+        size_step=p.positive(raw, key, "size_step", base.size_step if base else 16),
+        fps=p.positive(raw, key, "fps", base.fps if base else 16),
+        files=files,
+        path=file,
+        bindings=bindings,
+        source=str(p.path),
+    )
+    return engine, graph
+
+
+def _targets(p: Problems, key: str, value: Any) -> Targets:
+    """A binding: ``"Title.input"``, a list of them, or ``""`` (not taken)."""
+    out = []
+    for item in p.strings(value, key):
+        title, dot, input_name = item.rpartition(".")
+        if not dot or not title or not input_name:
+            p.add(key, f"{item!r} must be 'Node title.input name' (e.g. \"Positive Prompt.text\"),"
+                  ' or "" when the workflow does not take it')  # fmt: skip
+            continue
+        out.append((title, input_name))
+    return tuple(out)
+
+
+def _template(
+    p: Problems,
+    name: str,
+    raw: Any,
+    engines: dict[str, Engine],
+    base: Catalog,
+) -> tuple[dict[str, Any], dict[str, Model], dict[str, dict[str, str]]]:
+    """``[templates.name]`` as the catalogue's template entry, its models and its WanGP
+    columns."""
+    key = f"templates.{name}"
+    raw = p.table(raw, key, TEMPLATE_KEYS)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        p.add(f"{key}.description", "must be a string")
+    raw_steps = p.table(raw.get("steps", {}), f"{key}.steps", TIERS)
+    steps = {t: p.positive(raw_steps, f"{key}.steps", t, DEFAULT_STEPS[t]) for t in TIERS}
+    spec: dict[str, Any] = {"description": str(description), "steps": steps}
+    models: dict[str, Model] = {}
+    wan: dict[str, dict[str, str]] = {}
+    if "text" not in raw:
+        p.add(f"{key}.text", "is required: how text-only shots render, "
+              "text.preview and text.final = { workflow = ..., models = [...] }")  # fmt: skip
+    for kind in KINDS:
+        if kind not in raw:
+            continue
+        tiers = p.table(raw[kind], f"{key}.{kind}", TIERS)
+        column: dict[str, str | None] = {}
+        for tier in TIERS:
+            where = f"{key}.{kind}.{tier}"
+            if tier not in tiers:
+                p.add(where, f"is required: {{ workflow = ..., models = [...] }} for {tier}s")
+                continue
+            model, wan_id = _leaf(p, where, tiers[tier], kind, engines, base)
+            column[tier] = model.key if model else None
+            if model:
+                models[model.key] = model
+            if wan_id:
+                wan.setdefault("t2v" if kind == "text" else "i2v", {})[tier] = wan_id
+        if kind == "text":
+            spec.update(column)
+        else:
+            spec[kind] = column
+    return spec, models, wan
+
+
+def _leaf(
+    p: Problems,
+    key: str,
+    raw: Any,
+    kind: str,
+    engines: dict[str, Engine],
+    base: Catalog,
+) -> tuple[Model | None, str | None]:
+    """One tier of one input kind: its ComfyUI model (workflow + files) and WanGP id."""
+    raw = p.table(raw, key, LEAF_KEYS)
+    flow, wan_id = raw.get("workflow"), raw.get("wangp")
+    files = p.strings(raw.get("models", []), f"{key}.models")
+    if flow is None and wan_id is None:
+        p.add(key, "names no renderer: give workflow (ComfyUI) and/or wangp (a WanGP model id)")
+    if wan_id is not None:
+        if kind == "trajectories":
+            p.add(f"{key}.wangp", "WanGP has no trajectory control (Wan ATI is ComfyUI only); "
+                  "remove it")  # fmt: skip
+        elif wan_id not in base.wan_models:
+            p.add(f"{key}.wangp", f"{wan_id!r} is not a WanGP model the farm knows; use one of: "
+                  f"{', '.join(sorted(base.wan_models))}")  # fmt: skip
+    if flow is None:
+        if files:
+            p.add(f"{key}.models", "models need a workflow to load them; add workflow = ...")
+        return None, wan_id if isinstance(wan_id, str) else None
+    if flow not in engines:
+        p.add(f"{key}.workflow", f"{flow!r} is not a workflow; define [workflows.{flow}] or "
+              f"use one of: {', '.join(sorted(engines))}")  # fmt: skip
+        return None, None
+    engine = engines[flow]
+    targets = engine.bindings.get("model", ())
+    if files and targets and len(files) != len(targets):
+        p.add(f"{key}.models", f"gives {len(files)} model file(s) but workflow {flow!r} binds "
+              f"{len(targets)} (bindings.models); give one file per bound loader, or set "
+              'bindings.models = "" when the workflow names its files itself')  # fmt: skip
+    model = Model(key=key.removeprefix("templates."), engine=engine, files=files)
+    return model, wan_id if isinstance(wan_id, str) else None
+
+
+def _check_bindings(p: Problems, name: str, engine: Engine, graph: Any, params: set[str]) -> None:
+    """Every bound title of ``params`` is one node of the workflow, with that input (an
+    editor-format file: its titled nodes; their inputs are checked once converted)."""
+    editor = is_editor_format(graph)
+    studio_names = {v: k for k, v in PARAMS.items()}
+    for param in sorted(params):
+        for title, input_name in engine.bindings.get(param, ()):
+            key = f"workflows.{name}.bindings.{studio_names[param]}"
+            problem = (
+                editor_title_problem(graph, title)
+                if editor
+                else target_problem(graph, title, input_name)
+            )
+            if problem:
+                p.add(key, f"{problem} in {engine.path}; title the node {title!r} in ComfyUI, "
+                      f"bind another title, or set {studio_names[param]} = \"\" if the "
+                      "workflow does not take it")  # fmt: skip
+
+
+def editor_title_problem(graph: dict[str, Any], title: str) -> str | None:
+    """Why an editor-format ``graph`` has no one node titled ``title`` (None: it has; its
+    inputs are known once a node's classes convert it)."""
+    ids = [str(n.get("id")) for n in graph["nodes"] if isinstance(n, dict)
+           and n.get("title") == title]  # fmt: skip
+    if not ids:
+        return f"no node titled {title!r}"
+    if len(ids) > 1:
+        return (
+            f"{len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
+        )
+    return None
