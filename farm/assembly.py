@@ -60,7 +60,7 @@ def assemble(scene_id: str, run: int, rt: Runtime) -> dict[str, Any]:
 def _assemble(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
     state = rt.state
     record = state.scene(scene_id)
-    scene = parse_scene(record["spec"], check_files=False)
+    scene = parse_scene(record["spec"], check_files=False, templates=rt.catalog.templates)
     shots = {s["id"]: s for s in state.shots(scene_id)}
     if str(record.get("cancel")) == "1":
         lifecycle.cancel_scene(rt, scene_id, token)
@@ -175,7 +175,7 @@ def _score(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
 
     state = rt.state
     record = state.scene(scene_id)
-    scene = parse_scene(record["spec"], check_files=False)
+    scene = parse_scene(record["spec"], check_files=False, templates=rt.catalog.templates)
     shots = {s["id"]: s for s in state.shots(scene_id)}
     try:
         report = build_report(rt, scene, record, shots)

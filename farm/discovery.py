@@ -107,8 +107,8 @@ def node_capabilities(
         problems, models = check_graph(graph, info, bindings)
         problems += binding_problems(graph, bindings, params.get(name, set()))
         mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
-        if not bindings.get("model"):  # the workflow names its model files itself
-            models = sorted({m.file for m in mine.values()})
+        if not any(find_titled(graph, title) for title, _ in bindings.get("model", ())):
+            models = sorted({m.file for m in mine.values() if m.file})  # named in the graph
         usable = sorted(k for k, m in mine.items() if m.file in models and not problems)
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
     return out

@@ -57,7 +57,7 @@ class NodeInfo:
         if job.workflow not in self.workflows:
             why = "; ".join(self.lacks.get(job.workflow, ())) or "see `farm nodes`"
             return f"cannot run workflow {job.workflow} ({why})"
-        if job.model not in self.workflows[job.workflow]:
+        if job.model and job.model not in self.workflows[job.workflow]:
             return f"offers no {job.model} to workflow {job.workflow}"
         return None
 

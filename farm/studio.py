@@ -158,9 +158,12 @@ def merge_studio(base: Catalog, path: Path) -> Catalog:
     engines = dict(base.engines)
     graphs: dict[str, Any] = {}
     raw_flows = p.table(data.get("workflows", {}), "workflows")
+    broken: set[str] = set()  # defined, with problems: not reported again where used
     for name, raw in raw_flows.items():
         found = _engine(p, name, raw, path.parent, base.engines.get(name))
-        if found is not None:
+        if found is None:
+            broken.add(name)
+        else:
             engines[name], graphs[name] = found
     templates = dict(base.templates)
     models = dict(base.models)
@@ -168,7 +171,7 @@ def merge_studio(base: Catalog, path: Path) -> Catalog:
     sources = dict(base.sources)
     raw_templates = p.table(data.get("templates", {}), "templates")
     for name, raw in raw_templates.items():
-        spec, found, wan_spec = _template(p, name, raw, engines, base)
+        spec, found, wan_spec = _template(p, name, raw, engines, base, broken)
         templates[name], sources[name], wan[name] = spec, str(path), wan_spec
         models.update(found)
     merged = replace(base, engines=engines, models=models, templates=templates,
@@ -246,6 +249,7 @@ def _template(
     raw: Any,
     engines: dict[str, Engine],
     base: Catalog,
+    broken: set[str],
 ) -> tuple[dict[str, Any], dict[str, Model], dict[str, dict[str, str]]]:
     """``[templates.name]`` as the catalogue's template entry, its models and its WanGP
     columns."""
@@ -272,7 +276,7 @@ def _template(
             if tier not in tiers:
                 p.add(where, f"is required: {{ workflow = ..., models = [...] }} for {tier}s")
                 continue
-            model, wan_id = _leaf(p, where, tiers[tier], kind, engines, base)
+            model, wan_id = _leaf(p, where, tiers[tier], kind, engines, base, broken)
             column[tier] = model.key if model else None
             if model:
                 models[model.key] = model
@@ -292,6 +296,7 @@ def _leaf(
     kind: str,
     engines: dict[str, Engine],
     base: Catalog,
+    broken: set[str],
 ) -> tuple[Model | None, str | None]:
     """One tier of one input kind: its ComfyUI model (workflow + files) and WanGP id."""
     raw = p.table(raw, key, LEAF_KEYS)
@@ -310,6 +315,8 @@ def _leaf(
         if files:
             p.add(f"{key}.models", "models need a workflow to load them; add workflow = ...")
         return None, wan_id if isinstance(wan_id, str) else None
+    if flow in broken:
+        return None, None
     if flow not in engines:
         p.add(f"{key}.workflow", f"{flow!r} is not a workflow; define [workflows.{flow}] or "
               f"use one of: {', '.join(sorted(engines))}")  # fmt: skip

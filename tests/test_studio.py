@@ -126,6 +126,7 @@ def test_an_unknown_key_is_named_with_its_path_and_the_known_keys(studio):
 def test_a_missing_workflow_file_is_named(studio):
     (studio.parent / "flows" / "dusk_a14b.json").unlink()
     text = problem_of(studio)
+    assert "1 problem" in text  # not again where the templates use it
     assert "workflows.dusk_a14b.file" in text and "dusk_a14b.json does not exist" in text
 
 
