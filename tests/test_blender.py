@@ -194,6 +194,38 @@ def test_scene_renders_and_comes_back_as_strips(version, addon, farm_cluster, ar
     assert again["state"]["submission"] == state["submission"]
 
 
+def test_the_template_field_offers_the_farms_templates(addon, farm_cluster, tmp_path):
+    """The Template field offers the built-in templates until the add-on reads the farm's
+    list, then every template the farm's ingest published: the studio's own among them
+    (FARM_CATALOG, docs/catalog.md), as an ACL user that may read nothing else."""
+    from farm.studio import load_studio
+    from farm.templates import publish
+
+    env = farm_cluster.env()
+    prefix, name, password = (
+        f"tpl{uuid.uuid4().hex[:6]}",
+        f"tpl-{uuid.uuid4().hex[:6]}",
+        uuid.uuid4().hex,
+    )
+    r = redis.Redis.from_url(env["FARM_REDIS_URL"])
+    catalog = load_studio(REPO / "examples" / "studio" / "catalog.toml")
+    publish(r, f"{prefix}:templates", catalog)
+    r.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=[f"{prefix}:*"],
+                  commands=["+hgetall", "+ping", "+@connection"])  # fmt: skip
+    try:
+        out = run_blender("4.5", tmp_path, addon=str(addon["extension"]), kind="extension",
+                          mode="templates", prefix=prefix, password=password,
+                          redis_url=env["FARM_REDIS_URL"].replace("redis://", f"redis://{name}@"))  # fmt: skip
+    finally:
+        r.acl_deluser(name)
+        r.delete(f"{prefix}:templates")
+        r.close()
+    assert out["before"] == ["quick_preview", "standard_generation", "high_quality",
+                             "character_focus", "fantasy_content"]  # fmt: skip
+    assert out["after"] == sorted(catalog.templates) and "dusk" in out["after"]
+    assert out["descriptions"]["dusk"] == "Wan 2.2 A14B, high-noise then low-noise model"
+
+
 def test_rejected_submission_shows_every_error_per_shot(addon, farm_cluster, artist, tmp_path):
     """The legacy zip (vendored redis) sends, in a watcher thread, a scene the farm
     refuses; the add-on shows each of the farm's errors on its shot, in plain words."""

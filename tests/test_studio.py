@@ -19,7 +19,7 @@ from farm.workflows import bind, load_workflow
 
 from .conftest import REPO
 
-STUDIO = REPO / "tests" / "fixtures" / "studio"
+STUDIO = REPO / "examples" / "studio"
 HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 

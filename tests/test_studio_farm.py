@@ -25,7 +25,7 @@ from farm.submit import enqueue
 from .conftest import NODES, REPO, pointed_at
 from .test_e2e import wait_done
 
-STUDIO = REPO / "tests" / "fixtures" / "studio"
+STUDIO = REPO / "examples" / "studio"
 HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 #: a workflow whose class no node has (a custom node not installed anywhere)
@@ -122,7 +122,9 @@ def test_a_studio_scene_renders_end_to_end(farm):
     )  # fmt: skip
     enqueue(scene, rt)
     status = wait_done(rt, scene.id)
-    assert status["state"] == "done", json.dumps({k: v for k, v in status.items() if k != "shots"}, indent=1, default=str)
+    assert status["state"] == "done", json.dumps(
+        {k: v for k, v in status.items() if k != "shots"}, indent=1, default=str
+    )
     shots = {s["id"]: s for s in status["shots"]}
     # only node-studio holds both models of the two-model job
     assert shots["dusk1"]["node"] == shots["dusk2"]["node"] == "node-studio"

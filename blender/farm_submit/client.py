@@ -141,6 +141,21 @@ def submit(client, prefix: str, message: dict[str, Any]) -> str:
         raise FarmClientError(f"could not send the submission to the farm: {exc}") from exc
 
 
+def templates(client, prefix: str) -> list[tuple[str, str]]:
+    """The farm's templates as ``(name, description)``, sorted: what its ingest accepts,
+    the built-in ones and a studio's own (the hash ``PREFIX:templates``)."""
+    try:
+        raw = client.hgetall(f"{prefix}:templates")
+    except _redis().RedisError as exc:
+        raise FarmClientError(f"could not read the farm's templates: {exc}") from exc
+    found = []
+    for name, value in raw.items():
+        info = _json(value if isinstance(value, str) else value.decode(), {})
+        name = name if isinstance(name, str) else name.decode()
+        found.append((name, str(info.get("description", "")) if isinstance(info, dict) else ""))
+    return sorted(found)
+
+
 def _json(text: str | None, default: Any = None) -> Any:
     if text is None or text == "":
         return default

@@ -129,7 +129,7 @@ def build_message(scene, submission_id: str) -> dict[str, Any]:
             item: dict[str, Any] = {
                 "id": shot_id,
                 "action_description": s.action.strip(),
-                "template": s.template,
+                "template": s.template.strip() or "standard_generation",
                 "width": width,
                 "height": height,
                 "fps": fps_of(scene),

@@ -11,6 +11,7 @@ Two ways to run, as Blender needs:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -21,7 +22,7 @@ from typing import Any
 import bpy
 from bpy.props import IntProperty
 
-from . import client, export, prefs, results
+from . import client, export, prefs, props, results
 
 POLL_SECONDS = 1.0
 TICK_SECONDS = 0.25
@@ -164,6 +165,8 @@ class Watcher(threading.Thread):
         try:
             c = self.conn
             r = client.connect(c["url"], c["password"], c["timeout"], c["ca"])
+            with contextlib.suppress(client.FarmClientError):  # the list is a convenience
+                props.FARM_TEMPLATES[:] = client.templates(r, self.conn["prefix"])
             if self.message is not None:
                 client.submit(r, self.conn["prefix"], self.message)
             while not self.stop.is_set():
@@ -361,6 +364,26 @@ class FARM_OT_refresh(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FARM_OT_templates(bpy.types.Operator):
+    """Read the farm's templates (built-in and the studio's own) for the Template field"""
+
+    bl_idname = "farm.templates"
+    bl_label = "Refresh Templates"
+
+    def execute(self, context):
+        if not _online(self):
+            return {"CANCELLED"}
+        conn = _conn()
+        try:
+            r = client.connect(conn["url"], conn["password"], conn["timeout"], conn["ca"])
+            props.FARM_TEMPLATES[:] = client.templates(r, conn["prefix"])
+        except client.FarmClientError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{len(props.FARM_TEMPLATES)} templates on the farm")
+        return {"FINISHED"}
+
+
 class FARM_OT_stop_watching(bpy.types.Operator):
     """Stop following the farm (the farm goes on rendering)"""
 
@@ -454,7 +477,7 @@ class FARM_OT_path_map_remove(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (FARM_OT_submit, FARM_OT_refresh, FARM_OT_stop_watching, FARM_OT_sync_shots,
+CLASSES = (FARM_OT_submit, FARM_OT_refresh, FARM_OT_templates, FARM_OT_stop_watching, FARM_OT_sync_shots,
            FARM_OT_object_add, FARM_OT_object_remove, FARM_OT_path_map_add, FARM_OT_path_map_remove)  # fmt: skip
 
 

@@ -14,13 +14,23 @@ from bpy.props import (
     StringProperty,
 )
 
+#: the farm's built-in templates, offered until the farm's own list is read
 TEMPLATES = [
-    ("quick_preview", "Quick preview", "Fast, low-cost draft"),
-    ("standard_generation", "Standard", "The default balance of speed and quality"),
-    ("high_quality", "High quality", "Larger model, more steps"),
-    ("character_focus", "Character focus", "Keeps characters consistent"),
-    ("fantasy_content", "Fantasy", "Stylised, imaginative content"),
+    ("quick_preview", "Fast, low-cost draft"),
+    ("standard_generation", "The default balance of speed and quality"),
+    ("high_quality", "Larger model, more steps"),
+    ("character_focus", "Keeps characters consistent"),
+    ("fantasy_content", "Stylised, imaginative content"),
 ]
+#: the farm's templates (built-in and the studio's own), as read by the last connection
+FARM_TEMPLATES: list[tuple[str, str]] = []
+
+
+def template_names(self=None, context=None, edit_text: str = "") -> list[str]:
+    """The Template field's choices: the farm's list once read, else the built-in ones."""
+    return [name for name, _ in FARM_TEMPLATES or TEMPLATES]
+
+
 MOVEMENTS = [
     ("zoom_in", "Zoom in", "", 1),
     ("zoom_out", "Zoom out", "", 2),
@@ -58,7 +68,14 @@ class FARM_PG_shot(bpy.types.PropertyGroup):
         name="Characters", description="Characters in the shot, separated by ';'"
     )
     negative_prompt: StringProperty(name="Avoid", description="What the shot must not show")
-    template: EnumProperty(name="Template", items=TEMPLATES, default="standard_generation")
+    template: StringProperty(
+        name="Template",
+        default="standard_generation",
+        search=template_names,
+        search_options={"SORT", "SUGGESTION"},
+        description="How the farm renders the shot: a template of the farm, built-in or the "
+        "studio's own (Refresh Templates reads the farm's list)",
+    )
     use_seed: BoolProperty(
         name="Fixed seed", description="Use this seed (else the farm picks a stable one)"
     )

@@ -77,9 +77,9 @@ def score(
         if template is not None:
             settings = get_settings()
             config = load_gate(settings.gate_file)
-            from farm.catalog import load_catalog
+            from farm.studio import catalog_for
 
-            names = {"default", *config.templates, *load_catalog().templates}
+            names = {"default", *config.templates, *catalog_for(settings).templates}
             if template not in names:
                 known = ", ".join(sorted(names))
                 raise InvalidInput(f"--template {template!r} has no thresholds (known: {known})")

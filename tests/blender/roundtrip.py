@@ -4,7 +4,7 @@ until it ends; write what Blender ended up with as JSON.
 
 Usage: ``python roundtrip.py CONFIG.json`` (config written by tests/test_blender.py):
 ``addon`` (zip), ``kind`` (extension|legacy), ``redis_url``, ``password``, ``prefix``,
-``path_maps`` [[farm, local]], ``mode`` (render|invalid|reopen), ``blend``, ``out``,
+``path_maps`` [[farm, local]], ``mode`` (render|invalid|reopen|export|templates), ``blend``, ``out``,
 ``timeout``.
 """
 
@@ -175,6 +175,14 @@ try:
             bpy.context.scene.render.resolution_x,
             bpy.context.scene.render.resolution_y,
         ]
+    elif cfg["mode"] == "templates":  # the Template field's choices, before and after a read
+        import importlib
+
+        props = importlib.import_module(module + ".props")
+        out["before"] = props.template_names()
+        bpy.ops.farm.templates()
+        out["after"] = props.template_names()
+        out["descriptions"] = dict(props.FARM_TEMPLATES)
     elif cfg["mode"] == "reopen":
         bpy.ops.wm.open_mainfile(filepath=cfg["blend"])
         out["state"] = state(bpy.context.scene)
