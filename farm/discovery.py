@@ -70,9 +70,11 @@ def check_graph(
             if options is not None and value not in options:
                 problems.append(f"node {node_id} ({cls}): no file {value!r} for {name}")
     models: list[str] = []
-    for node_id, name in sorted(bound)[:1]:  # the primary model's loader
-        options = combo_options(input_spec(info, graph[node_id]["class_type"], name))
-        models = options or []
+    for title, name in targets:  # the first bound loader: the primary model's
+        ids = find_titled(graph, title)
+        if ids:
+            models = combo_options(input_spec(info, graph[ids[0]]["class_type"], name)) or []
+            break
     return problems, models
 
 

@@ -193,3 +193,28 @@ def test_an_edited_catalogue_is_read_again(studio):
     assert "A plain title card" in load_studio(studio).description("title_card")
     edit(studio, "A plain title card", "An edited title card, longer")
     assert load_studio(studio).description("title_card").startswith("An edited title card")
+
+
+def test_templates_report_names_what_each_node_lacks():
+    from farm.planning import NodeInfo
+    from farm.templates import report
+
+    catalog = load_studio(STUDIO / "catalog.toml")
+    support = {"text_encoders": ("umt5_xxl_fp8_e4m3fn_scaled.safetensors",),
+               "vae": ("wan_2.1_vae.safetensors",)}  # fmt: skip
+    full = NodeInfo("full", models={**support, "diffusion_models": (HIGH, LOW)},
+                    workflows={"dusk_a14b": (HIGH, LOW), "title_card": ()})  # fmt: skip
+    half = NodeInfo("half", models={**support, "diffusion_models": (HIGH,)},
+                    workflows={"dusk_a14b": (HIGH,)},
+                    lacks={"title_card": ("node 2: class ImageBlur is not installed",)})  # fmt: skip
+    down = NodeInfo("down", alive=False)
+    found = {t["name"]: t for t in report(catalog, [full, half, down])}
+    (dusk,) = [r for r in found["dusk"]["tiers"]["final"] if r["kind"] == "text"]
+    assert dusk["nodes"] == ["full"]
+    assert dusk["lacks"] == {"half": f"lacks diffusion_models/{LOW}", "down": "down (no heartbeat)"}
+    (card,) = [r for r in found["title_card"]["tiers"]["preview"] if r["kind"] == "text"]
+    assert card["nodes"] == ["full"] and card["models"] == []
+    assert card["lacks"]["half"] == (
+        "cannot run workflow title_card (node 2: class ImageBlur is not installed)")  # fmt: skip
+    assert found["title_card"]["source"] == str(STUDIO / "catalog.toml")
+    assert found["quick_preview"]["source"] == "built-in"

@@ -107,3 +107,18 @@ def test_editor_format_and_garbage_are_refused(tmp_path):
         load_workflow("bad", tmp_path)
     with pytest.raises(WorkflowError, match="not found"):
         load_workflow("nope", tmp_path)
+
+
+def test_a_parameter_may_be_bound_to_several_inputs_or_to_none():
+    graph = load_workflow("wan_t2v", WORKFLOWS)
+    (sampler,) = find_titled(graph, "Sampler")
+    graph["999"] = {**json.loads(json.dumps(graph[sampler])), "_meta": {"title": "Second"}}
+    bindings = {**BINDINGS, "seed": (("Sampler", "seed"), ("Second", "seed")), "negative": (),
+                "model": (("Diffusion Model", "unet_name"), ("Second", "model"))}  # fmt: skip
+    bound = bind(graph, {"seed": 9, "negative": "ignored", "model": ["a.safetensors", ["1", 0]]},
+                 "wan_t2v", bindings)  # fmt: skip
+    assert bound[sampler]["inputs"]["seed"] == bound["999"]["inputs"]["seed"] == 9
+    assert bound["999"]["inputs"]["model"] == ["1", 0]  # each model file to its own input
+    assert bound == bind(graph, {"seed": 9, "model": ["a.safetensors", ["1", 0]]}, "x", bindings)
+    with pytest.raises(WorkflowError, match="1 values for 'model' but it is bound to 2 inputs"):
+        bind(graph, {"model": ["a.safetensors"]}, "x", bindings)
