@@ -21,7 +21,9 @@ import requests
 import websocket
 from PIL import Image
 
+from farm.backends.comfyui import ComfyClient
 from farm.comfy_run import run_workflow
+from farm.errors import BadNodeResponse
 from farm.media import probe
 
 from .emulated import EmulatorProcess
@@ -161,6 +163,21 @@ def test_core_workflow_renders_the_same_on_real_comfyui_and_the_emulator(real, e
     rgb = np.array([0x33, 0x66, 0xCC])
     assert np.allclose(seen_real["colours"], [rgb, 255 - rgb] * 5, atol=1)
     assert np.allclose(seen_emu["colours"], seen_real["colours"], atol=1)
+
+
+def test_farm_client_refuses_a_comfyui_that_ignores_its_prompt_id(real, tmp_path):
+    """This ComfyUI queues the job under an id of its own: the farm cannot follow, resume or
+    cancel it, so it says exactly that (not "vanished") and leaves nothing queued."""
+    client = ComfyClient(real, TIMEOUT, 60)
+    with pytest.raises(BadNodeResponse, match="ignored the prompt_id the farm chose") as err:
+        client.run(graph(0x102030), str(uuid.uuid4()), lambda *a, **k: None)
+    assert "update ComfyUI on this node" in str(err.value)
+    queue = requests.get(real + "/queue", timeout=TIMEOUT).json()
+    assert queue["queue_pending"] == []
+
+    summary = run_workflow(real, WORKFLOW, tmp_path / "out")  # `farm comfy run`
+    assert summary["status"] == "failed" and summary["error_kind"] == BadNodeResponse.kind
+    assert "too old for the farm" in summary["error"] and summary["outputs"] == []
 
 
 def test_farm_comfy_run_renders_the_core_video_workflow_on_the_emulator(emulated, tmp_path):

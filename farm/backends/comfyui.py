@@ -197,6 +197,7 @@ class ComfyClient:
         except ValueError:
             data = resp.text
         if resp.status_code == 200 and isinstance(data, dict) and not data.get("node_errors"):
+            self._check_prompt_id(prompt_id, data.get("prompt_id"))
             return
         if resp.status_code == 200:  # queued without its invalid outputs: not what was asked
             error = rejection(200, data)
@@ -208,6 +209,21 @@ class ComfyClient:
                 f"node failed to take the prompt (HTTP {resp.status_code}): {text}"
             )
         raise rejection(resp.status_code, data)
+
+    def _check_prompt_id(self, asked: str, given: Any) -> None:
+        """A server that ignores the client's prompt id (an old ComfyUI) cannot be followed
+        or resumed by the farm: take the job off its queue and say so."""
+        if given is None or str(given) == asked:
+            return
+        try:
+            self.post_json("/queue", {"delete": [str(given)]})
+        except FarmError as exc:
+            log.warning("could not delete job %s from %s: %s", given, self.url, exc)
+        raise BadNodeResponse(
+            f"{self.url} ignored the prompt_id the farm chose ({asked}) and queued the job "
+            f"as {given}: this ComfyUI is too old for the farm, which needs client-chosen "
+            "prompt ids; update ComfyUI on this node (0.3.64 or newer is known to work)"
+        )
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         data = self.get_json(f"/history/{prompt_id}")
