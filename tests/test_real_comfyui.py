@@ -31,7 +31,7 @@ from .real_comfyui import RealComfyUI
 
 CORE = Path(__file__).parent / "fixtures" / "core-nodes"
 WORKFLOW = CORE / "animated_webp.json"  # the ComfyUI of March 2024 has no SaveVideo
-VIDEO_WORKFLOW = CORE / "video_mp4.json"  # the same pipeline ending in CreateVideo, SaveVideo
+VIDEO_WORKFLOW = CORE / "video_mp4.json"  # a like pipeline ending in CreateVideo, SaveVideo
 PROFILE = {"name": "core", "gpu": "NVIDIA GeForce RTX 4090", "vram_gb": 24, "models": {},
            "model_load_s": 0.1, "step_s": 0.1}  # fmt: skip
 TIMEOUT = 30
@@ -182,12 +182,12 @@ def test_farm_client_refuses_a_comfyui_that_ignores_its_prompt_id(real, tmp_path
 
 def test_farm_comfy_run_renders_the_core_video_workflow_on_the_emulator(emulated, tmp_path):
     """The studio's check (`farm comfy run`) of the model-free pipeline ending in SaveVideo,
-    with its size, frames and frame rate set by node title as a catalog binds them."""
-    sets = ("Frames.amount=9", "Resize.width=176", "Resize.height=112", "Video.fps=16")
+    with its frames, size and frame rate set by node title as a catalog binds them."""
+    sets = ("Canvas.batch_size=33", "Resize.width=176", "Resize.height=112", "Video.fps=24")
     summary = run_workflow(emulated, VIDEO_WORKFLOW, tmp_path / "out", sets=sets)
     assert summary["status"] == "success", summary
     (output,) = summary["outputs"]
     assert output["path"].endswith(".mp4")
     info = probe(Path(output["path"]))
-    assert (info.frames, info.width, info.height, info.fps) == (18, 176, 112, 16.0)
+    assert (info.frames, info.width, info.height, info.fps) == (33, 176, 112, 24.0)
     assert summary["events"]["executed"] == 1 and summary["events"]["execution_success"] == 1
