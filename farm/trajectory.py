@@ -134,7 +134,10 @@ class _Reader:
         return track
 
     def inside(self, point: tuple[float, float]) -> bool:
-        w, h = self.canvas or (math.inf, math.inf)
+        """Whether ``point`` is on the canvas (any point is, without a canvas)."""
+        if self.canvas is None:
+            return True
+        w, h = self.canvas
         return 0 <= point[0] <= w and 0 <= point[1] <= h
 
     def off_canvas(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from farm.backends.comfyui import (
 from farm.catalog import load_catalog
 from farm.errors import (
     InvalidInput,
+    JobCancelled,
     ModelMissing,
     NodeRejected,
     NodeUnavailable,
@@ -25,10 +28,12 @@ from farm.errors import (
     RenderFailed,
     is_final,
 )
+from farm.local import wait_for
 from farm.media import probe
 from farm.planning import plan_job
 from farm.scene import parse_scene
 from farm.settings import Settings
+from farm.shots import Guard
 
 from .conftest import EXAMPLES
 
@@ -207,3 +212,105 @@ def test_a_dead_node_is_unavailable(tmp_path):
     backend = ComfyUIBackend(f"http://127.0.0.1:{free_port()}", Settings.from_env({}))
     with pytest.raises(NodeUnavailable):
         backend.render(small_job(), tmp_path, lambda *a, **k: None)
+
+
+# -- two farm jobs on one shared node, on both API generations ------------------------------
+
+
+@pytest.fixture(scope="module", params=["0.3", "0.38"], ids=["api-0.3", "api-0.38"])
+def shared_node(request, tmp_path_factory):
+    """A node two farm workers render on at once; ``slow`` stretches each step to ~0.1 s."""
+    from .test_comfy_contract import PROFILE, Server
+
+    profile = {**PROFILE, "api": request.param, "faults": {"slow": {"rate": 1.0, "factor": 10}}}
+    srv = Server(tmp_path_factory.mktemp("shared"), profile).start()
+    yield srv
+    srv.stop()
+
+
+def two_jobs(steps=(40, 8)) -> list:
+    """Two shots of one scene, to be rendered by a backend each (as two workers would)."""
+    scene = f"share-{uuid.uuid4().hex[:8]}"
+    jobs = []
+    for shot, n in zip(("a", "b"), steps, strict=True):
+        seed = uuid.uuid4().int % 10**9  # nothing cached on the node from another test
+        job = small_job(scene_id=scene, shot_id=shot, seed=seed)
+        jobs.append(replace(job, model=PROFILE_T2V, params={**job.params, "steps": n}))
+    return jobs
+
+
+PROFILE_T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
+
+
+class Render(threading.Thread):
+    """``backend.render(job)`` in a thread: its result or its error."""
+
+    def __init__(self, backend: ComfyUIBackend, job, out_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.backend, self.job, self.out_dir = backend, job, out_dir
+        self.result, self.error = None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.backend.render(self.job, self.out_dir, lambda *a, **k: None)
+        except Exception as exc:  # noqa: BLE001 - kept for the assertions
+            self.error = exc
+
+
+def cancel_shot(rt, job, backend, out_dir) -> Guard:
+    """Cancel the shot the way `farm cancel --shot` does: the flag Dispatcher.cancel sets,
+    seen by the render's guard, which takes the job off its node."""
+    guard = Guard(rt, job, uuid.uuid4().hex, backend, out_dir)
+    guard.start()
+    rt.state.update_shot(job.scene_id, job.shot_id, "shot_cancel", cancel="1")
+    return guard
+
+
+def node_outcome(shared_node, job) -> str:
+    entry = shared_node.history().get(prompt_id_for(job))
+    if entry is None:
+        return "absent"
+    return {"success": "success"}.get(
+        entry["status"]["status_str"], entry["status"]["messages"][-1][0]
+    )
+
+
+def test_cancelling_a_waiting_shot_leaves_the_running_job_on_its_node(shared_node, rt, tmp_path):
+    a, b = two_jobs()
+    first = Render(ComfyUIBackend(shared_node.url, rt.settings), a, tmp_path / "a")
+    first.start()
+    wait_for(lambda: first.backend.find(a) == "running", 10, "shot a to run")
+    second = Render(ComfyUIBackend(shared_node.url, rt.settings), b, tmp_path / "b")
+    second.start()
+    wait_for(lambda: second.backend.find(b) == "pending", 10, "shot b to wait behind it")
+    guard = cancel_shot(rt, b, second.backend, tmp_path / "b")
+    try:
+        second.join(20)
+        first.join(30)
+    finally:
+        guard.stop()
+    assert guard.cancelled and isinstance(second.error, JobCancelled)
+    assert "taken off the queue" in str(second.error)
+    assert first.error is None and probe(first.result.video).frames == 17
+    assert node_outcome(shared_node, a) == "success"  # never interrupted
+    assert node_outcome(shared_node, b) == "absent"  # never ran
+
+
+def test_cancelling_the_running_shot_lets_the_waiting_job_finish(shared_node, rt, tmp_path):
+    a, b = two_jobs()
+    first = Render(ComfyUIBackend(shared_node.url, rt.settings), a, tmp_path / "a")
+    first.start()
+    wait_for(lambda: first.backend.find(a) == "running", 10, "shot a to run")
+    second = Render(ComfyUIBackend(shared_node.url, rt.settings), b, tmp_path / "b")
+    second.start()
+    wait_for(lambda: second.backend.find(b) == "pending", 10, "shot b to wait behind it")
+    guard = cancel_shot(rt, a, first.backend, tmp_path / "a")
+    try:
+        first.join(20)
+        second.join(30)
+    finally:
+        guard.stop()
+    assert guard.cancelled and isinstance(first.error, JobCancelled)
+    assert second.error is None and probe(second.result.video).frames == 17
+    assert node_outcome(shared_node, a) == "execution_interrupted"
+    assert node_outcome(shared_node, b) == "success"

@@ -1,6 +1,8 @@
 """The ComfyUI client's contract, driven against a live emulated node for every case:
 rejections, run-time errors, interrupts, cancel, websocket drops, redelivery, previews,
-outputs, download limits, timeouts, crashes, the /api prefix and node discovery.
+outputs, download limits, timeouts, crashes, the /api prefix and node discovery. Every
+test runs against both server generations (profile ``api``: 0.3.64's routes, and the
+newer job API with 409 on a duplicate prompt id).
 
 Faults are switched on the running emulator through its ``PUT /emulator/faults`` route
 (emulator-only; see docs/emulators.md).
@@ -72,10 +74,18 @@ class Server(EmulatorProcess):
     def queue(self) -> dict:
         return requests.get(self.url + "/queue", timeout=5).json()
 
+    def hits(self) -> dict[str, int]:
+        """Requests the node answered per route (``GET /emulator/requests``)."""
+        return requests.get(self.url + "/emulator/requests", timeout=5).json()
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("contract"), PROFILE).start()
+    @property
+    def job_api(self) -> bool:
+        return json.loads(self.profile.read_text()).get("api", "0.3") != "0.3"
+
+
+@pytest.fixture(scope="module", params=["0.3", "0.38"], ids=["api-0.3", "api-0.38"])
+def server(request, tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("contract"), {**PROFILE, "api": request.param}).start()
     yield srv
     srv.stop()
 
@@ -349,6 +359,96 @@ def test_a_redelivered_task_follows_the_running_job_instead_of_rendering_twice(s
     assert 0.02 not in rec.fractions  # it never submitted
     entry = server.history()[prompt_id]
     assert len([m for m in entry["status"]["messages"] if m[0] == "execution_start"]) == 1
+
+
+def long_graph(steps=120) -> dict:
+    """A job that runs for a few seconds on the contract node (0.025 s a step)."""
+    return graph(width=416, height=240, length=81, steps=steps)
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+
+
+def test_the_client_uses_the_job_api_where_the_node_has_it(server):
+    c, running, waiting = client(server), pid(), pid()
+    assert c.job_api() == server.job_api
+    c.submit(long_graph(), running, "c")
+    wait_for(lambda: c.queue_state(running) == "running", 10, "the first job to start")
+    c.submit(graph(), waiting, "c")
+    before = server.hits()
+    assert c.cancel(waiting) == "removed"
+    assert c.cancel(running) == "interrupted"
+    used = delta(before, server.hits())
+    if server.job_api:  # one atomic call per cancel; status from the job API, never /queue
+        assert used["POST /api/jobs/{job_id}/cancel"] == 2 and used["GET /api/jobs/{job_id}"] >= 2
+        assert not {"GET /queue", "POST /queue", "POST /interrupt"} & set(used)
+    else:  # a waiting job is dequeued; /interrupt is sent only for the running one
+        assert used["POST /queue"] == 1 and used["POST /interrupt"] == 1
+        assert not any("/api/jobs" in route for route in used)
+    wait_for(lambda: server.history().get(running), 10, "the interrupted job's history")
+    assert waiting not in server.history()
+    entry = c.history(running)
+    assert entry["status"]["messages"][-1][0] == "execution_interrupted"
+    with pytest.raises(JobCancelled):
+        c.run(graph(), running, Recorder().progress)  # its history says interrupted
+
+
+def test_a_prompt_id_the_node_already_has_is_followed_not_failed(server):
+    c, prompt_id, g = client(server), pid(), graph(steps=6)
+    assert c.submit(g, prompt_id, "c") is True
+    # a second delivery racing the first: the newer node answers 409 (already there); the
+    # old one takes the duplicate and runs it again (the client checks before it submits)
+    assert c.submit(g, prompt_id, "c") is (not server.job_api)
+    expected = 1 if server.job_api else 2
+
+    def runs() -> list[dict]:
+        jobs = requests.get(server.url + "/emulator/jobs", timeout=5).json()["jobs"]
+        return [j for j in jobs if j["job_id"] == prompt_id and j["status"] != "running"]
+
+    wait_for(lambda: len(runs()) == expected, 10, f"{expected} run(s) of the job")
+    entry = c.run(g, prompt_id, Recorder().progress)  # a redelivery collects, never resubmits
+    assert entry["status"]["status_str"] == "success" and len(runs()) == expected
+
+
+def test_cancelling_a_waiting_job_leaves_the_running_one_running(server):
+    c, running, waiting = client(server), pid(), pid()
+    rec, results = Recorder(), []
+    first = threading.Thread(target=lambda: results.append(c.run(long_graph(), running,
+                                                                 rec.progress, rec.event)))  # fmt: skip
+    first.start()
+    wait_for(lambda: c.queue_state(running) == "running", 10, "the first job to start")
+    c.submit(graph(), waiting, "other-client")
+    assert c.queue_state(waiting) == "pending"
+    assert c.cancel(waiting) == "removed"
+    first.join(30)
+    assert results and results[0]["status"]["status_str"] == "success"
+    assert "execution_interrupted" not in rec.events
+    assert waiting not in server.history() and c.queue_state(waiting) is None
+
+
+def test_cancelling_the_running_job_lets_the_waiting_one_finish(server):
+    c, running, waiting = client(server), pid(), pid()
+    errors, results = [], []
+
+    def run(prompt_id: str, g: dict, out: list) -> None:
+        try:
+            out.append(client(server).run(g, prompt_id, Recorder().progress))
+        except JobCancelled as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(running, long_graph(), results))]
+    threads[0].start()
+    wait_for(lambda: c.queue_state(running) == "running", 10, "the first job to start")
+    threads.append(threading.Thread(target=run, args=(waiting, graph(steps=6), results)))
+    threads[1].start()
+    wait_for(lambda: c.queue_state(waiting) == "pending", 10, "the second job to queue")
+    assert c.cancel(running) == "interrupted"
+    for t in threads:
+        t.join(30)
+    assert len(errors) == 1 and "interrupted" in str(errors[0])
+    assert len(results) == 1 and results[0]["status"]["status_str"] == "success"
+    assert server.history()[waiting]["status"]["status_str"] == "success"
 
 
 def test_slow_node_still_completes(server):

@@ -324,8 +324,9 @@ def test_huge_job_runs_out_of_memory(node):
     assert status["messages"][-1][0] == "execution_error"
 
 
-def test_odd_size_fails_in_save_video(node):
-    graph = {
+def odd_video() -> dict:
+    """A model-free graph that fails in SaveVideo (h264 needs an even width)."""
+    return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 65, "height": 64, "batch_size": 3, "color": 0},
@@ -341,11 +342,24 @@ def test_odd_size_fails_in_save_video(node):
             },
         },
     }
+
+
+def test_odd_size_fails_in_save_video(node):
     client = Client(node)
-    pid = client.submit(graph).json()["prompt_id"]
+    pid = client.submit(odd_video()).json()["prompt_id"]
     (error,) = [d for t, d in client.events(pid) if t == "execution_error"]
     assert error["node_type"] == "SaveVideo" and "not divisible by 2" in error["exception_message"]
     assert sorted(error["executed"]) == ["1", "2"]
+
+
+@pytest.fixture(scope="module")
+def new_node(tmp_path_factory):
+    """An emulated node of the newer generation (``"api": "0.38"``: the job API)."""
+    root = tmp_path_factory.mktemp("emulator-038")
+    url, proc = start_emulator(root, {**PROFILE, "name": "new-node", "api": "0.38"})
+    yield url
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0, (root / "server.log").read_text()
 
 
 def test_queue_listing_delete_and_interrupt(node):
@@ -367,8 +381,6 @@ def test_queue_listing_delete_and_interrupt(node):
     assert queue["queue_pending"] == [] and client.history("pending") == {}
     assert client.history("long") == {}  # running: no history yet
 
-    requests.post(node + "/interrupt", json={"prompt_id": "another"}, timeout=TIMEOUT)
-    client.events("long", until="progress")  # a foreign id interrupts nothing
     assert requests.post(node + "/interrupt", json={"prompt_id": "long"}, timeout=TIMEOUT).ok
     events = client.events("long")
     (stop,) = [d for t, d in events if t == "execution_interrupted"]
@@ -429,6 +441,13 @@ def test_profile_errors_name_the_field_and_the_fix():
     assert "use a number of gigabytes > 0" in text
 
 
+def test_the_api_generation_is_checked():
+    assert parse_profile(PROFILE).api == "0.3" and not parse_profile(PROFILE).job_api
+    assert parse_profile({**PROFILE, "api": "0.38"}).job_api
+    with pytest.raises(ConfigError, match=r"api: got '0\.4'; use \"0\.3\" \(ComfyUI 0\.3\.64"):
+        parse_profile({**PROFILE, "api": "0.4"}, "bad.json")
+
+
 def test_vram_model_fits_demo_sizes_and_refuses_huge_ones():
     profile = json.loads((REPO / "deploy" / "nodes" / "gpu-a.json").read_text())
     for file in profile["models"]["diffusion_models"]:
@@ -458,3 +477,130 @@ def test_gpu_waits_absorb_the_emulator_s_own_cpu_work():
     pace.start -= 1.0  # then a second of CPU work, longer than the next 0.5 s wait
     assert pace.seconds(0.5) == 0.0
     assert pace.owed == pytest.approx(1.0)
+
+
+# -- the two API generations --------------------------------------------------------------
+
+
+def uid() -> str:
+    return str(uuid.uuid4())
+
+
+def test_the_old_generation_has_no_job_api_and_takes_a_duplicate_prompt_id(node):
+    stats = requests.get(node + "/system_stats", timeout=TIMEOUT).json()
+    assert stats["system"]["comfyui_version"] == "0.3.64"
+    for path in ("/api/jobs", f"/api/jobs/{uid()}"):
+        assert requests.get(node + path, timeout=TIMEOUT).status_code == 404
+    assert requests.post(node + f"/api/jobs/{uid()}/cancel", timeout=TIMEOUT).status_code == 404
+    client, pid = Client(node), uid()
+    assert client.submit(wan_t2v(seed=1), prompt_id=pid).status_code == 200
+    client.events(pid)
+    again = client.submit(wan_t2v(seed=2), prompt_id=pid)  # accepted: runs and overwrites
+    assert again.status_code == 200 and again.json()["prompt_id"] == pid
+    client.events(pid)
+    assert client.history(pid)[pid]["prompt"][2]["3"]["inputs"]["seed"] == 2
+
+
+def test_the_old_generation_interrupts_whatever_runs_whatever_prompt_id_is_named(node):
+    client, running = Client(node), uid()
+    client.submit(wan_t2v(width=832, height=480, length=81, steps=200), prompt_id=running)
+    client.events(running, until="progress")
+    requests.post(node + "/interrupt", json={"prompt_id": uid()}, timeout=TIMEOUT)
+    assert any(t == "execution_interrupted" for t, _ in client.events(running))
+
+
+def test_the_new_generation_interrupts_only_the_prompt_id_named(new_node):
+    client, running = Client(new_node), uid()
+    client.submit(wan_t2v(width=832, height=480, length=81, steps=200), prompt_id=running)
+    client.events(running, until="progress")
+    requests.post(new_node + "/interrupt", json={"prompt_id": uid()}, timeout=TIMEOUT)
+    client.events(running, until="progress")  # a foreign id interrupts nothing
+    client.events(running, until="progress")
+    requests.post(new_node + "/interrupt", json={"prompt_id": running}, timeout=TIMEOUT)
+    assert any(t == "execution_interrupted" for t, _ in client.events(running))
+
+
+def test_the_new_generation_refuses_a_duplicate_or_malformed_prompt_id(new_node):
+    stats = requests.get(new_node + "/system_stats", timeout=TIMEOUT).json()
+    assert stats["system"]["comfyui_version"] == "0.38.0"
+    client, pid = Client(new_node), uid()
+    first = client.submit(wan_t2v(), prompt_id=pid)
+    assert first.status_code == 200 and first.json()["prompt_id"] == pid
+    queued = client.submit(wan_t2v(), prompt_id=pid)  # while queued or running
+    assert queued.status_code == 409 and queued.json()["error"]["type"] == "duplicate_prompt_id"
+    client.events(pid)
+    assert client.submit(wan_t2v(), prompt_id=pid).status_code == 409  # in history
+    for bad in ("not-a-uuid", pid.upper()):
+        resp = client.submit(wan_t2v(), prompt_id=bad)
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_prompt_id"
+    assert client.submit(wan_t2v()).status_code == 200  # no id: the server makes one
+    flags = requests.get(new_node + "/features", timeout=TIMEOUT).json()
+    assert flags["supports_preview_metadata"] and "node_replacements" in flags
+
+
+def test_the_job_api_lists_pages_and_describes_jobs(new_node):
+    client = Client(new_node)
+    done, failed = uid(), uid()
+    client.submit(wan_t2v(), prompt_id=done)
+    client.events(done)
+    client.submit(odd_video(), prompt_id=failed)
+    client.events(failed)
+    job = requests.get(f"{new_node}/api/jobs/{done}", timeout=TIMEOUT).json()
+    assert job["id"] == done and job["status"] == "completed" and job["outputs_count"] == 1
+    assert job["execution_end_time"] >= job["execution_start_time"] > 0
+    assert job["preview_output"]["mediaType"] == "images" and job["preview_output"]["nodeId"]
+    assert job["outputs"] == client.history(done)[done]["outputs"]
+    assert job["execution_status"] == client.history(done)[done]["status"]
+    assert job["workflow"]["prompt"]["3"]["class_type"] == "KSampler"
+    assert isinstance(job["create_time"], int) and "execution_error" not in job
+    bad = requests.get(f"{new_node}/api/jobs/{failed}", timeout=TIMEOUT).json()
+    assert bad["status"] == "failed" and bad["execution_error"]["node_type"] == "SaveVideo"
+    also = requests.get(f"{new_node}/api/api/jobs/{done}", timeout=TIMEOUT)  # as ComfyUI does
+    assert also.status_code == 200 and also.json()["id"] == done
+    missing = requests.get(f"{new_node}/api/jobs/{uid()}", timeout=TIMEOUT)
+    assert missing.status_code == 404 and missing.json() == {"error": "Job not found"}
+
+    page = requests.get(new_node + "/api/jobs", params={"limit": 1, "sort_order": "asc"},
+                        timeout=TIMEOUT).json()  # fmt: skip
+    total = page["pagination"]["total"]
+    assert page["pagination"] == {"offset": 0, "limit": 1, "total": total, "has_more": total > 1}
+    assert len(page["jobs"]) == 1 and "outputs" not in page["jobs"][0]
+    failures = requests.get(new_node + "/api/jobs", params={"status": "failed"},
+                            timeout=TIMEOUT).json()["jobs"]  # fmt: skip
+    assert [j["id"] for j in failures] == [failed]
+    newest = requests.get(new_node + "/api/jobs", timeout=TIMEOUT).json()["jobs"][0]
+    assert newest["id"] == failed  # created_at, newest first
+    for query, error in [({"status": "done"}, "Invalid status value(s): done"),
+                         ({"sort_by": "name"}, "sort_by must be"), ({"limit": 0}, "positive"),
+                         ({"limit": "x"}, "limit must be an integer")]:  # fmt: skip
+        resp = requests.get(new_node + "/api/jobs", params=query, timeout=TIMEOUT)
+        assert resp.status_code == 400 and error in resp.json()["error"]
+
+
+def test_the_job_api_cancels_one_job_by_id_and_leaves_the_others(new_node):
+    client = Client(new_node)
+    running, waiting, other = uid(), uid(), uid()
+    client.submit(wan_t2v(width=832, height=480, length=81, steps=200), prompt_id=running)
+    client.events(running, until="progress")
+    client.submit(wan_t2v(), prompt_id=waiting)
+    client.submit(wan_t2v(), prompt_id=other)
+
+    def cancel(pid: str) -> dict:
+        return requests.post(f"{new_node}/api/jobs/{pid}/cancel", timeout=TIMEOUT).json()
+
+    assert cancel(waiting) == {"cancelled": True}
+    assert requests.get(f"{new_node}/api/jobs/{waiting}", timeout=TIMEOUT).status_code == 404
+    client.events(running, until="progress")  # dequeuing a waiting job interrupts nothing
+    assert cancel(running) == {"cancelled": True}
+    assert any(t == "execution_interrupted" for t, _ in client.events(running))
+    job = requests.get(f"{new_node}/api/jobs/{running}", timeout=TIMEOUT).json()
+    assert job["status"] == "cancelled"
+    client.events(other)
+    assert client.history(other)[other]["status"]["status_str"] == "success"
+    assert cancel(running) == {"cancelled": False} and cancel(uid()) == {"cancelled": False}
+    batch = requests.post(new_node + "/api/jobs/cancel", json={"job_ids": [other, "x"]},
+                          timeout=TIMEOUT)  # fmt: skip
+    assert batch.status_code == 400 and batch.json()["invalid_ids"] == ["x"]
+    batch = requests.post(new_node + "/api/jobs/cancel", json={"job_ids": [other, uid()]},
+                          timeout=TIMEOUT)  # fmt: skip
+    assert batch.json() == {"cancelled": False}  # finished and unknown ids are no-ops

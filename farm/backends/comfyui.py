@@ -6,6 +6,12 @@ to follow. See ../shared/reference/comfyui-api.md for the protocol.
 
 The prompt id is derived from scene, shot, quality and attempt, so a redelivered task
 finds its own queued, running or finished job on the node instead of rendering twice.
+
+Two server generations are spoken (docs/comfyui.md, "API generations"): where the node
+answers ``GET /api/jobs`` (probed once per client), status and history come from the job
+API and a cancel is ``POST /api/jobs/{id}/cancel``; elsewhere from ``/history`` and
+``/queue``, with a cancel that dequeues a waiting job and interrupts only a running one.
+A 409 on submission means the node already has the prompt id: the client follows it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import requests
 import websocket
 
 from farm.backends.base import ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.comfy_jobs import history_entry, job_state
 from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
@@ -161,6 +168,50 @@ class ComfyClient:
         self.timeout = (min(5.0, timeout), timeout)
         self.idle_timeout = idle_timeout
         self.http = requests.Session()
+        self._job_api: bool | None = None  # probed on first use
+        self._job_cancel = True  # until the node shows it lacks POST /api/jobs/{id}/cancel
+        self._taken_off: set[str] = set()  # prompt ids this client cancelled
+
+    def job_api(self) -> bool:
+        """Whether the node serves ComfyUI's job API (``GET /api/jobs``), probed once."""
+        if self._job_api is None:
+            resp = self._call("GET", "/api/jobs", params={"limit": 1})
+            if resp.status_code >= 500:
+                raise NodeUnavailable(f"GET /api/jobs answered HTTP {resp.status_code}")
+            self._job_api = resp.status_code == 200 and "jobs" in _json_object(resp)
+            log.info("%s: %s", self.url, "job API" if self._job_api else "no job API (/queue)")
+        return self._job_api
+
+    def job(self, prompt_id: str) -> dict[str, Any] | None:
+        """The job API's record of ``prompt_id``, or None if the node does not know it."""
+        resp = self._call("GET", f"/api/jobs/{prompt_id}")
+        if resp.status_code == 404 and "error" in _json_object(resp):
+            return None
+        if resp.status_code != 200:
+            raise (NodeUnavailable if resp.status_code >= 500 else BadNodeResponse)(
+                f"GET /api/jobs/{prompt_id} answered HTTP {resp.status_code}: {resp.text[:200]}"
+            )
+        job = _json_object(resp)
+        if not job:
+            raise BadNodeResponse(f"/api/jobs/{prompt_id} is not a job: {resp.text[:200]}")
+        return job
+
+    def status(self, prompt_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Where the node has ``prompt_id``: ``pending``, ``running``, ``ended`` (with its
+        history entry) or ``absent``."""
+        if self.job_api():
+            job = self.job(prompt_id)
+            if job is None:
+                return "absent", None
+            state = job_state(job)
+            return state, history_entry(job) if state == "ended" else None
+        entry = self._history(prompt_id)
+        if entry is not None:
+            return "ended", entry
+        state = self._queue_state(prompt_id)
+        if state is None and (entry := self._history(prompt_id)) is not None:
+            return "ended", entry  # it ended between the two calls
+        return state or "absent", None
 
     # plain HTTP
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
@@ -189,16 +240,21 @@ class ComfyClient:
                 f"POST {path} answered HTTP {resp.status_code}: {resp.text[:200]}"
             )
 
-    def submit(self, graph: Graph, prompt_id: str, client_id: str) -> None:
-        """Queue ``graph`` as ``prompt_id``; a refusal raises with every node error."""
+    def submit(self, graph: Graph, prompt_id: str, client_id: str) -> bool:
+        """Queue ``graph`` as ``prompt_id``: True, or False when the node already has that
+        prompt id (409, newer servers); a refusal raises with every node error."""
         body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id}
         resp = self._call("POST", "/prompt", json=body)
+        if resp.status_code == 409:
+            log.info("job %s is already on %s (409): following it", prompt_id, self.url)
+            return False
         try:
             data: Any = resp.json()
         except ValueError:
             data = resp.text
         if resp.status_code == 200 and isinstance(data, dict) and not data.get("node_errors"):
-            return
+            self._check_prompt_id(prompt_id, data.get("prompt_id"))
+            return True
         if resp.status_code == 200:  # queued without its invalid outputs: not what was asked
             error = rejection(200, data)
             self._abandon(prompt_id, error)
@@ -210,15 +266,43 @@ class ComfyClient:
             )
         raise rejection(resp.status_code, data)
 
+    def _check_prompt_id(self, asked: str, given: Any) -> None:
+        """A server that ignores the client's prompt id (an old ComfyUI) cannot be followed
+        or resumed by the farm: take the job off its queue and say so."""
+        if given is None or str(given) == asked:
+            return
+        try:
+            self.post_json("/queue", {"delete": [str(given)]})
+        except FarmError as exc:
+            log.warning("could not delete job %s from %s: %s", given, self.url, exc)
+        raise BadNodeResponse(
+            f"{self.url} ignored the prompt_id the farm chose ({asked}) and queued the job "
+            f"as {given}: this ComfyUI is too old for the farm, which needs client-chosen "
+            "prompt ids; update ComfyUI on this node (0.3.64 or newer is known to work)"
+        )
+
     def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of a finished job, or None (pending, running or unknown)."""
+        if self.job_api():
+            state, entry = self.status(prompt_id)
+            return entry
+        return self._history(prompt_id)
+
+    def queue_state(self, prompt_id: str) -> str | None:
+        """``"running"``, ``"pending"`` or None for a prompt id on the node's queue."""
+        if self.job_api():
+            state = self.status(prompt_id)[0]
+            return state if state in ("pending", "running") else None
+        return self._queue_state(prompt_id)
+
+    def _history(self, prompt_id: str) -> dict[str, Any] | None:
         data = self.get_json(f"/history/{prompt_id}")
         entry = data.get(prompt_id) if isinstance(data, dict) else None
         if entry is not None and not isinstance(entry, dict):
             raise BadNodeResponse(f"/history/{prompt_id} is not an object: {str(entry)[:200]}")
         return entry
 
-    def queue_state(self, prompt_id: str) -> str | None:
-        """``"running"``, ``"pending"`` or None for a prompt id on the node's queue."""
+    def _queue_state(self, prompt_id: str) -> str | None:
         data = self.get_json("/queue")
         if not isinstance(data, dict):
             raise BadNodeResponse(f"/queue is not an object: {str(data)[:200]}")
@@ -229,9 +313,16 @@ class ComfyClient:
         return None
 
     def cancel(self, prompt_id: str) -> str:
-        """Take ``prompt_id`` off the node: ``removed`` from the queue, ``interrupted`` while
-        running, or ``not_found`` (finished or unknown)."""
-        state = self.queue_state(prompt_id)
+        """Take ``prompt_id`` off the node, and only it: ``removed`` from the queue,
+        ``interrupted`` while running, or ``not_found`` (finished or unknown)."""
+        self._taken_off.add(prompt_id)
+        if self.job_api() and self._job_cancel:
+            outcome = self._cancel_job(prompt_id)
+            if outcome is not None:
+                return outcome
+        # no job API: dequeue a waiting job; /interrupt only the running one (servers before
+        # ComfyUI 0.3.56 ignore its prompt_id and stop whatever runs)
+        state = self._queue_state(prompt_id)
         if state == "pending":
             self.post_json("/queue", {"delete": [prompt_id]})
             state = self.queue_state(prompt_id)  # it may have started meanwhile
@@ -241,6 +332,28 @@ class ComfyClient:
             self.post_json("/interrupt", {"prompt_id": prompt_id})
             return "interrupted"
         return "not_found"
+
+    def _cancel_job(self, prompt_id: str) -> str | None:
+        """Cancel through ``POST /api/jobs/{id}/cancel`` (dequeues or interrupts that job
+        atomically); None when the node lacks the route."""
+        state = self.status(prompt_id)[0]
+        if state not in ("pending", "running"):
+            return "not_found"
+        resp = self._call("POST", f"/api/jobs/{prompt_id}/cancel")
+        if resp.status_code in (404, 405) and "cancelled" not in _json_object(resp):
+            log.info("%s has the job API but no per-job cancel: /queue and /interrupt", self.url)
+            self._job_cancel = False
+            return None
+        if resp.status_code != 200:
+            raise BadNodeResponse(
+                f"POST /api/jobs/{prompt_id}/cancel answered HTTP {resp.status_code}: "
+                f"{resp.text[:200]}"
+            )
+        if not _json_object(resp).get("cancelled"):
+            return "not_found"  # it ended meanwhile
+        if state == "pending" and self.status(prompt_id)[0] == "absent":
+            return "removed"
+        return "interrupted"
 
     def upload(self, path: Path, subfolder: str = "farm") -> str:
         """Upload an input file (content-addressed name) and return its LoadImage value."""
@@ -343,8 +456,8 @@ class ComfyClient:
             ws = self._connect(client_id)
             try:
                 if self.queue_state(prompt_id) is None:
-                    self.submit(graph, prompt_id, client_id)
-                    progress(0.02, "queued on node")
+                    if self.submit(graph, prompt_id, client_id):
+                        progress(0.02, "queued on node")
                 else:
                     log.info("job %s is already on %s: following it", prompt_id, self.url)
                 ws = self._follow(prompt_id, client_id, ws, progress, on_event)
@@ -446,15 +559,13 @@ class ComfyClient:
                 )
 
     def _reconcile(self, prompt_id: str) -> str:
-        """``ended``, ``running`` or ``pending`` from /history and /queue."""
-        if self.history(prompt_id) is not None:
-            return "ended"
-        state = self.queue_state(prompt_id)
-        if state is None:
-            if self.history(prompt_id) is not None:  # it ended between the two calls
-                return "ended"
-            raise NodeUnavailable(f"job {prompt_id} vanished from {self.url} (node restarted?)")
-        return state
+        """``ended``, ``running`` or ``pending`` (the job API, or /history and /queue)."""
+        state = self.status(prompt_id)[0]
+        if state != "absent":
+            return state
+        if prompt_id in self._taken_off:
+            raise JobCancelled(f"job {prompt_id} was taken off the queue of {self.url}")
+        raise NodeUnavailable(f"job {prompt_id} vanished from {self.url} (node restarted?)")
 
     def _final_history(self, prompt_id: str) -> dict[str, Any]:
         for _ in range(20):  # history is written just before the final event; allow a beat
@@ -489,6 +600,15 @@ class ComfyClient:
                 raise BadNodeResponse(f"output name {item['filename']!r} escapes {out_dir}")
             files.append(self.download(item, dest, max_bytes))
         return files
+
+
+def _json_object(resp: requests.Response) -> dict[str, Any]:
+    """The response's JSON object, or {} when it is not one."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def output_items(entry: dict[str, Any], types: tuple[str, ...] = ("output",)) -> list[dict]:
@@ -625,12 +745,11 @@ class ComfyUIBackend:
     def find(self, job: Job, out_dir: Path | None = None) -> str:
         """Where the node has the job's attempt (by its prompt id): ``pending``,
         ``running``, ``succeeded``, ``failed`` or ``absent``."""
-        prompt_id = prompt_id_for(job)
-        entry = self.client.history(prompt_id)
+        state, entry = self.client.status(prompt_id_for(job))
         if entry is not None:
             failed = (entry.get("status") or {}).get("status_str") == "error"
             return "failed" if failed else "succeeded"
-        return self.client.queue_state(prompt_id) or "absent"
+        return state
 
     def collect(self, job: Job, out_dir: Path) -> RenderResult:
         """The outputs of the attempt the node finished (never queues it)."""

@@ -1,9 +1,10 @@
-"""Emulator-only routes, not part of ComfyUI: switch injected faults on a running node and
-read the log of the executions it started.
+"""Emulator-only routes, not part of ComfyUI: switch injected faults on a running node, read
+the log of the executions it started and count the requests it answered per route.
 
     GET /emulator/faults   the active faults object (every setting spelled out)
     PUT /emulator/faults   a new faults object replaces the active one; 400 with the error text
     GET /emulator/jobs     {"jobs": [...]}: every prompt execution started (farm.emulators.joblog)
+    GET /emulator/requests {"METHOD /route/{pattern}": count}: requests answered per route
 
 They answer only requests from loopback (404 otherwise, as for any unknown route) and are
 not registered under ``/api``. The faults object is the profile's ``faults`` field.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -32,6 +34,7 @@ class FaultyNode(Protocol):
 
     faults: Mapping[str, Fault]
     jobs: JobLog
+    hits: Counter[str]
 
 
 def admin_routes(node: FaultyNode) -> list[tuple[str, str, Callable]]:
@@ -56,7 +59,12 @@ def admin_routes(node: FaultyNode) -> list[tuple[str, str, Callable]]:
         _loopback_only(request)
         return web.json_response({"jobs": node.jobs.snapshot()})
 
+    async def get_requests(request: web.Request) -> web.Response:
+        _loopback_only(request)
+        return web.json_response(dict(node.hits))
+
     return [
+        ("GET", "/emulator/requests", get_requests),
         ("GET", "/emulator/faults", get_faults),
         ("PUT", "/emulator/faults", put_faults),
         ("GET", "/emulator/jobs", get_jobs),

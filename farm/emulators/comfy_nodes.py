@@ -383,6 +383,37 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
             module="comfy_extras.nodes_post_processing",
         ),
         NodeDef(
+            "ImageInvert", "image", {"image": _link("IMAGE")}, runners.image_invert, ("IMAGE",)
+        ),
+        NodeDef(
+            "ImageBatch",
+            "image",
+            {"image1": _link("IMAGE"), "image2": _link("IMAGE")},
+            runners.image_batch,
+            ("IMAGE",),
+        ),
+        NodeDef(
+            "RepeatImageBatch",
+            "image/batch",
+            {"image": _link("IMAGE"), "amount": _int(1, 1, 4096)},
+            runners.repeat_image_batch,
+            ("IMAGE",),
+            module="comfy_extras.nodes_images",
+        ),
+        NodeDef(
+            "ImageScale",
+            "image/upscaling",
+            {
+                "image": _link("IMAGE"),
+                "upscale_method": _combo(list(runners.SCALE_METHODS)),
+                "width": _int(512, 0, MAX_RESOLUTION, 1),
+                "height": _int(512, 0, MAX_RESOLUTION, 1),
+                "crop": _combo(["disabled", "center"]),
+            },
+            runners.image_scale,
+            ("IMAGE",),
+        ),
+        NodeDef(
             "PreviewImage",
             "image",
             {"images": _link("IMAGE")},

@@ -553,6 +553,60 @@ async def image_blur(ctx: NodeContext, image: np.ndarray, blur_radius: int, sigm
     return Output((np.stack([cv2.GaussianBlur(f, (size, size), sigma) for f in image]),))
 
 
+async def image_invert(ctx: NodeContext, image: np.ndarray) -> Output:
+    return Output((255 - image,))
+
+
+#: ComfyUI's upscale methods (torch interpolate; PIL for lanczos) as OpenCV's nearest kin
+SCALE_METHODS = {
+    "nearest-exact": cv2.INTER_NEAREST_EXACT,
+    "bilinear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def center_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The middle of ``frames`` with the aspect of ``width`` x ``height`` (ComfyUI's rule)."""
+    old_h, old_w = frames.shape[1:3]
+    old_aspect, new_aspect = old_w / old_h, width / height
+    x = y = 0
+    if old_aspect > new_aspect:
+        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+    return frames[:, y : old_h - y, x : old_w - x]
+
+
+async def image_scale(
+    ctx: NodeContext, image: np.ndarray, upscale_method: str, width: int, height: int, crop: str
+) -> Output:
+    if width == 0 and height == 0:
+        return Output((image,))
+    old_h, old_w = image.shape[1:3]
+    if width == 0:
+        width = max(1, round(old_w * height / old_h))
+    elif height == 0:
+        height = max(1, round(old_h * width / old_w))
+    frames = center_crop(image, width, height) if crop == "center" else image
+    how = SCALE_METHODS[upscale_method]
+    return Output((np.stack([cv2.resize(f, (width, height), interpolation=how) for f in frames]),))
+
+
+async def image_batch(ctx: NodeContext, image1: np.ndarray, image2: np.ndarray) -> Output:
+    """``image2`` after ``image1``, scaled (bilinear, centre crop) to its size if it differs."""
+    height, width = image1.shape[1:3]
+    if image2.shape[1:] != image1.shape[1:]:
+        image2 = center_crop(image2, width, height)
+        image2 = np.stack([cv2.resize(f, (width, height)) for f in image2])
+    return Output((np.concatenate((image1, image2)),))
+
+
+async def repeat_image_batch(ctx: NodeContext, image: np.ndarray, amount: int) -> Output:
+    return Output((np.tile(image, (amount, 1, 1, 1)),))
+
+
 async def create_video(
     ctx: NodeContext, images: np.ndarray, fps: float, audio: Any = None
 ) -> Output:

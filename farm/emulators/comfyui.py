@@ -1,7 +1,9 @@
 """An emulated ComfyUI GPU node: a real aiohttp server speaking ComfyUI's wire protocol.
 
 It answers the routes a farm uses with ComfyUI 0.3.64's shapes and status codes (also
-under ``/api``), runs one prompt at a time from a FIFO heap queue, walks the graph in
+under ``/api``) or, with ``"api": "0.38"`` in the profile, as the newer generation does (the
+job API of :mod:`farm.emulators.comfy_jobs`, 409 on a duplicate ``prompt_id``, ``/interrupt``
+by ``prompt_id``; see docs/emulators.md, "API generations"), runs one prompt at a time from a FIFO heap queue, walks the graph in
 ComfyUI's order with its caching, and streams the same websocket events (JSON and binary
 previews). This module holds the routes, the websocket hub, the queue and history stores
 and the CLI; the executor is :mod:`farm.emulators.comfy_executor`, node classes
@@ -9,7 +11,7 @@ and the CLI; the executor is :mod:`farm.emulators.comfy_executor`, node classes
 ``comfy_validation``) and the timing/VRAM/failure models :mod:`farm.emulators.profile`.
 The emulator-only routes (:mod:`farm.emulators.comfy_admin`) switch the injected faults of
 the profile on a running node (``/emulator/faults``) and list every execution it started
-(``/emulator/jobs``).
+(``/emulator/jobs``) and counts the requests per route (``/emulator/requests``).
 
     python -m farm.emulators.comfyui --port 8188 --profile deploy/nodes/gpu-a.json
 """
@@ -31,6 +33,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -46,6 +49,7 @@ from PIL import Image
 
 from farm.emulators.comfy_admin import admin_routes
 from farm.emulators.comfy_executor import CacheEntry, worker
+from farm.emulators.comfy_jobs import canonical_id, job_routes
 from farm.emulators.comfy_nodes import NodeDef, definitions
 from farm.emulators.comfy_runners import Dirs, GpuState, annotated_path
 from farm.emulators.comfy_validation import validate_prompt
@@ -56,6 +60,8 @@ from farm.errors import FarmError
 log = logging.getLogger("farm.emulators.comfyui")
 
 COMFYUI_VERSION = "0.3.64"
+#: what ``/system_stats`` reports for each server generation (profile ``api``)
+VERSIONS = {"0.3": COMFYUI_VERSION, "0.38": "0.38.0"}
 MAX_UPLOAD = 100 * 1024 * 1024
 MAX_HISTORY = 10000
 GIB = 1 << 30
@@ -239,12 +245,38 @@ class EmulatedNode:
     takes_seen: dict[str, int] = field(default_factory=dict)
     #: every prompt execution started (the emulator-only ``GET /emulator/jobs``)
     jobs: JobLog = field(default_factory=lambda: JobLog(None))
+    #: requests answered per route, ``"POST /api/jobs/{job_id}/cancel"`` (``/emulator/requests``)
+    hits: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.faults = dict(self.profile.faults)
 
     def definitions(self) -> dict[str, NodeDef]:
         return definitions(self.profile, self.dirs)
+
+    # what the job API reads and does (comfy_jobs.JobNode)
+    def running(self) -> list[QueueItem]:
+        return list(self.queue.running)
+
+    def pending(self) -> list[QueueItem]:
+        return self.queue.pending()
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        return self.history.entries
+
+    def dequeue(self, prompt_id: str) -> bool:
+        return self.queue.delete(prompt_id)
+
+    def interrupt_if_running(self, prompt_id: str) -> bool:
+        if any(item.prompt_id == prompt_id for item in self.queue.running):
+            self.interrupted = True
+            return True
+        return False
+
+    def known(self, prompt_id: str) -> bool:
+        """Whether a prompt id is queued, running or in history."""
+        items = [*self.queue.running, *self.queue.pending()]
+        return prompt_id in self.history.entries or any(i.prompt_id == prompt_id for i in items)
 
     def queue_info(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.remaining()}}
@@ -296,7 +328,7 @@ class EmulatedNode:
             "os": os.name,
             "ram_total": pages * page,
             "ram_free": os.sysconf("SC_AVPHYS_PAGES") * page,
-            "comfyui_version": COMFYUI_VERSION,
+            "comfyui_version": VERSIONS[self.profile.api],
             "required_frontend_version": "1.27.10",
             "installed_templates_version": "0.1.95",
             "required_templates_version": "0.1.95",
@@ -344,6 +376,15 @@ def is_loopback(host: str | None) -> bool:
 
 
 @web.middleware
+async def count_hits(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Count the request under its route (``GET /emulator/requests``)."""
+    route = request.match_info.route.resource
+    if route is not None:
+        request.app["node"].hits[f"{request.method} {route.canonical}"] += 1
+    return await handler(request)
+
+
+@web.middleware
 async def origin_check(request: web.Request, handler: Callable) -> web.StreamResponse:
     """ComfyUI's guard: on a loopback Host, an Origin naming another host gets 403."""
     host, origin = request.headers.get("Host"), request.headers.get("Origin")
@@ -376,7 +417,8 @@ class Routes:
         self.node = node
 
     def table(self) -> list[tuple[str, str, Callable]]:
-        return [
+        jobs = job_routes(self.node) if self.node.profile.job_api else []
+        return jobs + [
             ("GET", "/ws", self.websocket), ("GET", "/prompt", self.get_prompt),
             ("POST", "/prompt", self.post_prompt), ("GET", "/queue", self.get_queue),
             ("POST", "/queue", self.post_queue), ("POST", "/interrupt", self.interrupt),
@@ -413,9 +455,12 @@ class Routes:
             hub.disconnect(sid, ws)
         return ws
 
-    @staticmethod
-    def server_features() -> dict[str, Any]:
-        return {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD}
+    def server_features(self) -> dict[str, Any]:
+        flags: dict[str, Any] = {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD}
+        if self.node.profile.job_api:  # the newer core flags (none of them names the job API)
+            flags.update(supports_model_type_tags=True, extension={"manager": {"supports_v4": True}},
+                         node_replacements=True, assets=False)  # fmt: skip
+        return flags
 
     async def features(self, request: web.Request) -> web.Response:
         return web.json_response(self.server_features())
@@ -441,6 +486,10 @@ class Routes:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        if node.profile.job_api and body.get("prompt_id") is not None:
+            refused = _refused_prompt_id(node, body["prompt_id"])
+            if refused is not None:
+                return refused
         node.posts[prompt_id] += 1
         if http_500_hits(node.faults, prompt_id, node.posts[prompt_id]):
             raise InjectedFault(f"http_500 fault: POST /prompt of {prompt_id}")  # aiohttp's 500
@@ -448,6 +497,8 @@ class Routes:
         extra = body.get("extra_data", {})
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
+        if node.profile.job_api:
+            extra["create_time"] = int(time.time() * 1000)
         if not valid.ok:
             log.warning("invalid prompt: %s", valid.error)
             return web.json_response(
@@ -483,10 +534,11 @@ class Routes:
             body = await request.json()
         except json.JSONDecodeError:
             body = {}
-        prompt_id = body.get("prompt_id")
-        running = [item.prompt_id for item in self.node.queue.running]
-        if not prompt_id or prompt_id in running:
+        prompt_id = body.get("prompt_id") if self.node.profile.job_api else None
+        if not prompt_id:  # the old generation interrupts whatever runs, whoever asks
             self.node.interrupted = True
+        else:
+            self.node.interrupt_if_running(prompt_id)
         return web.Response()
 
     async def free(self, request: web.Request) -> web.Response:
@@ -607,6 +659,29 @@ class Routes:
         return web.json_response([])
 
 
+def _refused_prompt_id(node: EmulatedNode, prompt_id: Any) -> web.Response | None:
+    """The newer generation's answer to a client-chosen ``prompt_id`` it will not take:
+    400 unless a canonical lowercase UUID, 409 if the node already has it; else None."""
+    if not canonical_id(prompt_id):
+        error = {
+            "type": "invalid_prompt_id",
+            "message": "prompt_id must be a valid UUID",
+            "details": "prompt_id must be a UUID string in canonical lowercase hyphenated "
+            "form; omit it to let the server generate one",
+            "extra_info": {},
+        }
+        return web.json_response({"error": error, "node_errors": {}}, status=400)
+    if node.known(prompt_id):
+        error = {
+            "type": "duplicate_prompt_id",
+            "message": "prompt_id is already in use",
+            "details": f"a job with prompt_id {prompt_id} is queued, running or in history",
+            "extra_info": {"prompt_id": prompt_id},
+        }
+        return web.json_response({"error": error, "node_errors": {}}, status=409)
+    return None
+
+
 def _same_bytes(path: str, data: bytes) -> bool:
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).digest() == hashlib.sha256(data).digest()
@@ -667,7 +742,7 @@ def make_app(
         argv or ["main.py", "--preview-method", "auto"],
         jobs=JobLog(Path(data_dir).resolve()),
     )
-    app = web.Application(client_max_size=MAX_UPLOAD, middlewares=[origin_check])
+    app = web.Application(client_max_size=MAX_UPLOAD, middlewares=[origin_check, count_hits])
     for method, path, handler in Routes(node).table():
         app.router.add_route(method, "/api" + path, handler)
         app.router.add_route(method, path, handler)

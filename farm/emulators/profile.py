@@ -5,11 +5,13 @@ A profile is a JSON file (see ``deploy/nodes/*.json`` and docs/emulators.md)::
     {"name": "gpu-a", "gpu": "NVIDIA GeForce RTX 4090", "vram_gb": 24,
      "models": {"diffusion_models": [...], "text_encoders": [...], "vae": [...]},
      "speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0,
-     "faults": {"hang": {"rate": 0.1, "at_step": 2}}}
+     "faults": {"hang": {"rate": 0.1, "at_step": 2}}, "api": "0.38"}
 
 ``faults`` (optional) injects node failures for tests: ``crash``, ``hang``, ``slow``,
 ``http_500``, ``ws_drop`` and ``jitter`` (a shaky camera on a request's first takes; see
-docs/emulators.md, "Fault injection").
+docs/emulators.md, "Fault injection"). ``api`` (ComfyUI nodes, optional) picks the server
+generation: ``"0.3"`` (the default, ComfyUI 0.3.64's routes) or ``"0.38"`` (the job API,
+409 on a duplicate ``prompt_id``, ``/interrupt`` by ``prompt_id``; see docs/emulators.md).
 
 The cost models are pure functions of the profile and the job, so tests need no server.
 """
@@ -45,7 +47,9 @@ ACT_BASE_GB = 2.5
 ACT_PER_BPARAM_GB = 0.15
 
 _DEFAULTS: dict[str, Any] = {"speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
-_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults")
+_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults", "api")
+#: the ComfyUI server generations an emulated node can speak (``api`` in the profile)
+API_GENERATIONS = {"0.3": "ComfyUI 0.3.64: no job API", "0.38": "the job API of late 2026"}
 #: each fault and its settings (``rate`` is the share of prompts it hits)
 FAULTS: dict[str, tuple[str, ...]] = {
     "crash": ("rate", "at_step"),
@@ -91,6 +95,12 @@ class NodeProfile:
     step_s: float = 0.15
     failure_rate: float = 0.0
     faults: Mapping[str, Fault] = field(default_factory=dict)
+    api: str = "0.3"
+
+    @property
+    def job_api(self) -> bool:
+        """Whether the node speaks ComfyUI's newer generation (``/api/jobs`` and the rest)."""
+        return self.api != "0.3"
 
     def files(self, folder: str) -> list[str]:
         """The model files held in ``folder`` (empty for an unknown folder)."""
@@ -132,6 +142,10 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         value = values.get(key)
         if not _is_number(value) or not ok(value):
             problems.append(f"{key}: got {value!r}; use {fix}")
+    api = values.get("api", "0.3")
+    if api not in API_GENERATIONS:
+        choices = "; ".join(f'"{k}" ({v})' for k, v in API_GENERATIONS.items())
+        problems.append(f"api: got {api!r}; use {choices}")
     models = _parse_models(values.get("models"), problems)
     faults = _parse_faults(values.get("faults", {}), problems)
     if problems:
@@ -148,6 +162,7 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         step_s=float(values["step_s"]),
         failure_rate=float(values["failure_rate"]),
         faults=faults,
+        api=api,
     )
 
 
