@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from farm.workflows import BINDINGS, Targets
+from farm.workflows import Targets
 
 BUILT_IN = "built-in"
 KINDS = ("text", "start_image", "trajectories")
@@ -43,8 +43,9 @@ class Engine:
     files: dict[str, tuple[str, ...]]
     #: the workflow file of a studio engine; None: ``FARM_WORKFLOWS/<workflow>.json``
     path: Path | None = None
-    #: farm parameter → the node inputs (title, input) it is written to
-    bindings: Mapping[str, Targets] = field(default_factory=lambda: dict(BINDINGS))
+    #: where the workflow takes a parameter when not at its default node title
+    #: (:data:`farm.workflows.BINDINGS`): parameter -> ((title, input), ...); () for none
+    bindings: Mapping[str, Targets] = field(default_factory=dict)
     #: where it is defined: ``built-in`` or the studio catalogue's file
     source: str = BUILT_IN
 
@@ -177,6 +178,12 @@ class Catalog:
                         used = out.setdefault(model.engine.workflow, set(BASE_PARAMS))
                         used.update(KIND_PARAMS[kind], ["model"] if model.files else [])
         return out
+
+    def bindings(self, workflow: str) -> Mapping[str, Targets]:
+        """Where ``workflow`` takes parameters off the default titles (its engine's
+        ``bindings``; empty for a workflow no engine names)."""
+        engine = self.workflows().get(workflow)
+        return engine.bindings if engine else {}
 
     def workflow_file(self, name: str, workflows_dir: Path) -> Path:
         """The file of workflow ``name``: a studio's own, else ``workflows_dir/name.json``."""

@@ -14,9 +14,9 @@ from typing import Any
 from farm.catalog import Catalog, load_catalog
 from farm.errors import WorkflowError
 from farm.workflows import (
-    BINDINGS,
     Graph,
     Targets,
+    bound_inputs,
     find_titled,
     load_workflow,
     target_problem,
@@ -54,10 +54,10 @@ def check_graph(
     graph: Graph, info: dict[str, Any], bindings: Mapping[str, Targets] | None = None
 ) -> tuple[list[str], list[str]]:
     """``(problems, models)``: what keeps the node from running ``graph``, and the files it
-    offers for the graph's bound diffusion-model input (``bindings``: the workflow's)."""
+    offers for the graph's bound diffusion-model inputs (``bindings``: the workflow's own)."""
     problems: list[str] = []
-    targets = (BINDINGS if bindings is None else bindings).get("model", ())
-    bound = {(nid, name) for title, name in targets for nid in find_titled(graph, title)}
+    bound = {(nid, name) for title, name in bound_inputs("model", bindings)
+             for nid in find_titled(graph, title)}  # fmt: skip
     for node_id, node in graph.items():
         cls = node["class_type"]
         if cls not in info:
@@ -70,11 +70,9 @@ def check_graph(
             if options is not None and value not in options:
                 problems.append(f"node {node_id} ({cls}): no file {value!r} for {name}")
     models: list[str] = []
-    for title, name in targets:  # the first bound loader: the primary model's
-        ids = find_titled(graph, title)
-        if ids:
-            models = combo_options(input_spec(info, graph[ids[0]]["class_type"], name)) or []
-            break
+    for node_id, name in sorted(bound):
+        options = combo_options(input_spec(info, graph[node_id]["class_type"], name)) or []
+        models += [m for m in options if m not in models]
     return problems, models
 
 
@@ -83,7 +81,7 @@ def binding_problems(graph: Graph, bindings: Mapping[str, Targets], params: set[
     return [
         f"binding {param}: {problem}"
         for param in sorted(params)
-        for title, name in bindings.get(param, ())
+        for title, name in bound_inputs(param, bindings)
         if (problem := target_problem(graph, title, name))
     ]
 
@@ -95,22 +93,22 @@ def node_capabilities(
     ``workflows_dir``): ``{"ok", "missing": [reasons], "models": [diffusion model files
     offered], "catalog": [catalogue models it can render]}``."""
     catalog = catalog or load_catalog()
-    engines, params = catalog.workflows(), catalog.params()
+    params = catalog.params()
     out: dict[str, dict[str, Any]] = {}
-    for name in sorted(set(engines) | set(workflow_names(workflows_dir))):
-        engine = engines.get(name)
+    for name in sorted(set(catalog.workflows()) | set(workflow_names(workflows_dir))):
         path = catalog.workflow_file(name, workflows_dir)
         try:
             graph = load_workflow(name, workflows_dir, lambda: info, path)
         except WorkflowError as exc:
             out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
             continue
-        bindings = engine.bindings if engine else BINDINGS
+        bindings = catalog.bindings(name)
         problems, models = check_graph(graph, info, bindings)
         problems += binding_problems(graph, bindings, params.get(name, set()))
         mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
-        if not any(find_titled(graph, title) for title, _ in bindings.get("model", ())):
-            models = sorted({m.file for m in mine.values() if m.file})  # named in the graph
-        usable = sorted(k for k, m in mine.items() if m.file in models and not problems)
+        if not any(find_titled(graph, t) for t, _ in bound_inputs("model", bindings)):
+            models = sorted({f for m in mine.values() for f in m.files})  # named in the graph
+        usable = sorted(k for k, m in mine.items() if not problems
+                        and all(f in models for f in m.files))  # fmt: skip
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
     return out

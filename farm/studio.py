@@ -38,7 +38,13 @@ from farm.catalog import KINDS, TIERS, Catalog, Engine, Model, load_catalog
 from farm.comfy_editor import is_editor_format
 from farm.errors import CatalogError, WorkflowError
 from farm.jsonfile import JSONTextError, decode, read_json
-from farm.workflows import BINDINGS, Targets, check_api_format, target_problem
+from farm.workflows import (
+    Targets,
+    bound_inputs,
+    check_api_format,
+    model_bindings,
+    target_problem,
+)
 
 #: a binding's name in a studio catalogue → the farm parameter it sets
 PARAMS = {
@@ -207,11 +213,16 @@ def _engine(
     raw_files = raw.get("files", {})
     for folder_name, names in p.table(raw_files, f"{key}.files").items():
         files[folder_name] = p.strings(names, f"{key}.files.{folder_name}")
-    bindings = dict(base.bindings) if base else dict(BINDINGS)
+    bindings = dict(base.bindings) if base else {}
     raw_bindings = p.table(raw.get("bindings", {}), f"{key}.bindings", tuple(PARAMS))
     for studio_name, value in raw_bindings.items():
-        if studio_name in PARAMS:
-            bindings[PARAMS[studio_name]] = _targets(p, f"{key}.bindings.{studio_name}", value)
+        found = _targets(p, f"{key}.bindings.{studio_name}", value)
+        if studio_name == "models":  # one loader per model file: model, model2, ...
+            bindings = {k: v for k, v in bindings.items() if k not in model_bindings(bindings)}
+            bindings.update({"model" if i == 0 else f"model{i + 1}": (t,)
+                             for i, t in enumerate(found)} or {"model": ()})  # fmt: skip
+        elif studio_name in PARAMS:
+            bindings[PARAMS[studio_name]] = found
     family = raw.get("family", base.family if base else name)
     if not isinstance(family, str):
         p.add(f"{key}.family", "must be a string")
@@ -322,10 +333,10 @@ def _leaf(
               f"use one of: {', '.join(sorted(engines))}")  # fmt: skip
         return None, None
     engine = engines[flow]
-    targets = engine.bindings.get("model", ())
-    if files and targets and len(files) != len(targets):
+    loaders = len(model_bindings(engine.bindings))
+    if files and loaders and len(files) != loaders:
         p.add(f"{key}.models", f"gives {len(files)} model file(s) but workflow {flow!r} binds "
-              f"{len(targets)} (bindings.models); give one file per bound loader, or set "
+              f"{loaders} (bindings.models); give one file per bound loader, or set "
               'bindings.models = "" when the workflow names its files itself')  # fmt: skip
     model = Model(key=key.removeprefix("templates."), engine=engine, files=files)
     return model, wan_id if isinstance(wan_id, str) else None
@@ -337,7 +348,7 @@ def _check_bindings(p: Problems, name: str, engine: Engine, graph: Any, params: 
     editor = is_editor_format(graph)
     studio_names = {v: k for k, v in PARAMS.items()}
     for param in sorted(params):
-        for title, input_name in engine.bindings.get(param, ()):
+        for title, input_name in bound_inputs(param, engine.bindings):
             key = f"workflows.{name}.bindings.{studio_names[param]}"
             problem = (
                 editor_title_problem(graph, title)

@@ -3,14 +3,15 @@
 Workflows are API-format graphs, or editor-format files converted with the node's
 ``/object_info`` (:mod:`farm.comfy_editor`). A workflow names its parameter nodes with
 ``_meta.title`` (the node's title in the editor); :data:`BINDINGS` maps each farm
-parameter to the ``(title, input name)`` targets it is written to (a studio catalogue
-binds its own titles, :mod:`farm.studio`). Nothing is ever bound by node position.
+parameter to ``(title, input name)``; an engine may bind a parameter elsewhere, to several
+inputs or to none (its ``bindings``, e.g. a studio's, :mod:`farm.studio`). Nothing is ever
+bound by node position.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +19,23 @@ from farm.comfy_editor import editor_to_api, is_editor_format
 from farm.errors import WorkflowError
 from farm.jsonfile import read_json
 
+#: farm parameter -> (node title, input name)
+BINDINGS: dict[str, tuple[str, str]] = {
+    "prompt": ("Positive Prompt", "text"),
+    "negative": ("Negative Prompt", "text"),
+    "seed": ("Sampler", "seed"),
+    "steps": ("Sampler", "steps"),
+    "width": ("Video Latent", "width"),
+    "height": ("Video Latent", "height"),
+    "length": ("Video Latent", "length"),
+    "tracks": ("Video Latent", "tracks"),
+    "model": ("Diffusion Model", "unet_name"),
+    "start_image": ("Start Image", "image"),
+    "fps": ("Create Video", "fps"),
+    "filename_prefix": ("Save Video", "filename_prefix"),
+}
 #: the node inputs a parameter is written to: ``((title, input name), ...)``
 Targets = tuple[tuple[str, str], ...]
-
-#: farm parameter -> the node inputs it is written to (the built-in workflows' titles)
-BINDINGS: dict[str, Targets] = {
-    "prompt": (("Positive Prompt", "text"),),
-    "negative": (("Negative Prompt", "text"),),
-    "seed": (("Sampler", "seed"),),
-    "steps": (("Sampler", "steps"),),
-    "width": (("Video Latent", "width"),),
-    "height": (("Video Latent", "height"),),
-    "length": (("Video Latent", "length"),),
-    "tracks": (("Video Latent", "tracks"),),
-    "model": (("Diffusion Model", "unet_name"),),
-    "start_image": (("Start Image", "image"),),
-    "fps": (("Create Video", "fps"),),
-    "filename_prefix": (("Save Video", "filename_prefix"),),
-}
-#: parameters whose value is a list, one item per target (the diffusion model files)
-PER_TARGET = frozenset({"model"})
 
 Graph = dict[str, dict[str, Any]]
 
@@ -97,34 +95,52 @@ def find_titled(graph: Graph, title: str) -> list[str]:
     return [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == title]
 
 
+def model_params(models: Sequence[str]) -> dict[str, str]:
+    """A job's diffusion models as parameters: the primary ``model``, then ``model2``, ..."""
+    return {("model" if i == 0 else f"model{i + 1}"): m for i, m in enumerate(models)}
+
+
+def targets(param: str, bindings: Mapping[str, Targets] | None = None) -> Targets:
+    """Where ``param`` is written: ``bindings[param]`` (an engine's own; () for none),
+    else its :data:`BINDINGS` input (() for a parameter no workflow takes)."""
+    if bindings and param in bindings:
+        return tuple(bindings[param])
+    return (BINDINGS[param],) if param in BINDINGS else ()
+
+
+def model_bindings(bindings: Mapping[str, Targets] | None = None) -> dict[str, Targets]:
+    """The diffusion-model parameters a workflow takes (``model``, ``model2``, ...: one
+    per loader) and where: none when the workflow names its model files itself."""
+    out: dict[str, Targets] = {}
+    while found := targets("model" if not out else f"model{len(out) + 1}", bindings):
+        out["model" if not out else f"model{len(out) + 1}"] = found
+    return out
+
+
+def bound_inputs(param: str, bindings: Mapping[str, Targets] | None = None) -> Targets:
+    """Every input ``param`` is written to; for ``model``, every model loader's."""
+    if param == "model":
+        return tuple(t for found in model_bindings(bindings).values() for t in found)
+    return targets(param, bindings)
+
+
 def bind(
     graph: Graph,
     params: dict[str, Any],
     name: str = "workflow",
     bindings: Mapping[str, Targets] | None = None,
 ) -> Graph:
-    """A copy of ``graph`` with each parameter written into its targets, the inputs of
-    titled nodes (``bindings``, default :data:`BINDINGS`; a parameter bound to nothing is
-    left out). A :data:`PER_TARGET` parameter's list gives each target its own item."""
-    bindings = BINDINGS if bindings is None else bindings
+    """A copy of ``graph`` with each parameter written into its titled node's input:
+    every ``(title, input)`` of ``bindings[param]`` (the engine's own; none: the parameter
+    is not taken), else :data:`BINDINGS`."""
     bound = copy.deepcopy(graph)
     for param, value in params.items():
-        if param not in bindings:
-            raise WorkflowError(
-                f"unknown workflow parameter {param!r}; known: {', '.join(bindings)}"
-            )
-        targets = bindings[param]
-        if not targets:
-            continue
-        per_target = param in PER_TARGET and not isinstance(value, str)
-        values = list(value) if per_target else [value] * len(targets)
-        if len(values) != len(targets):
-            raise WorkflowError(
-                f"{name}: {len(values)} values for {param!r} but it is bound to {len(targets)} inputs"
-            )
-        for (title, input_name), item in zip(targets, values, strict=True):
+        if param not in BINDINGS and param not in (bindings or {}):
+            known = ", ".join(dict.fromkeys([*BINDINGS, *(bindings or {})]))
+            raise WorkflowError(f"unknown workflow parameter {param!r}; known: {known}")
+        for title, input_name in targets(param, bindings):
             node_id = target_node(bound, title, input_name, name, param)
-            bound[node_id]["inputs"][input_name] = item
+            bound[node_id]["inputs"][input_name] = value
     return bound
 
 

@@ -15,7 +15,7 @@ from farm.planning import plan_scene
 from farm.scene import parse_scene
 from farm.settings import Settings
 from farm.studio import catalog_for, load_studio
-from farm.workflows import bind, load_workflow
+from farm.workflows import bind, load_workflow, model_params
 
 from .conftest import REPO
 
@@ -57,6 +57,8 @@ def test_a_studio_catalogue_adds_templates_over_the_built_in_ones():
     assert dusk.files == (HIGH, LOW) and dusk.file == HIGH
     assert dusk.required_files()["diffusion_models"] == (HIGH, LOW)
     assert dusk.engine.path == STUDIO / "flows" / "dusk_a14b.json"
+    assert catalog.bindings("dusk_a14b")["model2"] == (("Low Noise Model", "unet_name"),)
+    assert catalog.bindings("title_card")["prompt"] == ()  # prompt = "": not taken
     card = catalog.model_for("title_card", "preview", start_image=False, trajectories=False)
     assert card.files == () and "diffusion_models" not in card.required_files()
     # kinds a studio template leaves out render as the built-in ones do
@@ -84,7 +86,8 @@ def test_a_two_model_job_binds_each_model_and_every_titled_input():
     assert job.files["diffusion_models"] == [HIGH, LOW]
     engine = catalog.engines["dusk_a14b"]
     graph = load_workflow("dusk_a14b", Path("unused"), path=engine.path)
-    params = {**{k: v for k, v in job.params.items()}, "model": [HIGH, LOW]}
+    assert catalog.model_files(job.engine, job.model) == (HIGH, LOW)
+    params = {**job.params, **model_params([HIGH, LOW])}
     bound = bind(graph, params, "dusk_a14b", engine.bindings)
     assert bound["1"]["inputs"]["unet_name"] == HIGH and bound["2"]["inputs"]["unet_name"] == LOW
     assert bound["10"]["inputs"]["seed"] == bound["11"]["inputs"]["seed"] == 5

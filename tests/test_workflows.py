@@ -8,7 +8,14 @@ import pytest
 
 from farm.catalog import load_catalog
 from farm.errors import WorkflowError
-from farm.workflows import BINDINGS, bind, check_api_format, find_titled, load_workflow
+from farm.workflows import (
+    BINDINGS,
+    bind,
+    check_api_format,
+    find_titled,
+    load_workflow,
+    model_params,
+)
 
 from .conftest import REPO
 
@@ -47,7 +54,7 @@ def test_binding_writes_every_parameter_into_its_titled_node(name):
     params = {**PARAMS, **EXTRA.get(name, {})}
     bound = bind(graph, params, name)
     for param, value in params.items():
-        ((title, input_name),) = BINDINGS[param]
+        title, input_name = BINDINGS[param]
         (node_id,) = find_titled(bound, title)
         assert bound[node_id]["inputs"][input_name] == value
     assert graph != bound and load_workflow(name, WORKFLOWS) == graph  # the original is untouched
@@ -69,7 +76,7 @@ def test_binding_does_not_depend_on_node_ids_or_order():
         for k, v in reversed(list(graph.items()))
     }
     a, b = bind(graph, PARAMS), bind(shuffled, PARAMS)
-    titles = {t for targets in BINDINGS.values() for t, _ in targets} & {
+    titles = {t for t, _ in BINDINGS.values()} & {
         n.get("_meta", {}).get("title") for n in a.values()
     }
     assert len(titles) >= 6
@@ -113,12 +120,14 @@ def test_a_parameter_may_be_bound_to_several_inputs_or_to_none():
     graph = load_workflow("wan_t2v", WORKFLOWS)
     (sampler,) = find_titled(graph, "Sampler")
     graph["999"] = {**json.loads(json.dumps(graph[sampler])), "_meta": {"title": "Second"}}
-    bindings = {**BINDINGS, "seed": (("Sampler", "seed"), ("Second", "seed")), "negative": (),
-                "model": (("Diffusion Model", "unet_name"), ("Second", "model"))}  # fmt: skip
-    bound = bind(graph, {"seed": 9, "negative": "ignored", "model": ["a.safetensors", ["1", 0]]},
-                 "wan_t2v", bindings)  # fmt: skip
+    bindings = {"seed": (("Sampler", "seed"), ("Second", "seed")), "negative": (),
+                "model2": (("Second", "model"),)}  # fmt: skip
+    params = {"seed": 9, "negative": "ignored", **model_params(["a.safetensors", "b"])}
+    bound = bind(graph, params, "wan_t2v", bindings)
     assert bound[sampler]["inputs"]["seed"] == bound["999"]["inputs"]["seed"] == 9
-    assert bound["999"]["inputs"]["model"] == ["1", 0]  # each model file to its own input
-    assert bound == bind(graph, {"seed": 9, "model": ["a.safetensors", ["1", 0]]}, "x", bindings)
-    with pytest.raises(WorkflowError, match="1 values for 'model' but it is bound to 2 inputs"):
-        bind(graph, {"model": ["a.safetensors"]}, "x", bindings)
+    (loader,) = find_titled(graph, "Diffusion Model")
+    assert bound[loader]["inputs"]["unet_name"] == "a.safetensors"  # model: the default title
+    assert bound["999"]["inputs"]["model"] == "b"  # model2: where the engine binds it
+    assert bound == bind(graph, {k: v for k, v in params.items() if k != "negative"}, "x", bindings)
+    with pytest.raises(WorkflowError, match="unknown workflow parameter 'model2'"):
+        bind(graph, model_params(["a", "b"]))

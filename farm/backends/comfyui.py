@@ -48,7 +48,7 @@ from farm.images import WANT
 from farm.planning import Job
 from farm.settings import Settings
 from farm.studio import catalog_for
-from farm.workflows import BINDINGS, Graph, bind, load_workflow
+from farm.workflows import Graph, bind, load_workflow, model_bindings, model_params
 
 log = logging.getLogger(__name__)
 
@@ -712,12 +712,10 @@ class ComfyUIBackend:
     def graph_for(self, job: Job) -> Graph:
         """The job's workflow (the catalogue's, a studio's own), its parameters bound."""
         catalog = catalog_for(self.settings)
-        engine = catalog.workflows().get(job.workflow)
-        bindings = engine.bindings if engine else BINDINGS
-        params = dict(job.params)
-        models = catalog.model_files(job.engine, job.model)
-        if models and bindings.get("model"):
-            params["model"] = list(models)
+        bindings = catalog.bindings(job.workflow)
+        loaders = model_bindings(bindings)
+        models = model_params(catalog.model_files(job.engine, job.model))
+        params = {**job.params, **{k: v for k, v in models.items() if k in loaders}}
         params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
         if "start_image" in params:
             params["start_image"] = self.client.upload(Path(params["start_image"]))
@@ -725,8 +723,7 @@ class ComfyUIBackend:
             params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
         path = catalog.workflow_file(job.workflow, self.settings.workflows_dir)
         graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info, path)
-        return bind(graph, {k: v for k, v in params.items() if k in bindings}, job.workflow,
-                    bindings)  # fmt: skip
+        return bind(graph, params, name=job.workflow, bindings=bindings)
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)
