@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -22,20 +22,29 @@ class Engine:
     size_step: int
     fps: int
     files: dict[str, tuple[str, ...]]
+    #: where the workflow takes a parameter when not at its default node title
+    #: (:data:`farm.workflows.BINDINGS`): parameter -> ((title, input), ...)
+    bindings: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Model:
-    """A diffusion model file usable with one engine."""
+    """The diffusion model files one job loads with one engine, the first the primary
+    (Wan 2.2 A14B: the high-noise and the low-noise model)."""
 
     key: str
     engine: Engine
-    file: str
+    files: tuple[str, ...]
+
+    @property
+    def file(self) -> str:
+        """The primary diffusion model file."""
+        return self.files[0]
 
     def required_files(self) -> dict[str, tuple[str, ...]]:
         """Every file a node needs for this model, by ComfyUI model folder."""
         files = dict(self.engine.files)
-        files["diffusion_models"] = (*files.get("diffusion_models", ()), self.file)
+        files["diffusion_models"] = (*files.get("diffusion_models", ()), *self.files)
         return files
 
 
@@ -56,6 +65,8 @@ class WanModel:
     resolution: str
     frames: int
     steps: int
+    #: diffusion model files it loads (Wan 2.2 A14B: a high-noise and a low-noise one)
+    diffusion_models: int = 1
 
     @property
     def takes_image(self) -> bool:
@@ -107,6 +118,14 @@ class Catalog:
             return self.models[self.image_models["start_image"]]
         return self.models[self.templates[template][kind]]
 
+    def bindings(self, workflow: str) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Where ``workflow`` takes parameters off the default titles (its engine's
+        ``bindings``; empty for a workflow no engine names)."""
+        for engine in self.engines.values():
+            if engine.workflow == workflow and engine.bindings:
+                return engine.bindings
+        return {}
+
     def steps(self, template: str, kind: str) -> int:
         return int(self.templates[template]["steps"][kind])
 
@@ -124,11 +143,15 @@ def load_catalog() -> Catalog:
             size_step=e["size_step"],
             fps=e["fps"],
             files={k: tuple(v) for k, v in e["files"].items()},
+            bindings={
+                param: tuple((str(t), str(i)) for t, i in targets)
+                for param, targets in e.get("bindings", {}).items()
+            },
         )
         for name, e in raw["engines"].items()
     }
     models = {
-        key: Model(key=key, engine=engines[m["engine"]], file=m["file"])
+        key: Model(key=key, engine=engines[m["engine"]], files=tuple(m["files"]))
         for key, m in raw["models"].items()
     }
     wan_raw = json.loads(resources.files("farm").joinpath("data", "wan2gp_models.json").read_text())

@@ -7,6 +7,8 @@ present) and which diffusion models it offers for the workflow's model input.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,29 +43,44 @@ def combo_options(spec: Any) -> list[str] | None:
     return None
 
 
-def check_graph(graph: Graph, info: dict[str, Any]) -> tuple[list[str], list[str]]:
+def model_inputs(
+    graph: Graph, bindings: Mapping[str, Sequence[tuple[str, str]]] | None = None
+) -> set[tuple[str, str]]:
+    """``(node id, input)`` of each input the farm binds a diffusion model to: the
+    engine's ``model``, ``model2``, ... bindings, else :data:`BINDINGS` ``model``."""
+    bindings = bindings or {}
+    targets = [t for p, ts in bindings.items() if re.fullmatch(r"model\d*", p) for t in ts]
+    return {
+        (node_id, input_name)
+        for title, input_name in targets or [BINDINGS["model"]]
+        for node_id in find_titled(graph, title)
+    }
+
+
+def check_graph(
+    graph: Graph,
+    info: dict[str, Any],
+    bindings: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+) -> tuple[list[str], list[str]]:
     """``(problems, models)``: what keeps the node from running ``graph``, and the files it
-    offers for the graph's bound diffusion-model input."""
+    offers for the graph's bound diffusion-model inputs."""
     problems: list[str] = []
-    title, model_input = BINDINGS["model"]
-    bound = set(find_titled(graph, title))
+    bound = model_inputs(graph, bindings)
     for node_id, node in graph.items():
         cls = node["class_type"]
         if cls not in info:
             problems.append(f"node {node_id}: class {cls} is not installed")
             continue
         for name, value in node.get("inputs", {}).items():
-            if name not in FILE_INPUTS or not isinstance(value, str):
-                continue
-            if node_id in bound and name == model_input:
+            if name not in FILE_INPUTS or not isinstance(value, str) or (node_id, name) in bound:
                 continue
             options = combo_options(input_spec(info, cls, name))
             if options is not None and value not in options:
                 problems.append(f"node {node_id} ({cls}): no file {value!r} for {name}")
     models: list[str] = []
-    for node_id in bound:
-        options = combo_options(input_spec(info, graph[node_id]["class_type"], model_input))
-        models = options or []
+    for node_id, name in sorted(bound):
+        options = combo_options(input_spec(info, graph[node_id]["class_type"], name)) or []
+        models += [m for m in options if m not in models]
     return problems, models
 
 
@@ -80,11 +97,12 @@ def node_capabilities(
         except WorkflowError as exc:
             out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
             continue
-        problems, models = check_graph(graph, info)
+        problems, models = check_graph(graph, info, catalog.bindings(name))
         usable = sorted(
             key
             for key, model in catalog.models.items()
-            if model.engine.workflow == name and model.file in models and not problems
-        )
+            if model.engine.workflow == name and not problems
+            and all(f in models for f in model.files)
+        )  # fmt: skip
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
     return out

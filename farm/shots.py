@@ -222,7 +222,7 @@ def _rendered(
         orphan(rt, job, token, out.why)
         return None
     RenderCache(rt).store(job, kept, result.backend_job_id)
-    loaded = rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
+    loaded = rt.registry.record_render(job.node or "", job.models, job_cost(job), seconds)
     telemetry.record_render(rt.redis, rt.settings, job.model, job.node or "", seconds, loaded)
     if out.state == ShotState.CANCELLED:  # cancelled before its final could wait
         return cancelled_record(job.scene_id, job.shot_id, job)

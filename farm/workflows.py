@@ -9,7 +9,7 @@ parameter to ``(title, input name)``. Nothing is ever bound by node position.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,27 +88,47 @@ def find_titled(graph: Graph, title: str) -> list[str]:
     return [nid for nid, node in graph.items() if node.get("_meta", {}).get("title") == title]
 
 
-def bind(graph: Graph, params: dict[str, Any], name: str = "workflow") -> Graph:
-    """A copy of ``graph`` with each parameter written into its titled node's input."""
+def model_params(models: Sequence[str]) -> dict[str, str]:
+    """A job's diffusion models as parameters: the primary ``model``, then ``model2``, ..."""
+    return {("model" if i == 0 else f"model{i + 1}"): m for i, m in enumerate(models)}
+
+
+def bind(
+    graph: Graph,
+    params: dict[str, Any],
+    name: str = "workflow",
+    bindings: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+) -> Graph:
+    """A copy of ``graph`` with each parameter written into its titled node's input:
+    every ``(title, input)`` of ``bindings[param]`` (the engine's own), else
+    :data:`BINDINGS`."""
+    bindings = bindings or {}
     bound = copy.deepcopy(graph)
     for param, value in params.items():
+        if param in bindings:
+            for title, input_name in bindings[param]:
+                _assign(bound, name, param, title, input_name, value)
+            continue
         if param not in BINDINGS:
-            raise WorkflowError(
-                f"unknown workflow parameter {param!r}; known: {', '.join(BINDINGS)}"
-            )
-        title, input_name = BINDINGS[param]
-        ids = find_titled(bound, title)
-        if not ids:
-            raise WorkflowError(f"{name}: no node titled {title!r} to take parameter {param!r}")
-        if len(ids) > 1:
-            raise WorkflowError(
-                f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
-            )
-        inputs = bound[ids[0]].setdefault("inputs", {})
-        if input_name not in inputs:
-            cls = bound[ids[0]]["class_type"]
-            raise WorkflowError(
-                f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}"
-            )
-        inputs[input_name] = value
+            known = ", ".join(dict.fromkeys([*BINDINGS, *bindings]))
+            raise WorkflowError(f"unknown workflow parameter {param!r}; known: {known}")
+        _assign(bound, name, param, *BINDINGS[param], value)
     return bound
+
+
+def _assign(graph: Graph, name: str, param: str, title: str, input_name: str, value: Any) -> None:
+    """Write ``value`` into input ``input_name`` of the one node titled ``title``."""
+    ids = find_titled(graph, title)
+    if not ids:
+        raise WorkflowError(f"{name}: no node titled {title!r} to take parameter {param!r}")
+    if len(ids) > 1:
+        raise WorkflowError(
+            f"{name}: {len(ids)} nodes are titled {title!r} (ids {', '.join(ids)}); titles must be unique"
+        )
+    inputs = graph[ids[0]].setdefault("inputs", {})
+    if input_name not in inputs:
+        cls = graph[ids[0]]["class_type"]
+        raise WorkflowError(
+            f"{name}: node {ids[0]} {title!r} ({cls}) has no input {input_name!r} for {param!r}"
+        )
+    inputs[input_name] = value

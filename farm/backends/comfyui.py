@@ -24,6 +24,7 @@ import requests
 import websocket
 
 from farm.backends.base import ProgressFn, RenderResult, image_mime, safe_name
+from farm.catalog import load_catalog
 from farm.discovery import node_capabilities
 from farm.errors import (
     BadNodeResponse,
@@ -40,7 +41,7 @@ from farm.errors import (
 from farm.images import WANT
 from farm.planning import Job
 from farm.settings import Settings
-from farm.workflows import Graph, bind, load_workflow
+from farm.workflows import Graph, bind, load_workflow, model_params
 
 log = logging.getLogger(__name__)
 
@@ -587,15 +588,16 @@ class ComfyUIBackend:
 
     # rendering
     def graph_for(self, job: Job) -> Graph:
-        params = dict(job.params)
-        params["model"] = job.model
+        params = {**job.params, **model_params(job.models)}
         params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
         if "start_image" in params:
             params["start_image"] = self.client.upload(Path(params["start_image"]))
         if "tracks" in params:
             params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
         graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info)
-        return bind(graph, params, name=job.workflow)
+        return bind(
+            graph, params, name=job.workflow, bindings=load_catalog().bindings(job.workflow)
+        )
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)

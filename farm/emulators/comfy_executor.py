@@ -297,6 +297,7 @@ class JobRun:
     async def execute(self) -> None:
         prompt, pid = self.item.prompt, self.item.prompt_id
         self.pace = Pace()
+        self.node.gpu.begin()
         self.node.interrupted = False
         self.node.client_id = self.client
         await self.message("execution_start", {"prompt_id": pid})
