@@ -30,7 +30,10 @@ MODEL_SWITCH_COST = 20.0
 def loads_needed(job: Job, held: Collection[str]) -> int:
     """How many of ``job``'s models a node holding ``held`` (the models it has, or will
     have, loaded) must load: each one counts (Wan 2.2 A14B needs two)."""
-    return sum(1 for m in job.models if m not in held)
+    models = job.models
+    if len(models) == 1:  # the common case, asked for every node and group by the dispatcher
+        return 0 if models[0] in held else 1
+    return sum(1 for m in models if m not in held)
 
 
 @dataclass(frozen=True)

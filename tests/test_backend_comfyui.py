@@ -30,7 +30,7 @@ from farm.planning import plan_job
 from farm.scene import parse_scene
 from farm.settings import Settings
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, REPO
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "comfyui-transcripts"
 
@@ -215,3 +215,19 @@ def test_a_dead_node_is_unavailable(tmp_path):
     backend = ComfyUIBackend(f"http://127.0.0.1:{free_port()}", Settings.from_env({}))
     with pytest.raises(NodeUnavailable):
         backend.render(small_job(), tmp_path, lambda *a, **k: None)
+
+
+def test_progress_rises_once_over_both_passes_of_a_two_model_graph():
+    """Wan 2.2 A14B reports steps 1..n for its high-noise sampler, then 1..n again for its
+    low-noise one: the job's progress rises once over both, never back."""
+    from farm.backends.comfyui import SamplerPasses, _handle
+    from farm.workflows import load_workflow
+
+    graph = load_workflow("wan22_t2v", REPO / "workflows")
+    passes, seen = SamplerPasses(graph), []
+    for node in ("57", "58"):  # High Noise Sampler, Low Noise Sampler
+        for step in (1, 2):
+            data = {"node": node, "value": step, "max": 2, "prompt_id": "p"}
+            _handle("progress", data, lambda f, m="", p=None: seen.append(f), passes)
+    assert seen == sorted(seen) and len(set(seen)) == 4
+    assert seen[1] == pytest.approx(0.05 + 0.85 / 2) and seen[-1] == pytest.approx(0.9)

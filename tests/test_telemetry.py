@@ -189,19 +189,21 @@ def test_a_scene_shows_in_shots_queues_renders_loads_and_gate_rejections(
 
 
 def test_a_fallback_counts_under_its_reason(rt, exporter):
-    """Out of memory on the 6 GB WanGP node: the shot goes down its ladder once (a lower
-    memory profile) and farm_fallbacks_total{reason="out_of_memory"} counts it."""
+    """Out of memory on the 6 GB WanGP node (Wan 2.2 T2V A14B at 1280x720, 25 frames): the
+    shot goes down its ladder once (a lower memory profile) and
+    farm_fallbacks_total{reason="out_of_memory"} counts it."""
     exp = exporter()
     before = exp.scrape()
     scene = parse_scene({"id": "tel-oom", "quality": "final", "shots": [
-        wan_shot("big", 71, template="quick_preview", width=1280, height=720)]})  # fmt: skip
+        wan_shot("big", 71, template="standard_generation", width=1280, height=720,
+                 frames=25)]})  # fmt: skip
     enqueue(scene, rt)
     status = wait_done(rt, scene.id)
     assert status["state"] == "done" and status["shots"][0]["used_fallback"], status
     after = exp.scrape()
     assert delta(after, before, "farm_fallbacks_total", reason="out_of_memory") == 1
     assert delta(after, before, "farm_fallbacks_total") == 1
-    assert delta(after, before, "farm_render_seconds_count", model="hunyuan_t2v_fast") == 1
+    assert delta(after, before, "farm_render_seconds_count", model="t2v_2_2") == 1
     assert delta(after, before, "farm_node_renders_total", node="node-w") == 1
     assert delta(after, before, "farm_shots_finished_total", state="done") == 1
 
