@@ -4,7 +4,7 @@
 ``DEPTH`` shots) or :func:`farm.scheduler.assign_naive` (everything bound at once,
 round-robin) the way :mod:`farm.dispatch` does, after every batch of simultaneous events,
 and lets each node take exactly the emulator timing model's time (``bench/timing.py``: work
-/ speed, plus a model load when the model changes). No Redis, Celery, CPU work or latency:
+/ speed, plus a model load per model the node's last render did not use). No Redis, Celery, CPU work or latency:
 the difference between its makespan and a real run's is the farm's own overhead; between
 its makespan and the lower bound, the policy's.
 """
@@ -49,7 +49,7 @@ def replay(
     index = {load.info.name: load for load in loads}
     queue: dict[str, deque[Render]] = {n: deque() for n in index}
     busy: dict[str, bool] = dict.fromkeys(index, False)
-    held: dict[str, str] = {}
+    held: dict[str, frozenset[str]] = {}
     waiting: dict[str, tuple[Render, list[tuple[float, str]]]] = {}  # group -> shots
     renders: dict[str, Render] = {}
     events: list[tuple[float, int, str, Render]] = []
@@ -68,12 +68,11 @@ def replay(
         if busy[name] or not queue[name]:
             return
         render = queue[name].popleft()
-        model, work = render.options[name]
-        took = work / speed[name]
-        if held.get(name) != model:
-            took += load_s / speed[name]
-            held[name] = model
-            out.loads += 1
+        models, work = render.options[name]
+        missing = [m for m in models if m not in held.get(name, ())]  # each one loads
+        took = (work + load_s * len(missing)) / speed[name]
+        held[name] = frozenset(models)
+        out.loads += len(missing)
         busy[name] = True
         heapq.heappush(events, (now + took, next(order), name, render))
 

@@ -10,8 +10,9 @@ Celery:
 - *round-robin*: every render is bound when it is enqueued to the next capable node of
   its group in turn, and each node runs its queue first in, first out.
 
-A render takes the load time of its model when the node last ran another one (every node
-starts empty), plus its work divided by the node's speed. See ``bench/README.md`` for what
+A render takes the load time of each of its models the node's last render did not use
+(every node starts empty; Wan 2.2 A14B loads two), plus its work divided by the node's
+speed. See ``bench/README.md`` for what
 each printed figure means and for the lower bound.
 
     .venv/bin/python -m bench.simulate [--nodes 100 --shots 10000 --seed 1]
@@ -81,12 +82,14 @@ class Workload:
                     yield render.then
 
 
-def billions(job: Job, catalog: Catalog) -> float:
-    """The job's model size in billions of parameters (from its WanGP facts or file name)."""
+def billions(job: Job, catalog: Catalog, model: str | None = None) -> float:
+    """The size in billions of parameters of ``model`` (by default the job's primary one;
+    a Wan 2.2 A14B step runs one 14B expert), from its WanGP facts or file name."""
+    model = model or job.model
     if job.backend == "wan2gp":
-        return catalog.wan_models[job.model].params_b
-    found = re.search(r"(\d+(?:\.\d+)?)B", job.model)
-    return float(found.group(1)) if found else 13.0  # Hunyuan Video: 13B
+        return catalog.wan_models[model].params_b
+    found = re.search(r"(\d+(?:\.\d+)?)B", model)
+    return float(found.group(1)) if found else 8.3  # Hunyuan Video 1.5: 8.3B
 
 
 def make_workload(n_nodes: int, n_shots: int, n_scenes: int, window: float, seed: int) -> Workload:
@@ -105,7 +108,8 @@ def make_workload(n_nodes: int, n_shots: int, n_scenes: int, window: float, seed
             variants = tuple(plan_variants(Scene("x", (shot,)), shot, kind, catalog))
             work = tuple(v.cost * SECONDS_PER_STEP_PER_B * billions(v, catalog) for v in variants)
             for v in variants:
-                load[v.model] = LOAD_BASE + LOAD_PER_B * billions(v, catalog)
+                for m in v.models:
+                    load[m] = LOAD_BASE + LOAD_PER_B * billions(v, catalog, m)
             planned[shape] = (group_id(variants, None, ()), variants, work)
         return planned[shape]
 
@@ -320,7 +324,7 @@ class Machine:
 
     info: NodeInfo
     queue: deque[tuple[Render, int]] = field(default_factory=deque)
-    loaded: str = ""
+    loaded: frozenset[str] = frozenset()
     busy: bool = False
 
 
@@ -383,12 +387,12 @@ class Simulation:
         if machine.busy or not machine.queue:
             return
         render, variant = machine.queue.popleft()
-        model = render.variants[variant].model
+        models = render.variants[variant].models
         took = render.work[variant] / machine.info.speed
-        if machine.loaded != model:
-            took += self.work.load[model]
-            machine.loaded = model
-            self.result.loads += 1
+        missing = [m for m in models if m not in machine.loaded]
+        took += sum(self.work.load[m] for m in missing)  # each model it lacks loads
+        machine.loaded = frozenset(models)
+        self.result.loads += len(missing)
         machine.busy = True
         self.at(now + took, partial(self.finished, index, render))
 

@@ -60,7 +60,8 @@ GOAL_BOUND, GOAL_SPEEDUP = 1.10, 1.3
 @dataclass(frozen=True)
 class Run:
     """One render as it happened: its node, model, start (epoch seconds) and duration
-    (the worker's time in the backend call)."""
+    (the worker's time in the backend call); ``models``: every diffusion model it loads
+    (empty: just ``model``)."""
 
     shot: str
     kind: str
@@ -69,6 +70,11 @@ class Run:
     start: float
     seconds: float
     state: str
+    models: tuple[str, ...] = ()
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
 
     @property
     def end(self) -> float:
@@ -89,29 +95,32 @@ def timeline(
     for key, shot in shots.items():
         for at, entry in zip(starts[key], shot.get("attempt_log") or [], strict=False):
             runs.append(Run(key, entry["kind"], entry["node"], entry["model"], at,
-                            float(entry["seconds"]), entry["state"]))  # fmt: skip
+                            float(entry["seconds"]), entry["state"],
+                            tuple(entry.get("models") or ())))  # fmt: skip
     return sorted(runs, key=lambda r: r.start)
 
 
 def loads_from_jobs(
-    jobs: Mapping[str, Sequence[Mapping[str, Any]]], models: Mapping[str, str]
+    jobs: Mapping[str, Sequence[Mapping[str, Any]]], models: Mapping[str, Sequence[str]]
 ) -> dict[str, int]:
     """Model loads per node from the emulators' own execution logs (node -> jobs in start
     order), each job's model looked up by its id in ``models`` (from the attempt logs)."""
-    runs = [Run(job["job_id"], "", node, models.get(job["job_id"], "?"), i, 0.0, "")
+    runs = [Run(job["job_id"], "", node, "?", i, 0.0, "", tuple(models.get(job["job_id"], ())))
             for node, mine in jobs.items() for i, job in enumerate(mine)]  # fmt: skip
     return loads_by_node(runs)
 
 
 def loads_by_node(runs: Sequence[Run]) -> dict[str, int]:
-    """Model loads each node made: renders whose model differs from the one the node ran
-    before (every emulator starts with none), in start order, as the emulators decide."""
-    held: dict[str, str] = {}
+    """Model loads each node made: each model of a render that the node's render before did
+    not use (every emulator starts with none; Wan 2.2 A14B loads two), in start order, as
+    the emulators decide."""
+    held: dict[str, frozenset[str]] = {}
     loads: dict[str, int] = defaultdict(int)
     for run in sorted(runs, key=lambda r: r.start):
-        if held.get(run.node) != run.model:
-            loads[run.node] += 1
-            held[run.node] = run.model
+        missing = [m for m in run.needs if m not in held.get(run.node, ())]
+        if missing:
+            loads[run.node] += len(missing)
+        held[run.node] = frozenset(run.needs)
     return dict(loads)
 
 
@@ -160,7 +169,7 @@ def analyse(
     out.node_loads = loads_by_node(runs)
     out.loads = sum(out.node_loads.values())
     work = {(r.shot, r.kind): r.options for r in plan}
-    held: dict[str, str] = {}
+    held: dict[str, frozenset[str]] = {}
     by_node: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_node[run.node].append(run)
@@ -171,9 +180,9 @@ def analyse(
         for r in mine:
             option = work.get((r.shot, r.kind), {}).get(node)
             model = option[1] / speed[node] if option else 0.0
-            if held.get(node) != r.model:
-                model += load_s / speed[node]
-                held[node] = r.model
+            missing = [m for m in r.needs if m not in held.get(node, ())]
+            model += len(missing) * load_s / speed[node]
+            held[node] = frozenset(r.needs)
             modelled += model
             out.excess.append(r.seconds - model)
         out.modelled[node] = modelled
@@ -220,8 +229,8 @@ def run_policy(
     out.submit_seconds = submitted
     out.replayed, out.replayed_speeds = replayed, informed
     if all(mine is not None for mine in jobs.values()):
-        models = {entry.get("backend_job_id"): entry["model"] for shot in shots.values()
-                  for entry in shot.get("attempt_log") or []}  # fmt: skip
+        models = {entry.get("backend_job_id"): entry.get("models") or [entry["model"]]
+                  for shot in shots.values() for entry in shot.get("attempt_log") or []}  # fmt: skip
         out.emulator_loads = sum(loads_from_jobs(jobs, models).values())  # type: ignore[arg-type]
     used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     out.cpu = {**cpu_groups(used), "bench process": self1 - self0}

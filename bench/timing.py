@@ -2,13 +2,15 @@
 
 An emulated node sleeps, for one render (``farm/emulators``):
 
-- ComfyUI: ``steps x step_s x workload / speed`` in its sampler, plus ``model_load_s / speed``
-  when the diffusion model differs from the one it holds (every node starts empty), plus
+- ComfyUI: ``steps x step_s x workload / speed`` in its samplers, plus ``model_load_s / speed``
+  for each diffusion model the node's last prompt did not use (every node starts empty;
+  Wan 2.2 A14B loads two), plus
   smaller loads (text encoders, VAE, CLIP vision: once per node) and 0.02 s per text or
   image encode;
 - WanGP: ``steps x step_s x workload x 1.15 / speed`` (memory profile 4), plus
-  ``0.1 x model_load_s / speed`` to encode the prompt, plus ``model_load_s / speed`` when
-  the model type changes.
+  ``0.1 x model_load_s / speed`` to encode the prompt, plus ``model_load_s / speed`` per
+  transformer file when the model type changes (two for Wan 2.2 A14B's ``t2v_2_2``); the
+  farm counts a WanGP model id as one load.
 
 ``workload`` is ``width x height x frames / (832 x 480 x 81)`` of what the node renders. The
 synthetic frames, the video encoding and the farm's own work come on top. When every
@@ -66,12 +68,12 @@ def uniform_costs(profiles: Iterable[NodeProfile]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Render:
-    """One render of one shot: for each node able to run it, the model it would load there
-    and its work (seconds at speed 1.0, model loaded)."""
+    """One render of one shot: for each node able to run it, the models it would load there
+    and its work (seconds at speed 1.0, models loaded)."""
 
     shot: str  # "scene/shot"
     kind: str  # "preview" | "final"
-    options: Mapping[str, tuple[str, float]]  # node -> (model, work)
+    options: Mapping[str, tuple[tuple[str, ...], float]]  # node -> (models, work)
     variants: tuple[Job, ...] = field(default=(), compare=False, repr=False)
 
     def least(self, speed: Mapping[str, float]) -> float:
@@ -98,7 +100,7 @@ def plan_renders(
                     able = [v for v in variants if v.backend == node.kind and can_run(node, v)]
                     if able:
                         options[node.name] = (
-                            able[0].model,
+                            able[0].models,
                             job_work(able[0], step_s, model_load_s),
                         )
                 out.append(Render(f"{scene.id}/{shot.id}", kind, options, tuple(variants)))
@@ -135,7 +137,9 @@ def lower_bound(
     - area: for a set Γ of groups (renders with the same options), the nodes able to run
       them, at total speed ``S``, must do their least work ``W`` (each render's least over
       its options) and load at least ``k`` models, ``k`` the fewest models that cover every
-      render of Γ (each model load is ``load_s`` of work): ``(W + k x load_s) / S``. The
+      render of Γ (each model load is ``load_s`` of work; a render needing several models,
+      Wan 2.2 A14B, counts its set as one, which only loosens the bound):
+      ``(W + k x load_s) / S``. The
       maximum over every set of at most EXACT_GROUPS groups (else each group and all);
     - fractional: the least makespan of a fractional assignment of renders to capable
       nodes, each render ``r`` taking ``p(r, n) = work / speed`` on node ``n`` (loads
@@ -158,7 +162,7 @@ def lower_bound(
         first, final = shot.get("preview"), shot.get("final")
         head = first or final
         assert head is not None
-        t = min((load_s + work) / speed[n] for n, (_, work) in head.options.items())
+        t = min((load_s * len(m) + work) / speed[n] for n, (m, work) in head.options.items())
         if first is not None and final is not None:
             t += final.least(speed)
         chain = max(chain, t)

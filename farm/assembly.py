@@ -279,6 +279,7 @@ def _shot_report(shot: Shot, rec: dict[str, Any], rule: Any) -> dict[str, Any]:
             "workflow": (kept or {}).get("workflow"),
             "settings": (kept or {}).get("params"),  # the request: prompt, seed, steps, size
             "model": (kept or {}).get("model"),
+            "models": (kept or {}).get("models"),  # every diffusion model (Wan 2.2 A14B: 2)
             "node": (kept or {}).get("node") or rec.get("node"),
             "seed": (kept or {}).get("seed", shot.seed),
             "cache_hit": bool((kept or {}).get("cache_hit")),

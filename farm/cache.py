@@ -3,9 +3,10 @@ storage instead of spending GPU time on it again.
 
 A request is identified by :func:`request_key`: the backend, engine, workflow (by the
 content of its file, so an edited workflow misses) or WanGP settings (derived from the
-parameters by the farm's own code, versioned by :data:`VERSION`), the model and every file
-the job needs, and the parameters with input files (the start image) replaced by the hash
-of their content, seed included. The node, the scene, the shot and the attempt do not
+parameters by the farm's own code, versioned by :data:`VERSION`), every diffusion model the
+job loads (in order: Wan 2.2 A14B's high-noise and low-noise experts) and every file it
+needs, and the parameters with input files (the start image) replaced by the hash of their
+content, seed included. The node, the scene, the shot and the attempt do not
 count: the same request renders the same clip on any capable node.
 
 Keys::
@@ -34,7 +35,7 @@ from farm.planning import Job
 from farm.runtime import Runtime
 
 #: bump when the way the farm turns parameters into a node request changes
-VERSION = 1
+VERSION = 2
 _CHUNK = 1 << 20
 
 
@@ -78,7 +79,7 @@ def request_key(
         if workflow is None:
             return None
     request = {"v": VERSION, "backend": job.backend, "engine": job.engine,
-               "workflow": [job.workflow, workflow], "model": job.model,
+               "workflow": [job.workflow, workflow], "models": list(job.models),
                "files": {k: sorted(v) for k, v in job.files.items()}, "params": params}  # fmt: skip
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -93,6 +93,8 @@ class WanModel:
     resolution: str
     frames: int
     steps: int
+    #: diffusion model files it loads (Wan 2.2 A14B: a high-noise and a low-noise one)
+    diffusion_models: int = 1
 
     @property
     def takes_image(self) -> bool:
@@ -182,8 +184,10 @@ class Catalog:
     def bindings(self, workflow: str) -> Mapping[str, Targets]:
         """Where ``workflow`` takes parameters off the default titles (its engine's
         ``bindings``; empty for a workflow no engine names)."""
-        engine = self.workflows().get(workflow)
-        return engine.bindings if engine else {}
+        for engine in self.engines.values():
+            if engine.workflow == workflow and engine.bindings:
+                return engine.bindings
+        return {}
 
     def workflow_file(self, name: str, workflows_dir: Path) -> Path:
         """The file of workflow ``name``: a studio's own, else ``workflows_dir/name.json``."""
@@ -216,6 +220,10 @@ def load_catalog() -> Catalog:
             size_step=e["size_step"],
             fps=e["fps"],
             files={k: tuple(v) for k, v in e["files"].items()},
+            bindings={
+                param: tuple((str(t), str(i)) for t, i in targets)
+                for param, targets in e.get("bindings", {}).items()
+            },
         )
         for name, e in raw["engines"].items()
     }

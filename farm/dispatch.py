@@ -30,7 +30,7 @@ from farm import canvas, lifecycle
 from farm.errors import InvalidInput
 from farm.keys import member, split
 from farm.lifecycle import TERMINAL_SHOT, Backlog, ShotState
-from farm.nodes import node_queue
+from farm.nodes import held_models, node_queue
 from farm.planning import Job, Rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
@@ -283,10 +283,10 @@ class Dispatcher:
         pipe = self.r.pipeline()
         for info in infos:
             pipe.hlen(self.keys.bound(info.name))
-            pipe.hget(self.keys.node(info.name), "model")
+            pipe.hget(self.keys.node(info.name), "loaded")
         replies = pipe.execute()
         return [
-            NodeLoad(info, int(replies[2 * i]), replies[2 * i + 1] or "")
+            NodeLoad(info, int(replies[2 * i]), held_models(replies[2 * i + 1]))
             for i, info in enumerate(infos)
         ]
 
@@ -317,7 +317,7 @@ class Dispatcher:
         if not lifecycle.bind(self.rt, scene_id, shot_id, a.group, token, job.to_dict(), a.node,
                               queue):  # fmt: skip
             return False
-        self.r.hset(self.keys.node(a.node), "model", job.model)
+        self.r.hset(self.keys.node(a.node), "loaded", json.dumps(list(job.models)))
         self.send_render(scene_id, shot_id, token, job, queue, shot)
         return True
 

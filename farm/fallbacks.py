@@ -33,8 +33,10 @@ def error_words(kind: str | None) -> str:
 
 
 def _model(variant: Mapping[str, Any]) -> str:
+    """``ComfyUI high_noise + low_noise``: the backend and every model the job loads."""
     backend = BACKEND_WORDS.get(variant.get("backend", ""), variant.get("backend", ""))
-    return f"{backend} {str(variant.get('model', '')).removesuffix('.safetensors')}"
+    models = variant.get("models") or [variant.get("model", "")]
+    return f"{backend} {' + '.join(str(m).removesuffix('.safetensors') for m in models)}"
 
 
 def _attempt(shot: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:

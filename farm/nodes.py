@@ -8,10 +8,12 @@ is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, 
     farm:node:{name}    hash: name, kind, url, queue, models (JSON), gpu, vram_total,
                         vram_free, devices (JSON), version, classes, workflows (JSON:
                         name -> {ok, missing, models}), described, last_seen, ok, reason,
-                        started, rendered_model, throughput
+                        started, rendered_models (JSON: the diffusion models its last
+                        render loaded), loaded (JSON: those its last bound shot needs),
+                        throughput
     farm:node:{name}:renders   list: "cost seconds" of its last SPEED_WINDOW renders
 
-Node speed is learned, not configured: after each render that did not load a model, the
+Node speed is learned, not configured: after each render that loaded no model, the
 node's worker records the render's work (:attr:`Job.cost`, in reference sampler steps) and
 its seconds; a node's throughput is the work over the seconds of its last ``SPEED_WINDOW``
 such renders, and :meth:`NodeRegistry.infos` gives the placement policy each node's speed
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -68,6 +71,11 @@ def can_render(record: dict[str, Any], catalog: Catalog | None = None) -> list[s
     if flows is None:
         return None
     return sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
+
+
+def held_models(text: str | None) -> frozenset[str]:
+    """The models in a node hash's JSON list field (``loaded``, ``rendered_models``)."""
+    return frozenset(json.loads(text)) if text else frozenset()
 
 
 def _octaves(ratio: float) -> float:
@@ -125,15 +133,18 @@ class NodeRegistry:
             mapping={"last_seen": str(time.time()), "ok": "1" if ok else "0", "reason": reason},
         )
 
-    def record_render(self, name: str, model: str, cost: float, seconds: float) -> bool:
-        """A render of ``cost`` reference steps took ``seconds`` on node ``name``; one that
-        loaded its model (a model other than the node's last render's) is not a sample of
-        its speed. Returns whether it loaded its model."""
+    def record_render(
+        self, name: str, models: Sequence[str], cost: float, seconds: float
+    ) -> list[str]:
+        """A render of ``cost`` reference steps with the diffusion models ``models`` took
+        ``seconds`` on node ``name``; one that loaded a model (one its last render did not
+        use) is not a sample of its speed. Returns the models it loaded."""
         key = self.key(name)
-        last = self.r.hget(key, "rendered_model")
-        self.r.hset(key, "rendered_model", model)
-        if last != model or cost <= 0 or seconds <= 0:
-            return last != model
+        last = held_models(self.r.hget(key, "rendered_models"))
+        self.r.hset(key, "rendered_models", json.dumps(list(models)))
+        loaded = [m for m in models if m not in last]
+        if loaded or cost <= 0 or seconds <= 0:
+            return loaded
         samples = self.s.keys.node_renders(name)
         pipe = self.r.pipeline()
         pipe.lpush(samples, f"{cost:.6g} {seconds:.6g}")
@@ -142,7 +153,7 @@ class NodeRegistry:
         rows = [tuple(map(float, row.split())) for row in pipe.execute()[-1]]
         work, busy = sum(c for c, _ in rows), sum(t for _, t in rows)
         self.r.hset(key, "throughput", f"{work / busy:.6g}")
-        return False
+        return []
 
     def mark_down(self, name: str, reason: str) -> None:
         self.r.hset(self.key(name), mapping={"ok": "0", "reason": reason, "last_seen": "0"})

@@ -6,7 +6,7 @@ and returns data, so every decision is unit-tested without Redis or Celery.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -23,8 +23,17 @@ from farm.scene import Scene, Shot
 from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
 
 REFERENCE_WORKLOAD = 832 * 480 * 81
-#: cost of loading another model on a node, in reference sampler steps
+#: cost of loading one more diffusion model on a node, in reference sampler steps
 MODEL_SWITCH_COST = 20.0
+
+
+def loads_needed(job: Job, held: Collection[str]) -> int:
+    """How many of ``job``'s models a node holding ``held`` (the models it has, or will
+    have, loaded) must load: each one counts (Wan 2.2 A14B needs two)."""
+    models = job.models
+    if len(models) == 1:  # the common case, asked for every node and group by the dispatcher
+        return 0 if models[0] in held else 1
+    return sum(1 for m in models if m not in held)
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,10 @@ class NodeInfo:
         if job.workflow not in self.workflows:
             why = "; ".join(self.lacks.get(job.workflow, ())) or "see `farm nodes`"
             return f"cannot run workflow {job.workflow} ({why})"
-        if job.model and job.model not in self.workflows[job.workflow]:
-            return f"offers no {job.model} to workflow {job.workflow}"
+        offered = self.workflows[job.workflow]
+        lacking = [m for m in job.models if m and m not in offered]
+        if lacking:
+            return f"offers no {', '.join(lacking)} to workflow {job.workflow}"
         return None
 
 
@@ -71,7 +82,7 @@ class Job:
     kind: str  # "preview" | "final"
     engine: str
     workflow: str
-    model: str  # diffusion model file
+    model: str  # the primary diffusion model file (a WanGP job: its model id)
     files: dict[str, list[str]]
     params: dict[str, Any]
     priority: int = 5
@@ -85,6 +96,12 @@ class Job:
     take: int = 1
     #: where the render differs from what the shot asked: [{"field", "asked", "rendered", "why"}]
     adjusted: tuple[dict[str, Any], ...] = ()
+    #: every diffusion model the job loads, the primary first (empty: just ``model``)
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models and self.model:
+            object.__setattr__(self, "models", (self.model,))
 
     @property
     def attempt_id(self) -> str:
@@ -108,6 +125,7 @@ class Job:
         data = asdict(self)
         data["tried_nodes"] = list(self.tried_nodes)
         data["adjusted"] = list(self.adjusted)
+        data["models"] = list(self.models)
         return data
 
     @classmethod
@@ -115,6 +133,7 @@ class Job:
         data = dict(data)
         data["tried_nodes"] = tuple(data.get("tried_nodes", ()))
         data["adjusted"] = tuple(data.get("adjusted", ()))
+        data["models"] = tuple(data.get("models", ()))
         return cls(**data)
 
 
@@ -164,6 +183,8 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
         "length": snap_frames(shot.frames, model.engine.frame_step),
         "fps": shot.fps,
     }
+    if "switch_step" in model.engine.bindings:  # two experts: the high-noise one runs half
+        params["switch_step"] = max(1, params["steps"] // 2)
     if shot.start_image:
         params["start_image"] = shot.start_image
     step = model.engine.frame_step
@@ -194,6 +215,7 @@ def plan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = None
         params=params,
         priority=scene.priority,
         adjusted=adjustments(shot, params, {"frames": "; ".join(why)}),
+        models=model.files,
     )
 
 
@@ -303,7 +325,7 @@ def _best_node(
     job: Job,
     nodes: Iterable[NodeInfo],
     load: Mapping[str, float],
-    last_model: Mapping[str, str],
+    last_model: Mapping[str, Collection[str]],
     exclude: set[str],
 ) -> tuple[tuple[float, str] | None, list[str]]:
     """The best ``(score, node)`` for ``job`` and why every other node was refused."""
@@ -323,7 +345,7 @@ def _best_node(
         elif unable:
             reasons.append(f"{node.name}: {unable}")
         else:
-            switch = 0.0 if last_model.get(node.name) == job.model else MODEL_SWITCH_COST
+            switch = MODEL_SWITCH_COST * loads_needed(job, last_model.get(node.name, ()))
             score = (load.get(node.name, 0.0) + job.cost + switch) / max(node.speed, 1e-3)
             if best is None or (score, node.name) < best:
                 best = (score, node.name)
@@ -334,11 +356,11 @@ def place_any(
     variants: Iterable[Job],
     nodes: Iterable[NodeInfo],
     load: Mapping[str, float] | None = None,
-    last_model: Mapping[str, str] | None = None,
+    last_model: Mapping[str, Collection[str]] | None = None,
     exclude: Iterable[str] = (),
 ) -> Job:
-    """The best variant on its best node: capable and alive, least loaded counting a model
-    switch. Raises :class:`NoCapableNode` with what each node lacks when none qualifies."""
+    """The best variant on its best node: capable and alive, least loaded counting each
+    model it must load (``last_model``: node -> the models it holds). Raises :class:`NoCapableNode` with what each node lacks when none qualifies."""
     load, last_model, exclude = load or {}, last_model or {}, set(exclude)
     nodes = list(nodes)
     variants = list(variants)
@@ -361,7 +383,7 @@ def place(
     job: Job,
     nodes: Iterable[NodeInfo],
     load: Mapping[str, float] | None = None,
-    last_model: Mapping[str, str] | None = None,
+    last_model: Mapping[str, Collection[str]] | None = None,
     exclude: Iterable[str] = (),
 ) -> str:
     """The best node for ``job`` (see :func:`place_any`)."""
@@ -374,15 +396,15 @@ def place_scene(
     """Place one variant of every shot; same-model shots are placed together so nodes
     reload less."""
     load = dict(load or {})
-    last_model: dict[str, str] = {}
+    last_model: dict[str, frozenset[str]] = {}
     placed: dict[int, Job] = {}
-    order = sorted(range(len(shots)), key=lambda i: (shots[i][0].model, -shots[i][0].cost))
+    order = sorted(range(len(shots)), key=lambda i: (shots[i][0].models, -shots[i][0].cost))
     for i in order:
         job = place_any(shots[i], nodes, load, last_model)
         name = job.node or ""
-        switch = 0.0 if last_model.get(name) == job.model else MODEL_SWITCH_COST
+        switch = MODEL_SWITCH_COST * loads_needed(job, last_model.get(name, ()))
         load[name] = load.get(name, 0.0) + job.cost + switch
-        last_model[name] = job.model
+        last_model[name] = frozenset(job.models)
         placed[i] = job
     return [placed[i] for i in range(len(shots))]
 
@@ -459,7 +481,7 @@ def next_rung(
                         params={**_resized(v, width, height).params, "fast_tier": True})
                 for v in fast
             ]  # fmt: skip
-            if faster and any(v.model != job.model for v in faster):
+            if faster and any(v.models != job.models for v in faster):
                 return Rung(tuple(faster), step="fast tier")
         return None
     if wants_another_node(error):

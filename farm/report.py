@@ -423,7 +423,13 @@ def _provenance(prov: Any) -> str:
         ("backend", _e(prov.get("backend") or "")),
         ("workflow", f"<code>{_e(prov['workflow'])}</code>" if prov.get("workflow") else ""),
         ("settings", _settings(settings) if settings else ""),
-        ("model", f"<code>{_e(prov['model'])}</code>" if prov.get("model") else ""),
+        (
+            "model",
+            " + ".join(
+                f"<code>{_e(m)}</code>"
+                for m in prov.get("models") or ([prov["model"]] if prov.get("model") else [])
+            ),
+        ),
         ("node", _e(prov.get("node") or "")),
         ("seed", f"<code>{_e(prov['seed'])}</code>" if prov.get("seed") is not None else ""),
         ("cache hit", _yes_no(prov.get("cache_hit"))),

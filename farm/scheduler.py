@@ -20,16 +20,17 @@ returns. The rules, in order:
    least cost of its variants, over the speed its capable nodes can give it,
    :func:`_capacity`). A node that many groups need thus serves the groups that few other
    nodes can serve, and leaves to other nodes those that many can. For a node that has the
-   group's model loaded, the drain time counts ``1 + LOAD_STEPS / cost`` times longer
-   (the load it saves, against the shot's cost): a node leaves its model only for a group
-   that much scarcer.
+   group's models loaded, the drain time counts ``1 + LOAD_STEPS x models / cost`` times
+   longer (the loads it saves, each model counted, against the shot's cost): a node leaves
+   its models only for a group that much scarcer.
 5. Then higher scene priority (the rank class of the head's score).
 6. Then the group the node's backend runs best compared with the group's other backends
    (the least cost of their variants over this node's).
-7. Then a shot of the model the node has (or will have) loaded, so same-model shots stay
-   together and models load less.
+7. Then a shot needing fewer models the node has not (or will not have) loaded, so
+   same-model shots stay together and models load less. A node's loaded model is the set
+   of diffusion models its last bound shot needs (Wan 2.2 A14B: two).
 8. Then the oldest shot. Between nodes, the one that would finish the shot first: the
-   least (model load if its model differs + cost) / speed.
+   least (a model load per model it lacks + cost) / speed.
 
 Rules 4 and 6 bend the default order (previews, priority, age) only between groups of the
 same kind, never within a group: a group's shots are bound in score order.
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo
+from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo, loads_needed
 
 #: shots bound to a node at once: the running one and one queued behind it
 DEPTH = 2
@@ -123,7 +124,8 @@ class NodeLoad:
 
     info: NodeInfo
     bound: int = 0  # shots bound to it: running + queued
-    model: str = ""  # the model loaded once its bound shots have run
+    #: the diffusion models loaded once its bound shots have run
+    models: frozenset[str] = frozenset()
     blocked: frozenset[str] = field(default_factory=frozenset)  # scenes it is blocklisted for
 
 
@@ -301,12 +303,12 @@ class _Scarcity:
         drain = self.waiting[j] * self.unit[j] / max(self.speed[j], 1e-9) * stretch
         return math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
 
-    def loaded_band(self, j: int, index: int) -> int:
-        """Group ``j``'s band for a node that has the model of its variant ``index``
-        loaded: the load that node saves stretches the group's drain time."""
+    def loaded_band(self, j: int, index: int, models: int) -> int:
+        """Group ``j``'s band for a node that has the ``models`` models of its variant
+        ``index`` loaded: the loads that node saves stretch the group's drain time."""
         band = self.loaded.get((j, index))
         if band is None:
-            stretch = 1.0 + LOAD_STEPS / max(self.costs[j][index], 1e-9)
+            stretch = 1.0 + LOAD_STEPS * models / max(self.costs[j][index], 1e-9)
             band = self.loaded[(j, index)] = self._band(j, stretch)
         return band
 
@@ -372,7 +374,7 @@ class _Slot:
         kind, band, cls, _, _, value, j, _ = self.best  # type: ignore[misc]
         node, index = self.node, self.able[j]
         variant = live[j].variants[index]
-        load = 0.0 if node.model == variant.model else MODEL_SWITCH_COST
+        load = MODEL_SWITCH_COST * loads_needed(variant, node.models)
         finish = (load + self.need.costs[j][index]) / max(node.info.speed, 1e-9)
         return (node.bound > 0, kind, band, cls, finish, value)
 
@@ -391,9 +393,10 @@ class _Slot:
             return None
         else:
             kind, band, cls, value, head = need.head[j]  # type: ignore[misc]
-        affinity = 0 if node.model == group.variants[index].model else 1
+        variant = group.variants[index]
+        affinity = loads_needed(variant, node.models)
         if not affinity:
-            band = -need.loaded_band(j, index)
+            band = -need.loaded_band(j, index, len(variant.models))
         return (kind, band, cls, -need.advantage[j][index], affinity, value, j, head)
 
     def settle(self, best: _Candidate | None) -> None:
@@ -426,12 +429,13 @@ class _Slot:
         group.shots.remove(head)
         self.need.took(group, j)
         node.bound += 1
-        node.model = group.variants[index].model
+        variant = group.variants[index]
+        node.models = frozenset(variant.models)
         if node.bound < self.depth:
             self.rescan(live)
         else:
             self.settle(None)
-        return Assignment(head[1], node.info.name, index, node.model, group.id)
+        return Assignment(head[1], node.info.name, index, variant.model, group.id)
 
 
 def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list[_Slot]:
@@ -460,7 +464,7 @@ def assign(
     groups: Sequence[Group], nodes: Sequence[NodeLoad], depth: int = DEPTH
 ) -> list[Assignment]:
     """Bind waiting shots to nodes with room, by the rules above. ``groups`` and ``nodes``
-    are updated as shots are bound (heads popped, ``bound`` and ``model`` advanced).
+    are updated as shots are bound (heads popped, ``bound`` and ``models`` advanced).
 
     Each node keeps its best candidate (rules 3 to 8); each bind takes the node of the
     smallest :meth:`_Slot.rank`, the first listed on a tie. A bind changes one node and
@@ -504,9 +508,9 @@ def assign_naive(
             able = _able([group], node)
             if 0 in able and scene_id not in node.blocked:
                 turn += step + 1
-                model = group.variants[able[0]].model
+                variant = group.variants[able[0]]
                 node.bound += 1
-                node.model = model
-                out.append(Assignment(key, node.info.name, able[0], model, group.id))
+                node.models = frozenset(variant.models)
+                out.append(Assignment(key, node.info.name, able[0], variant.model, group.id))
                 break
     return out, turn % max(1, len(live))

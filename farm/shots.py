@@ -222,7 +222,7 @@ def _rendered(
         orphan(rt, job, token, out.why)
         return None
     RenderCache(rt).store(job, kept, result.backend_job_id)
-    loaded = rt.registry.record_render(job.node or "", job.model, job_cost(job), seconds)
+    loaded = rt.registry.record_render(job.node or "", job.models, job_cost(job), seconds)
     telemetry.record_render(rt.redis, rt.settings, job.model, job.node or "", seconds, loaded)
     if out.state == ShotState.CANCELLED:  # cancelled before its final could wait
         return cancelled_record(job.scene_id, job.shot_id, job)
@@ -265,8 +265,8 @@ def take_record(job: Job, kept: Path, source: Path | str, *, cache_hit: bool,
     return {"take": job.take, "kind": job.kind, "seed": job.params.get("seed"),
             "node": job.node, "clip": str(kept), "source": str(source),
             "seconds": round(seconds, 2), "cache_hit": cache_hit, "priority": job.priority,
-            "backend": job.backend, "model": job.model, "workflow": job.workflow,
-            "adjusted": list(job.adjusted),
+            "backend": job.backend, "model": job.model, "models": list(job.models),
+            "workflow": job.workflow, "adjusted": list(job.adjusted),
             "params": {k: v for k, v in job.params.items()
                        if isinstance(v, str | int | float | bool) and k not in LADDER_MARKS}}  # fmt: skip
 
@@ -424,7 +424,8 @@ def _settings_only(job: Job) -> Job:
 def attempt_entry(job: Job, state: str, seconds: float) -> dict[str, Any]:
     """The common part of an attempt-log entry."""
     return {"attempt": job.attempt, "kind": job.kind, "node": job.node, "state": state,
-            "seconds": round(seconds, 2), "model": job.model, "backend": job.backend}  # fmt: skip
+            "seconds": round(seconds, 2), "model": job.model, "models": list(job.models),
+            "backend": job.backend}  # fmt: skip
 
 
 _attempt = attempt_entry

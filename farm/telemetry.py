@@ -9,7 +9,7 @@ logged and the render goes on)::
     farm:telemetry:render_seconds_sum    hash: model -> seconds
     farm:telemetry:node_renders          hash: node -> renders
     farm:telemetry:node_render_seconds   hash: node -> seconds
-    farm:telemetry:model_loads           hash: ["node", "model"] -> renders that loaded it
+    farm:telemetry:model_loads           hash: ["node", "model"] -> loads of each diffusion model
     farm:telemetry:fallbacks             hash: reason (error kind) -> shots sent down a rung
     farm:telemetry:gate_rejections       hash: template -> takes re-rendered by the gate
     farm:telemetry:gate_misses           hash: ["template", "metric"] -> thresholds missed
@@ -96,17 +96,18 @@ def record_render(
     model: str,
     node: str,
     seconds: float,
-    loaded_model: bool,
+    loaded: Iterable[str],
 ) -> None:
-    """A render of ``model`` on ``node`` finished in ``seconds``; ``loaded_model``: the node
-    loaded the model for it (its previous render used another one)."""
+    """A render of ``model`` (its primary diffusion model) on ``node`` finished in
+    ``seconds``; ``loaded``: the models the node loaded for it (its previous render did not
+    use them), each counted in ``model_loads``."""
     with _recording(client, "render") as pipe:
         pipe.hincrby(key(settings, "render_seconds"), _field(model, bucket(seconds)), 1)
         pipe.hincrbyfloat(key(settings, "render_seconds_sum"), model, seconds)
         pipe.hincrby(key(settings, "node_renders"), node, 1)
         pipe.hincrbyfloat(key(settings, "node_render_seconds"), node, seconds)
-        if loaded_model:
-            pipe.hincrby(key(settings, "model_loads"), _field(node, model), 1)
+        for name in loaded:
+            pipe.hincrby(key(settings, "model_loads"), _field(node, name), 1)
 
 
 def record_fallback(client: redis.Redis, settings: Settings, reason: str) -> None:
@@ -338,8 +339,8 @@ class FarmCollector:
                        "Seconds the node spent on renders it finished", ["node"],
                        _pairs(h["node_render_seconds"]))  # fmt: skip
         yield _counter(CounterMetricFamily, "farm_model_loads",
-                       "Renders for which the node loaded the model (another than its last "
-                       "render's, or its first render)", ["node", "model"],
+                       "Diffusion models the node loaded for a render (ones its last render "
+                       "did not use; a Wan 2.2 A14B render loads two)", ["node", "model"],
                        _pairs(h["model_loads"], 2))  # fmt: skip
         yield _counter(CounterMetricFamily, "farm_fallbacks",
                        "Failed attempts that sent their shot to the next rung of the fallback "

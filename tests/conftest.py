@@ -33,9 +33,10 @@ for tool in ("redis-server", "ffmpeg"):
 def farm_cluster(tmp_path_factory):
     """A running local farm with four emulated nodes:
 
-    node-a: Wan t2v 1.3B/14B and Wan i2v; node-b: Hunyuan and Wan t2v 1.3B (slower);
-    node-c: Wan ATI only (so trajectory shots land there); node-w: a WanGP MCP server
-    (tests/nodes/wan-a.json: fast Hunyuan, Wan 2.2, LTX distilled, Fantasy).
+    node-a: Wan 2.2 TI2V-5B and the T2V and I2V A14B pairs (high and low noise);
+    node-b: Hunyuan Video 1.5 and Wan 2.2 TI2V-5B (slower); node-c: Wan 2.1 ATI only (so
+    trajectory shots land there); node-w: a WanGP MCP server (tests/nodes/wan-a.json: fast
+    Hunyuan Video 1.5, Wan 2.2, and LTX Video 0.9.8, which no template uses).
     """
     from farm import runtime, settings
     from farm.celery_app import app, celery_config

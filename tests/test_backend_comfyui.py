@@ -35,7 +35,7 @@ from farm.scene import parse_scene
 from farm.settings import Settings
 from farm.shots import Guard
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, REPO
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "fixtures" / "comfyui-transcripts"
 
@@ -146,7 +146,7 @@ def test_prompt_ids_are_stable_per_attempt():
 def test_discovery_reports_the_node_inventory(farm_cluster):
     backend = ComfyUIBackend(farm_cluster.node_url("node-b"), farm_cluster.settings())
     info = backend.describe()
-    assert "hunyuan_video_t2v_720p_bf16.safetensors" in info["models"]["diffusion_models"]
+    assert "hunyuanvideo1.5_720p_t2v_fp16.safetensors" in info["models"]["diffusion_models"]
     assert info["gpu"] and info["vram_total"] > 0 and info["version"]
 
 
@@ -168,9 +168,19 @@ def test_render_downloads_a_real_video_and_redelivery_does_not_rerender(farm_clu
 def test_start_image_is_uploaded_and_used(farm_cluster, tmp_path):
     backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
     job = small_job(scene_id="bk2", start_image=str(EXAMPLES / "images" / "meadow.jpg"))
-    assert job.workflow == "wan_i2v"
+    assert job.workflow == "wan22_i2v" and len(job.models) == 2  # Wan 2.2 I2V A14B
     result = backend.render(job, tmp_path, lambda *a, **k: None)
     assert probe(result.video).frames == 17
+    # both experts bound, the steps split between the two samplers
+    graph = backend.client.history(result.backend_job_id)["prompt"][2]
+    loaders = {n["_meta"]["title"]: n["inputs"]["unet_name"] for n in graph.values()
+               if n["class_type"] == "UNETLoader"}  # fmt: skip
+    assert loaders == {"High Noise Model": job.models[0], "Low Noise Model": job.models[1]}
+    samplers = {n["_meta"]["title"]: n["inputs"] for n in graph.values()
+                if n["class_type"] == "KSamplerAdvanced"}  # fmt: skip
+    half = job.params["steps"] // 2
+    assert samplers["High Noise Sampler"]["end_at_step"] == half
+    assert samplers["Low Noise Sampler"]["start_at_step"] == half
 
 
 def test_a_start_image_the_node_cannot_decode_is_final(farm_cluster, tmp_path):
@@ -198,9 +208,7 @@ def test_out_of_memory_is_reported(farm_cluster, tmp_path):
     backend = ComfyUIBackend(farm_cluster.node_url("node-a"), farm_cluster.settings())
     job = small_job(scene_id="bk4")
     job = replace(
-        job,
-        model="wan2.1_t2v_14B_fp16.safetensors",
-        params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1},
+        job, params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1}
     )
     with pytest.raises(OutOfMemory):
         backend.render(job, tmp_path, lambda *a, **k: None)
@@ -314,3 +322,19 @@ def test_cancelling_the_running_shot_lets_the_waiting_job_finish(shared_node, rt
     assert second.error is None and probe(second.result.video).frames == 17
     assert node_outcome(shared_node, a) == "execution_interrupted"
     assert node_outcome(shared_node, b) == "success"
+
+
+def test_progress_rises_once_over_both_passes_of_a_two_model_graph():
+    """Wan 2.2 A14B reports steps 1..n for its high-noise sampler, then 1..n again for its
+    low-noise one: the job's progress rises once over both, never back."""
+    from farm.backends.comfyui import SamplerPasses, _handle
+    from farm.workflows import load_workflow
+
+    graph = load_workflow("wan22_t2v", REPO / "workflows")
+    passes, seen = SamplerPasses(graph), []
+    for node in ("57", "58"):  # High Noise Sampler, Low Noise Sampler
+        for step in (1, 2):
+            data = {"node": node, "value": step, "max": 2, "prompt_id": "p"}
+            _handle("progress", data, lambda f, m="", p=None: seen.append(f), passes)
+    assert seen == sorted(seen) and len(set(seen)) == 4
+    assert seen[1] == pytest.approx(0.05 + 0.85 / 2) and seen[-1] == pytest.approx(0.9)

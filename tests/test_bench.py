@@ -43,8 +43,8 @@ def test_wan2gp_work_includes_the_prompt_encoding():
 
 def two_node_shot() -> tuple[list[Render], dict[str, float]]:
     """Nodes a (speed 1) and b (speed 2); one shot: preview 2 s, final 4 s of work."""
-    preview = Render("s/x", "preview", {"a": ("m1", 2.0), "b": ("m1", 2.0)})
-    final = Render("s/x", "final", {"a": ("m2", 4.0), "b": ("m2", 4.0)})
+    preview = Render("s/x", "preview", {"a": (("m1",), 2.0), "b": (("m1",), 2.0)})
+    final = Render("s/x", "final", {"a": (("m2",), 4.0), "b": (("m2",), 4.0)})
     return [preview, final], {"a": 1.0, "b": 2.0}
 
 
@@ -59,8 +59,8 @@ def test_lower_bound_parts_on_a_small_case():
 
 def test_fractional_bound_counts_nodes_that_cannot_help():
     # only a can run the long render: the fractional bound sees it, the area one too
-    renders = [Render("s/1", "final", {"a": ("m", 10.0)}),
-               Render("s/2", "final", {"a": ("m", 1.0), "b": ("m", 1.0)})]  # fmt: skip
+    renders = [Render("s/1", "final", {"a": (("m",), 10.0)}),
+               Render("s/2", "final", {"a": (("m",), 1.0), "b": (("m",), 1.0)})]  # fmt: skip
     bound = lower_bound(renders, {"a": 1.0, "b": 1.0}, load_s=0.0)
     assert bound.fractional == pytest.approx(10.0, rel=1e-3)
     assert bound.value == pytest.approx(10.0, rel=1e-3)
@@ -103,19 +103,39 @@ def test_timeline_pairs_starts_with_attempts_and_counts_loads():
 
 def test_loads_from_the_emulators_job_logs():
     jobs = {"a": [{"job_id": "p1"}, {"job_id": "p2"}, {"job_id": "p3"}], "b": [{"job_id": "w1"}]}
-    models = {"p1": "m1", "p2": "m1", "p3": "m2", "w1": "m1"}
+    models = {"p1": ["m1"], "p2": ["m1"], "p3": ["m2"], "w1": ["m1"]}
     assert loads_from_jobs(jobs, models) == {"a": 2, "b": 1}
 
 
+def test_a_two_model_render_loads_each_model_the_node_lacks():
+    """Wan 2.2 A14B loads a high-noise and a low-noise model: two loads on a node that
+    held neither, none on one that rendered the same pair last, one when it held half."""
+    pair = ("hi", "lo")
+    runs = [Run("s/1", "final", "a", "hi", 0.0, 1.0, "done", pair),
+            Run("s/2", "final", "a", "hi", 1.0, 1.0, "done", pair),
+            Run("s/3", "final", "a", "hi", 2.0, 1.0, "done", ("hi", "other")),
+            Run("s/4", "final", "b", "hi", 0.0, 1.0, "done", pair)]  # fmt: skip
+    assert loads_by_node(runs) == {"a": 3, "b": 2}
+    jobs = {"a": [{"job_id": "p1"}, {"job_id": "p2"}, {"job_id": "p3"}]}
+    assert loads_from_jobs(jobs, {"p1": pair, "p2": pair, "p3": ["m1"]}) == {"a": 3}
+
+
 def test_replay_of_one_shot_on_one_node():
-    preview = Render("s/x", "preview", {"a": ("m1", 2.0)}, (job("m1"),))
-    final = Render("s/x", "final", {"a": ("m2", 4.0)}, (job("m2"),))
+    preview = Render("s/x", "preview", {"a": (("m1",), 2.0)}, (job("m1"),))
+    final = Render("s/x", "final", {"a": (("m2",), 4.0)}, (job("m2"),))
     node = NodeInfo("a", models={"diffusion_models": ("m1", "m2")})
     for naive in (False, True):
         out = replay([preview, final], [node], {"a": 2.0}, load_s=1.0, naive=naive)
         assert out.makespan == pytest.approx((1 + 2) / 2 + (1 + 4) / 2)
         assert out.previews_done == pytest.approx(1.5)
         assert out.loads == 2
+
+
+def test_replay_loads_each_model_of_a_two_model_render():
+    a14b = Render("s/x", "final", {"a": (("hi", "lo"), 4.0)}, (job("hi"),))
+    node = NodeInfo("a", models={"diffusion_models": ("hi", "lo")})
+    out = replay([a14b], [node], {"a": 1.0}, load_s=1.0)
+    assert out.loads == 2 and out.makespan == pytest.approx(1 + 1 + 4)
 
 
 def test_key_families():
@@ -129,7 +149,9 @@ def test_key_families():
 
 def test_fractional_bound_counts_each_node_s_startup_loads():
     # 6 s of work splittable over two nodes that each load for 1 s first: 1 + 3 = 4
-    renders = [Render(f"s/{i}", "final", {"a": ("m", 1.0), "b": ("m", 1.0)}) for i in range(6)]
+    renders = [
+        Render(f"s/{i}", "final", {"a": (("m",), 1.0), "b": (("m",), 1.0)}) for i in range(6)
+    ]
     plain = lower_bound(renders, {"a": 1.0, "b": 1.0}, load_s=1.0)
     started = lower_bound(renders, {"a": 1.0, "b": 1.0}, 1.0, {"a": 1.0, "b": 1.0})
     assert plain.fractional == pytest.approx(3.0, rel=1e-3)

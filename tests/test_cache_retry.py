@@ -180,3 +180,28 @@ def test_retry_refuses_what_it_cannot_do(rt, cli_env):
     out = farm("retry", scene.id, env=cli_env)  # nothing failed
     assert out.returncode == 2 and "--shot" in out.stderr
     assert farm("retry", "no-such-scene", env=cli_env).returncode == 2
+
+
+def test_the_cache_key_names_every_model_of_a_two_model_job():
+    """A Wan 2.2 A14B request is keyed on both its experts, in order: another low-noise
+    model is another request; the same job planned again is the same one."""
+    from farm.cache import request_key
+    from farm.catalog import load_catalog
+    from farm.planning import plan_job
+
+    from .conftest import REPO
+
+    scene = parse_scene({"id": "k", "quality": "final",
+                         "shots": [{"id": "a", "action_description": "x", "seed": 3}]})  # fmt: skip
+    job = plan_job(scene, scene.shots[0], "final", load_catalog())
+    high, low = job.models
+    folder = REPO / "workflows"
+    again = plan_job(scene, scene.shots[0], "final", load_catalog())
+    assert request_key(job, folder) == request_key(again, folder)
+    other = "wan2.2_t2v_low_noise_14B_fp16.safetensors"
+    files = {**job.files, "diffusion_models": [high, other]}
+    assert request_key(replace(job, models=(high, other), files=files), folder) != request_key(
+        job, folder
+    )
+    swapped = replace(job, model=low, models=(low, high))
+    assert request_key(swapped, folder) != request_key(job, folder)

@@ -79,26 +79,28 @@ def test_nodes_lists_the_registered_nodes(cli_env):
     nodes = {n["name"]: n for n in json.loads(out.stdout)}
     assert {"node-a", "node-b", "node-c", "node-w"} <= set(nodes)
     assert (nodes["node-a"]["kind"], nodes["node-w"]["kind"]) == ("comfyui", "wan2gp")
-    assert "hunyuan_t2v_fast" in nodes["node-w"]["models"]["wangp"]
+    assert "hunyuan_1_5_480_t2v_lightx2v" in nodes["node-w"]["models"]["wangp"]
     assert (
         nodes["node-a"]["alive"]
-        and "wan2.1_t2v_14B_fp16.safetensors" in nodes["node-a"]["models"]["diffusion_models"]
+        and "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
+        in nodes["node-a"]["models"]["diffusion_models"]
     )
     # discovery: what each node can run, from its /object_info
     assert nodes["node-a"]["version"] and nodes["node-a"]["classes"] > 20
-    assert nodes["node-a"]["workflows"]["wan_t2v"]["ok"]
+    assert nodes["node-a"]["workflows"]["wan22_t2v"]["catalog"] == ["wan22_t2v_a14b"]
     assert nodes["node-c"]["workflows"]["wan_ati"]["catalog"] == ["wan_ati"]
-    assert not nodes["node-c"]["workflows"]["hunyuan_t2v"]["ok"]
+    assert not nodes["node-c"]["workflows"]["hunyuan15_t2v"]["ok"]
     assert all(n["speed"] > 0 for n in nodes.values())  # learned from renders; 1.0 before
     # what each can render: a ComfyUI node's catalogue models, a WanGP node's model ids
-    # that a template renders at some tier (not ti2v_2_2_fastwan, i2v_2_2: no template's)
+    # that a template renders at some tier (not ltxv_distilled: no template's)
     assert nodes["node-c"]["can_render"] == ["wan_ati"]
-    assert nodes["node-w"]["can_render"] == ["fantasy", "hunyuan_t2v_fast", "ltxv_distilled",
-                                             "t2v_2_2"]  # fmt: skip
+    assert nodes["node-w"]["can_render"] == [
+        "hunyuan_1_5_480_i2v_step_distilled", "hunyuan_1_5_480_t2v_lightx2v", "i2v_2_2",
+        "t2v_2_2", "ti2v_2_2_fastwan"]  # fmt: skip
     table = farm("nodes", env={**cli_env, "COLUMNS": "400"}).stdout
-    assert "hunyuan_t2v" in table and "wan_ati" in table and "speed" in table
+    assert "hunyuan15_t2v" in table and "wan_ati" in table and "speed" in table
     rows = {line.split()[0]: line for line in table.splitlines()[1:]}
-    assert "fantasy, hunyuan_t2v_fast, ltxv_distilled, t2v_2_2" in rows["node-w"], table
+    assert "hunyuan_1_5_480_t2v_lightx2v, i2v_2_2, t2v_2_2" in rows["node-w"], table
 
 
 def test_enqueue_watch_and_status(cli_env, tmp_path):
@@ -211,7 +213,7 @@ def test_worker_with_a_bare_url_detects_a_wangp_node(cli_env, farm_cluster):
             record = client.hgetall(f"{prefix}:node:auto-w")
             time.sleep(0.2)
         assert record.get("kind") == "wan2gp" and record["url"] == url
-        assert "hunyuan_t2v_fast" in json.loads(record["models"])["wangp"]
+        assert "hunyuan_1_5_480_t2v_lightx2v" in json.loads(record["models"])["wangp"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -44,7 +44,7 @@ from farm.settings import Settings
 from .emulated import EmulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
-T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
+T2V = "wan2.2_ti2v_5B_fp16.safetensors"
 PROFILE = {
     "name": "contract",
     "gpu": "NVIDIA GeForce RTX 4090",
@@ -52,7 +52,7 @@ PROFILE = {
     "models": {
         "diffusion_models": [T2V],
         "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
-        "vae": ["wan_2.1_vae.safetensors"],
+        "vae": ["wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"],
         "clip_vision": ["clip_vision_h.safetensors"],
     },
     "model_load_s": 0.1,
@@ -98,8 +98,8 @@ def no_faults(request):
 
 
 def graph(width=96, height=64, length=5, steps=4, seed=None, prefix="contract") -> dict:
-    """The shipped Wan t2v workflow at a tiny size."""
-    g = json.loads((REPO / "workflows" / "wan_t2v.json").read_text())
+    """The shipped Wan 2.2 TI2V-5B workflow at a tiny size."""
+    g = json.loads((REPO / "workflows" / "wan22_ti2v.json").read_text())
     for node in g.values():
         title = node["_meta"]["title"]
         if title == "Video Latent":
@@ -513,21 +513,24 @@ def test_discovery_says_which_workflows_the_node_can_run(server):
     assert info["vram_total"] == 24 * 2**30 and info["classes"] > 20
     assert info["models"]["diffusion_models"] == [T2V]
     flows = info["workflows"]
-    assert flows["wan_t2v"] == {"ok": True, "missing": [], "models": [T2V],
-                                "catalog": ["wan_t2v_fast"]}  # fmt: skip
-    assert flows["hunyuan_t2v"]["ok"] is False
-    assert any("llava_llama3_fp8_scaled.safetensors" in m for m in flows["hunyuan_t2v"]["missing"])
+    assert flows["wan22_ti2v"] == {"ok": True, "missing": [], "models": [T2V],
+                                   "catalog": ["wan22_ti2v_5b"]}  # fmt: skip
+    # the two-model Wan 2.2 A14B graph runs here, but the node lacks both its experts
+    assert flows["wan22_t2v"]["ok"] is True and flows["wan22_t2v"]["catalog"] == []
+    assert flows["hunyuan15_t2v"]["ok"] is False
+    missing = flows["hunyuan15_t2v"]["missing"]
+    assert any("qwen_2.5_vl_7b_fp8_scaled.safetensors" in m for m in missing)
 
 
 def test_an_editor_format_farm_workflow_is_converted_and_rendered(server, tmp_path):
     flows = tmp_path / "workflows"
     flows.mkdir()
     editor = (REPO / "tests" / "fixtures" / "editor" / "txt2video_wan.json").read_text()
-    (flows / "wan_t2v.json").write_text(editor)
+    (flows / "wan22_ti2v.json").write_text(editor)
     settings = Settings.from_env({"FARM_WORKFLOWS": str(flows)})
     backend = ComfyUIBackend(server.url, settings)
-    assert backend.describe()["workflows"]["wan_t2v"] == {
-        "ok": True, "missing": [], "models": [T2V], "catalog": ["wan_t2v_fast"]}  # fmt: skip
+    assert backend.describe()["workflows"]["wan22_ti2v"] == {
+        "ok": True, "missing": [], "models": [T2V], "catalog": ["wan22_ti2v_5b"]}  # fmt: skip
     from .test_backend_comfyui import small_job
 
     job = small_job(scene_id="editor", shot_id="e1", width=256, height=128, frames=9)
@@ -547,7 +550,7 @@ def farm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_comfy_run_sets_inputs_runs_and_downloads(server, tmp_path):
     out = farm(
-        "comfy", "run", str(REPO / "workflows" / "wan_t2v.json"), "--url", server.url,
+        "comfy", "run", str(REPO / "workflows" / "wan22_ti2v.json"), "--url", server.url,
         "--set", "Video Latent.width=96", "--set", "Video Latent.height=64",
         "--set", "Video Latent.length=5", "--set", "Sampler.steps=3",
         "--set", "Diffusion Model.unet_name=" + T2V,
@@ -571,7 +574,8 @@ def test_comfy_run_takes_editor_workflows_and_uploads(server, tmp_path):
     editor = REPO / "tests" / "fixtures" / "editor" / "txt2video_wan.json"
     image = REPO / "examples" / "images" / "meadow.jpg"
     out = farm("comfy", "run", str(editor), "--url", server.url, "--upload",
-               f"Reference.image={image}", "--out", str(tmp_path), "--json")  # fmt: skip
+               f"Reference.image={image}", "--set", f"Diffusion Model.unet_name={T2V}",
+               "--out", str(tmp_path), "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     names = sorted(Path(o["path"]).suffix for o in summary["outputs"])
@@ -582,20 +586,20 @@ def test_comfy_run_takes_editor_workflows_and_uploads(server, tmp_path):
 
 
 def test_comfy_run_reports_a_rejection_with_exit_1(server, tmp_path):
-    out = farm("comfy", "run", str(REPO / "workflows" / "wan_t2v.json"), "--url", server.url,
+    out = farm("comfy", "run", str(REPO / "workflows" / "wan22_ti2v.json"), "--url", server.url,
                "--set", "Sampler.steps=0", "--out", str(tmp_path), "--json")  # fmt: skip
     assert out.returncode == 1
     summary = json.loads(out.stdout)
     assert summary["status"] == "failed" and summary["error_kind"] == "rejected"
     assert "(KSampler) input 'steps': Value 0 smaller than min of 1" in summary["error"]
-    plain = farm("comfy", "run", str(REPO / "workflows" / "wan_t2v.json"), "--url", server.url,
+    plain = farm("comfy", "run", str(REPO / "workflows" / "wan22_ti2v.json"), "--url", server.url,
                  "--set", "Sampler.steps=0", "--out", str(tmp_path))  # fmt: skip
     assert plain.returncode == 1
     assert "Value 0 smaller than min of 1 (got 0) [value_smaller_than_min]" in plain.stderr
 
 
 def test_comfy_run_bad_flags_exit_2_and_unreachable_exit_3(server, tmp_path):
-    wf = str(REPO / "workflows" / "wan_t2v.json")
+    wf = str(REPO / "workflows" / "wan22_ti2v.json")
     bad = farm("comfy", "run", wf, "--url", server.url, "--set", "Nope.seed=1", "--out",
                str(tmp_path))  # fmt: skip
     assert bad.returncode == 2 and "no node titled or numbered 'Nope'" in bad.stderr
@@ -616,9 +620,9 @@ def test_comfy_info_discovers_the_node(server):
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     flows = info["workflows"]
-    assert flows["wan_t2v"]["catalog"] == ["wan_t2v_fast"]
+    assert flows["wan22_ti2v"]["catalog"] == ["wan22_ti2v_5b"]
     assert flows["wan_ati"]["ok"] and flows["wan_ati"]["catalog"] == []  # no ATI model here
     text = farm("comfy", "info", "--url", server.url).stdout
-    assert f"can run wan_t2v (wan_t2v_fast) with models: {T2V}" in text
+    assert f"can run wan22_ti2v (wan22_ti2v_5b) with models: {T2V}" in " ".join(text.split())
     assert "can run wan_ati (no catalogue model)" in text
-    assert "cannot run hunyuan_t2v: node 11 (DualCLIPLoader): no file" in text
+    assert "cannot run hunyuan15_t2v: node 38 (DualCLIPLoader): no file" in text

@@ -41,8 +41,9 @@ def t2v():
 
 
 def expected_t2v() -> dict:
-    """workflows/wan_t2v.json at test size, plus the fixture's LoadImage -> PreviewImage branch."""
-    graph = load(WORKFLOWS / "wan_t2v.json")
+    """The fixture's API export (a Wan 2.1 t2v graph) at test size, plus its LoadImage ->
+    PreviewImage branch."""
+    graph = load(FIXTURES / "txt2video_wan.api.json")
     graph["40"]["inputs"].update(width=160, height=96, length=9)
     graph["3"]["inputs"]["steps"] = 3
     graph["55"] = {
@@ -74,7 +75,7 @@ def refusal(workflow: dict, object_info: dict) -> str:
 def test_is_editor_format():
     assert is_editor_format(load(FIXTURES / "txt2video_wan.json"))
     assert is_editor_format(load(FIXTURES / "img2video_wan_v1.json"))
-    assert not is_editor_format(load(WORKFLOWS / "wan_t2v.json"))
+    assert not is_editor_format(load(WORKFLOWS / "wan22_ti2v.json"))
     assert not is_editor_format([]) and not is_editor_format({"nodes": {}})
 
 
@@ -85,7 +86,7 @@ def test_t2v_fixture_converts_to_the_api_graph(t2v, object_info):
 
 def test_schema_1_workflow_with_link_objects_converts_to_the_api_graph(object_info):
     editor = load(FIXTURES / "img2video_wan_v1.json")
-    assert editor_to_api(editor, object_info) == load(WORKFLOWS / "wan_i2v.json")
+    assert editor_to_api(editor, object_info) == load(FIXTURES / "img2video_wan_v1.api.json")
 
 
 def test_links_from_a_muted_node_are_dropped(t2v, object_info):
@@ -230,7 +231,7 @@ def test_muted_or_bypassed_nodes_need_no_installed_class(t2v, object_info):
 
 def test_not_an_editor_workflow():
     with pytest.raises(WorkflowError, match="not an editor-format workflow"):
-        editor_to_api(load(WORKFLOWS / "wan_t2v.json"), {})
+        editor_to_api(load(WORKFLOWS / "wan22_ti2v.json"), {})
 
 
 # --- widgets and dynamic prompts -----------------------------------------------------------
@@ -295,6 +296,7 @@ def test_dynamic_prompt(text, sent):
 def test_converted_workflow_runs_on_the_emulated_node(node):  # noqa: F811
     object_info = requests.get(node + "/object_info", timeout=TIMEOUT).json()
     graph = editor_to_api(load(FIXTURES / "txt2video_wan.json"), object_info)
+    graph["37"]["inputs"]["unet_name"] = "wan2.2_ti2v_5B_fp16.safetensors"  # a model it holds
     body = {"prompt": graph, "client_id": "comfy-editor-test"}
     resp = requests.post(node + "/prompt", json=body, timeout=TIMEOUT)
     assert resp.status_code == 200, resp.text

@@ -120,6 +120,35 @@ def test_a_scene_renders_assembles_and_scores(rt):
     assert status["metrics"]["summary"]
 
 
+def test_wan_2_2_a14b_shots_render_with_both_experts_on_the_node_that_holds_them(rt, farm_cluster):
+    """Two Wan 2.2 T2V A14B finals (a high-noise and a low-noise 14B model in one graph):
+    only node-a holds both, so both go there; each renders with both models; the node
+    loads the pair at most once for the two and records the pair as its loaded model."""
+    high, low = (f"wan2.2_t2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low"))
+    base = {"width": 320, "height": 192, "frames": 17, "fps": 16, "backend": "comfyui"}
+    scene = parse_scene({"id": "e2e-a14b", "quality": "final", "shots": [
+        {"id": f"a{i}", "action_description": f"a lighthouse {i}", "seed": 60 + i, **base}
+        for i in range(2)]})  # fmt: skip
+    jobs = enqueue(scene, rt)
+    assert all(j.models == (high, low) and j.workflow == "wan22_t2v" for j in jobs)
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", status
+    logs = [rt.state.shot(scene.id, s["id"])["attempt_log"] for s in status["shots"]]
+    assert [[(a["node"], a["models"]) for a in log] for log in logs] == [
+        [("node-a", [high, low])]
+    ] * 2
+    for shot in status["shots"]:
+        info = probe(Path(shot["outputs"]["final"]))
+        assert (info.frames, info.width, info.height, round(info.fps)) == (17, 320, 192, 16)
+    runs = requests.get(farm_cluster.node_url("node-a") + "/emulator/jobs", timeout=5).json()
+    mine = {log[0]["backend_job_id"] for log in logs}
+    first, second = [r["details"]["loaded_models"] for r in runs["jobs"] if r["job_id"] in mine]
+    assert first in ([], [high, low])  # none if node-a held the pair already
+    assert second == []  # the pair stayed loaded
+    held = rt.redis.hget(rt.registry.key("node-a"), "rendered_models")
+    assert json.loads(held) == [high, low]
+
+
 def test_a_trajectory_shot_moves_its_subject_and_passes_the_gate_on_the_first_take(rt, tmp_path):
     # the meadow with a subject where the track starts: an orange disk with a white and a dark spot
     start, end = (80, 170), (330, 130)

@@ -18,6 +18,7 @@ import pytest
 import requests
 import websocket
 
+from farm.catalog import load_catalog
 from farm.emulators.profile import (
     failure_step,
     fits_in_vram,
@@ -27,6 +28,7 @@ from farm.emulators.profile import (
 )
 from farm.errors import ConfigError
 from farm.media import probe
+from farm.workflows import bind
 
 from .conftest import REPO
 
@@ -52,15 +54,17 @@ DEVICE_KEYS = {
     "torch_vram_total",
     "torch_vram_free",
 }
-T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
+T2V = "wan2.2_ti2v_5B_fp16.safetensors"
+I2V = [f"wan2.2_i2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low")]
+A14B = [f"wan2.2_t2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low")]
 PROFILE = {
     "name": "test-node",
     "gpu": "NVIDIA GeForce RTX 4090",
     "vram_gb": 24,
     "models": {
-        "diffusion_models": [T2V, "wan2.1_i2v_480p_14B_fp16.safetensors"],
+        "diffusion_models": [T2V, *I2V, *A14B],
         "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
-        "vae": ["wan_2.1_vae.safetensors"],
+        "vae": ["wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"],
         "clip_vision": ["clip_vision_h.safetensors"],
     },
     "speed": 1.0,
@@ -148,7 +152,7 @@ class Client:
 
 
 def wan_t2v(width=160, height=96, length=9, steps=3, seed=None, model=T2V) -> dict:
-    graph = json.loads((REPO / "workflows" / "wan_t2v.json").read_text())
+    graph = json.loads((REPO / "workflows" / "wan22_ti2v.json").read_text())
     for node in graph.values():
         title = node["_meta"]["title"]
         if title == "Video Latent":
@@ -218,13 +222,49 @@ def test_tiny_wan_t2v_run_streams_events_and_saves_an_mp4(node, tmp_path):
     (tmp_path / "clip.mp4").write_bytes(video.content)
     info = probe(tmp_path / "clip.mp4")
     assert (info.frames, info.width, info.height) == (9, 160, 96)
-    assert info.fps == pytest.approx(16.0)
+    assert info.fps == pytest.approx(24.0)  # Wan 2.2 TI2V-5B's graph: 24 fps
 
     again = client.submit(wan_t2v(seed=entry["prompt"][2]["3"]["inputs"]["seed"]))
     rerun = client.events(again.json()["prompt_id"])
     cached = next(d for t, d in rerun if t == "execution_cached")
     assert set(cached["nodes"]) == set(entry["prompt"][2])  # identical graph: all cached
     assert [d["output"] for t, d in rerun if t == "executed"] == [executed["output"]]
+
+
+def wan22_a14b(steps: int = 4, seed: int = 1) -> dict:
+    """workflows/wan22_t2v.json (two experts, two KSamplerAdvanced) bound at test size."""
+    graph = json.loads((REPO / "workflows" / "wan22_t2v.json").read_text())
+    params = {"width": 160, "height": 96, "length": 9, "steps": steps, "seed": seed,
+              "switch_step": steps // 2, "model": A14B[0], "model2": A14B[1]}  # fmt: skip
+    return bind(graph, params, "wan22_t2v", load_catalog().bindings("wan22_t2v"))
+
+
+def test_a_two_model_graph_samples_in_two_passes_and_loads_each_model(tmp_path):
+    """Wan 2.2 A14B: the high-noise pass runs the first half of the steps, the low-noise
+    pass the rest, and the video comes out of the second. The node loads each model it
+    does not hold (both at first), keeps the models of its last prompt, and loads both
+    again after a prompt that used another model."""
+    url, proc = start_emulator(tmp_path, PROFILE)
+    try:
+        client = Client(url)
+        pid = client.submit(wan22_a14b(), prompt_id="a14b-1").json()["prompt_id"]
+        events = client.events(pid)
+        progress = [(d["node"], d["value"], d["max"]) for t, d in events if t == "progress"]
+        assert progress == [("57", 1, 2), ("57", 2, 2), ("58", 1, 2), ("58", 2, 2)]
+        (item,) = client.history(pid)[pid]["outputs"]["50"]["images"]
+        (tmp_path / "a14b.mp4").write_bytes(requests.get(url + "/view", params=item,
+                                                         timeout=TIMEOUT).content)  # fmt: skip
+        info = probe(tmp_path / "a14b.mp4")
+        assert (info.frames, info.width, info.height) == (9, 160, 96)
+        assert info.fps == pytest.approx(16.0)
+        for n, graph in enumerate([wan22_a14b(seed=2), wan_t2v(), wan22_a14b(seed=3)]):
+            client.events(client.submit(graph, prompt_id=f"next-{n}").json()["prompt_id"])
+        jobs = requests.get(url + "/emulator/jobs", timeout=TIMEOUT).json()["jobs"]
+        loaded = [j["details"]["loaded_models"] for j in jobs]
+        assert loaded == [A14B, [], [T2V], A14B]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_api_prefix_and_static_routes(node):
@@ -284,21 +324,21 @@ def test_malformed_json_origin_check_and_partial_validity(node):
 
 
 def test_model_the_node_lacks_is_value_not_in_list(node):
-    resp = Client(node).submit(wan_t2v(model="hunyuan_video_t2v_720p_bf16.safetensors"))
+    resp = Client(node).submit(wan_t2v(model="hunyuanvideo1.5_720p_t2v_fp16.safetensors"))
     assert resp.status_code == 400
     body = resp.json()
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     (error,) = body["node_errors"]["37"]["errors"]
     assert error["type"] == "value_not_in_list"
     assert error["details"].startswith(
-        "unet_name: 'hunyuan_video_t2v_720p_bf16.safetensors' not in ["
+        "unet_name: 'hunyuanvideo1.5_720p_t2v_fp16.safetensors' not in ["
     )
     assert error["extra_info"]["input_name"] == "unet_name"
     assert body["node_errors"]["37"]["dependent_outputs"] == ["50"]
 
 
 def test_missing_start_image_is_a_custom_validation_error(node):
-    graph = json.loads((REPO / "workflows" / "wan_i2v.json").read_text())
+    graph = json.loads((REPO / "workflows" / "wan22_i2v.json").read_text())
     graph["52"]["inputs"]["image"] = "farm/missing.png"
     resp = Client(node).submit(graph)
     assert resp.status_code == 400

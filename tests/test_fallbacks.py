@@ -20,9 +20,11 @@ SCENE = parse_scene(
     check_files=False,
 )  # fmt: skip
 SHOT = SCENE.shots[0]
-WAN_14B = load_catalog().models["wan_t2v_full"].required_files()
+WAN_14B = load_catalog().models["wan22_t2v_a14b"].required_files()
 NODES = [NodeInfo("fa", models=WAN_14B), NodeInfo("fb", models=WAN_14B),
-         NodeInfo("fw", kind="wan2gp", models={"wangp": ("hunyuan",)}, workflows={})]  # fmt: skip
+         NodeInfo("fw", kind="wan2gp", models={"wangp": ("t2v_2_2",)}, workflows={})]  # fmt: skip
+#: Wan 2.2 T2V A14B: both experts named
+A14B = "wan2.2_t2v_high_noise_14B_fp8_scaled + wan2.2_t2v_low_noise_14B_fp8_scaled"
 
 
 def failed(job, error, rung, state="queued", **fields):
@@ -39,8 +41,8 @@ def test_out_of_memory_on_comfyui_retries_smaller_with_every_engine_named():
     rung = next_rung(job, error, variants, plan_variants(SCENE, SHOT, "preview"), NODES)
     plan = retry_plan(failed(job, error, rung), 3)
     assert plan["text"] == (
-        "attempt 2 of 3: final at 960×544 with ComfyUI wan2.1_t2v_14B_fp16 or "
-        "WanGP hunyuan after out of memory on fa"
+        f"attempt 2 of 3: final at 960×544 with ComfyUI {A14B} or "
+        "WanGP t2v_2_2 after out of memory on fa"
     )
     assert (plan["attempt"], plan["of"], plan["after"], plan["failed_on"]) == (
         2, 3, "out_of_memory", "fa")  # fmt: skip
@@ -65,7 +67,7 @@ def test_a_node_failure_moves_on_and_says_which_node_it_avoids():
     error = NodeUnavailable("connection refused")
     rung = next_rung(job, error, variants, [], NODES)
     assert retry_plan(failed(job, error, rung), 3)["text"] == (
-        "attempt 2 of 3: final at 1280×720 with ComfyUI wan2.1_t2v_14B_fp16 or WanGP hunyuan, "
+        f"attempt 2 of 3: final at 1280×720 with ComfyUI {A14B} or WanGP t2v_2_2, "
         "not on fw after a lost connection on fw"
     )
 

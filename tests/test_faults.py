@@ -44,22 +44,26 @@ NODE_TTL = 3.0
 #: job under a new client id gets none of its events but the broadcast ones, and learns
 #: of its end only there (a shorter idle timeout would call the finished job hung)
 IDLE_TIMEOUT = 6.0
-#: a 6 GB ComfyUI node with Wan t2v 1.3B and 14B (fb also has Hunyuan, which the WanGP
-#: node fw renders too)
+#: a 6 GB ComfyUI node with Wan 2.2 TI2V-5B and T2V A14B (fb also has Hunyuan Video 1.5,
+#: which the WanGP node fw renders too)
 COMFY = {
     "gpu": "NVIDIA GeForce RTX 2060", "vram_gb": 6, "speed": 1.0, "model_load_s": 0.2,
     "step_s": 0.05, "failure_rate": 0.0,
     "models": {
-        "diffusion_models": ["wan2.1_t2v_1.3B_fp16.safetensors",
-                             "wan2.1_t2v_14B_fp16.safetensors"],
+        "diffusion_models": ["wan2.2_ti2v_5B_fp16.safetensors",
+                             "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                             "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"],
         "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
-        "vae": ["wan_2.1_vae.safetensors"],
+        "vae": ["wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"],
     },
 }  # fmt: skip
 HUNYUAN = {
-    "diffusion_models": ["hunyuan_video_t2v_720p_bf16.safetensors"],
-    "text_encoders": ["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors"],
-    "vae": ["hunyuan_video_vae_bf16.safetensors"],
+    "diffusion_models": ["hunyuanvideo1.5_720p_t2v_fp16.safetensors"],
+    "text_encoders": [
+        "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+        "byt5_small_glyphxl_fp16.safetensors",
+    ],
+    "vae": ["hunyuanvideo15_vae_fp16.safetensors"],
 }
 #: a render of a test shot lasts about 3 s under this fault: time to kill something
 SLOW = {"slow": {"rate": 1.0, "factor": 8.0}}
@@ -440,7 +444,7 @@ def test_status_says_what_an_out_of_memory_shot_retries_and_which_node_is_blocke
         status = wait_for(waiting, 60, "both shots waiting with fa blocked")
         assert sorted(s["plan"]["text"] for s in status["shots"]) == [
             "attempt 2 of 3: final at 960×544 after out of memory on fa",
-            "attempt 3 of 3: final at 960×544 with the fast-tier ComfyUI wan2.1_t2v_1.3B_fp16 "
+            "attempt 3 of 3: final at 960×544 with the fast-tier ComfyUI wan2.2_ti2v_5B_fp16 "
             "after out of memory on fa",
         ]
         assert status["blocked"] == [{
@@ -512,8 +516,8 @@ WAN_FAULTS = {
 
 @pytest.mark.parametrize("fault", WAN_FAULTS)
 def test_each_wangp_fault_falls_back_to_the_other_engine(rt, farm, fault):
-    """Two Hunyuan shots: one on the WanGP node fw, one on fb (ComfyUI). A crash, a hang
-    or HTTP 500 on fw fails its shot there, and fb renders it with ComfyUI's Hunyuan."""
+    """Two Hunyuan Video 1.5 shots: one on the WanGP node fw, one on fb (ComfyUI). A crash,
+    a hang or HTTP 500 on fw fails its shot there, and fb renders it with ComfyUI's."""
     faults, kind = WAN_FAULTS[fault]
     set_faults(farm, "fw", faults)
     before = executions(farm)

@@ -77,8 +77,9 @@ def test_frames_snap_to_the_4n_plus_1_grid():
 def test_preview_job_uses_the_fast_model_at_reduced_size():
     sc = scene()
     job = plan_job(sc, sc.shots[0], "preview", CAT)
-    assert job.model == "wan2.1_t2v_1.3B_fp16.safetensors" and job.workflow == "wan_t2v"
-    assert (job.params["width"], job.params["height"]) == (416, 240)
+    assert job.model == "wan2.2_ti2v_5B_fp16.safetensors" and job.workflow == "wan22_ti2v"
+    assert job.models == (job.model,) and "switch_step" not in job.params
+    assert (job.params["width"], job.params["height"]) == (416, 256)  # TI2V-5B: 32-pixel block
     assert job.params["steps"] == CAT.steps("standard_generation", "preview")
     assert job.params["prompt"] == "x" and job.priority == 7
 
@@ -86,8 +87,23 @@ def test_preview_job_uses_the_fast_model_at_reduced_size():
 def test_final_job_uses_the_full_model_at_full_size():
     sc = scene(width=830, height=470, frames=50)
     job = plan_job(sc, sc.shots[0], "final", CAT)
-    assert job.model == "wan2.1_t2v_14B_fp16.safetensors"
+    assert job.model == "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
     assert (job.params["width"], job.params["height"], job.params["length"]) == (832, 464, 49)
+
+
+def test_a_wan_2_2_a14b_job_needs_both_experts():
+    """The final tier's Wan 2.2 A14B loads a high-noise and a low-noise model: the job
+    names both (primary first), needs both files, and switches at half its steps."""
+    sc = scene("final")
+    job = plan_job(sc, sc.shots[0], "final", CAT)
+    high, low = (f"wan2.2_t2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low"))
+    assert job.models == (high, low) and job.model == high
+    assert job.files["diffusion_models"] == [high, low]
+    assert job.params["switch_step"] == job.params["steps"] // 2 == 15
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    with_image = scene("final", start_image="/a.png")
+    i2v = plan_job(with_image, with_image.shots[0], "final", CAT)
+    assert i2v.workflow == "wan22_i2v" and len(i2v.models) == 2 and "i2v_low" in i2v.models[1]
 
 
 def test_start_image_and_trajectories_choose_image_engines():
@@ -110,7 +126,7 @@ def test_start_image_and_trajectories_choose_image_engines():
                              "why": "ComfyUI's WanTrackToVideo (trajectories) fails at 121 "
                                     "frames (120n+1), so 4 fewer"},)  # fmt: skip
     sc = scene(start_image="/a.png")
-    assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan_i2v"
+    assert plan_job(sc, sc.shots[0], "final", CAT).workflow == "wan22_i2v"
 
 
 def test_quality_decides_the_first_job():
@@ -125,19 +141,20 @@ def wan_node(name, *models, alive=True):
 
 def test_wangp_tiers_follow_the_templates():
     expected = {  # template -> (preview, final) for text-only shots
-        "quick_preview": ("hunyuan_t2v_fast", "hunyuan_t2v_fast"),
-        "standard_generation": ("hunyuan_t2v_fast", "hunyuan"),
-        "high_quality": ("ltxv_distilled", "ltxv_13B"),
+        "quick_preview": ("hunyuan_1_5_480_t2v_lightx2v", "hunyuan_1_5_480_t2v_lightx2v"),
+        "standard_generation": ("ti2v_2_2_fastwan", "t2v_2_2"),
+        "high_quality": ("ltx2_22B_distilled", "ltx2_22B"),
+        "fantasy_content": ("hunyuan_1_5_480_t2v_lightx2v", "hunyuan_1_5_t2v"),
     }
     for template, tiers in expected.items():
         sc = scene(template=template)
         got = tuple(plan_wan_job(sc, sc.shots[0], k, CAT).model for k in ("preview", "final"))
         assert got == tiers, template
     portrait = scene(template="character_focus", start_image="/a.png")
-    assert plan_wan_job(portrait, portrait.shots[0], "final", CAT).model == "hunyuan_avatar"
+    assert plan_wan_job(portrait, portrait.shots[0], "final", CAT).model == "i2v_2_2"
     fantasy = scene(template="fantasy_content", start_image="/a.png")
     job = plan_wan_job(fantasy, fantasy.shots[0], "final", CAT)
-    assert job.model == "fantasy" and job.params["start_image"] == "/a.png"
+    assert job.model == "hunyuan_1_5_i2v" and job.params["start_image"] == "/a.png"
     tracks = [[{"x": 1, "y": 1}, {"x": 9, "y": 9}]]
     ati = scene(start_image="/a.png", trajectories=tracks)
     assert plan_wan_job(ati, ati.shots[0], "final", CAT) is None  # Wan ATI is ComfyUI's
@@ -145,21 +162,21 @@ def test_wangp_tiers_follow_the_templates():
 
 def test_wangp_jobs_use_the_models_grid_block_and_fps():
     sc = scene(template="high_quality", width=840, height=470, frames=33, fps=16)
-    job = plan_wan_job(sc, sc.shots[0], "final", CAT)  # LTX: 8n+1 frames, 32-pixel block, 30 fps
-    assert job.backend == "wan2gp" and job.files == {"wangp": ["ltxv_13B"]}
+    job = plan_wan_job(sc, sc.shots[0], "final", CAT)  # LTX-2: 8n+1 frames, 32-pixel block, 24 fps
+    assert job.backend == "wan2gp" and job.files == {"wangp": ["ltx2_22B"]}
     assert (job.params["width"], job.params["height"]) == (832, 480)
-    assert job.params["fps"] == 30 and job.params["length"] == 65  # 33 at 16 fps ≈ 62 at 30
-    assert job.params["steps"] == 30
+    assert job.params["fps"] == 24 and job.params["length"] == 49  # 33 at 16 fps ≈ 49.5 at 24
+    assert job.params["steps"] == 40
     # the shot's record says what was asked, what is rendered and why
     assert job.adjusted == (
-        {"field": "fps", "asked": 16, "rendered": 30,
-         "why": "WanGP model ltxv_13B renders at 30 fps only"},
-        {"field": "frames", "asked": 33, "rendered": 65,
-         "why": "the shot's 2.06 s at 30 fps, on its 8n+1 frame grid"},
+        {"field": "fps", "asked": 16, "rendered": 24,
+         "why": "WanGP model ltx2_22B renders at 24 fps only"},
+        {"field": "frames", "asked": 33, "rendered": 49,
+         "why": "the shot's 2.06 s at 24 fps, on its 8n+1 frame grid"},
     )  # fmt: skip
     assert describe_adjusted(job.adjusted) == (
-        "fps 16 → 30, frames 33 → 65 (WanGP model ltxv_13B renders at 30 fps only; "
-        "the shot's 2.06 s at 30 fps, on its 8n+1 frame grid)")  # fmt: skip
+        "fps 16 → 24, frames 33 → 49 (WanGP model ltx2_22B renders at 24 fps only; "
+        "the shot's 2.06 s at 24 fps, on its 8n+1 frame grid)")  # fmt: skip
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
     # a shot the node renders as asked has nothing to say
     asked = scene(frames=33, fps=16)
@@ -170,7 +187,7 @@ def test_frames_off_the_grid_are_noted_on_comfyui_too():
     sc = scene(frames=48)
     job = plan_job(sc, sc.shots[0], "final", CAT)
     assert job.params["length"] == 49 and job.adjusted == (
-        {"field": "frames", "asked": 48, "rendered": 49, "why": "wan_t2v renders 4n+1 frames"},
+        {"field": "frames", "asked": 48, "rendered": 49, "why": "wan22_t2v renders 4n+1 frames"},
     )
 
 
@@ -178,14 +195,14 @@ def test_placement_picks_a_backend_that_can_render_the_shot():
     sc = scene()
     variants = plan_scene(sc)[0]
     assert [v.backend for v in variants] == ["comfyui", "wan2gp"]
-    wan = wan_node("w", "hunyuan_t2v_fast")
-    placed = place_scene([variants], [node("a", "hunyuan_t2v", alive=False), wan])[0]
-    assert (placed.node, placed.backend, placed.model) == ("w", "wan2gp", "hunyuan_t2v_fast")
-    placed = place_scene([variants], [node("a", "wan_t2v_fast"), wan], load={"w": 500.0})[0]
+    wan = wan_node("w", "ti2v_2_2_fastwan")
+    placed = place_scene([variants], [node("a", "hunyuan15_t2v", alive=False), wan])[0]
+    assert (placed.node, placed.backend, placed.model) == ("w", "wan2gp", "ti2v_2_2_fastwan")
+    placed = place_scene([variants], [node("a", "wan22_ti2v_5b"), wan], load={"w": 500.0})[0]
     assert (placed.node, placed.backend) == ("a", "comfyui")  # the idle node wins
     with pytest.raises(NoCapableNode) as info:
-        place_scene([variants], [wan_node("w", "hunyuan")])
-    assert "w: lacks wangp/hunyuan_t2v_fast" in str(info.value)
+        place_scene([variants], [wan_node("w", "t2v_2_2")])
+    assert "w: lacks wangp/ti2v_2_2_fastwan" in str(info.value)
 
 
 def test_wangp_out_of_memory_lowers_the_memory_profile_on_the_same_node():
@@ -213,9 +230,9 @@ def test_place_prefers_capable_idle_nodes():
     sc = scene()
     job = plan_job(sc, sc.shots[0], "preview", CAT)
     nodes = [
-        node("busy", "wan_t2v_fast"),
-        node("idle", "wan_t2v_fast"),
-        node("other", "hunyuan_t2v"),
+        node("busy", "wan22_ti2v_5b"),
+        node("idle", "wan22_ti2v_5b"),
+        node("other", "hunyuan15_t2v"),
     ]
     assert place(job, nodes, load={"busy": 50}) == "idle"
     assert place(job, nodes, load={"busy": 0, "idle": 50}) == "busy"
@@ -224,7 +241,7 @@ def test_place_prefers_capable_idle_nodes():
 def test_place_prefers_a_node_with_the_model_loaded():
     sc = scene()
     job = plan_job(sc, sc.shots[0], "preview", CAT)
-    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    nodes = [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b")]
     assert place(job, nodes, last_model={"b": job.model}) == "b"
 
 
@@ -232,11 +249,11 @@ def test_no_capable_node_says_what_each_node_lacks():
     sc = scene(template="quick_preview")
     job = plan_job(sc, sc.shots[0], "preview", CAT)
     with pytest.raises(NoCapableNode) as info:
-        place(job, [node("a", "wan_t2v_fast"), node("b", "hunyuan_t2v", alive=False)])
+        place(job, [node("a", "wan22_ti2v_5b"), node("b", "hunyuan15_t2v", alive=False)])
     text = str(info.value)
     assert (
         "a: lacks" in text
-        and "hunyuan_video_t2v_720p_bf16.safetensors" in text
+        and "hunyuanvideo1.5_720p_t2v_fp16.safetensors" in text
         and "b: down" in text
     )
 
@@ -244,9 +261,9 @@ def test_no_capable_node_says_what_each_node_lacks():
 def test_discovered_workflows_decide_what_a_node_can_run():
     sc = scene()
     job = plan_job(sc, sc.shots[0], "preview", CAT)
-    files = node("x", "wan_t2v_fast").models
+    files = node("x", "wan22_ti2v_5b").models
     undiscovered = NodeInfo("a", models=files)
-    no_workflow = NodeInfo("b", models=files, workflows={"wan_i2v": (job.model,)})
+    no_workflow = NodeInfo("b", models=files, workflows={"wan22_i2v": (job.model,)})
     other_model = NodeInfo("c", models=files, workflows={job.workflow: ("other.safetensors",)})
     able = NodeInfo("d", models=files, workflows={job.workflow: (job.model,)})
     assert undiscovered.cannot_run(job) is None and able.cannot_run(job) is None
@@ -262,7 +279,7 @@ def test_place_scene_balances_and_groups_models():
     sc = parse_scene(
         {"id": "s", "shots": [{"id": f"s{i}", "action_description": "x"} for i in range(4)]}
     )
-    jobs = place_scene(plan_scene(sc), [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")])
+    jobs = place_scene(plan_scene(sc), [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b")])
     assert sorted(j.node for j in jobs) == ["a", "a", "b", "b"]
 
 
@@ -270,17 +287,17 @@ def test_node_failure_moves_the_work_to_another_node():
     sc = scene()
     variants = plan_scene(sc)[0]
     job = replace(variants[0], node="a")
-    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    nodes = [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b")]
     rung = next_rung(job, NodeUnavailable("refused"), variants, [], nodes)
     assert rung.exclude == ("a",) and rung.pin is None and rung.step == "another node"
     assert [v.backend for v in rung.variants] == ["comfyui", "wan2gp"]  # either engine
     assert all(v.tried_nodes == ("a",) and v.node is None for v in rung.variants)
     # no other live node can take it: the shot fails now
     assert (
-        next_rung(job, NodeUnavailable("refused"), variants, [], [node("a", "wan_t2v_fast")])
+        next_rung(job, NodeUnavailable("refused"), variants, [], [node("a", "wan22_ti2v_5b")])
         is None
     )
-    dead_b = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast", alive=False)]
+    dead_b = [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b", alive=False)]
     assert next_rung(job, NodeTimeout("no progress"), variants, [], dead_b) is None
 
 
@@ -290,7 +307,7 @@ def test_model_missing_falls_back_to_another_engine():
     job = replace(variants[0], node="a")
     wan = wan_node("w", variants[1].model)
     rung = next_rung(
-        job, ModelMissing("no such model"), variants, [], [node("a", "wan_t2v_fast"), wan]
+        job, ModelMissing("no such model"), variants, [], [node("a", "wan22_ti2v_5b"), wan]
     )
     assert rung.exclude == ("a",) and variants[1].model in [v.model for v in rung.variants]
 
@@ -300,7 +317,7 @@ def test_out_of_memory_shrinks_then_takes_the_fast_tier():
     finals = plan_scene(sc)[0]
     fast = plan_scene(sc, "preview")[0]
     job = replace(finals[0], node="a")
-    nodes = [node("a", "wan_t2v_full", "wan_t2v_fast")]
+    nodes = [node("a", "wan22_t2v_a14b", "wan22_ti2v_5b")]
     shrunk = next_rung(job, OutOfMemory("CUDA out of memory"), finals, fast, nodes)
     small = shrunk.variants[0]
     assert (
@@ -335,7 +352,7 @@ def test_the_error_class_decides_not_its_kind_string():
 
     variants = plan_scene(scene())[0]
     job = replace(variants[0], node="a")
-    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    nodes = [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b")]
     assert next_rung(job, GpuFellOff("gone"), variants, [], nodes).step == "another node"
     assert next_rung(job, StrangeRefusal("no"), variants, [], nodes) is None
 
@@ -344,14 +361,14 @@ def test_permanent_errors_and_exhausted_attempts_stop():
     sc = scene()
     variants = plan_scene(sc)[0]
     job = replace(variants[0], node="a")
-    nodes = [node("a", "wan_t2v_fast"), node("b", "wan_t2v_fast")]
+    nodes = [node("a", "wan22_ti2v_5b"), node("b", "wan22_ti2v_5b")]
     final = (NodeRejected("refused"), InvalidInput("bad"), WorkflowError("unbound"),
              JobCancelled("cancelled"), BadNodeResponse("junk"), InternalError("a bug"))  # fmt: skip
     for error in final:
         assert next_rung(job, error, variants, [], nodes) is None
     again = next_rung(job, RenderFailed("CUDA error"), variants, [], nodes)
     assert again.exclude == ("a",)  # elsewhere when another node can
-    alone = next_rung(job, RenderFailed("CUDA error"), variants, [], [node("a", "wan_t2v_fast")])
+    alone = next_rung(job, RenderFailed("CUDA error"), variants, [], [node("a", "wan22_ti2v_5b")])
     assert alone.exclude == () and alone.step == "again"
     last = replace(job, attempt=3)
     assert next_rung(last, RenderFailed("CUDA error"), variants, [], nodes, max_attempts=3) is None
@@ -366,7 +383,7 @@ def test_rungs_round_trip_through_json():
 
 
 def test_jobs_round_trip_through_json_dicts():
-    job = place_scene(plan_scene(scene()), [node("a", "wan_t2v_fast")])[0]
+    job = place_scene(plan_scene(scene()), [node("a", "wan22_ti2v_5b")])[0]
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 
 
@@ -375,7 +392,38 @@ def test_a_shot_pinned_to_a_backend_is_planned_only_there():
     assert [v.backend for v in plan_scene(scene(backend="wan2gp"))[0]] == ["wan2gp"]
     pinned = plan_scene(scene(backend="wan2gp"))[0]
     with pytest.raises(NoCapableNode) as info:  # a ComfyUI node with the model is no use
-        place_scene([pinned], [node("a", "hunyuan_t2v", "wan_t2v_fast")])
+        place_scene([pinned], [node("a", "hunyuan15_t2v", "wan22_ti2v_5b")])
     assert "no live node" in str(info.value)
-    placed = place_scene([pinned], [node("a", "wan_t2v_fast"), wan_node("w", pinned[0].model)])
+    placed = place_scene([pinned], [node("a", "wan22_ti2v_5b"), wan_node("w", pinned[0].model)])
     assert (placed[0].node, placed[0].backend) == ("w", "wan2gp")
+
+
+def test_a_two_model_job_needs_every_model_on_the_node():
+    sc = scene("final")
+    job = plan_job(sc, sc.shots[0], "final", CAT)
+    high, low = job.models
+    files = node("x", "wan22_t2v_a14b").models
+    half = {**files, "diffusion_models": (high,)}
+    with pytest.raises(NoCapableNode) as info:
+        place(job, [NodeInfo("half", models=half)])
+    assert f"half: lacks diffusion_models/{low}" in str(info.value)
+    offers_high = NodeInfo("d", models=files, workflows={job.workflow: (high,)})
+    assert offers_high.cannot_run(job) == f"offers no {low} to workflow {job.workflow}"
+    assert (
+        NodeInfo("e", models=files, workflows={job.workflow: (high, low)}).cannot_run(job) is None
+    )
+
+
+def test_the_model_load_cost_counts_each_model_a_node_lacks():
+    """A node holding only the high-noise expert must still load the low-noise one: it is
+    one load away, a node holding neither two; a node holding both none."""
+    sc = scene("final")
+    job = plan_job(sc, sc.shots[0], "final", CAT)
+    high, low = job.models
+    nodes = [node("one", "wan22_t2v_a14b"), node("none", "wan22_t2v_a14b")]
+    # one: 25 queued + 1 load (20) = 45 > none: 0 + 2 loads (40)
+    assert place(job, nodes, load={"one": 25.0}, last_model={"one": {high}}) == "none"
+    # one: 15 + 20 = 35 < 40
+    assert place(job, nodes, load={"one": 15.0}, last_model={"one": {high}}) == "one"
+    both = {"one": {high, low}}
+    assert place(job, nodes, load={"one": 39.0}, last_model=both) == "one"

@@ -33,13 +33,25 @@ CAT = load_catalog()
 
 
 def job(
-    model: str = "m1", backend: str = "comfyui", workflow: str = "wan_t2v", cost: float = 0.0
+    model: str = "m1",
+    backend: str = "comfyui",
+    workflow: str = "wan22_ti2v",
+    cost: float = 0.0,
+    *more: str,
 ) -> Job:
-    """A job needing only its model file (a ComfyUI diffusion model or a WanGP model id),
-    costing ``cost`` reference sampler steps (0: no size given; the scheduler counts 1)."""
-    files = {"diffusion_models": [model]} if backend == "comfyui" else {"wangp": [model]}
+    """A job needing only its model files (ComfyUI diffusion models, ``model`` and ``more``,
+    or a WanGP model id), costing ``cost`` reference sampler steps (0: no size given; the
+    scheduler counts 1)."""
+    models = (model, *more)
+    files = {"diffusion_models": list(models)} if backend == "comfyui" else {"wangp": [model]}
     params = {"steps": cost, "width": 832, "height": 480, "length": 81} if cost else {}
-    return Job("s", "a", "preview", "wan", workflow, model, files, params, backend=backend)
+    return Job("s", "a", "preview", "wan", workflow, model, files, params, backend=backend,
+               models=models)  # fmt: skip
+
+
+def pair(high: str = "hi", low: str = "lo", cost: float = 0.0) -> Job:
+    """A two-model job (Wan 2.2 A14B: a high-noise and a low-noise model)."""
+    return job(high, "comfyui", "wan22_t2v", cost, low)
 
 
 def node(name: str, *models: str, speed: float = 1.0, kind: str = "comfyui", **info) -> NodeInfo:
@@ -48,9 +60,14 @@ def node(name: str, *models: str, speed: float = 1.0, kind: str = "comfyui", **i
 
 
 def load(
-    info: NodeInfo, bound: int = 0, model: str = "", blocked: tuple[str, ...] = ()
+    info: NodeInfo,
+    bound: int = 0,
+    model: str | tuple[str, ...] = "",
+    blocked: tuple[str, ...] = (),
 ) -> NodeLoad:
-    return NodeLoad(info, bound, model, frozenset(blocked))
+    """A node with ``model`` loaded (a name, or the names of a set)."""
+    models = (model,) if isinstance(model, str) else model
+    return NodeLoad(info, bound, frozenset(m for m in models if m), frozenset(blocked))
 
 
 def group(
@@ -337,7 +354,7 @@ def test_the_model_a_node_will_have_loaded_counts_for_its_next_shot():
               group(job("m2"), shots=[(at(since=5), "b/1")], waiting=20)]  # fmt: skip
     n = load(node("a", "m1", "m2"))
     out = assign(groups, [n])
-    assert [a.key for a in out] == ["a/1", "a/2"] and n.model == "m1"
+    assert [a.key for a in out] == ["a/1", "a/2"] and n.models == {"m1"}
 
 
 def test_a_node_with_the_model_loaded_beats_a_faster_one_on_a_short_render():
@@ -353,6 +370,52 @@ def test_a_faster_node_beats_one_with_the_model_loaded_on_a_long_render():
     nodes = [load(node("loaded", "m1"), model="m1"), load(node("fast", "m1", speed=2.0))]
     out = assign([group(job("m1", cost=30), shots=[(at(), "s/1")])], nodes)
     assert bound_to(out) == {"s/1": "fast"}
+
+
+# -- two-model jobs (Wan 2.2 A14B) ------------------------------------------------------------
+def test_a_two_model_job_goes_only_to_a_node_holding_both_models():
+    g = group(pair(), shots=[(at(), "s/1")])
+    half, both = node("half", "hi"), node("both", "hi", "lo")
+    assert not can_run(half, g.variants[0]) and can_run(both, g.variants[0])
+    out = assign([g], [load(half), load(both)])
+    assert bound_to(out) == {"s/1": "both"}
+
+
+def test_a_node_holding_a_two_model_set_has_it_loaded_once_bound():
+    n = load(node("a", "hi", "lo", "m1"), model="m1")
+    g = group(pair(), shots=[(at(), "s/1")])
+    out = assign([g], [n], depth=1)
+    assert out == [Assignment("s/1", "a", 0, "hi", g.id)] and n.models == {"hi", "lo"}
+
+
+def test_the_load_cost_counts_each_model_a_node_lacks():
+    """Rule 8 with two models: (20 per model to load + cost) / speed. The node holding
+    only the high-noise model: (20 + 10) / 1 = 30; the empty fast node: (40 + 10) / 2 = 25;
+    the node holding both: 10."""
+
+    def nodes(*extra):
+        return [load(node("one", "hi", "lo"), model="hi"),
+                load(node("fast", "hi", "lo", speed=2.0)), *extra]  # fmt: skip
+
+    out = assign([group(pair(cost=10), shots=[(at(), "s/1")])], nodes())
+    assert bound_to(out) == {"s/1": "fast"}
+    both = load(node("both", "hi", "lo"), model=("hi", "lo"))
+    out = assign([group(pair(cost=10), shots=[(at(), "s/1")])], nodes(both))
+    assert bound_to(out) == {"s/1": "both"}
+
+
+def test_a_node_with_both_models_loaded_prefers_their_shots():
+    """Rule 7 with sets: a node with the pair loaded takes the pair's newer shot before an
+    older shot of a model it does not hold; one with only half the pair loaded does not."""
+
+    def groups():
+        return [group(job("m1"), shots=[(at(since=0), "old/1")]),
+                group(pair(), shots=[(at(since=50), "new/1")])]  # fmt: skip
+
+    out = assign(groups(), [load(node("a", "m1", "hi", "lo"), model=("hi", "lo"))], depth=1)
+    assert bound_to(out) == {"new/1": "a"}
+    out = assign(groups(), [load(node("a", "m1", "hi", "lo"), model="hi")], depth=1)
+    assert bound_to(out) == {"old/1": "a"}
 
 
 def test_each_node_takes_the_model_it_has_loaded():
@@ -428,7 +491,7 @@ def test_a_shot_with_two_backends_binds_to_either_with_its_variant():
         ("c", 0, comfy.model),
         ("w", 1, wan.model),
     }
-    assert {n.info.name: n.model for n in nodes} == {"c": comfy.model, "w": wan.model}
+    assert {n.info.name: n.models for n in nodes} == {"c": set(comfy.models), "w": {wan.model}}
     assert all(a.group == g.id for a in out)
 
 
@@ -437,7 +500,7 @@ def test_binding_pops_the_shot_and_advances_the_node():
     n = load(node("a", "m1"), model="m0")
     out = assign([g], [n], depth=1)
     assert out == [Assignment("s/1", "a", 0, "m1", g.id)]
-    assert g.shots == [(at(since=1), "s/2")] and (n.bound, n.model) == (1, "m1")
+    assert g.shots == [(at(since=1), "s/2")] and (n.bound, n.models) == (1, {"m1"})
 
 
 # -- properties over random farms -----------------------------------------------------------
@@ -457,10 +520,12 @@ def random_farm(rng: random.Random, depth: int) -> tuple[list[Group], list[NodeL
             name, *held, kind=kind, speed=rng.choice((0.5, 1.0, 2.0)), alive=rng.random() < 0.9
         )
         blocked = tuple(s for s in scenes if rng.random() < 0.15)
-        nodes.append(load(info, rng.randint(0, depth), rng.choice(("", *MODELS)), blocked))
+        loaded = rng.choice(("", *MODELS, tuple(rng.sample(MODELS, 2))))
+        nodes.append(load(info, rng.randint(0, depth), loaded, blocked))
     groups = []
     for _ in range(rng.randint(1, 5)):
-        variants = [job(rng.choice(MODELS), cost=rng.choice((0, 5, 10, 30)))]
+        two = rng.sample(MODELS, 2) if rng.random() < 0.3 else rng.sample(MODELS, 1)
+        variants = [job(two[0], "comfyui", "wan22_ti2v", rng.choice((0, 5, 10, 30)), *two[1:])]
         if rng.random() < 0.5:
             variants.append(job(rng.choice(MODELS), "wan2gp", "wangp", rng.choice((0, 5, 30))))
         rng.shuffle(variants)
@@ -566,9 +631,10 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
                     continue
                 i = index[a, j]
                 drain = waiting[j] * min(costs[j]) / max(capacity[j], 1e-9)
-                affinity = 0 if n.model == g.variants[i].model else 1
-                if not affinity:  # the load it saves stretches the group's drain time
-                    drain *= 1 + LOAD_STEPS / costs[j][i]
+                lacks = [m for m in g.variants[i].models if m not in n.models]
+                affinity = len(lacks)
+                if not affinity:  # the loads it saves stretch the group's drain time
+                    drain *= 1 + LOAD_STEPS * len(g.variants[i].models) / costs[j][i]
                 band = math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
                 mine = g.variants[i].backend
                 others = [c for v, c in zip(g.variants, costs[j], strict=True)
@@ -590,7 +656,7 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
                 and waiting[j] < depth * len(capable[j])
             ):
                 continue  # busy, and its best shot's group is thin
-            load = 0.0 if n.model == live[j].variants[i].model else MODEL_SWITCH_COST
+            load = MODEL_SWITCH_COST * sum(m not in n.models for m in live[j].variants[i].models)
             rank = (
                 n.bound > 0,
                 key[0],
@@ -608,8 +674,8 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
         g.shots.remove(head)
         waiting[j] -= 1
         n.bound += 1
-        n.model = g.variants[i].model
-        out.append(Assignment(head[1], n.info.name, i, n.model, g.id))
+        n.models = frozenset(g.variants[i].models)
+        out.append(Assignment(head[1], n.info.name, i, g.variants[i].model, g.id))
 
 
 def test_assign_decides_as_the_plain_rules_on_random_farms():
@@ -628,7 +694,7 @@ def test_assign_decides_as_the_plain_rules_on_random_farms():
         got = assign(groups, nodes, depth)
         assert got == reference_assign(ref_groups, ref_nodes, depth), trial
         assert [g.shots for g in groups] == [g.shots for g in ref_groups]
-        assert [(n.bound, n.model) for n in nodes] == [(n.bound, n.model) for n in ref_nodes]
+        assert [(n.bound, n.models) for n in nodes] == [(n.bound, n.models) for n in ref_nodes]
 
 
 def test_naive_baseline_binds_everything_round_robin_oldest_first():

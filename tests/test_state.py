@@ -205,6 +205,19 @@ def record_group(rt: Runtime, scene_id: str, shot_id: str) -> str:
     return rt.state.shot(scene_id, shot_id)["group"]
 
 
+def test_a_render_loads_each_model_its_node_did_not_use_last(scratch_settings):
+    """A two-model render (Wan 2.2 A14B) on a fresh node loads both; the same pair again
+    loads none; a render sharing one of them loads only the other. Only a render that
+    loaded nothing is a speed sample."""
+    _, registry = make(scratch_settings)
+    registry.register("a", "comfyui", "http://127.0.0.1:1", {"models": {}})
+    assert registry.record_render("a", ["hi", "lo"], 10.0, 60.0) == ["hi", "lo"]
+    assert registry.records()[0]["throughput"] == 0  # loaded: no sample
+    assert registry.record_render("a", ["hi", "lo"], 10.0, 5.0) == []
+    assert registry.records()[0]["throughput"] == 2.0
+    assert registry.record_render("a", ["hi", "other"], 10.0, 30.0) == ["other"]
+
+
 def test_node_speed_is_learned_from_renders_without_model_loads(scratch_settings):
     """Speeds are each node's work per second over its last renders, relative to the
     median node; a render that loaded a model is no sample; an unmeasured node is 1.0."""
@@ -212,16 +225,16 @@ def test_node_speed_is_learned_from_renders_without_model_loads(scratch_settings
     for name in ("fast", "mid", "slow", "new"):
         registry.register(name, "comfyui", "http://127.0.0.1:1", {"models": {}})
     for name in ("fast", "mid", "slow"):
-        registry.record_render(name, "m1", 10.0, 60.0)  # the first render loads m1
+        registry.record_render(name, ["m1"], 10.0, 60.0)  # the first render loads m1
     assert {i.speed for i in registry.infos()} == {1.0}
     for _ in range(3):
-        registry.record_render("fast", "m1", 10.0, 2.5)  # 4 steps/s
-        registry.record_render("mid", "m1", 10.0, 5.0)  # 2 steps/s
-        registry.record_render("slow", "m1", 10.0, 20.0)  # 0.5 steps/s
-    registry.record_render("slow", "m2", 10.0, 90.0)  # loads m2: not a sample
+        registry.record_render("fast", ["m1"], 10.0, 2.5)  # 4 steps/s
+        registry.record_render("mid", ["m1"], 10.0, 5.0)  # 2 steps/s
+        registry.record_render("slow", ["m1"], 10.0, 20.0)  # 0.5 steps/s
+    registry.record_render("slow", ["m2"], 10.0, 90.0)  # loads m2: not a sample
     speeds = {i.name: i.speed for i in registry.infos()}
     assert speeds == {"fast": 2.0, "mid": 1.0, "slow": 0.25, "new": 1.0}
-    registry.record_render("slow", "m2", 10.0, 10.0)  # 1 step/s: the window's mean moves
+    registry.record_render("slow", ["m2"], 10.0, 10.0)  # 1 step/s: the window's mean moves
     assert {i.name: i.speed for i in registry.infos()}["slow"] < 0.3
     registry.remove("mid")  # median of 4 and 0.56 steps/s
     speeds = {i.name: i.speed for i in registry.infos()}

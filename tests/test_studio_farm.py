@@ -171,9 +171,12 @@ def test_farm_templates_says_which_live_node_renders_each_tier(farm, studio_dir)
         (glow,) = [r for r in found["glow"]["tiers"][tier] if r["kind"] == "text"]
         assert glow["nodes"] == [] and set(glow["lacks"]) == {"node-half", "node-studio"}
         assert all("class FancyGlow is not installed" in why for why in glow["lacks"].values())
-    routes = {(r["kind"], r["backend"]): r for r in found["standard_generation"]["tiers"]["final"]}
+    # the built-in preview tier (Wan 2.2 TI2V-5B): a model no node of this farm holds
+    routes = {
+        (r["kind"], r["backend"]): r for r in found["standard_generation"]["tiers"]["preview"]
+    }
     wan = routes[("text", "comfyui")]
-    assert wan["nodes"] == [] and "wan2.1_t2v_14B_fp16.safetensors" in wan["lacks"]["node-studio"]
+    assert wan["nodes"] == [] and "wan2.2_ti2v_5B_fp16.safetensors" in wan["lacks"]["node-studio"]
     assert routes[("text", "wan2gp")]["nodes"] == []  # no WanGP node in this farm
     text = farm_cli(farm, "templates")
     assert text.returncode == 0 and "dusk_a14b" in text.stdout and "FancyGlow" in text.stdout

@@ -42,8 +42,11 @@ def test_a_node_that_comes_back_is_described_again(farm_cluster, scratch_setting
     beat.backend = make_backend("comfyui", farm_cluster.node_url("node-a"), settings)  # back
     beat.beat()
     (up,) = beat.registry.records()
-    assert up["alive"] and up["workflows"]["wan_t2v"]["ok"] and up["described"] > 0
-    assert "wan2.1_t2v_14B_fp16.safetensors" in beat.registry.infos()[0].workflows["wan_t2v"]
+    assert up["alive"] and up["workflows"]["wan22_t2v"]["ok"] and up["described"] > 0
+    offered = beat.registry.infos()[0].workflows["wan22_t2v"]
+    assert {f"wan2.2_t2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low")} <= set(
+        offered
+    )
 
 
 def test_the_node_kind_is_detected_from_what_answers(farm_cluster):

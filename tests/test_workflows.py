@@ -33,7 +33,8 @@ PARAMS = {
     "filename_prefix": "farm/x",
 }
 EXTRA = {
-    "wan_i2v": {"start_image": "farm/a.png"},
+    "wan22_t2v": {"model2": "low.safetensors", "switch_step": 2},
+    "wan22_i2v": {"model2": "low.safetensors", "switch_step": 2, "start_image": "farm/a.png"},
     "wan_ati": {"start_image": "farm/a.png", "tracks": '[[{"x": 1, "y": 2}]]'},
 }
 
@@ -43,7 +44,7 @@ def names():
 
 
 def test_every_catalogue_engine_has_its_workflow():
-    assert names() == ["hunyuan_t2v", "wan_ati", "wan_i2v", "wan_t2v"]
+    assert names() == ["hunyuan15_t2v", "wan22_i2v", "wan22_t2v", "wan22_ti2v", "wan_ati"]
     for name in names():
         assert (WORKFLOWS / f"{name}.json").is_file()
 
@@ -52,16 +53,17 @@ def test_every_catalogue_engine_has_its_workflow():
 def test_binding_writes_every_parameter_into_its_titled_node(name):
     graph = load_workflow(name, WORKFLOWS)
     params = {**PARAMS, **EXTRA.get(name, {})}
-    bound = bind(graph, params, name)
+    engine = load_catalog().bindings(name)
+    bound = bind(graph, params, name, engine)
     for param, value in params.items():
-        title, input_name = BINDINGS[param]
-        (node_id,) = find_titled(bound, title)
-        assert bound[node_id]["inputs"][input_name] == value
+        for title, input_name in engine[param] if param in engine else [BINDINGS[param]]:
+            (node_id,) = find_titled(bound, title)
+            assert bound[node_id]["inputs"][input_name] == value
     assert graph != bound and load_workflow(name, WORKFLOWS) == graph  # the original is untouched
 
 
 def test_binding_does_not_depend_on_node_ids_or_order():
-    graph = load_workflow("wan_t2v", WORKFLOWS)
+    graph = load_workflow("wan22_ti2v", WORKFLOWS)
     renumber = {old: str(100 + i) for i, old in enumerate(reversed(list(graph)))}
 
     def remap(value):
@@ -89,15 +91,15 @@ def test_binding_does_not_depend_on_node_ids_or_order():
 
 
 def test_missing_title_and_unknown_parameter_are_explained():
-    graph = load_workflow("wan_t2v", WORKFLOWS)
+    graph = load_workflow("wan22_ti2v", WORKFLOWS)
     with pytest.raises(WorkflowError, match="no node titled 'Start Image'"):
-        bind(graph, {"start_image": "x.png"}, "wan_t2v")
+        bind(graph, {"start_image": "x.png"}, "wan22_ti2v")
     with pytest.raises(WorkflowError, match="unknown workflow parameter 'colour'"):
         bind(graph, {"colour": 1})
 
 
 def test_duplicate_titles_are_refused():
-    graph = load_workflow("wan_t2v", WORKFLOWS)
+    graph = load_workflow("wan22_ti2v", WORKFLOWS)
     (sampler,) = find_titled(graph, "Sampler")
     graph["999"] = json.loads(json.dumps(graph[sampler]))
     with pytest.raises(WorkflowError, match="2 nodes are titled 'Sampler'"):
@@ -117,13 +119,13 @@ def test_editor_format_and_garbage_are_refused(tmp_path):
 
 
 def test_a_parameter_may_be_bound_to_several_inputs_or_to_none():
-    graph = load_workflow("wan_t2v", WORKFLOWS)
+    graph = load_workflow("wan22_ti2v", WORKFLOWS)
     (sampler,) = find_titled(graph, "Sampler")
     graph["999"] = {**json.loads(json.dumps(graph[sampler])), "_meta": {"title": "Second"}}
     bindings = {"seed": (("Sampler", "seed"), ("Second", "seed")), "negative": (),
                 "model2": (("Second", "model"),)}  # fmt: skip
     params = {"seed": 9, "negative": "ignored", **model_params(["a.safetensors", "b"])}
-    bound = bind(graph, params, "wan_t2v", bindings)
+    bound = bind(graph, params, "wan22_ti2v", bindings)
     assert bound[sampler]["inputs"]["seed"] == bound["999"]["inputs"]["seed"] == 9
     (loader,) = find_titled(graph, "Diffusion Model")
     assert bound[loader]["inputs"]["unet_name"] == "a.safetensors"  # model: the default title
@@ -131,3 +133,25 @@ def test_a_parameter_may_be_bound_to_several_inputs_or_to_none():
     assert bound == bind(graph, {k: v for k, v in params.items() if k != "negative"}, "x", bindings)
     with pytest.raises(WorkflowError, match="unknown workflow parameter 'model2'"):
         bind(graph, model_params(["a", "b"]))
+
+
+def test_a_two_model_workflow_takes_both_models_and_splits_the_steps():
+    """Wan 2.2 A14B: the high-noise model samples the first half of the steps (noise
+    added, leftover noise returned), the low-noise model the rest."""
+    graph = load_workflow("wan22_t2v", WORKFLOWS)
+    params = {"model": "hi.safetensors", "model2": "lo.safetensors", "seed": 9, "steps": 8,
+              "switch_step": 4}  # fmt: skip
+    bound = bind(graph, params, "wan22_t2v", load_catalog().bindings("wan22_t2v"))
+    (hi,), (lo,) = find_titled(bound, "High Noise Sampler"), find_titled(bound, "Low Noise Sampler")
+    (hm,), (lm,) = find_titled(bound, "High Noise Model"), find_titled(bound, "Low Noise Model")
+    assert bound[hm]["inputs"]["unet_name"] == "hi.safetensors"
+    assert bound[lm]["inputs"]["unet_name"] == "lo.safetensors"
+    high, low = bound[hi]["inputs"], bound[lo]["inputs"]
+    assert (high["noise_seed"], high["steps"], high["start_at_step"], high["end_at_step"]) == (
+        9,
+        8,
+        0,
+        4,
+    )
+    assert (low["steps"], low["start_at_step"], low["add_noise"]) == (8, 4, "disable")
+    assert low["latent_image"] == [hi, 0]

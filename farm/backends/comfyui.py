@@ -460,7 +460,8 @@ class ComfyClient:
                         progress(0.02, "queued on node")
                 else:
                     log.info("job %s is already on %s: following it", prompt_id, self.url)
-                ws = self._follow(prompt_id, client_id, ws, progress, on_event)
+                passes = SamplerPasses(graph)
+                ws = self._follow(prompt_id, client_id, ws, progress, on_event, passes)
             except (JobCancelled, NodeTimeout) as exc:
                 self._abandon(prompt_id, exc)
                 raise
@@ -506,6 +507,7 @@ class ComfyClient:
         ws: websocket.WebSocket,
         progress: ProgressFn,
         on_event: EventFn | None,
+        passes: SamplerPasses | None = None,
     ) -> websocket.WebSocket:
         """Follow the job's events until it ends; returns the (possibly new) socket."""
         last_activity = last_poll = time.monotonic()
@@ -544,7 +546,7 @@ class ComfyClient:
                 last_activity = now
                 if on_event:
                     on_event(kind, data)
-                if _handle(kind, data, progress):
+                if _handle(kind, data, progress, passes):
                     return ws
             if now - last_poll >= POLL_EVERY:
                 last_poll = now
@@ -642,13 +644,40 @@ def raise_for_status(prompt_id: str, entry: dict[str, Any]) -> None:
     raise RenderFailed(f"job {prompt_id} failed on the node (no error message recorded)")
 
 
-def _handle(kind: str, data: dict[str, Any], progress: ProgressFn) -> bool:
+#: classes whose ``progress`` events are sampling steps
+SAMPLER_CLASSES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom",
+                             "SamplerCustomAdvanced"})  # fmt: skip
+
+
+class SamplerPasses:
+    """A job's progress over all its sampling passes: Wan 2.2 A14B samples twice (high
+    noise, then low noise), each pass reporting its own steps from 1; the job's fraction
+    goes up once over both."""
+
+    def __init__(self, graph: Graph) -> None:
+        count = sum(1 for n in graph.values() if n.get("class_type") in SAMPLER_CLASSES)
+        self.total = max(1, count)
+        self.seen: list[str] = []
+
+    def fraction(self, node: str, value: float, maximum: float) -> float:
+        if node not in self.seen:
+            self.seen.append(node)
+        done = min(self.seen.index(node), self.total - 1)
+        return (done + min(1.0, value / maximum)) / self.total
+
+
+def _handle(
+    kind: str, data: dict[str, Any], progress: ProgressFn, passes: SamplerPasses | None = None
+) -> bool:
     """React to one event of our job; True when the job has ended."""
     if kind == "execution_start":
         progress(0.05, "started")
     elif kind == "progress":
         value, maximum = float(data.get("value", 0)), float(data.get("max", 1) or 1)
-        progress(0.05 + 0.85 * min(1.0, value / maximum), f"step {int(value)}/{int(maximum)}")
+        share = min(1.0, value / maximum)
+        if passes is not None:
+            share = passes.fraction(str(data.get("node")), value, maximum)
+        progress(0.05 + 0.85 * share, f"step {int(value)}/{int(maximum)}")
     elif kind == "execution_error":
         raise classify_execution_error(data)
     elif kind == "execution_interrupted":
@@ -714,7 +743,7 @@ class ComfyUIBackend:
         catalog = catalog_for(self.settings)
         bindings = catalog.bindings(job.workflow)
         loaders = model_bindings(bindings)
-        models = model_params(catalog.model_files(job.engine, job.model))
+        models = model_params(job.models)
         params = {**job.params, **{k: v for k, v in models.items() if k in loaders}}
         params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
         if "start_image" in params:

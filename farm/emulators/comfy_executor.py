@@ -7,8 +7,9 @@ builds the history entry. What it needs of the node is the :class:`Node` protoco
 (implemented by :class:`farm.emulators.comfyui.EmulatedNode`).
 
 The node's active faults act here: ``slow`` stretches every emulated GPU wait, and
-``ws_drop``, ``crash`` and ``hang`` fire when a sampler reaches their ``at_step`` (before
-that step is reported); see docs/emulators.md, "Fault injection".
+``ws_drop``, ``crash`` and ``hang`` fire when the prompt's samplers reach their ``at_step``
+(their steps counted together: Wan 2.2 A14B's two passes make one count; before that step is
+reported); see docs/emulators.md, "Fault injection".
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ class RunContext:
 
     async def progress(self, value: int, total: int, preview_jpeg: bytes | None) -> None:
         self.run.check_interrupt()
-        await self.run.step_faults(value)
+        self.run.sampled[self.node_id] = value
+        await self.run.step_faults(sum(self.run.sampled.values()))
         await self.run.report_progress(self.node_id, value, total, preview_jpeg)
 
     async def cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -256,6 +258,7 @@ class JobRun:
         self.values: dict[str, tuple] = {}
         self.ui: dict[str, dict[str, Any]] = {}
         self.executed: set[str] = set()
+        self.sampled: dict[str, int] = {}  # sampler node -> its steps so far
         self.success = False
         self.dropped = False
 
@@ -297,6 +300,7 @@ class JobRun:
     async def execute(self) -> None:
         prompt, pid = self.item.prompt, self.item.prompt_id
         self.pace = Pace()
+        self.node.gpu.begin()
         self.node.interrupted = False
         self.node.client_id = self.client
         await self.message("execution_start", {"prompt_id": pid})

@@ -1,6 +1,7 @@
 """The node classes an emulated ComfyUI node offers, as ``GET /object_info`` shows them.
 
-Definitions mirror ComfyUI 0.3.64's ``INPUT_TYPES`` (input names, types, defaults, ranges,
+Definitions mirror ComfyUI's ``INPUT_TYPES`` (0.3.64, and the Wan 2.2 and Hunyuan Video 1.5
+classes of ``comfy_extras/nodes_wan.py`` and ``nodes_hunyuan.py``) (input names, types, defaults, ranges,
 order, outputs, categories); combo inputs list the model files of the node's profile. Each
 class points at its runner in :mod:`farm.emulators.comfy_runners`; graphs are checked by
 :mod:`farm.emulators.comfy_validation` and run by :mod:`farm.emulators.comfy_executor`.
@@ -38,7 +39,9 @@ CLIP_TYPES = [
     "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image",
     "hunyuan_image",
 ]  # fmt: skip
-DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+DUAL_CLIP_TYPES = [
+    "sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15",
+]  # fmt: skip
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
@@ -268,6 +271,36 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
             v3=True,
         ),
         NodeDef(
+            "EmptyHunyuanVideo15Latent",
+            "latent/video",
+            {
+                **video_size,
+                "width": _int(848, 16, MAX_RESOLUTION, 16),
+                "length": _int(25, 1, MAX_RESOLUTION, 4),
+            },
+            runners.empty_latent,
+            ("LATENT",),
+            display_name="Empty HunyuanVideo 1.5 Latent",
+            module="comfy_extras.nodes_hunyuan",
+            v3=True,
+        ),
+        NodeDef(
+            "Wan22ImageToVideoLatent",
+            "conditioning/inpaint",
+            {
+                "vae": _link("VAE"),
+                "width": _int(1280, 32, MAX_RESOLUTION, 32),
+                "height": _int(704, 32, MAX_RESOLUTION, 32),
+                "length": _int(49, 1, MAX_RESOLUTION, 4),
+                "batch_size": _int(1, 1, 4096),
+            },
+            runners.wan22_image_to_video_latent,
+            ("LATENT",),
+            optional={"start_image": _link("IMAGE")},
+            module="comfy_extras.nodes_wan",
+            v3=True,
+        ),
+        NodeDef(
             "WanImageToVideo",
             required={**wan_in, **video_size},
             run=runners.wan_image_to_video,
@@ -307,6 +340,27 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
                 "denoise": _float(1.0, 0.0, 1.0, 0.01),
             },
             runners.ksampler,
+            ("LATENT",),
+        ),
+        NodeDef(
+            "KSamplerAdvanced",
+            "sampling",
+            {
+                "model": _link("MODEL"),
+                "add_noise": _combo(["enable", "disable"]),
+                "noise_seed": _int(0, 0, 0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                "steps": _int(20, 1, 10000),
+                "cfg": _float(8.0, 0.0, 100.0, 0.1, round=0.01),
+                "sampler_name": _combo(SAMPLERS),
+                "scheduler": _combo(SCHEDULERS),
+                "positive": _link("CONDITIONING"),
+                "negative": _link("CONDITIONING"),
+                "latent_image": _link("LATENT"),
+                "start_at_step": _int(0, 0, 10000),
+                "end_at_step": _int(10000, 0, 10000),
+                "return_with_leftover_noise": _combo(["disable", "enable"]),
+            },
+            runners.ksampler_advanced,
             ("LATENT",),
         ),
         NodeDef(

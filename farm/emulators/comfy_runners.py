@@ -115,7 +115,8 @@ class Conditioning:
 @dataclass(frozen=True, eq=False)
 class Latent:
     """A video latent: the requested pixel size and length; ``clip`` once sampled, and its
-    ``frames`` (an asyncio future), synthesized while the sampler's GPU time passes."""
+    ``frames`` (an asyncio future), synthesized while the sampler's GPU time passes (None
+    while noise is left for a later pass)."""
 
     width: int
     height: int
@@ -123,6 +124,8 @@ class Latent:
     batch: int = 1
     clip: ClipSpec | None = None
     frames: Any = field(default=None, repr=False)
+    #: an image encoded into its first frames (Wan22ImageToVideoLatent)
+    start_image: np.ndarray | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         shape = [self.batch, 16, (self.length - 1) // 4 + 1, self.height // 8, self.width // 8]
@@ -170,14 +173,28 @@ class Dirs:
 
 @dataclass
 class GpuState:
-    """What the emulated GPU holds: one diffusion model and any number of small models."""
+    """What the emulated GPU holds: the diffusion models of the last prompt (file -> GB of
+    weights kept in VRAM; Wan 2.2 A14B keeps both experts), and any number of small ones."""
 
-    model: str | None = None
-    weights_gb: float = 0.0
+    models: dict[str, float] = field(default_factory=dict)
+    #: the diffusion models the running prompt used, and those it had to load
+    used: set[str] = field(default_factory=set)
+    loads: list[str] = field(default_factory=list)
     small: set[str] = field(default_factory=set)
 
+    @property
+    def weights_gb(self) -> float:
+        return sum(self.models.values())
+
+    def begin(self) -> None:
+        """A prompt starts: keep only the diffusion models the last prompt used."""
+        if self.used:
+            self.models = {f: gb for f, gb in self.models.items() if f in self.used}
+        self.used, self.loads = set(), []
+
     def unload(self) -> None:
-        self.model, self.weights_gb = None, 0.0
+        self.models.clear()
+        self.used.clear()
         self.small.clear()
 
 
@@ -295,11 +312,15 @@ def _saved(file: str, subfolder: str, kind: str = "output") -> dict[str, str]:
 
 
 async def ensure_model(ctx: NodeContext, model: Model) -> None:
-    """Load ``model`` onto the GPU unless it is already there (one diffusion model at a time)."""
-    if ctx.gpu.model == model.file:
+    """Load ``model`` unless the GPU holds it: each diffusion model a prompt loads costs a
+    load, and the models the last prompt used stay (two for Wan 2.2 A14B)."""
+    ctx.gpu.used.add(model.file)
+    if model.file in ctx.gpu.models:
         return
+    ctx.gpu.loads.append(model.file)
     await ctx.sleep(load_seconds(ctx.profile))
-    ctx.gpu.model, ctx.gpu.weights_gb = model.file, resident_gb(model.size, ctx.profile.vram_gb)
+    room = ctx.profile.vram_gb - ctx.gpu.weights_gb  # a second model keeps what is left
+    ctx.gpu.models[model.file] = resident_gb(model.size, room)
 
 
 async def _ensure_small(ctx: NodeContext, folder: str, files: tuple[str, ...]) -> None:
@@ -390,6 +411,24 @@ async def wan_image_to_video(
     return Output((positive, negative, Latent(width, height, length, batch_size)))
 
 
+async def wan22_image_to_video_latent(
+    ctx: NodeContext,
+    vae: Vae,
+    width: int,
+    height: int,
+    length: int,
+    batch_size: int,
+    start_image: np.ndarray | None = None,
+) -> Output:
+    """Wan 2.2 TI2V-5B's latent: empty, or with ``start_image`` encoded into its first frames
+    (carried in the latent, as the node has no conditioning output)."""
+    return Output((Latent(width, height, length, batch_size, start_image=_first(start_image)),))
+
+
+def _first(images: np.ndarray | None) -> np.ndarray | None:
+    return None if images is None else images[0]
+
+
 async def wan_track_to_video(
     ctx: NodeContext,
     positive: Conditioning,
@@ -432,7 +471,7 @@ def clip_spec(latent: Latent, cond: Conditioning, seed: int, fps: float) -> Clip
         seed=seed,
         prompt=cond.text,
         tracks=cond.tracks,
-        start_image=cond.start_image,
+        start_image=cond.start_image if cond.start_image is not None else latent.start_image,
     )
 
 
@@ -505,6 +544,53 @@ async def ksampler(
             reason = CUDA_ERRORS[int(unit_hash("cuda", ctx.prompt_id) * len(CUDA_ERRORS))]
             raise NodeFailure("RuntimeError", f"CUDA error: {reason}{CUDA_SUFFIX}")
         await ctx.progress(step, steps, await ctx.cpu(preview_jpeg, spec, step, steps))
+    return Output((replace(lat, clip=spec, frames=frames),))
+
+
+async def ksampler_advanced(
+    ctx: NodeContext,
+    model: Model,
+    add_noise: str,
+    noise_seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent_image: Latent,
+    start_at_step: int,
+    end_at_step: int,
+    return_with_leftover_noise: str,
+) -> Output:
+    """Steps ``start_at_step`` to ``end_at_step`` (at most ``steps``) of a ``steps``-step
+    schedule: Wan 2.2 A14B runs its high-noise model for the first half (noise added,
+    leftover noise returned) and its low-noise model for the rest, on that latent."""
+    await ensure_model(ctx, model)
+    lat = latent_image
+    load = workload(lat.width, lat.height, lat.length, lat.batch)
+    if not fits_in_vram(model.size, ctx.profile.vram_gb, load):
+        ctx.gpu.unload()
+        raise NodeFailure(
+            "torch.OutOfMemoryError", oom_message(model.size, ctx.profile.vram_gb, load)
+        )
+    first, last = max(0, start_at_step), min(end_at_step, steps)
+    if lat.clip is not None and add_noise == "disable":  # continue the earlier pass
+        spec = lat.clip
+    else:
+        spec = clip_spec(lat, positive, noise_seed, ctx.fps)
+        spec = replace(spec, shake=ctx.shake(request_key(spec)))
+    done = last >= steps or return_with_leftover_noise == "disable"
+    frames = asyncio.ensure_future(ctx.cpu(render_frames, spec, lat.batch)) if done else None
+    total = max(0, last - first)
+    fail_at = failure_step(ctx.profile, f"{ctx.prompt_id}:{first}", total) if total else None
+    tick = step_seconds(ctx.profile, lat.width, lat.height, lat.length, lat.batch)
+    for step in range(1, total + 1):
+        await ctx.sleep(tick)
+        if step == fail_at:
+            reason = CUDA_ERRORS[int(unit_hash("cuda", ctx.prompt_id) * len(CUDA_ERRORS))]
+            raise NodeFailure("RuntimeError", f"CUDA error: {reason}{CUDA_SUFFIX}")
+        await ctx.progress(step, total, await ctx.cpu(preview_jpeg, spec, first + step, steps))
     return Output((replace(lat, clip=spec, frames=frames),))
 
 

@@ -295,7 +295,7 @@ class EmulatedNode:
         self.queue.running.remove(item)
         self.history.add(item.prompt_id, entry)
         status, details = _outcome(entry)
-        self.jobs.ended(item.run, status, **details)
+        self.jobs.ended(item.run, status, loaded_models=list(self.gpu.loads), **details)
         await self.queue_updated()
         if item.client_id is not None:
             await self.hub.send(

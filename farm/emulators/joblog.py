@@ -25,7 +25,8 @@ class JobLog:
     """Execution records in start order: ``run`` (1, 2, ... over the folder's life),
     ``job_id``, ``client_id``, ``pid`` (the emulator process), ``started_at``,
     ``ended_at`` (None while running, or forever when the process died) and ``status``
-    (``running``, ``success``, ``error`` or ``interrupted``) plus ``details``."""
+    (``running``, ``success``, ``error`` or ``interrupted``) plus ``details`` (a ComfyUI
+    node's: ``loaded_models``, the diffusion models the run loaded, in order)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.path = Path(folder) / FILE_NAME if folder is not None else None

@@ -295,7 +295,10 @@ class ModelSize:
         return self.params_b * self.bytes_per_param
 
 
-_KNOWN_PARAMS = (("hunyuan_video", 13.0), ("hunyuan", 13.0), ("ltx", 13.0), ("flux", 12.0))
+_KNOWN_PARAMS = (
+    ("hunyuanvideo1.5", 8.3), ("hunyuan_video", 13.0), ("hunyuan", 13.0), ("ltx", 13.0),
+    ("flux", 12.0),
+)  # fmt: skip
 
 
 def model_size(file: str, weight_dtype: str = "default") -> ModelSize:

@@ -155,7 +155,8 @@ class Engine:
         if self.loaded != info.model_type:
             self.loaded = None
             _progress(emit, "loading_model", f"Loading model {info.name}", 0, 0, task.steps)
-            self._wait(load_seconds(self.profile) * factor, cancel)
+            # each transformer file loads: Wan 2.2 A14B loads its two experts
+            self._wait(load_seconds(self.profile) * info.diffusion_models * factor, cancel)
             self.loaded = info.model_type
             emit("stream", {"stream": "stdout", "text": f"Model {info.model_type} loaded"})
         _progress(emit, "encoding_text", "Encoding Prompt", 2, 0, task.steps)

@@ -81,11 +81,13 @@ class ModelInfo:
     resolution: str
     frames: int
     steps: int
+    #: transformer files it loads: Wan 2.2 A14B has a high-noise and a low-noise expert
+    diffusion_models: int = 1
 
     @property
     def guidance_phases(self) -> int:
-        """Wan 2.2 14B runs two experts (high noise, then low noise): two inference stages."""
-        return 2 if self.family == "wan2.2" and self.params_b >= 14 else 1
+        """Wan 2.2 A14B runs two experts (high noise, then low noise): two inference stages."""
+        return self.diffusion_models
 
 
 @dataclass
