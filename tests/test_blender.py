@@ -173,9 +173,11 @@ def test_scene_renders_and_comes_back_as_strips(version, addon, farm_cluster, ar
     assert [(s["name"], s["start"], s["end"]) for s in clips] == [
         ("farm:intro", 1, 18), ("farm:chase", 18, 35), ("farm:close-up", 35, 51)]  # fmt: skip
     (whole,) = [s for s in strips if s["channel"] == 3]
-    # the scene strip ends with the timeline (frame 50), not with the 51-frame video
+    # the scene strip ends with the timeline (frame 50), not with the video, which is at
+    # least 51 frames (a model may render a shot longer than asked, e.g. WanGP's
+    # TI2V-5B at 25 frames and 24 fps, and 16 fps clips are resampled to the scene's rate)
     assert (whole["name"], whole["start"], whole["end"]) == ("farm:scene", 1, 51)
-    assert probe(Path(whole["filepath"])).frames == 51
+    assert probe(Path(whole["filepath"])).frames >= 51
     assert len(strips) == 4 and all(s["type"] == "MOVIE" for s in strips)
     for s in strips:
         assert s["filepath"].startswith(str(mount)) and Path(s["filepath"]).is_file(), s
