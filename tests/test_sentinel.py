@@ -19,6 +19,7 @@ import redis
 from farm.celery_app import celery_config, celery_url, make_app
 from farm.errors import ConfigError
 from farm.local import EmulatedNode, LocalFarm, TLSFiles, free_port, make_tls_files, wait_for
+from farm.nodes import NodeRegistry
 from farm.settings import Settings, parse_sentinel_url
 from farm.state import FarmState, connect, redacted
 
@@ -176,7 +177,7 @@ def submit(farm: LocalFarm, tmp_path: Path, scene_id: str, seed: int) -> None:
 def test_a_farm_on_sentinel_renders_before_and_after_a_failover(group, ha_farm, tmp_path):
     settings = ha_farm.settings()
     client = connect(settings)  # made before the failover, used after it
-    rt = SimpleNamespace(state=FarmState(client, settings))
+    rt = SimpleNamespace(state=FarmState(client, settings), registry=NodeRegistry(client, settings))
     old = group.master_port()
     assert client.connection_pool.get_master_address() == ("127.0.0.1", old)
 
@@ -190,6 +191,9 @@ def test_a_farm_on_sentinel_renders_before_and_after_a_failover(group, ha_farm, 
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "done"  # written before, read from the new master
 
+    # the node's worker beats again once it has found the new master; until then ingest
+    # rightly refuses a scene no live node can render
+    wait_for(lambda: all(r["alive"] for r in rt.registry.records()), 60, "the nodes beating again")
     submit(ha_farm, tmp_path, "ha-after", seed=12)
     assert wait_done(rt, "ha-after", timeout=90)["state"] == "done"
     assert client.connection_pool.get_master_address() == ("127.0.0.1", new)
