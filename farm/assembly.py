@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,21 @@ def assemble(scene_id: str, run: int, rt: Runtime) -> dict[str, Any]:
     shot clips in scene order into ``scene.mp4`` (a failed shot becomes a slate card of its
     length, so the cut keeps its timing). A delivery with nothing to do (another run, the
     stage done or held) returns ``skipped``."""
-    token = lifecycle.claim(rt, scene_id, run, SceneState.ASSEMBLING,
-                            wait_for=4 * rt.settings.lease_ttl)  # fmt: skip
+    return _run_stage(rt, scene_id, run, SceneState.ASSEMBLING, _assemble)
+
+
+def _run_stage(
+    rt: Runtime, scene_id: str, run: int, stage: SceneState,
+    work: Callable[[Runtime, str, str], dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Claim ``stage`` of the scene for ``run`` and do ``work`` under its lease; ``skipped``
+    when there is nothing to do or the stage failed (tried again, or the scene failed)."""
+    token = lifecycle.claim(rt, scene_id, run, stage, wait_for=4 * rt.settings.lease_ttl)
     if token is None:
         return {"scene_id": scene_id, "skipped": True}
-    with _stage(rt, scene_id, token, SceneState.ASSEMBLING, run):
-        return _assemble(rt, scene_id, token)
-    return {"scene_id": scene_id, "skipped": True}  # the stage failed: tried again or failed
+    with _stage(rt, scene_id, token, stage, run):
+        return work(rt, scene_id, token)
+    return {"scene_id": scene_id, "skipped": True}
 
 
 def _assemble(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
@@ -161,13 +169,7 @@ def score(scene_id: str, run: int, rt: Runtime) -> dict[str, Any]:
     report (``report.json`` and ``report.html``): each shot's kept take as the quality
     gate scored it, every take and decision, the continuity of each cut, and each shot's
     provenance."""
-    token = lifecycle.claim(rt, scene_id, run, SceneState.SCORING,
-                            wait_for=4 * rt.settings.lease_ttl)  # fmt: skip
-    if token is None:
-        return {"scene_id": scene_id, "skipped": True}
-    with _stage(rt, scene_id, token, SceneState.SCORING, run):
-        return _score(rt, scene_id, token)
-    return {"scene_id": scene_id, "skipped": True}  # the stage failed: tried again or failed
+    return _run_stage(rt, scene_id, run, SceneState.SCORING, _score)
 
 
 def _score(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
