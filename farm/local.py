@@ -29,11 +29,13 @@ from farm.settings import Settings
 @dataclass(frozen=True)
 class EmulatedNode:
     """A node to emulate: its name, emulator profile file and backend kind
-    (``comfyui`` or ``wan2gp``, the WanGP MCP server)."""
+    (``comfyui`` or ``wan2gp``, the WanGP MCP server); with ``url``, a node that already
+    runs there (a real ComfyUI): the farm starts no emulator for it."""
 
     name: str
-    profile: Path
+    profile: Path | None
     kind: str = "comfyui"
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("comfyui", "wan2gp"):
@@ -276,6 +278,9 @@ class LocalFarm:
         return self.root / "storage"
 
     def node_url(self, name: str) -> str:
+        node = next((n for n in self.nodes if n.name == name), None)
+        if node is not None and node.url:
+            return node.url.rstrip("/")
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def redis_url(self, user: str | None = None) -> str:
@@ -332,13 +337,14 @@ class LocalFarm:
     def start(self) -> LocalFarm:
         for folder in (self.logs, self.storage, self.root / "redis"):
             folder.mkdir(parents=True, exist_ok=True)
-        self.ports = {node.name: free_port() for node in self.nodes}
+        self.ports = {node.name: free_port() for node in self.nodes if not node.url}
         try:
             if self.external_redis is None:
                 self.start_redis()
-            for node in self.nodes:
+            emulated = [node for node in self.nodes if not node.url]
+            for node in emulated:
                 self.start_emulator(node)
-            for node in self.nodes:
+            for node in emulated:
                 self._wait_emulator(node)
             for node in self.nodes:
                 self.start_worker(node.name)
@@ -435,6 +441,8 @@ class LocalFarm:
         self.start_redis()
 
     def start_emulator(self, node: EmulatedNode) -> None:
+        if node.url or node.profile is None:
+            raise ConfigError(f"node {node.name} runs at {node.url}: the farm does not start it")
         self._spawn(f"emulator-{node.name}", emulator_argv(
             node.kind, self.ports[node.name], node.profile, self.root / "nodes" / node.name))  # fmt: skip
 

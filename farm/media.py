@@ -20,6 +20,7 @@ from typing import IO
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from farm.errors import ConfigError, InvalidInput
 from farm.files import atomic_target
@@ -153,6 +154,36 @@ def read_video(path: Path, max_frames: int | None = None) -> tuple[list[np.ndarr
     if not frames:
         raise InvalidInput(f"cannot read video (no frames decoded): {path}")
     return frames, float(fps)
+
+
+def animation_to_video(src: Path, dest: Path, fps: float | None = None) -> Path:
+    """An animated WebP or GIF (ComfyUI's ``SaveAnimatedWEBP`` and the like) as an H.264
+    MP4 at ``fps`` (default: its shortest frame time), each frame held for its duration, so
+    equal neighbouring frames that the image encoder merged come back; an odd size is
+    padded by one edge pixel (H.264 needs even sides)."""
+    try:
+        with Image.open(src) as image:
+            frames, durations = [], []
+            for index in range(getattr(image, "n_frames", 1)):
+                image.seek(index)
+                image.load()
+                frames.append(np.asarray(image.convert("RGB"))[:, :, ::-1])
+                durations.append(float(image.info.get("duration") or 0))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidInput(f"cannot read animation {src.name}: {exc}") from exc
+    timed = [d for d in durations if d > 0]
+    frame_ms = 1000.0 / fps if fps else min(timed, default=1000.0 / 24)
+    height, width = frames[0].shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
+
+    def held() -> Iterator[np.ndarray]:
+        for frame, duration in zip(frames, durations, strict=True):
+            frame = np.ascontiguousarray(np.pad(frame, pad, mode="edge"))
+            for _ in range(max(1, round(duration / frame_ms)) if duration > 0 else 1):
+                yield frame
+
+    write_video(dest, held(), fps or 1000.0 / frame_ms)
+    return dest
 
 
 def read_frames(path: Path, max_frames: int | None = None) -> list[np.ndarray]:

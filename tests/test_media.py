@@ -120,3 +120,33 @@ def test_concat_missing_clip_is_invalid_input(tmp_path):
         media.concat_videos(
             [Path(tmp_path / "nope.mp4")], tmp_path / "o.mp4", width=64, height=64, fps=8
         )
+
+
+def test_an_animation_becomes_a_clip_with_each_frame_held_for_its_duration(tmp_path):
+    """ComfyUI's SaveAnimatedWEBP at 12 fps: 8 frames of one colour then 9 of another; the
+    WebP encoder merges equal neighbours into two long frames, the clip has all 17 again."""
+    from PIL import Image
+
+    from farm.media import animation_to_video
+
+    first, second = (51, 102, 204), (204, 102, 51)
+    frames = [Image.new("RGB", (161, 95), first if i < 8 else second) for i in range(17)]
+    webp = tmp_path / "flip.webp"
+    frames[0].save(webp, save_all=True, append_images=frames[1:], duration=int(1000 / 12),
+                   lossless=True)  # fmt: skip
+    assert Image.open(webp).n_frames == 2  # merged by the encoder
+    clip = animation_to_video(webp, tmp_path / "flip.mp4", 12.0)
+    info = media.probe(clip)
+    assert (info.frames, info.width, info.height, info.fps) == (17, 162, 96, 12.0)
+    colours = [f.mean(axis=(0, 1))[::-1] for f in media.read_frames(clip)]
+    assert np.allclose(colours[:8], [first] * 8, atol=4)
+    assert np.allclose(colours[8:], [second] * 9, atol=4)
+
+
+def test_a_file_that_is_no_animation_is_invalid_input(tmp_path):
+    from farm.media import animation_to_video
+
+    bad = tmp_path / "bad.webp"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InvalidInput, match="cannot read animation bad.webp"):
+        animation_to_video(bad, tmp_path / "bad.mp4", 12.0)

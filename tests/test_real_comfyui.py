@@ -21,17 +21,24 @@ import requests
 import websocket
 from PIL import Image
 
+from farm.backends import comfyui as comfy
 from farm.backends.comfyui import ComfyClient
 from farm.comfy_run import run_workflow
-from farm.errors import BadNodeResponse
-from farm.media import probe
+from farm.local import EmulatedNode, LocalFarm
+from farm.media import probe, read_video
+from farm.runtime import get_runtime
+from farm.scene import parse_scene
+from farm.submit import enqueue
 
+from .conftest import REPO, pointed_at
 from .emulated import EmulatorProcess
 from .real_comfyui import RealComfyUI
+from .test_e2e import wait_done
 
 CORE = Path(__file__).parent / "fixtures" / "core-nodes"
 WORKFLOW = CORE / "animated_webp.json"  # the ComfyUI of March 2024 has no SaveVideo
 VIDEO_WORKFLOW = CORE / "video_mp4.json"  # a like pipeline ending in CreateVideo, SaveVideo
+CHECK = REPO / "examples" / "core-check"  # the studio check: catalog, flip-book, scene
 PROFILE = {"name": "core", "gpu": "NVIDIA GeForce RTX 4090", "vram_gb": 24, "models": {},
            "model_load_s": 0.1, "step_s": 0.1}  # fmt: skip
 TIMEOUT = 30
@@ -165,19 +172,79 @@ def test_core_workflow_renders_the_same_on_real_comfyui_and_the_emulator(real, e
     assert np.allclose(seen_emu["colours"], seen_real["colours"], atol=1)
 
 
-def test_farm_client_refuses_a_comfyui_that_ignores_its_prompt_id(real, tmp_path):
-    """This ComfyUI queues the job under an id of its own: the farm cannot follow, resume or
-    cancel it, so it says exactly that (not "vanished") and leaves nothing queued."""
-    client = ComfyClient(real, TIMEOUT, 60)
-    with pytest.raises(BadNodeResponse, match="ignored the prompt_id the farm chose") as err:
-        client.run(graph(0x102030), str(uuid.uuid4()), lambda *a, **k: None)
-    assert "update ComfyUI on this node" in str(err.value)
-    queue = requests.get(real + "/queue", timeout=TIMEOUT).json()
-    assert queue["queue_pending"] == []
+def test_farm_client_follows_a_comfyui_that_chooses_its_own_prompt_ids(real, tmp_path):
+    """This ComfyUI queues the job under an id of its own: the farm finds it by the tag it
+    puts in ``extra_data``, so a second delivery (a fresh client, as in another worker)
+    follows the finished job instead of queueing it again."""
+    comfy.CLIENT_IDS.clear()
+    farm_id = str(uuid.uuid4())
+    first = ComfyClient(real, TIMEOUT, 60)
+    entry = first.run(graph(0x102030), farm_id, lambda *a, **k: None)
+    node_id = first.node_id(farm_id)
+    assert node_id != farm_id and comfy.CLIENT_IDS[real] is False
+    history = requests.get(real + "/history", timeout=TIMEOUT).json()
+    assert history[node_id]["prompt"][3][comfy.FARM_TAG] == farm_id
+    assert entry["outputs"] == history[node_id]["outputs"]
+
+    comfy.CLIENT_IDS.clear()  # a new worker process knows nothing of this server yet
+    again = ComfyClient(real, TIMEOUT, 60)
+    assert again.status(farm_id)[0] == "ended" and again.node_id(farm_id) == node_id
+    assert again.run(graph(0x102030), farm_id, lambda *a, **k: None) == entry
+    assert len(requests.get(real + "/history", timeout=TIMEOUT).json()) == len(history)
+    assert again.cancel(farm_id) == "not_found"  # it is over: nothing to take off
 
     summary = run_workflow(real, WORKFLOW, tmp_path / "out")  # `farm comfy run`
-    assert summary["status"] == "failed" and summary["error_kind"] == BadNodeResponse.kind
-    assert "too old for the farm" in summary["error"] and summary["outputs"] == []
+    assert summary["status"] == "success" and len(summary["outputs"]) == 1
+
+
+def scene_on(node: EmulatedNode, root: Path) -> dict:
+    """Render examples/core-check/scene.json on a farm whose only node is ``node``: the
+    scene's status and, per shot, what its kept clip holds (frames, size, fps, colours)."""
+    env = {"FARM_CATALOG": str(CHECK / "catalog.toml"), "FARM_CACHE": "0",
+           "FARM_HTTP_TIMEOUT": "20"}  # fmt: skip
+    with LocalFarm(root, [node], extra_env=env) as farm, pointed_at(farm.env()):
+        rt = get_runtime()
+        scene = parse_scene(json.loads((CHECK / "scene.json").read_text()),
+                            templates=rt.catalog.templates)  # fmt: skip
+        enqueue(scene, rt)
+        status = wait_done(rt, scene.id)
+        clips = {}
+        for shot in status["shots"]:
+            path = Path(shot["outputs"]["final"])
+            frames, _ = read_video(path)
+            info = probe(path)
+            clips[shot["id"]] = {
+                "state": shot["state"],
+                "probe": (info.frames, info.width, info.height, info.fps),
+                "colours": np.array([f.mean(axis=(0, 1)) for f in frames]),
+            }
+        assembled = probe(Path(status["outputs"]["video"]))
+        return {"state": status["state"], "clips": clips,
+                "scene": (assembled.frames, assembled.width, assembled.height, assembled.fps)}  # fmt: skip
+
+
+def test_a_core_nodes_scene_renders_on_real_comfyui_as_on_the_emulator(real, tmp_path_factory):
+    """The studio check of docs/comfyui.md: the same catalog and scene on a farm whose only
+    node is the real ComfyUI and on one whose only node is emulated give the same result."""
+    profile = tmp_path_factory.mktemp("profile") / "core.json"
+    profile.write_text(json.dumps(PROFILE))
+    on_real = scene_on(EmulatedNode("comfy", None, url=real), tmp_path_factory.mktemp("real"))
+    on_emulator = scene_on(EmulatedNode("comfy", profile), tmp_path_factory.mktemp("emulated"))
+    history = requests.get(real + "/history", timeout=TIMEOUT).json()
+    tags = [e["prompt"][3].get(comfy.FARM_TAG) for e in history.values()]
+    scene_jobs = [e for e in history.values() if "core-check" in json.dumps(e["prompt"][2])]
+    assert len(scene_jobs) == 2 and len(set(tags)) == len(tags)  # one render per shot
+    for result in (on_real, on_emulator):
+        assert result["state"] == "done", result
+        assert result["clips"]["one"]["probe"] == (17, 192, 128, 12.0)
+        assert result["clips"]["two"]["probe"] == (25, 224, 144, 12.0)
+    assert on_real["scene"] == on_emulator["scene"]
+    for shot in ("one", "two"):
+        real_clip, emu_clip = on_real["clips"][shot], on_emulator["clips"][shot]
+        assert real_clip["state"] == emu_clip["state"] == "done"
+        assert np.allclose(real_clip["colours"], emu_clip["colours"], atol=2)
+        # the flip-book alternates its two colours (Canvas 0x3366CC, Shade one level lighter)
+        assert np.allclose(real_clip["colours"][0][::-1], [0x33, 0x66, 0xCC], atol=4)  # YUV
 
 
 def test_farm_comfy_run_renders_the_core_video_workflow_on_the_emulator(emulated, tmp_path):

@@ -26,10 +26,12 @@ from typing import Any
 import pytest
 
 from farm import canvas
+from farm.backends.comfyui import prompt_id_for
 from farm.celery_app import app
 from farm.local import EmulatedNode, LocalFarm
 from farm.media import probe
 from farm.nodes import node_queue
+from farm.planning import Job
 from farm.runtime import Runtime, get_runtime
 from farm.scene import parse_scene
 from farm.submission import pack_submission, send_submission, wait_status
@@ -196,6 +198,41 @@ def test_a_killed_main_worker_s_render_is_taken_over_within_seconds(rt, farm, ki
         runs = wan_runs(farm, before)
     assert [r["status"] for r in runs] == ["success"]  # one execution, on its node
     wait_for(lambda: idle(rt, farm), 30, "the node's slot freed")
+
+
+def test_a_killed_main_worker_on_a_comfyui_of_2024_follows_the_job_by_the_farm_s_tag(
+    rt, farm, tmp_path
+):
+    """The same fault on nodes that choose every prompt id themselves (ComfyUI of March
+    2024, the emulator's ``"api": "2024"``): the restarted worker knows nothing of the
+    node's id for the job, finds it by the farm's tag in the job's ``extra_data`` and
+    follows it; the node ran the attempt once, under its own id."""
+    for name in COMFY_NODES:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(comfy_profile(name, api="2024")))
+        farm.restart_emulator(name, path)
+    try:
+        wait_for(lambda: idle(rt, farm), 60, "every node alive and idle")
+        for name in COMFY_NODES:
+            set_faults(farm, name, SLOW)
+        before = executions(farm)
+        scene = t2v_scene("kill-main-2024", 1, seed=24, width=640, height=352, frames=33)
+        enqueue(scene, rt)
+        shot = wait_for(lambda: running_shot(rt, scene.id, 0.4), 60, "the shot past 40%")
+        node = shot["node"]
+        kill_main(farm, f"worker-{node}")
+        status = wait_done(rt, scene.id, timeout=BOUND)
+        assert status["state"] == "done"
+        assert log_of(rt, scene.id, "s0") == [("done", node, None)]  # followed, not moved
+        runs = [r for r in new_runs(farm, before) if r["node"] != "rw"]
+        assert [(r["node"], r["status"]) for r in runs] == [(node, "success")]
+        record = rt.state.shot(scene.id, "s0")
+        (attempt,) = [a for a in record["attempt_log"] if a.get("backend_job_id")]
+        farm_id = prompt_id_for(Job.from_dict(record["job"]))
+        assert attempt["backend_job_id"] == runs[0]["job_id"] != farm_id  # the node's own id
+    finally:
+        for name in COMFY_NODES:
+            farm.restart_emulator(name, farm.root / "profiles" / f"{name}.json")
 
 
 @pytest.mark.parametrize("at", [0.3, 0.75], ids=["early", "late"])

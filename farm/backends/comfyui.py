@@ -12,6 +12,12 @@ answers ``GET /api/jobs`` (probed once per client), status and history come from
 API and a cancel is ``POST /api/jobs/{id}/cancel``; elsewhere from ``/history`` and
 ``/queue``, with a cancel that dequeues a waiting job and interrupts only a running one.
 A 409 on submission means the node already has the prompt id: the client follows it.
+
+A ComfyUI older than client-chosen prompt ids (before 2025) queues the job under an id of
+its own. Every submission also carries the farm's id in ``extra_data`` (:data:`FARM_TAG`),
+which such a server keeps in its queue and history entries, so the client finds the job by
+that tag (:meth:`ComfyClient.node_id`) and follows, resumes and cancels it as on a newer
+server (docs/comfyui.md, "Older ComfyUI servers").
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from farm.errors import (
     RenderFailed,
 )
 from farm.images import WANT
+from farm.media import animation_to_video
 from farm.planning import Job
 from farm.settings import Settings
 from farm.studio import catalog_for
@@ -60,10 +67,19 @@ MODEL_INPUTS = frozenset(
      "image", "model_name"}
 )  # fmt: skip
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
+#: animated images (``SaveAnimatedWEBP``, GIF): the worker turns them into an MP4 clip
+ANIMATION_SUFFIXES = (".gif", ".webp")
 WS_RECV_TIMEOUT = 2.0  # seconds a websocket receive may block
 POLL_EVERY = 5.0  # seconds between /history + /queue reconciliations while following
 RECONNECT_FOR = 30.0  # at most; never longer than the idle timeout
 PREVIEW_MIME = {1: "image/jpeg", 2: "image/png"}
+#: the ``extra_data`` key that carries the farm's prompt id on every submission
+FARM_TAG = "farm_prompt_id"
+#: how many of the newest history entries a search by tag reads (``/history?max_items=``)
+TAG_SEARCH_HISTORY = 256
+#: per server URL: True when it queues jobs under the client's prompt id, False when it
+#: chooses its own (learnt from each submission; unknown until the first)
+CLIENT_IDS: dict[str, bool] = {}
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -171,6 +187,7 @@ class ComfyClient:
         self._job_api: bool | None = None  # probed on first use
         self._job_cancel = True  # until the node shows it lacks POST /api/jobs/{id}/cancel
         self._taken_off: set[str] = set()  # prompt ids this client cancelled
+        self._ids: dict[str, str] = {}  # the farm's prompt id -> an old server's own id
 
     def job_api(self) -> bool:
         """Whether the node serves ComfyUI's job API (``GET /api/jobs``), probed once."""
@@ -205,13 +222,46 @@ class ComfyClient:
                 return "absent", None
             state = job_state(job)
             return state, history_entry(job) if state == "ended" else None
-        entry = self._history(prompt_id)
+        node_id = self.node_id(prompt_id)
+        entry = self._history(node_id)
         if entry is not None:
             return "ended", entry
-        state = self._queue_state(prompt_id)
-        if state is None and (entry := self._history(prompt_id)) is not None:
+        state = self._queue_state(node_id)
+        if state is None and (entry := self._history(node_id)) is not None:
             return "ended", entry  # it ended between the two calls
         return state or "absent", None
+
+    def node_id(self, prompt_id: str) -> str:
+        """The id the node knows the farm's job ``prompt_id`` by: the same id, except on a
+        server that chose its own (found by :data:`FARM_TAG` in its queue and newest
+        history entries when this client did not submit the job itself)."""
+        if prompt_id in self._ids or self.job_api() or CLIENT_IDS.get(self.url):
+            return self._ids.get(prompt_id, prompt_id)
+        found = self._find_tagged(prompt_id)
+        if found is not None and found != prompt_id:
+            self._ids[prompt_id] = found
+        return found or prompt_id
+
+    def _find_tagged(self, prompt_id: str) -> str | None:
+        """The node's id of the job whose ``extra_data`` carries ``prompt_id``, or None."""
+        queue = self.get_json("/queue")
+        items = [
+            item
+            for key in ("queue_running", "queue_pending")
+            for item in (queue.get(key) or [] if isinstance(queue, dict) else [])
+        ]
+        history = self.get_json("/history", params={"max_items": TAG_SEARCH_HISTORY})
+        if isinstance(history, dict):
+            items += [e.get("prompt") for e in history.values() if isinstance(e, dict)]
+        for item in items:
+            if (
+                isinstance(item, list)
+                and len(item) > 3
+                and isinstance(item[3], dict)
+                and item[3].get(FARM_TAG) == prompt_id
+            ):
+                return str(item[1])
+        return None
 
     # plain HTTP
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
@@ -243,7 +293,8 @@ class ComfyClient:
     def submit(self, graph: Graph, prompt_id: str, client_id: str) -> bool:
         """Queue ``graph`` as ``prompt_id``: True, or False when the node already has that
         prompt id (409, newer servers); a refusal raises with every node error."""
-        body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id}
+        body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id,
+                "extra_data": {FARM_TAG: prompt_id}}  # fmt: skip
         resp = self._call("POST", "/prompt", json=body)
         if resp.status_code == 409:
             log.info("job %s is already on %s (409): following it", prompt_id, self.url)
@@ -253,7 +304,7 @@ class ComfyClient:
         except ValueError:
             data = resp.text
         if resp.status_code == 200 and isinstance(data, dict) and not data.get("node_errors"):
-            self._check_prompt_id(prompt_id, data.get("prompt_id"))
+            self._learn_id(prompt_id, data.get("prompt_id"))
             return True
         if resp.status_code == 200:  # queued without its invalid outputs: not what was asked
             error = rejection(200, data)
@@ -266,34 +317,25 @@ class ComfyClient:
             )
         raise rejection(resp.status_code, data)
 
-    def _check_prompt_id(self, asked: str, given: Any) -> None:
-        """A server that ignores the client's prompt id (an old ComfyUI) cannot be followed
-        or resumed by the farm: take the job off its queue and say so."""
-        if given is None or str(given) == asked:
-            return
-        try:
-            self.post_json("/queue", {"delete": [str(given)]})
-        except FarmError as exc:
-            log.warning("could not delete job %s from %s: %s", given, self.url, exc)
-        raise BadNodeResponse(
-            f"{self.url} ignored the prompt_id the farm chose ({asked}) and queued the job "
-            f"as {given}: this ComfyUI is too old for the farm, which needs client-chosen "
-            "prompt ids; update ComfyUI on this node (0.3.64 or newer is known to work)"
-        )
+    def _learn_id(self, asked: str, given: Any) -> None:
+        """Note whether the server queued the job under the farm's id or its own."""
+        own = given is not None and str(given) != asked
+        if own:
+            self._ids[asked] = str(given)
+        if CLIENT_IDS.get(self.url) is not (not own):
+            log.info("%s queues jobs under %s", self.url,
+                     "its own prompt ids: following them by the farm's tag" if own
+                     else "the client's prompt ids")  # fmt: skip
+        CLIENT_IDS[self.url] = not own
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of a finished job, or None (pending, running or unknown)."""
-        if self.job_api():
-            state, entry = self.status(prompt_id)
-            return entry
-        return self._history(prompt_id)
+        return self.status(prompt_id)[1]
 
     def queue_state(self, prompt_id: str) -> str | None:
         """``"running"``, ``"pending"`` or None for a prompt id on the node's queue."""
-        if self.job_api():
-            state = self.status(prompt_id)[0]
-            return state if state in ("pending", "running") else None
-        return self._queue_state(prompt_id)
+        state = self.status(prompt_id)[0]
+        return state if state in ("pending", "running") else None
 
     def _history(self, prompt_id: str) -> dict[str, Any] | None:
         data = self.get_json(f"/history/{prompt_id}")
@@ -322,14 +364,15 @@ class ComfyClient:
                 return outcome
         # no job API: dequeue a waiting job; /interrupt only the running one (servers before
         # ComfyUI 0.3.56 ignore its prompt_id and stop whatever runs)
-        state = self._queue_state(prompt_id)
+        node_id = self.node_id(prompt_id)
+        state = self._queue_state(node_id)
         if state == "pending":
-            self.post_json("/queue", {"delete": [prompt_id]})
-            state = self.queue_state(prompt_id)  # it may have started meanwhile
+            self.post_json("/queue", {"delete": [node_id]})
+            state = self._queue_state(node_id)  # it may have started meanwhile
             if state != "running":
                 return "removed"
         if state == "running":
-            self.post_json("/interrupt", {"prompt_id": prompt_id})
+            self.post_json("/interrupt", {"prompt_id": node_id})
             return "interrupted"
         return "not_found"
 
@@ -419,12 +462,13 @@ class ComfyClient:
             raise BadNodeResponse("/object_info is not an object")
         return data
 
-    def model_folders(self) -> list[str]:
-        """The node's model folders (``GET /models``), or the usual ones on older servers."""
+    def model_folders(self) -> list[str] | None:
+        """The node's model folders (``GET /models``), or None on a server without the
+        route (ComfyUI before mid 2024)."""
         try:
             folders = self.get_json("/models")
         except BadNodeResponse:
-            return list(MODEL_FOLDERS)
+            return None
         return [str(f) for f in folders] if isinstance(folders, list) else list(MODEL_FOLDERS)
 
     def models(self, folder: str) -> list[str]:
@@ -510,6 +554,7 @@ class ComfyClient:
         passes: SamplerPasses | None = None,
     ) -> websocket.WebSocket:
         """Follow the job's events until it ends; returns the (possibly new) socket."""
+        node_id = self.node_id(prompt_id)  # the id in the node's events
         last_activity = last_poll = time.monotonic()
         while True:
             try:
@@ -526,7 +571,7 @@ class ComfyClient:
                 msg = None
             now = time.monotonic()
             if isinstance(msg, bytes):
-                image = parse_preview(msg, prompt_id)
+                image = parse_preview(msg, node_id)
                 if image is not None:
                     last_activity = now
                     if on_event:
@@ -541,7 +586,7 @@ class ComfyClient:
                     raise BadNodeResponse(
                         f"websocket sent a malformed message: {msg[:200]}"
                     ) from None
-                if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+                if not isinstance(data, dict) or data.get("prompt_id") != node_id:
                     continue
                 last_activity = now
                 if on_event:
@@ -690,6 +735,31 @@ def _handle(
     return False
 
 
+#: loaders whose file list names a model folder's files: (class, input, folder)
+LOADER_FOLDERS = (
+    ("UNETLoader", "unet_name", "diffusion_models"),
+    ("CLIPLoader", "clip_name", "text_encoders"),
+    ("VAELoader", "vae_name", "vae"),
+    ("CLIPVisionLoader", "clip_name", "clip_vision"),
+    ("CheckpointLoaderSimple", "ckpt_name", "checkpoints"),
+    ("LoraLoader", "lora_name", "loras"),
+)
+
+
+def loader_models(info: dict[str, Any]) -> dict[str, list[str]]:
+    """Model files per folder as the loaders' choices in ``/object_info`` list them: what
+    a server without ``GET /models`` holds (the older folder names ``unet`` and ``clip``
+    are read as ``diffusion_models`` and ``text_encoders``)."""
+    models: dict[str, list[str]] = {}
+    for class_type, name, folder in LOADER_FOLDERS:
+        spec = ((info.get(class_type) or {}).get("input") or {}).get("required", {}).get(name)
+        choices = spec[0] if isinstance(spec, list) and spec else None
+        if isinstance(choices, list):
+            models.setdefault(folder, [])
+            models[folder] += [str(c) for c in choices if str(c) not in models[folder]]
+    return models
+
+
 class ComfyUIBackend:
     """Render farm jobs on a ComfyUI server."""
 
@@ -719,7 +789,11 @@ class ComfyUIBackend:
         devices = [d for d in stats.get("devices") or [] if isinstance(d, dict)]
         self._object_info = None
         info = self.object_info()
-        models = {f: self.client.models(f) for f in self.client.model_folders()}
+        folders = self.client.model_folders()
+        if folders is None:
+            models = loader_models(info)
+        else:
+            models = {f: self.client.models(f) for f in folders}
         first = devices[0] if devices else {}
         return {
             "models": {k: v for k, v in models.items() if v},
@@ -757,16 +831,23 @@ class ComfyUIBackend:
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)
         entry = self.client.run(self.graph_for(job), prompt_id, progress)
-        return self._result(prompt_id, entry, out_dir)
+        return self._result(job, prompt_id, entry, out_dir)
 
-    def _result(self, prompt_id: str, entry: dict[str, Any], out_dir: Path) -> RenderResult:
+    def _result(
+        self, job: Job, prompt_id: str, entry: dict[str, Any], out_dir: Path
+    ) -> RenderResult:
         files = self.client.collect(entry, out_dir, self.settings.max_download_bytes)
         videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
         if not videos:
             raise BadNodeResponse(
                 f"job {prompt_id} finished without a video output (outputs: {[f.name for f in files]})"
             )
-        return RenderResult(video=videos[0], files=files, backend_job_id=prompt_id)
+        video = videos[0]
+        if video.suffix.lower() in ANIMATION_SUFFIXES:  # e.g. an older ComfyUI's only way
+            fps = job.params.get("fps")
+            video = animation_to_video(video, video.with_suffix(".mp4"), fps or None)
+            files.append(video)
+        return RenderResult(video=video, files=files, backend_job_id=self.client.node_id(prompt_id))
 
     def find(self, job: Job, out_dir: Path | None = None) -> str:
         """Where the node has the job's attempt (by its prompt id): ``pending``,
@@ -784,7 +865,7 @@ class ComfyUIBackend:
         if entry is None:
             raise NodeUnavailable(f"job {prompt_id} has not finished on {self.url}")
         raise_for_status(prompt_id, entry)
-        return self._result(prompt_id, entry, out_dir)
+        return self._result(job, prompt_id, entry, out_dir)
 
     def cancel(self, job: Job, out_dir: Path | None = None) -> str:
         """Take the job's current attempt off the node (see :meth:`ComfyClient.cancel`)."""

@@ -179,8 +179,8 @@ class ExecutionOrder:
 class Progress:
     """ComfyUI's progress registry: every state change is broadcast as ``progress_state``."""
 
-    def __init__(self, hub: Sockets, prompt_id: str) -> None:
-        self.hub, self.prompt_id = hub, prompt_id
+    def __init__(self, hub: Sockets, prompt_id: str, legacy: bool = False) -> None:
+        self.hub, self.prompt_id, self.legacy = hub, prompt_id, legacy
         self.nodes: dict[str, dict[str, Any]] = {}
 
     async def set(
@@ -206,7 +206,8 @@ class Progress:
             for nid, e in self.nodes.items()
             if e["state"] != "pending"
         }
-        await self.hub.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
+        if not self.legacy:  # ComfyUI of March 2024 had no progress registry
+            await self.hub.send("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
 
 
 @dataclass
@@ -252,7 +253,8 @@ class JobRun:
         self.node, self.item = node, item
         self.client = item.client_id
         self.hub = node.hub
-        self.progress = Progress(node.hub, item.prompt_id)
+        self.legacy = node.profile.legacy  # ComfyUI of March 2024's messages
+        self.progress = Progress(node.hub, item.prompt_id, self.legacy)
         self.pace = Pace()
         self.messages: list[list[Any]] = []
         self.values: dict[str, tuple] = {}
@@ -292,7 +294,7 @@ class JobRun:
 
     async def message(self, event: str, data: dict[str, Any], broadcast: bool = False) -> None:
         """Record a status message for history and send it (to the job's client)."""
-        data = {**data, "timestamp": now_ms()}
+        data = data if self.legacy else {**data, "timestamp": now_ms()}
         self.messages.append([event, data])
         if self.client is not None or broadcast:
             await self.hub.send(event, data, self.client)
@@ -327,7 +329,8 @@ class JobRun:
             order.done(nid)
         else:
             self.success = True
-            await self.message("execution_success", {"prompt_id": pid})
+            if not self.legacy:
+                await self.message("execution_success", {"prompt_id": pid})
         self.node.last_node_id = None
 
     def cycle(self, order: ExecutionOrder) -> Failure:
@@ -391,12 +394,14 @@ class JobRun:
         return inputs
 
     async def send_client(self, event: str, data: dict[str, Any]) -> None:
+        if self.legacy:  # no display_node before the subgraphs of 2025
+            data = {k: v for k, v in data.items() if k != "display_node"}
         await self.hub.send(event, {**data, "prompt_id": self.item.prompt_id}, self.client)
 
     async def report_progress(self, nid: str, value: int, total: int, jpeg: bytes | None) -> None:
         """One sampler tick, in ComfyUI's order: state, (preview+meta), progress, (preview)."""
         await self.progress.set(nid, "running", value, total)
-        with_meta = self.hub.supports_metadata(self.client)
+        with_meta = not self.legacy and self.hub.supports_metadata(self.client)
         if jpeg and with_meta:
             meta = {
                 "node_id": nid,

@@ -455,6 +455,14 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
             module="comfy_extras.nodes_images",
         ),
         NodeDef(
+            "ImageFromBatch",
+            "image/batch",
+            {"image": _link("IMAGE"), "batch_index": _int(0, 0, 4095), "length": _int(1, 1, 4096)},
+            runners.image_from_batch,
+            ("IMAGE",),
+            module="comfy_extras.nodes_images",
+        ),
+        NodeDef(
             "ImageScale",
             "image/upscaling",
             {

@@ -693,6 +693,14 @@ async def repeat_image_batch(ctx: NodeContext, image: np.ndarray, amount: int) -
     return Output((np.tile(image, (amount, 1, 1, 1)),))
 
 
+async def image_from_batch(
+    ctx: NodeContext, image: np.ndarray, batch_index: int, length: int
+) -> Output:
+    """``length`` images from ``batch_index`` on, both clamped to the batch (as ComfyUI)."""
+    start = min(image.shape[0] - 1, batch_index)
+    return Output((image[start : start + min(image.shape[0] - start, length)].copy(),))
+
+
 async def create_video(
     ctx: NodeContext, images: np.ndarray, fps: float, audio: Any = None
 ) -> Output:

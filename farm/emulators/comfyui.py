@@ -328,7 +328,7 @@ class EmulatedNode:
             "os": os.name,
             "ram_total": pages * page,
             "ram_free": os.sysconf("SC_AVPHYS_PAGES") * page,
-            "comfyui_version": VERSIONS[self.profile.api],
+            "comfyui_version": VERSIONS.get(self.profile.api, ""),
             "required_frontend_version": "1.27.10",
             "installed_templates_version": "0.1.95",
             "required_templates_version": "0.1.95",
@@ -337,6 +337,8 @@ class EmulatedNode:
             "embedded_python": False,
             "argv": self.argv,
         }
+        if self.profile.legacy:  # March 2024: no version, RAM or template fields yet
+            system = {k: system[k] for k in ("os", "python_version", "embedded_python")}
         return {"system": system, "devices": [device]}
 
 
@@ -418,7 +420,11 @@ class Routes:
 
     def table(self) -> list[tuple[str, str, Callable]]:
         jobs = job_routes(self.node) if self.node.profile.job_api else []
-        return jobs + [
+        newer = [] if self.node.profile.legacy else [
+            ("GET", "/models", self.models), ("GET", "/models/{folder}", self.models_in),
+            ("GET", "/features", self.features),
+        ]  # fmt: skip
+        return jobs + newer + [
             ("GET", "/ws", self.websocket), ("GET", "/prompt", self.get_prompt),
             ("POST", "/prompt", self.post_prompt), ("GET", "/queue", self.get_queue),
             ("POST", "/queue", self.post_queue), ("POST", "/interrupt", self.interrupt),
@@ -428,8 +434,7 @@ class Routes:
             ("POST", "/upload/image", self.upload_image),
             ("GET", "/system_stats", self.system_stats), ("GET", "/object_info", self.object_info),
             ("GET", "/object_info/{node_class}", self.object_info_one),
-            ("GET", "/models", self.models), ("GET", "/models/{folder}", self.models_in),
-            ("GET", "/embeddings", self.embeddings), ("GET", "/features", self.features),
+            ("GET", "/embeddings", self.embeddings),
         ]  # fmt: skip
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -486,6 +491,8 @@ class Routes:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        if node.profile.legacy:  # ComfyUI of March 2024 always chose the id itself
+            prompt_id = str(uuid.uuid4())
         if node.profile.job_api and body.get("prompt_id") is not None:
             refused = _refused_prompt_id(node, body["prompt_id"])
             if refused is not None:

@@ -10,8 +10,9 @@ A profile is a JSON file (see ``deploy/nodes/*.json`` and docs/emulators.md)::
 ``faults`` (optional) injects node failures for tests: ``crash``, ``hang``, ``slow``,
 ``http_500``, ``ws_drop`` and ``jitter`` (a shaky camera on a request's first takes; see
 docs/emulators.md, "Fault injection"). ``api`` (ComfyUI nodes, optional) picks the server
-generation: ``"0.3"`` (the default, ComfyUI 0.3.64's routes) or ``"0.38"`` (the job API,
-409 on a duplicate ``prompt_id``, ``/interrupt`` by ``prompt_id``; see docs/emulators.md).
+generation: ``"0.3"`` (the default, ComfyUI 0.3.64's routes), ``"0.38"`` (the job API,
+409 on a duplicate ``prompt_id``, ``/interrupt`` by ``prompt_id``) or ``"2024"`` (ComfyUI
+of March 2024: prompt ids of its own choosing; see docs/emulators.md).
 
 The cost models are pure functions of the profile and the job, so tests need no server.
 """
@@ -49,7 +50,11 @@ ACT_PER_BPARAM_GB = 0.15
 _DEFAULTS: dict[str, Any] = {"speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
 _FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults", "api")
 #: the ComfyUI server generations an emulated node can speak (``api`` in the profile)
-API_GENERATIONS = {"0.3": "ComfyUI 0.3.64: no job API", "0.38": "the job API of late 2026"}
+API_GENERATIONS = {
+    "0.3": "ComfyUI 0.3.64: no job API",
+    "0.38": "the job API of late 2026",
+    "2024": "ComfyUI of March 2024: its own prompt ids, no /models, /features or job API",
+}
 #: each fault and its settings (``rate`` is the share of prompts it hits)
 FAULTS: dict[str, tuple[str, ...]] = {
     "crash": ("rate", "at_step"),
@@ -100,7 +105,14 @@ class NodeProfile:
     @property
     def job_api(self) -> bool:
         """Whether the node speaks ComfyUI's newer generation (``/api/jobs`` and the rest)."""
-        return self.api != "0.3"
+        return self.api == "0.38"
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the node speaks ComfyUI of March 2024: it chooses every prompt id itself,
+        sends neither ``progress_state`` nor ``execution_success`` nor timestamps, and has
+        no ``/models`` or ``/features`` routes."""
+        return self.api == "2024"
 
     def files(self, folder: str) -> list[str]:
         """The model files held in ``folder`` (empty for an unknown folder)."""
