@@ -74,7 +74,7 @@ def request_key(
         params["start_image"] = digest
     workflow = job.workflow
     if job.backend == "comfyui":
-        path = (catalog or load_catalog()).workflow_file(job.workflow, workflows_dir)
+        path = (catalog or load_catalog()).workflow_file(job.workflow, workflows_dir, job.engine)
         workflow = file_digest(path, memo)
         if workflow is None:
             return None

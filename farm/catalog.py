@@ -181,20 +181,25 @@ class Catalog:
                         used.update(KIND_PARAMS[kind], ["model"] if model.files else [])
         return out
 
-    def bindings(self, workflow: str) -> Mapping[str, Targets]:
-        """Where ``workflow`` takes parameters off the default titles (its engine's
-        ``bindings``; empty for a workflow no engine names)."""
-        for engine in self.engines.values():
-            if engine.workflow == workflow and engine.bindings:
-                return engine.bindings
-        return {}
+    def _engine_of(self, workflow: str, engine: str | None) -> Engine | None:
+        """The engine ``engine`` when it renders ``workflow``, else the first that does."""
+        named = self.engines.get(engine) if engine else None
+        if named is not None and named.workflow == workflow:
+            return named
+        return next((e for e in self.engines.values() if e.workflow == workflow), None)
 
-    def workflow_file(self, name: str, workflows_dir: Path) -> Path:
-        """The file of workflow ``name``: a studio's own, else ``workflows_dir/name.json``."""
-        engine = self.workflows().get(name)
-        return (
-            engine.workflow_file(workflows_dir) if engine else Path(workflows_dir) / f"{name}.json"
-        )
+    def bindings(self, workflow: str, engine: str | None = None) -> Mapping[str, Targets]:
+        """Where ``workflow`` takes parameters off the default titles: the ``bindings`` of
+        ``engine`` (a job's own) or of the engine that renders it; empty for a workflow no
+        engine names."""
+        found = self._engine_of(workflow, engine)
+        return found.bindings if found is not None else {}
+
+    def workflow_file(self, name: str, workflows_dir: Path, engine: str | None = None) -> Path:
+        """The file of workflow ``name`` (of ``engine`` when given): a studio's own, else
+        ``workflows_dir/name.json``."""
+        found = self._engine_of(name, engine)
+        return found.workflow_file(workflows_dir) if found else Path(workflows_dir) / f"{name}.json"
 
     def model_files(self, engine: str, primary: str) -> tuple[str, ...]:
         """Every diffusion model file of the ``engine`` model whose primary is ``primary``."""

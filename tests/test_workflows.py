@@ -155,3 +155,24 @@ def test_a_two_model_workflow_takes_both_models_and_splits_the_steps():
     )
     assert (low["steps"], low["start_at_step"], low["add_noise"]) == (8, 4, "disable")
     assert low["latent_image"] == [hi, 0]
+
+
+def test_a_job_s_bindings_and_file_come_from_its_own_engine():
+    """Two engines may render one workflow with different bindings and files: a job gets
+    its own engine's, a caller naming no engine the first engine's."""
+    from dataclasses import replace as replaced
+    from pathlib import Path
+
+    from farm.catalog import load_catalog
+
+    catalog = load_catalog()
+    base = catalog.engines["wan22_t2v"]
+    alt = replaced(base, name="alt", bindings={"seed": (("Other Sampler", "seed"),)},
+                   path=Path("/studio/alt.json"))  # fmt: skip
+    catalog = replaced(catalog, engines={**catalog.engines, "alt": alt})
+    assert catalog.bindings("wan22_t2v", "alt") == alt.bindings
+    assert catalog.bindings("wan22_t2v", "wan22_t2v") == base.bindings
+    assert catalog.bindings("wan22_t2v") == base.bindings
+    assert catalog.workflow_file("wan22_t2v", Path("/wf"), "alt") == Path("/studio/alt.json")
+    assert catalog.workflow_file("wan22_t2v", Path("/wf")) == Path("/wf/wan22_t2v.json")
+    assert catalog.bindings("nowhere", "alt") == {}

@@ -815,7 +815,7 @@ class ComfyUIBackend:
     def graph_for(self, job: Job) -> Graph:
         """The job's workflow (the catalogue's, a studio's own), its parameters bound."""
         catalog = catalog_for(self.settings)
-        bindings = catalog.bindings(job.workflow)
+        bindings = catalog.bindings(job.workflow, job.engine)
         loaders = model_bindings(bindings)
         models = model_params(job.models)
         params = {**job.params, **{k: v for k, v in models.items() if k in loaders}}
@@ -824,7 +824,7 @@ class ComfyUIBackend:
             params["start_image"] = self.client.upload(Path(params["start_image"]))
         if "tracks" in params:
             params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
-        path = catalog.workflow_file(job.workflow, self.settings.workflows_dir)
+        path = catalog.workflow_file(job.workflow, self.settings.workflows_dir, job.engine)
         graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info, path)
         return bind(graph, params, name=job.workflow, bindings=bindings)
 
