@@ -36,6 +36,7 @@ EXTRA = {
     "wan22_t2v": {"model2": "low.safetensors", "switch_step": 2},
     "wan22_i2v": {"model2": "low.safetensors", "switch_step": 2, "start_image": "farm/a.png"},
     "wan_ati": {"start_image": "farm/a.png", "tracks": '[[{"x": 1, "y": 2}]]'},
+    "ltx2_i2v": {"start_image": "farm/a.png"},
 }
 
 
@@ -44,7 +45,8 @@ def names():
 
 
 def test_every_catalogue_engine_has_its_workflow():
-    assert names() == ["hunyuan15_t2v", "wan22_i2v", "wan22_t2v", "wan22_ti2v", "wan_ati"]
+    assert names() == ["hunyuan15_t2v", "ltx2_i2v", "ltx2_t2v", "wan22_i2v", "wan22_t2v",
+                       "wan22_ti2v", "wan_ati"]  # fmt: skip
     for name in names():
         assert (WORKFLOWS / f"{name}.json").is_file()
 
