@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 import websocket
@@ -27,7 +29,7 @@ from farm.emulators.profile import (
     workload,
 )
 from farm.errors import ConfigError
-from farm.media import probe
+from farm.media import probe, read_frames
 from farm.workflows import bind
 
 from .conftest import REPO
@@ -342,6 +344,78 @@ def test_ltx2_checkpoint_the_node_lacks_fails_each_loader_that_names_it(node):
             error["type"] == "value_not_in_list"
             and error["extra_info"]["input_name"] == "ckpt_name"
         )
+
+
+def test_ltx2_classes_describe_themselves_as_comfyui_s_source_does(node):
+    """/object_info of the LTX-2 classes: inputs, ranges, defaults and outputs of
+    comfy_extras/nodes_lt.py and nodes_lt_audio.py; loaders list the node's files."""
+    info = requests.get(node + "/object_info", timeout=TIMEOUT).json()
+    video = info["EmptyLTXVLatentVideo"]
+    assert video["input"]["required"]["width"] == [
+        "INT",
+        {"default": 768, "min": 64, "max": 16384, "step": 32},
+    ]
+    assert video["input"]["required"]["length"] == [
+        "INT",
+        {"default": 97, "min": 1, "max": 16384, "step": 8},
+    ]
+    assert (video["output"], video["python_module"]) == (["LATENT"], "comfy_extras.nodes_lt")
+    audio = info["LTXVEmptyLatentAudio"]
+    assert audio["input_order"]["required"] == [
+        "frames_number",
+        "frame_rate",
+        "batch_size",
+        "audio_vae",
+    ]
+    assert audio["input"]["required"]["frames_number"][1]["max"] == 1000
+    assert audio["input"]["required"]["frame_rate"][0] == "INT"
+    assert info["LTXVConditioning"]["input"]["required"]["frame_rate"] == [
+        "FLOAT", {"default": 25.0, "min": 0.0, "max": 1000.0, "step": 0.01}]  # fmt: skip
+    assert info["LTXVSeparateAVLatent"]["output_name"] == ["video_latent", "audio_latent"]
+    assert info["SamplerCustomAdvanced"]["output_name"] == ["output", "denoised_output"]
+    assert info["LTXVAudioVAEDecode"]["output"] == ["AUDIO"]
+    assert info["LTXAVTextEncoderLoader"]["input"]["required"]["text_encoder"][1]["options"] == [
+        GEMMA, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"]  # fmt: skip
+    assert info["LTXVAudioVAELoader"]["input"]["required"]["ckpt_name"][1]["options"] == [LTX2]
+    scheduler = info["LTXVScheduler"]["input"]
+    assert list(scheduler["required"]) == [
+        "steps",
+        "max_shift",
+        "base_shift",
+        "stretch",
+        "terminal",
+    ]
+    assert list(scheduler["optional"]) == ["latent"]
+
+
+def test_ltx2_image_to_video_starts_from_the_uploaded_image(node, tmp_path):
+    """ltx2_i2v: the start image, preprocessed and encoded into the latent's first frame,
+    is the clip's first frame at the latent's size."""
+    image = np.zeros((256, 384, 3), np.uint8)
+    image[:, :192] = (0, 0, 255)  # red left half, green right half (BGR)
+    image[:, 192:] = (0, 255, 0)
+    ok, png = cv2.imencode(".png", image)
+    files = {"image": ("ltx-start.png", png.tobytes(), "image/png")}
+    up = requests.post(
+        node + "/upload/image", files=files, data={"subfolder": "farm"}, timeout=TIMEOUT
+    )
+    graph = ltx2(name="ltx2_i2v", steps=2)
+    graph = bind(
+        graph,
+        {"start_image": "farm/ltx-start.png"},
+        "ltx2_i2v",
+        load_catalog().bindings("ltx2_i2v"),
+    )
+    client = Client(node)
+    pid = client.submit(graph).json()["prompt_id"]
+    client.events(pid)
+    (item,) = client.history(pid)[pid]["outputs"]["75"]["images"]
+    path = tmp_path / "i2v.mp4"
+    path.write_bytes(requests.get(node + "/view", params=item, timeout=TIMEOUT).content)
+    first = read_frames(path, 1)[0]
+    assert up.status_code == 200 and first.shape == (128, 192, 3)
+    left, right = first[64:, 20:60].mean(axis=(0, 1)), first[64:, 130:170].mean(axis=(0, 1))
+    assert left[2] > 150 > left[1] and right[1] > 150 > right[2]
 
 
 def test_api_prefix_and_static_routes(node):
