@@ -200,6 +200,16 @@ def test_a_model_file_the_node_lacks_is_model_missing(server):
     assert "nope_14B.safetensors" in str(err.value)
 
 
+def test_an_ltx2_checkpoint_the_node_lacks_is_model_missing(server):
+    """LTX-2's graph names its checkpoint in three loaders; a node without it is
+    ModelMissing (the farm places the shot elsewhere), not a rejected workflow."""
+    g = json.loads((REPO / "workflows" / "ltx2_t2v.json").read_text())
+    with pytest.raises(ModelMissing) as err:
+        client(server).submit(g, pid(), "c")
+    assert "(CheckpointLoaderSimple) input 'ckpt_name'" in str(err.value)
+    assert "ltx-2-19b-dev-fp8.safetensors" in str(err.value)
+
+
 def test_partial_node_errors_fail_the_job_and_take_it_off_the_node(server):
     g = graph(steps=30)
     g["90"] = {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1,

@@ -157,3 +157,18 @@ def test_a_two_model_workflow_takes_both_models_and_splits_the_steps():
     )
     assert (low["steps"], low["start_at_step"], low["add_noise"]) == (8, 4, "disable")
     assert low["latent_image"] == [hi, 0]
+
+
+def test_ltx2_takes_frames_fps_and_checkpoint_everywhere_its_graph_needs_them():
+    """LTX-2's audio latent needs the frame count and rate of the video, its conditioning
+    the rate, and its checkpoint feeds the model, audio VAE and text encoder loaders."""
+    for name in ("ltx2_t2v", "ltx2_i2v"):
+        graph = load_workflow(name, WORKFLOWS)
+        params = {"length": 49, "fps": 30, "model": "ltx-2-19b-distilled-fp8.safetensors"}
+        bound = bind(graph, params, name, load_catalog().bindings(name))
+        node = {n["_meta"]["title"]: n["inputs"] for n in bound.values()}
+        assert node["Video Latent"]["length"] == node["Audio Latent"]["frames_number"] == 49
+        assert node["Create Video"]["fps"] == node["Conditioning"]["frame_rate"] == 30
+        assert node["Audio Latent"]["frame_rate"] == 30
+        for title in ("Load Checkpoint", "Load Audio VAE", "Text Encoder"):
+            assert node[title]["ckpt_name"] == "ltx-2-19b-distilled-fp8.safetensors"
