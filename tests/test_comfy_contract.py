@@ -530,6 +530,11 @@ def test_discovery_says_which_workflows_the_node_can_run(server):
     assert flows["hunyuan15_t2v"]["ok"] is False
     missing = flows["hunyuan15_t2v"]["missing"]
     assert any("qwen_2.5_vl_7b_fp8_scaled.safetensors" in m for m in missing)
+    # LTX-2's classes are there, its Gemma text encoder and checkpoint are not
+    assert flows["ltx2_t2v"]["ok"] is False and flows["ltx2_t2v"]["catalog"] == []
+    (gemma,) = [m for m in flows["ltx2_t2v"]["missing"] if "gemma" in m]
+    assert "(LTXAVTextEncoderLoader): no file 'gemma_3_12B_it_fp4_mixed.safetensors'" in gemma
+    assert not any("not installed" in m for m in flows["ltx2_t2v"]["missing"])
 
 
 def test_an_editor_format_farm_workflow_is_converted_and_rendered(server, tmp_path):
