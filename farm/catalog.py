@@ -57,11 +57,14 @@ class Engine:
 @dataclass(frozen=True)
 class Model:
     """The diffusion model files (any number, the first the primary) a job of one engine
-    loads: Wan 2.2 A14B loads two, a workflow without a diffusion model none."""
+    loads: Wan 2.2 A14B loads two, a workflow without a diffusion model none. They live in
+    ComfyUI's ``folder``: ``diffusion_models``, or ``checkpoints`` for a whole checkpoint
+    (LTX-2's holds its video and audio VAEs and text projection too)."""
 
     key: str
     engine: Engine
     files: tuple[str, ...]
+    folder: str = "diffusion_models"
 
     @property
     def file(self) -> str:
@@ -72,7 +75,7 @@ class Model:
         """Every file a node needs for this model, by ComfyUI model folder."""
         files = dict(self.engine.files)
         if self.files:
-            files["diffusion_models"] = (*files.get("diffusion_models", ()), *self.files)
+            files[self.folder] = (*files.get(self.folder, ()), *self.files)
         return files
 
 
@@ -233,7 +236,12 @@ def load_catalog() -> Catalog:
         for name, e in raw["engines"].items()
     }
     models = {
-        key: Model(key=key, engine=engines[m["engine"]], files=_files(m))
+        key: Model(
+            key=key,
+            engine=engines[m["engine"]],
+            files=_files(m),
+            folder=m.get("folder", "diffusion_models"),
+        )
         for key, m in raw["models"].items()
     }
     wan_raw = json.loads(resources.files("farm").joinpath("data", "wan2gp_models.json").read_text())

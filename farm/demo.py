@@ -50,7 +50,9 @@ def run_demo(
         settings_mod._current = None  # this process now talks to the demo farm
         rt = get_runtime()
         for node in rt.registry.records():
-            models = node["models"].get("diffusion_models") or node["models"].get("wangp") or []
+            held = node["models"]
+            models = [*held.get("diffusion_models", []), *held.get("checkpoints", [])]
+            models = models or held.get("wangp") or []
             console.print(
                 f"  node [cyan]{node['name']}[/] ({node['kind']}) {node['gpu']} at {node['url']}: "
                 f"{len(models)} video models"

@@ -25,7 +25,16 @@ from farm.workflows import (
 
 #: loader inputs whose values name model files
 FILE_INPUTS = frozenset(
-    {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name"}
+    {
+        "unet_name",
+        "clip_name",
+        "clip_name1",
+        "clip_name2",
+        "vae_name",
+        "ckpt_name",
+        "lora_name",
+        "text_encoder",
+    }  # fmt: skip
 )
 
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import wave
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -73,21 +74,62 @@ def _run_ffmpeg(args: list[str]) -> None:
 
 
 def write_video(
-    path: Path, frames: Iterable[np.ndarray], fps: float, metadata: Mapping[str, str] | None = None
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    metadata: Mapping[str, str] | None = None,
+    audio: tuple[np.ndarray, int] | None = None,
 ) -> None:
     """Encode BGR frames of one even size to H.264 at ``path``, streaming them to ffmpeg;
-    ``metadata``: container tags (e.g. ``comment``)."""
+    ``metadata``: container tags (e.g. ``comment``); ``audio``: a ``(waveform, sample
+    rate)`` track muxed as AAC, the waveform float samples in [-1, 1] shaped
+    (channels, samples)."""
     it = iter(frames)
     first = next(it, None)
     if first is None:
         raise ValueError("write_video needs at least one frame")
     height, width = _check_frame(first, None)
-    args = [
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-        "-framerate", _rate(fps), "-i", "pipe:0", "-an", *ENCODE_ARGS, "-f", "mp4",
-    ]  # fmt: skip
-    for key, value in (metadata or {}).items():
-        args += ["-metadata", f"{key}={value}"]
+    with tempfile.TemporaryDirectory() as scratch:
+        sound = ["-an"]
+        if audio is not None:
+            wav = Path(scratch) / "audio.wav"
+            _write_wav(wav, *audio)
+            sound = [
+                "-i",
+                str(wav),
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+            ]
+        args = [
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
+            "-framerate", _rate(fps), "-i", "pipe:0", *sound, *ENCODE_ARGS, "-f", "mp4",
+        ]  # fmt: skip
+        for key, value in (metadata or {}).items():
+            args += ["-metadata", f"{key}={value}"]
+        _encode(path, args, first, it, (height, width))
+
+
+def _write_wav(path: Path, waveform: np.ndarray, rate: int) -> None:
+    """``waveform`` (channels, samples), floats in [-1, 1], as 16-bit PCM WAV."""
+    if waveform.ndim != 2 or waveform.shape[1] == 0 or rate <= 0:
+        raise ValueError(f"audio must be (channels, samples) at a rate > 0, got {waveform.shape}")
+    pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype("<i2").T
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(waveform.shape[0])
+        out.setsampwidth(2)
+        out.setframerate(int(rate))
+        out.writeframes(np.ascontiguousarray(pcm).tobytes())
+
+
+def _encode(path: Path, args: list[str], first: np.ndarray, it: Iterator[np.ndarray], size) -> None:
+    """Run ffmpeg with ``args``, feeding it the frames, into ``path`` (atomically)."""
+    height, width = size
     with atomic_target(path) as tmp, tempfile.TemporaryFile() as err:
         cmd = [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-y", *args, str(tmp)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)

@@ -200,6 +200,16 @@ def test_a_model_file_the_node_lacks_is_model_missing(server):
     assert "nope_14B.safetensors" in str(err.value)
 
 
+def test_an_ltx2_checkpoint_the_node_lacks_is_model_missing(server):
+    """LTX-2's graph names its checkpoint in three loaders; a node without it is
+    ModelMissing (the farm places the shot elsewhere), not a rejected workflow."""
+    g = json.loads((REPO / "workflows" / "ltx2_t2v.json").read_text())
+    with pytest.raises(ModelMissing) as err:
+        client(server).submit(g, pid(), "c")
+    assert "(CheckpointLoaderSimple) input 'ckpt_name'" in str(err.value)
+    assert "ltx-2-19b-dev-fp8.safetensors" in str(err.value)
+
+
 def test_partial_node_errors_fail_the_job_and_take_it_off_the_node(server):
     g = graph(steps=30)
     g["90"] = {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1,
@@ -520,6 +530,11 @@ def test_discovery_says_which_workflows_the_node_can_run(server):
     assert flows["hunyuan15_t2v"]["ok"] is False
     missing = flows["hunyuan15_t2v"]["missing"]
     assert any("qwen_2.5_vl_7b_fp8_scaled.safetensors" in m for m in missing)
+    # LTX-2's classes are there, its Gemma text encoder and checkpoint are not
+    assert flows["ltx2_t2v"]["ok"] is False and flows["ltx2_t2v"]["catalog"] == []
+    (gemma,) = [m for m in flows["ltx2_t2v"]["missing"] if "gemma" in m]
+    assert "(LTXAVTextEncoderLoader): no file 'gemma_3_12B_it_fp4_mixed.safetensors'" in gemma
+    assert not any("not installed" in m for m in flows["ltx2_t2v"]["missing"])
 
 
 def test_an_editor_format_farm_workflow_is_converted_and_rendered(server, tmp_path):

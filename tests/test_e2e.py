@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -147,6 +148,32 @@ def test_wan_2_2_a14b_shots_render_with_both_experts_on_the_node_that_holds_them
     assert second == []  # the pair stayed loaded
     held = rt.redis.hget(rt.registry.key("node-a"), "rendered_models")
     assert json.loads(held) == [high, low]
+
+
+def test_an_ltx2_shot_renders_video_and_sound_on_the_node_with_its_checkpoint(rt, farm_cluster):
+    """high_quality's final tier on ComfyUI is LTX-2 19B (one checkpoint in models/
+    checkpoints, with Gemma 3 as text encoder): only node-b holds it, so the shot goes
+    there; the clip is on LTX-2's grid with its audio track, and the scene assembles."""
+    ckpt = "ltx-2-19b-dev-fp8.safetensors"
+    shot = {"id": "ltx", "action_description": "rain on a tin roof", "template": "high_quality",
+            "width": 320, "height": 192, "frames": 17, "fps": 24, "seed": 5, "backend": "comfyui"}  # fmt: skip
+    scene = parse_scene({"id": "e2e-ltx2", "quality": "final", "shots": [shot]})
+    (job,) = enqueue(scene, rt)
+    assert (job.workflow, job.models) == ("ltx2_t2v", (ckpt,))
+    assert job.files["checkpoints"] == [ckpt]
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", status
+    (done,) = status["shots"]
+    assert done["node"] == "node-b"
+    clip = Path(done["outputs"]["final"])
+    info = probe(clip)
+    assert (info.frames, info.width, info.height, round(info.fps)) == (17, 320, 192, 24)
+    streams = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(clip)],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.split()  # fmt: skip
+    assert streams == ["video", "audio"]
+    assert probe(Path(status["outputs"]["video"])).frames == 17
 
 
 def test_a_trajectory_shot_moves_its_subject_and_passes_the_gate_on_the_first_take(rt, tmp_path):

@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 import websocket
@@ -27,7 +29,7 @@ from farm.emulators.profile import (
     workload,
 )
 from farm.errors import ConfigError
-from farm.media import probe
+from farm.media import probe, read_frames
 from farm.workflows import bind
 
 from .conftest import REPO
@@ -57,15 +59,18 @@ DEVICE_KEYS = {
 T2V = "wan2.2_ti2v_5B_fp16.safetensors"
 I2V = [f"wan2.2_i2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low")]
 A14B = [f"wan2.2_t2v_{n}_noise_14B_fp8_scaled.safetensors" for n in ("high", "low")]
+LTX2 = "ltx-2-19b-dev-fp8.safetensors"
+GEMMA = "gemma_3_12B_it_fp4_mixed.safetensors"
 PROFILE = {
     "name": "test-node",
     "gpu": "NVIDIA GeForce RTX 4090",
     "vram_gb": 24,
     "models": {
         "diffusion_models": [T2V, *I2V, *A14B],
-        "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
+        "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", GEMMA],
         "vae": ["wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"],
         "clip_vision": ["clip_vision_h.safetensors"],
+        "checkpoints": [LTX2],
     },
     "speed": 1.0,
     "model_load_s": 0.2,
@@ -265,6 +270,152 @@ def test_a_two_model_graph_samples_in_two_passes_and_loads_each_model(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def ltx2(width=192, height=128, length=17, steps=3, fps=24, model=LTX2, name="ltx2_t2v") -> dict:
+    """workflows/ltx2_t2v.json (LTX-2's audio-video graph) bound at test size."""
+    graph = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+    params = {"width": width, "height": height, "length": length, "steps": steps, "fps": fps,
+              "seed": time.time_ns() % 2**32, "model": model}  # fmt: skip
+    return bind(graph, params, name, load_catalog().bindings(name))
+
+
+def audio_stream(path: Path) -> dict:
+    """The first audio stream of ``path`` as ffprobe describes it ({} for none)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries",
+         "stream=codec_name,sample_rate,channels,duration", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    streams = json.loads(out.stdout).get("streams", [])
+    return streams[0] if streams else {}
+
+
+def test_ltx2_samples_audio_and_video_in_one_latent_and_saves_both(node, tmp_path):
+    """LTX-2's graph: one SamplerCustomAdvanced run over the audio-video latent (a step of
+    progress each), the video decoded on its 8n+1 frame grid from 32-pixel cells, the audio
+    decoded by the audio VAE and muxed into the mp4 at 24 kHz, cut to the video's length."""
+    client = Client(node)
+    pid = client.submit(ltx2(), prompt_id="ltx2-run-1").json()["prompt_id"]
+    events = client.events(pid)
+    progress = [(d["node"], d["value"], d["max"]) for t, d in events if t == "progress"]
+    assert progress == [("41", 1, 3), ("41", 2, 3), ("41", 3, 3)]
+    (item,) = client.history(pid)[pid]["outputs"]["75"]["images"]
+    path = tmp_path / "ltx2.mp4"
+    path.write_bytes(requests.get(node + "/view", params=item, timeout=TIMEOUT).content)
+    info = probe(path)
+    assert (info.frames, info.width, info.height, info.fps) == (17, 192, 128, 24.0)
+    audio = audio_stream(path)
+    assert (audio["codec_name"], audio["sample_rate"], audio["channels"]) == ("aac", "24000", 2)
+    assert float(audio["duration"]) == pytest.approx(17 / 24, abs=0.05)
+
+
+def test_ltx2_snaps_off_grid_sizes_as_comfyui_does_and_refuses_out_of_range_ones(node, tmp_path):
+    """Width and height go to 32-pixel cells and length to 8n+1 frames silently (ComfyUI
+    checks no step); below EmptyLTXVLatentVideo's minimum or above LTXVEmptyLatentAudio's
+    1000 frames the prompt is refused naming the node and input."""
+    client = Client(node)
+    pid = client.submit(ltx2(width=200, height=140, length=20, steps=1)).json()["prompt_id"]
+    client.events(pid)
+    (item,) = client.history(pid)[pid]["outputs"]["75"]["images"]
+    path = tmp_path / "snapped.mp4"
+    path.write_bytes(requests.get(node + "/view", params=item, timeout=TIMEOUT).content)
+    assert (probe(path).frames, probe(path).width, probe(path).height) == (17, 192, 128)
+    small = client.submit(ltx2(width=32)).json()
+    (error,) = small["node_errors"]["43"]["errors"]
+    assert (error["type"], error["message"]) == (
+        "value_smaller_than_min",
+        "Value 32 smaller than min of 64",
+    )
+    long = client.submit(ltx2(length=1001)).json()
+    (error,) = long["node_errors"]["51"]["errors"]
+    assert error["type"] == "value_bigger_than_max" and error["details"] == "frames_number"
+    assert "43" not in long["node_errors"]  # the video latent takes 1001 frames
+
+
+def test_ltx2_checkpoint_the_node_lacks_fails_each_loader_that_names_it(node):
+    resp = Client(node).submit(ltx2(model="ltx-2-19b-distilled-fp8.safetensors"))
+    assert resp.status_code == 400
+    errors = resp.json()["node_errors"]
+    assert sorted(errors) == ["1", "48", "60"]  # checkpoint, audio VAE and text encoder loaders
+    for nid in errors:
+        (error,) = errors[nid]["errors"]
+        assert (
+            error["type"] == "value_not_in_list"
+            and error["extra_info"]["input_name"] == "ckpt_name"
+        )
+
+
+def test_ltx2_classes_describe_themselves_as_comfyui_s_source_does(node):
+    """/object_info of the LTX-2 classes: inputs, ranges, defaults and outputs of
+    comfy_extras/nodes_lt.py and nodes_lt_audio.py; loaders list the node's files."""
+    info = requests.get(node + "/object_info", timeout=TIMEOUT).json()
+    video = info["EmptyLTXVLatentVideo"]
+    assert video["input"]["required"]["width"] == [
+        "INT",
+        {"default": 768, "min": 64, "max": 16384, "step": 32},
+    ]
+    assert video["input"]["required"]["length"] == [
+        "INT",
+        {"default": 97, "min": 1, "max": 16384, "step": 8},
+    ]
+    assert (video["output"], video["python_module"]) == (["LATENT"], "comfy_extras.nodes_lt")
+    audio = info["LTXVEmptyLatentAudio"]
+    assert audio["input_order"]["required"] == [
+        "frames_number",
+        "frame_rate",
+        "batch_size",
+        "audio_vae",
+    ]
+    assert audio["input"]["required"]["frames_number"][1]["max"] == 1000
+    assert audio["input"]["required"]["frame_rate"][0] == "INT"
+    assert info["LTXVConditioning"]["input"]["required"]["frame_rate"] == [
+        "FLOAT", {"default": 25.0, "min": 0.0, "max": 1000.0, "step": 0.01}]  # fmt: skip
+    assert info["LTXVSeparateAVLatent"]["output_name"] == ["video_latent", "audio_latent"]
+    assert info["SamplerCustomAdvanced"]["output_name"] == ["output", "denoised_output"]
+    assert info["LTXVAudioVAEDecode"]["output"] == ["AUDIO"]
+    assert info["LTXAVTextEncoderLoader"]["input"]["required"]["text_encoder"][1]["options"] == [
+        GEMMA, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"]  # fmt: skip
+    assert info["LTXVAudioVAELoader"]["input"]["required"]["ckpt_name"][1]["options"] == [LTX2]
+    scheduler = info["LTXVScheduler"]["input"]
+    assert list(scheduler["required"]) == [
+        "steps",
+        "max_shift",
+        "base_shift",
+        "stretch",
+        "terminal",
+    ]
+    assert list(scheduler["optional"]) == ["latent"]
+
+
+def test_ltx2_image_to_video_starts_from_the_uploaded_image(node, tmp_path):
+    """ltx2_i2v: the start image, preprocessed and encoded into the latent's first frame,
+    is the clip's first frame at the latent's size."""
+    image = np.zeros((256, 384, 3), np.uint8)
+    image[:, :192] = (0, 0, 255)  # red left half, green right half (BGR)
+    image[:, 192:] = (0, 255, 0)
+    ok, png = cv2.imencode(".png", image)
+    files = {"image": ("ltx-start.png", png.tobytes(), "image/png")}
+    up = requests.post(
+        node + "/upload/image", files=files, data={"subfolder": "farm"}, timeout=TIMEOUT
+    )
+    graph = ltx2(name="ltx2_i2v", steps=2)
+    graph = bind(
+        graph,
+        {"start_image": "farm/ltx-start.png"},
+        "ltx2_i2v",
+        load_catalog().bindings("ltx2_i2v"),
+    )
+    client = Client(node)
+    pid = client.submit(graph).json()["prompt_id"]
+    client.events(pid)
+    (item,) = client.history(pid)[pid]["outputs"]["75"]["images"]
+    path = tmp_path / "i2v.mp4"
+    path.write_bytes(requests.get(node + "/view", params=item, timeout=TIMEOUT).content)
+    first = read_frames(path, 1)[0]
+    assert up.status_code == 200 and first.shape == (128, 192, 3)
+    left, right = first[64:, 20:60].mean(axis=(0, 1)), first[64:, 130:170].mean(axis=(0, 1))
+    assert left[2] > 150 > left[1] and right[1] > 150 > right[2]
 
 
 def test_api_prefix_and_static_routes(node):

@@ -427,3 +427,22 @@ def test_the_model_load_cost_counts_each_model_a_node_lacks():
     assert place(job, nodes, load={"one": 15.0}, last_model={"one": {high}}) == "one"
     both = {"one": {high, low}}
     assert place(job, nodes, load={"one": 39.0}, last_model=both) == "one"
+
+
+def test_high_quality_renders_on_ltx2_on_comfyui_from_its_checkpoint():
+    """LTX-2's jobs name one checkpoint (in models/checkpoints, with Gemma 3 as text
+    encoder), on its 8n+1 frame grid and 32-pixel blocks; a start image takes its
+    image-to-video graph; trajectories still go to Wan ATI."""
+    sc = scene(template="high_quality", width=840, height=470, frames=30, fps=24)
+    final = plan_job(sc, sc.shots[0], "final", CAT)
+    assert (final.workflow, final.models) == ("ltx2_t2v", ("ltx-2-19b-dev-fp8.safetensors",))
+    assert final.files == {"text_encoders": ["gemma_3_12B_it_fp4_mixed.safetensors"],
+                           "checkpoints": ["ltx-2-19b-dev-fp8.safetensors"]}  # fmt: skip
+    assert (final.params["width"], final.params["height"], final.params["length"]) == (832, 480, 33)
+    preview = plan_job(sc, sc.shots[0], "preview", CAT)
+    assert preview.models == ("ltx-2-19b-distilled-fp8.safetensors",)
+    i2v = scene(template="high_quality", start_image="/a.png")
+    assert plan_job(i2v, i2v.shots[0], "final", CAT).workflow == "ltx2_i2v"
+    tracks = [[{"x": 1, "y": 1}, {"x": 9, "y": 9}]]
+    ati = scene(template="high_quality", start_image="/a.png", trajectories=tracks)
+    assert plan_job(ati, ati.shots[0], "final", CAT).workflow == "wan_ati"

@@ -36,6 +36,7 @@ EXTRA = {
     "wan22_t2v": {"model2": "low.safetensors", "switch_step": 2},
     "wan22_i2v": {"model2": "low.safetensors", "switch_step": 2, "start_image": "farm/a.png"},
     "wan_ati": {"start_image": "farm/a.png", "tracks": '[[{"x": 1, "y": 2}]]'},
+    "ltx2_i2v": {"start_image": "farm/a.png"},
 }
 
 
@@ -44,7 +45,8 @@ def names():
 
 
 def test_every_catalogue_engine_has_its_workflow():
-    assert names() == ["hunyuan15_t2v", "wan22_i2v", "wan22_t2v", "wan22_ti2v", "wan_ati"]
+    assert names() == ["hunyuan15_t2v", "ltx2_i2v", "ltx2_t2v", "wan22_i2v", "wan22_t2v",
+                       "wan22_ti2v", "wan_ati"]  # fmt: skip
     for name in names():
         assert (WORKFLOWS / f"{name}.json").is_file()
 
@@ -176,3 +178,18 @@ def test_a_job_s_bindings_and_file_come_from_its_own_engine():
     assert catalog.workflow_file("wan22_t2v", Path("/wf"), "alt") == Path("/studio/alt.json")
     assert catalog.workflow_file("wan22_t2v", Path("/wf")) == Path("/wf/wan22_t2v.json")
     assert catalog.bindings("nowhere", "alt") == {}
+
+
+def test_ltx2_takes_frames_fps_and_checkpoint_everywhere_its_graph_needs_them():
+    """LTX-2's audio latent needs the frame count and rate of the video, its conditioning
+    the rate, and its checkpoint feeds the model, audio VAE and text encoder loaders."""
+    for name in ("ltx2_t2v", "ltx2_i2v"):
+        graph = load_workflow(name, WORKFLOWS)
+        params = {"length": 49, "fps": 30, "model": "ltx-2-19b-distilled-fp8.safetensors"}
+        bound = bind(graph, params, name, load_catalog().bindings(name))
+        node = {n["_meta"]["title"]: n["inputs"] for n in bound.values()}
+        assert node["Video Latent"]["length"] == node["Audio Latent"]["frames_number"] == 49
+        assert node["Create Video"]["fps"] == node["Conditioning"]["frame_rate"] == 30
+        assert node["Audio Latent"]["frame_rate"] == 30
+        for title in ("Load Checkpoint", "Load Audio VAE", "Text Encoder"):
+            assert node[title]["ckpt_name"] == "ltx-2-19b-distilled-fp8.safetensors"

@@ -1,8 +1,10 @@
 """The node classes an emulated ComfyUI node offers, as ``GET /object_info`` shows them.
 
 Definitions mirror ComfyUI's ``INPUT_TYPES`` (0.3.64, and the Wan 2.2 and Hunyuan Video 1.5
-classes of ``comfy_extras/nodes_wan.py`` and ``nodes_hunyuan.py``) (input names, types, defaults, ranges,
-order, outputs, categories); combo inputs list the model files of the node's profile. Each
+classes of ``comfy_extras/nodes_wan.py`` and ``nodes_hunyuan.py``, and LTX-2's of
+``nodes_lt.py``, ``nodes_lt_audio.py`` and ``nodes_custom_sampler.py``) (input names, types,
+defaults, ranges, order, outputs, categories); combo inputs list the model files of the
+node's profile. Each
 class points at its runner in :mod:`farm.emulators.comfy_runners`; graphs are checked by
 :mod:`farm.emulators.comfy_validation` and run by :mod:`farm.emulators.comfy_executor`.
 """
@@ -69,8 +71,14 @@ def _combo(options: list[str], **extra: Any) -> tuple:
     return (list(options), extra) if extra else (list(options),)
 
 
-def _combo3(options: list[str], default: str) -> tuple:
-    return ("COMBO", {"options": list(options), "default": default})
+def _combo3(options: list[str], default: str | None = None, **extra: Any) -> tuple:
+    spec = {"options": list(options), **({"default": default} if default else {}), **extra}
+    return ("COMBO", spec)
+
+
+def _v3(kind: str, **spec: Any) -> tuple:
+    """A v3 (``comfy_api.latest.io``) input: only the options its source sets."""
+    return (kind, spec)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,13 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
         "v3": True,
     }
     image_prefix = _string(default="ComfyUI")
+    ltx = {"module": "comfy_extras.nodes_lt", "v3": True}
+    ltx_audio = {"module": "comfy_extras.nodes_lt_audio", "v3": True}
+    custom = {"module": "comfy_extras.nodes_custom_sampler", "v3": True}
+    two_cond = {
+        "outputs": ("CONDITIONING", "CONDITIONING"),
+        "output_names": ("positive", "negative"),
+    }
     defs = [
         NodeDef(
             "UNETLoader",
@@ -505,6 +520,244 @@ def definitions(profile: NodeProfile, dirs: Dirs) -> dict[str, NodeDef]:
             runners.save_webp,
             output_node=True,
             module="comfy_extras.nodes_images",
+        ),
+        # --- LTX-2: audio-video latents, its loaders and custom sampling ---
+        NodeDef(
+            "LTXVAudioVAELoader",
+            "model/loaders",
+            {"ckpt_name": _combo3(files("checkpoints"), tooltip="Audio VAE checkpoint to load.")},
+            runners.ltxv_audio_vae_loader,
+            ("VAE",),
+            output_names=("Audio VAE",),
+            display_name="Load LTXV Audio VAE",
+            **ltx_audio,
+        ),
+        NodeDef(
+            "LTXAVTextEncoderLoader",
+            "model/loaders",
+            {
+                "text_encoder": _combo3(files("text_encoders")),
+                "ckpt_name": _combo3(files("checkpoints")),
+                "device": _combo3(["default", "cpu"], advanced=True),
+            },
+            runners.ltxav_text_encoder_loader,
+            ("CLIP",),
+            display_name="Load LTXV Audio Text Encoder",
+            description="Recipes:\nltxav: gemma 3 12B or matching gemma 4 model",
+            **ltx_audio,
+        ),
+        NodeDef(
+            "LTXVEmptyLatentAudio",
+            "model/latent/ltxv",
+            {
+                "frames_number": _v3(
+                    "INT",
+                    default=97,
+                    min=1,
+                    max=1000,
+                    step=1,
+                    display="number",
+                    tooltip="Number of frames.",
+                ),
+                "frame_rate": _v3(
+                    "INT",
+                    default=25,
+                    min=1,
+                    max=1000,
+                    step=1,
+                    display="number",
+                    tooltip="Number of frames per second.",
+                ),
+                "batch_size": _v3(
+                    "INT",
+                    default=1,
+                    min=1,
+                    max=4096,
+                    display="number",
+                    tooltip="The number of latent audio samples in the batch.",
+                ),
+                "audio_vae": _v3(
+                    "VAE",
+                    display_name="Audio VAE",
+                    tooltip="The Audio VAE model to get configuration from.",
+                ),
+            },
+            runners.ltxv_empty_latent_audio,
+            ("LATENT",),
+            output_names=("Latent",),
+            display_name="LTXV Empty Latent Audio",
+            **ltx_audio,
+        ),
+        NodeDef(
+            "LTXVAudioVAEDecode",
+            "model/latent/ltxv",
+            {
+                "samples": _v3("LATENT", tooltip="The latent to be decoded."),
+                "audio_vae": _v3(
+                    "VAE",
+                    display_name="Audio VAE",
+                    tooltip="The Audio VAE model used for decoding the latent.",
+                ),
+            },
+            runners.ltxv_audio_vae_decode,
+            ("AUDIO",),
+            output_names=("Audio",),
+            display_name="LTXV Audio VAE Decode",
+            **ltx_audio,
+        ),
+        NodeDef(
+            "EmptyLTXVLatentVideo",
+            "latent/video/ltxv",
+            {
+                "width": _v3("INT", default=768, min=64, max=MAX_RESOLUTION, step=32),
+                "height": _v3("INT", default=512, min=64, max=MAX_RESOLUTION, step=32),
+                "length": _v3("INT", default=97, min=1, max=MAX_RESOLUTION, step=8),
+                "batch_size": _v3("INT", default=1, min=1, max=4096),
+            },
+            runners.empty_ltxv_latent,
+            ("LATENT",),
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVImgToVideoInplace",
+            "conditioning/video_models",
+            {
+                "vae": _link("VAE"),
+                "image": _link("IMAGE"),
+                "latent": _link("LATENT"),
+                "strength": _v3("FLOAT", default=1.0, min=0.0, max=1.0),
+                "bypass": _v3("BOOLEAN", default=False, tooltip="Bypass the conditioning."),
+            },
+            runners.ltxv_img_to_video_inplace,
+            ("LATENT",),
+            output_names=("latent",),
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVConditioning",
+            "conditioning/video_models",
+            {
+                "positive": _link("CONDITIONING"),
+                "negative": _link("CONDITIONING"),
+                "frame_rate": _v3("FLOAT", default=25.0, min=0.0, max=1000.0, step=0.01),
+            },
+            runners.ltxv_conditioning,
+            **two_cond,
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVScheduler",
+            "sampling/custom_sampling/schedulers",
+            {
+                "steps": _v3("INT", default=20, min=1, max=10000),
+                "max_shift": _v3("FLOAT", default=2.05, min=0.0, max=100.0, step=0.01),
+                "base_shift": _v3("FLOAT", default=0.95, min=0.0, max=100.0, step=0.01),
+                "stretch": _v3(
+                    "BOOLEAN",
+                    default=True,
+                    advanced=True,
+                    tooltip="Stretch the sigmas to be in the range [terminal, 1].",
+                ),
+                "terminal": _v3(
+                    "FLOAT",
+                    default=0.1,
+                    min=0.0,
+                    max=0.99,
+                    step=0.01,
+                    advanced=True,
+                    tooltip="The terminal value of the sigmas after stretching.",
+                ),
+            },
+            runners.ltxv_scheduler,
+            ("SIGMAS",),
+            optional={"latent": _link("LATENT")},
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVPreprocess",
+            "video/preprocessors",
+            {
+                "image": _link("IMAGE"),
+                "img_compression": _v3(
+                    "INT",
+                    default=35,
+                    min=0,
+                    max=100,
+                    tooltip="Amount of compression to apply on image.",
+                ),
+            },
+            runners.ltxv_preprocess,
+            ("IMAGE",),
+            output_names=("output_image",),
+            display_name="LTXV Preprocess",
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVConcatAVLatent",
+            "latent/video/ltxv",
+            {"video_latent": _link("LATENT"), "audio_latent": _link("LATENT")},
+            runners.ltxv_concat_av_latent,
+            ("LATENT",),
+            output_names=("latent",),
+            **ltx,
+        ),
+        NodeDef(
+            "LTXVSeparateAVLatent",
+            "latent/video/ltxv",
+            {"av_latent": _link("LATENT")},
+            runners.ltxv_separate_av_latent,
+            ("LATENT", "LATENT"),
+            output_names=("video_latent", "audio_latent"),
+            description="LTXV Separate AV Latent",
+            **ltx,
+        ),
+        NodeDef(
+            "RandomNoise",
+            "sampling/custom_sampling/noise",
+            {
+                "noise_seed": _v3(
+                    "INT", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True
+                )
+            },
+            runners.random_noise,
+            ("NOISE",),
+            **custom,
+        ),
+        NodeDef(
+            "KSamplerSelect",
+            "sampling/custom_sampling/samplers",
+            {"sampler_name": _combo3(SAMPLERS)},
+            runners.ksampler_select,
+            ("SAMPLER",),
+            **custom,
+        ),
+        NodeDef(
+            "CFGGuider",
+            "sampling/custom_sampling/guiders",
+            {
+                "model": _link("MODEL"),
+                "positive": _link("CONDITIONING"),
+                "negative": _link("CONDITIONING"),
+                "cfg": _v3("FLOAT", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+            },
+            runners.cfg_guider,
+            ("GUIDER",),
+            **custom,
+        ),
+        NodeDef(
+            "SamplerCustomAdvanced",
+            "sampling/custom_sampling",
+            {
+                "noise": _link("NOISE"),
+                "guider": _link("GUIDER"),
+                "sampler": _link("SAMPLER"),
+                "sigmas": _link("SIGMAS"),
+                "latent_image": _link("LATENT"),
+            },
+            runners.sampler_custom_advanced,
+            ("LATENT", "LATENT"),
+            output_names=("output", "denoised_output"),
+            **custom,
         ),
     ]
     return {d.name: d for d in defs}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import random
 import time
@@ -36,7 +37,7 @@ from farm.emulators.profile import (
     unit_hash,
     workload,
 )
-from farm.emulators.synth import ClipSpec, preview, synthesize
+from farm.emulators.synth import ClipSpec, preview, soundtrack, synthesize
 from farm.errors import InvalidInput
 from farm.media import write_video
 from farm.trajectory import parse_tracks
@@ -116,7 +117,8 @@ class Conditioning:
 class Latent:
     """A video latent: the requested pixel size and length; ``clip`` once sampled, and its
     ``frames`` (an asyncio future), synthesized while the sampler's GPU time passes (None
-    while noise is left for a later pass)."""
+    while noise is left for a later pass). Its VAE's compression: Wan and Hunyuan 4x in
+    time and 8x in space with 16 channels; LTX-2 8x, 32x and 128 channels."""
 
     width: int
     height: int
@@ -124,12 +126,93 @@ class Latent:
     batch: int = 1
     clip: ClipSpec | None = None
     frames: Any = field(default=None, repr=False)
-    #: an image encoded into its first frames (Wan22ImageToVideoLatent)
+    #: an image encoded into its first frames (Wan22ImageToVideoLatent, LTXVImgToVideoInplace)
     start_image: np.ndarray | None = field(default=None, repr=False)
+    time_scale: int = 4
+    space_scale: int = 8
+    channels: int = 16
+
+    @property
+    def shape(self) -> list[int]:
+        t, s = self.time_scale, self.space_scale
+        return [
+            self.batch,
+            self.channels,
+            (self.length - 1) // t + 1,
+            self.height // s,
+            self.width // s,
+        ]
 
     def __str__(self) -> str:
-        shape = [self.batch, 16, (self.length - 1) // 4 + 1, self.height // 8, self.width // 8]
-        return f"{{'samples': tensor(shape={shape})}}"
+        return f"{{'samples': tensor(shape={self.shape})}}"
+
+
+#: LTX-2's audio VAE: 8 latent channels x 16 frequency bins, 25 latents a second (16 kHz
+#: mel frames, hop 160, 4x downsampled), decoded by its vocoder at 24 kHz
+AUDIO_CHANNELS, AUDIO_BINS, AUDIO_LATENTS_PER_S, AUDIO_RATE = 8, 16, 25.0, 24000
+
+
+@dataclass(frozen=True, eq=False)
+class AudioLatent:
+    """LTX-2's audio latent (LTXVEmptyLatentAudio): ``latents`` time steps; ``clip`` the
+    request it was sampled with (None while empty)."""
+
+    latents: int
+    batch: int = 1
+    clip: ClipSpec | None = None
+
+    def __str__(self) -> str:
+        shape = [self.batch, AUDIO_CHANNELS, self.latents, AUDIO_BINS]
+        return f"{{'samples': tensor(shape={shape}), 'type': 'audio'}}"
+
+
+@dataclass(frozen=True, eq=False)
+class AVLatent:
+    """LTX-2's audio-video latent (LTXVConcatAVLatent): a nested tensor of both."""
+
+    video: Latent
+    audio: AudioLatent
+
+    def __str__(self) -> str:
+        return (
+            f"{{'samples': NestedTensor(shapes=[{self.video.shape}, "
+            f"{[self.audio.batch, AUDIO_CHANNELS, self.audio.latents, AUDIO_BINS]}])}}"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Noise(_Opaque):
+    comfy_type: ClassVar[str] = "comfy_extras.nodes_custom_sampler.Noise_RandomNoise"
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class Sampler(_Opaque):
+    comfy_type: ClassVar[str] = "comfy.samplers.KSAMPLER"
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class Guider(_Opaque):
+    comfy_type: ClassVar[str] = "comfy.samplers.CFGGuider"
+    model: Model
+    positive: Conditioning
+    negative: Conditioning
+    cfg: float
+
+
+@dataclass(frozen=True, eq=False)
+class Sigmas:
+    """A noise schedule: ``steps`` = its length - 1."""
+
+    values: tuple[float, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.values) - 1
+
+    def __str__(self) -> str:
+        return "tensor([" + ", ".join(f"{v:.4f}" for v in self.values) + "])"
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +220,8 @@ class Video(_Opaque):
     comfy_type: ClassVar[str] = "comfy_api.latest._input_impl.video_types.VideoFromComponents"
     frames: np.ndarray
     fps: float
+    #: ComfyUI's AUDIO: {"waveform": (batch, channels, samples), "sample_rate": int}
+    audio: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -456,17 +541,20 @@ async def wan_track_to_video(
 # --- runners: sampling and decoding --------------------------------------------------------
 
 
-def decoded_frames(length: int) -> int:
-    """Frames a Wan/Hunyuan VAE decodes from a latent made for ``length`` frames (4x temporal)."""
-    return (length - 1) // 4 * 4 + 1
+def decoded_frames(length: int, time_scale: int = 4) -> int:
+    """Frames a VAE decodes from a latent made for ``length`` frames (Wan/Hunyuan: 4x
+    temporal compression, 4n+1; LTX-2: 8x, 8n+1)."""
+    return (length - 1) // time_scale * time_scale + 1
 
 
 def clip_spec(latent: Latent, cond: Conditioning, seed: int, fps: float) -> ClipSpec:
-    """The synthetic clip a sampled latent decodes to (the VAE works in 8-pixel cells)."""
+    """The synthetic clip a sampled latent decodes to (the VAE works in cells of
+    ``space_scale`` pixels: 8, LTX-2's 32)."""
+    cell = latent.space_scale
     return ClipSpec(
-        width=latent.width // 8 * 8,
-        height=latent.height // 8 * 8,
-        frames=decoded_frames(latent.length),
+        width=latent.width // cell * cell,
+        height=latent.height // cell * cell,
+        frames=decoded_frames(latent.length, latent.time_scale),
         fps=fps,
         seed=seed,
         prompt=cond.text,
@@ -525,8 +613,15 @@ async def ksampler(
     latent_image: Latent,
     denoise: float,
 ) -> Output:
+    return Output((await _sample(ctx, model, latent_image, positive, seed, steps),))
+
+
+async def _sample(
+    ctx: NodeContext, model: Model, lat: Latent, positive: Conditioning, seed: int, steps: int
+) -> Latent:
+    """A full ``steps``-step sampling run of ``lat``: the model loaded, its VRAM checked,
+    progress and a preview each step, the frames synthesized meanwhile."""
     await ensure_model(ctx, model)
-    lat = latent_image
     load = workload(lat.width, lat.height, lat.length, lat.batch)
     if not fits_in_vram(model.size, ctx.profile.vram_gb, load):
         ctx.gpu.unload()  # ComfyUI unloads every model after an OOM
@@ -544,7 +639,7 @@ async def ksampler(
             reason = CUDA_ERRORS[int(unit_hash("cuda", ctx.prompt_id) * len(CUDA_ERRORS))]
             raise NodeFailure("RuntimeError", f"CUDA error: {reason}{CUDA_SUFFIX}")
         await ctx.progress(step, steps, await ctx.cpu(preview_jpeg, spec, step, steps))
-    return Output((replace(lat, clip=spec, frames=frames),))
+    return replace(lat, clip=spec, frames=frames)
 
 
 async def ksampler_advanced(
@@ -605,6 +700,169 @@ async def vae_decode(ctx: NodeContext, samples: Latent, vae: Vae, **tiling: int)
         return Output((await samples.frames,))
     spec = samples.clip or clip_spec(samples, Conditioning(""), 0, ctx.fps)
     return Output((await ctx.cpu(render_frames, spec, samples.batch),))
+
+
+# --- runners: LTX-2 (comfy_extras/nodes_lt.py, nodes_lt_audio.py, nodes_custom_sampler.py) ---
+
+
+async def ltxv_audio_vae_loader(ctx: NodeContext, ckpt_name: str) -> Output:
+    """The audio VAE and vocoder inside an LTX-2 checkpoint."""
+    await _ensure_small(ctx, "vae", (f"{ckpt_name}:audio_vae",))
+    return Output((Vae(ckpt_name),))
+
+
+async def ltxav_text_encoder_loader(
+    ctx: NodeContext, text_encoder: str, ckpt_name: str, device: str = "default"
+) -> Output:
+    """Gemma 3 plus the text projection inside the LTX-2 checkpoint."""
+    await _ensure_small(ctx, "text_encoders", (text_encoder,))
+    return Output((Clip((text_encoder, ckpt_name), "ltxv"),))
+
+
+async def ltxv_conditioning(
+    ctx: NodeContext, positive: Conditioning, negative: Conditioning, frame_rate: float
+) -> Output:
+    return Output((positive, negative))
+
+
+async def empty_ltxv_latent(
+    ctx: NodeContext, width: int, height: int, length: int, batch_size: int
+) -> Output:
+    """128 channels, ((length - 1) // 8 + 1) x height / 32 x width / 32."""
+    return Output(
+        (Latent(width, height, length, batch_size, time_scale=8, space_scale=32, channels=128),)
+    )
+
+
+def audio_latents(frames_number: int, frame_rate: float) -> int:
+    """Audio latents for ``frames_number`` video frames at ``frame_rate`` (LTX-2's audio VAE)."""
+    return math.ceil(frames_number / frame_rate * AUDIO_LATENTS_PER_S)
+
+
+async def ltxv_empty_latent_audio(
+    ctx: NodeContext, frames_number: int, frame_rate: int, batch_size: int, audio_vae: Vae
+) -> Output:
+    return Output((AudioLatent(audio_latents(frames_number, frame_rate), batch_size),))
+
+
+async def ltxv_concat_av_latent(
+    ctx: NodeContext, video_latent: Latent, audio_latent: AudioLatent
+) -> Output:
+    return Output((AVLatent(video_latent, audio_latent),))
+
+
+async def ltxv_separate_av_latent(ctx: NodeContext, av_latent: Any) -> Output:
+    if not isinstance(av_latent, AVLatent):  # a plain tensor unbinds to its batch items
+        raise NodeFailure("IndexError", "tuple index out of range")
+    return Output((av_latent.video, av_latent.audio))
+
+
+def ltxv_sigmas(
+    steps: int, max_shift: float, base_shift: float, stretch: bool, terminal: float, tokens: int
+) -> tuple[float, ...]:
+    """LTXVScheduler's schedule: 1 to 0 in ``steps``, shifted by the token count, the last
+    non-zero sigma stretched to ``terminal``."""
+    mm = (max_shift - base_shift) / (4096 - 1024)
+    shift = tokens * mm + base_shift - mm * 1024
+    lin = [1.0 - i / steps for i in range(steps + 1)]
+    sig = [math.exp(shift) / (math.exp(shift) + (1 / v - 1)) if v else 0.0 for v in lin]
+    nonzero = [v for v in sig if v]
+    if stretch and nonzero and 1.0 - nonzero[-1] > 0:
+        scale = (1.0 - nonzero[-1]) / (1.0 - terminal)
+        sig = [1.0 - (1.0 - v) / scale if v else 0.0 for v in sig]
+    return tuple(sig)
+
+
+async def ltxv_scheduler(
+    ctx: NodeContext,
+    steps: int,
+    max_shift: float,
+    base_shift: float,
+    stretch: bool,
+    terminal: float,
+    latent: Any = None,
+) -> Output:
+    video = latent.video if isinstance(latent, AVLatent) else latent
+    tokens = math.prod(video.shape[2:]) if isinstance(video, Latent) else 4096
+    return Output((Sigmas(ltxv_sigmas(steps, max_shift, base_shift, stretch, terminal, tokens)),))
+
+
+async def random_noise(ctx: NodeContext, noise_seed: int) -> Output:
+    return Output((Noise(noise_seed),))
+
+
+async def ksampler_select(ctx: NodeContext, sampler_name: str) -> Output:
+    return Output((Sampler(sampler_name),))
+
+
+async def cfg_guider(
+    ctx: NodeContext, model: Model, positive: Conditioning, negative: Conditioning, cfg: float
+) -> Output:
+    return Output((Guider(model, positive, negative, cfg),))
+
+
+async def sampler_custom_advanced(
+    ctx: NodeContext,
+    noise: Noise,
+    guider: Guider,
+    sampler: Sampler,
+    sigmas: Sigmas,
+    latent_image: Any,
+) -> Output:
+    """One sampling run of ``sigmas.steps`` steps; an audio-video latent comes back with both
+    parts sampled (its audio the same request's soundtrack)."""
+    av = latent_image if isinstance(latent_image, AVLatent) else None
+    video = av.video if av else latent_image
+    sampled = await _sample(ctx, guider.model, video, guider.positive, noise.seed, sigmas.steps)
+    out: Latent | AVLatent = sampled
+    if av is not None:
+        out = AVLatent(sampled, replace(av.audio, clip=sampled.clip))
+    return Output((out, out))
+
+
+async def ltxv_img_to_video_inplace(
+    ctx: NodeContext,
+    vae: Vae,
+    image: np.ndarray,
+    latent: Latent,
+    strength: float,
+    bypass: bool = False,
+) -> Output:
+    """``image`` encoded into the latent's first frame (scaled to its size by the VAE)."""
+    return Output((latent if bypass else replace(latent, start_image=image[0]),))
+
+
+def _h264_like(frame: np.ndarray, compression: int) -> np.ndarray:
+    """A frame cropped to even sides and put through lossy compression (LTXVPreprocess
+    round-trips it through H.264 at crf = ``img_compression``)."""
+    frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, max(5, 100 - compression)])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+async def ltxv_preprocess(ctx: NodeContext, image: np.ndarray, img_compression: int) -> Output:
+    if img_compression == 0:
+        return Output((image,))
+    return Output((np.stack([_h264_like(f, img_compression) for f in image]),))
+
+
+async def ltxv_audio_vae_decode(ctx: NodeContext, samples: Any, audio_vae: Vae) -> Output:
+    """Audio from LTX-2's audio latent (or the audio part of an audio-video one): 4 mel
+    frames a latent (the first 1, it being causal), 100 a second, at the vocoder's 24 kHz."""
+    audio = samples.audio if isinstance(samples, AVLatent) else samples
+    if not isinstance(audio, AudioLatent):
+        raise NodeFailure(
+            "RuntimeError",
+            f"Given groups=1, weight of size [512, {AUDIO_CHANNELS}, 3, 3], expected input"
+            f"{samples.shape} to have {AUDIO_CHANNELS} channels, but got "
+            f"{samples.shape[1]} channels instead",
+        )
+    seconds = (4 * audio.latents - 3) / 100.0
+    spec = audio.clip
+    seed, prompt = (spec.seed, spec.prompt) if spec else (0, "")
+    wave = await ctx.cpu(soundtrack, seed, prompt, seconds, AUDIO_RATE)
+    batch = np.stack([wave] * audio.batch)
+    return Output(({"waveform": batch, "sample_rate": AUDIO_RATE},))
 
 
 # --- runners: images and video -------------------------------------------------------------
@@ -702,9 +960,19 @@ async def image_from_batch(
 
 
 async def create_video(
-    ctx: NodeContext, images: np.ndarray, fps: float, audio: Any = None
+    ctx: NodeContext, images: np.ndarray, fps: float, audio: dict[str, Any] | None = None
 ) -> Output:
-    return Output((Video(images, float(fps)),))
+    return Output((Video(images, float(fps), audio),))
+
+
+def video_audio(video: Video) -> tuple[np.ndarray, int] | None:
+    """The first batch item of ``video``'s audio, cut to the video's length as ComfyUI's
+    SaveVideo muxes it; None without audio."""
+    if video.audio is None:
+        return None
+    rate = int(video.audio["sample_rate"])
+    keep = math.ceil(len(video.frames) / video.fps * rate)
+    return video.audio["waveform"][0][:, :keep], rate
 
 
 async def save_video(
@@ -720,7 +988,9 @@ async def save_video(
             f"[libx264] {side} not divisible by 2 ({width}x{height})",
         )
     file = f"{stem}_{counter:05}_.mp4"
-    await ctx.cpu(write_video, folder / file, iter(video.frames), video.fps)
+    await ctx.cpu(
+        write_video, folder / file, iter(video.frames), video.fps, None, video_audio(video)
+    )
     return Output(ui={"images": [_saved(file, subfolder)], "animated": [True]})
 
 

@@ -331,3 +331,22 @@ def _banner(prompt: str, width: int, height: int) -> np.ndarray | None:
         org = (6, 4 + (i + 1) * line_h - base - 3)
         cv2.putText(strip, line, org, font, scale, (200, 200, 200), 1, cv2.LINE_AA)
     return strip if strip.shape[0] < height // 3 else None
+
+
+def soundtrack(seed: int, prompt: str, seconds: float, rate: int) -> np.ndarray:
+    """A quiet stereo chord for a clip's audio (LTX-2's audio-video graphs): its notes from
+    the prompt, its phase and the slow swell of each channel from the seed. Returns float32
+    samples in [-1, 1], shaped (2, samples)."""
+    n = max(1, round(seconds * rate))
+    t = np.arange(n, dtype=np.float64) / rate
+    digest = hashlib.sha256(prompt.encode()).digest()
+    rng = _rng(seed, "audio", prompt)
+    chord = np.zeros(n)
+    for i in range(3):
+        freq = 110.0 * 2 ** (digest[i] % 24 / 12)  # a note in the two octaves above A2
+        chord += np.sin(2 * math.pi * freq * t + rng.uniform(0, 2 * math.pi))
+    channels = [
+        chord * (0.6 + 0.4 * np.sin(2 * math.pi * rng.uniform(0.1, 0.5) * t)) for _ in range(2)
+    ]
+    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.05 + 1e-9)  # no click at either end
+    return (0.1 * np.stack(channels) * fade).astype(np.float32)
