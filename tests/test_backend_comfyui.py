@@ -338,3 +338,16 @@ def test_progress_rises_once_over_both_passes_of_a_two_model_graph():
             _handle("progress", data, lambda f, m="", p=None: seen.append(f), passes)
     assert seen == sorted(seen) and len(set(seen)) == 4
     assert seen[1] == pytest.approx(0.05 + 0.85 / 2) and seen[-1] == pytest.approx(0.9)
+
+
+def test_a_text_encoder_file_the_node_lacks_is_model_missing():
+    """LTX-2's LTXAVTextEncoderLoader names its Gemma file in ``text_encoder``: a node
+    without it lacks a model (fall back elsewhere), not a broken workflow."""
+    body = {"error": {"type": "prompt_outputs_failed_validation", "message": "failed"},
+            "node_errors": {"60": {"class_type": "LTXAVTextEncoderLoader", "errors": [
+                {"type": "value_not_in_list", "message": "Value not in list",
+                 "details": "text_encoder: 'gemma_3_12B_it_fp4_mixed.safetensors' not in []",
+                 "extra_info": {"input_name": "text_encoder",
+                                "received_value": "gemma_3_12B_it_fp4_mixed.safetensors"}}]}}}  # fmt: skip
+    error = rejection(400, body)
+    assert isinstance(error, ModelMissing) and "input 'text_encoder'" in str(error)

@@ -64,7 +64,7 @@ MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "che
 #: loader inputs whose values are file names: a value the node lacks is a missing model
 MODEL_INPUTS = frozenset(
     {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "lora_name",
-     "image", "model_name"}
+     "image", "model_name", "text_encoder"}
 )  # fmt: skip
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
 #: animated images (``SaveAnimatedWEBP``, GIF): the worker turns them into an MP4 clip
