@@ -81,11 +81,13 @@ def enqueue(
     """Validate SCENE_FILE, place its shots on GPU nodes and start rendering it. A shot
     whose request was rendered before is served from the render cache (see --force)."""
     from farm.scene import load_scene
+    from farm.settings import get_settings
+    from farm.studio import catalog_for
     from farm.submit import enqueue as submit
 
-    try:
+    try:  # a bad file is reported as such (exit 2) before Redis is asked anything
+        scene = load_scene(scene_file, catalog_for(get_settings()).templates)
         rt = runtime()
-        scene = load_scene(scene_file, rt.catalog.templates)
         jobs = submit(scene, rt, quality, replace=replace, force=force)
     except FarmError as exc:
         fail(exc)
