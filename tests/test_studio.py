@@ -395,3 +395,25 @@ def test_a_profiles_finetunes_folder_must_exist(tmp_path):
         parse_profile({"name": "w", "gpu": "g", "vram_gb": 24, "models": {},
                        "finetunes": "nope"}, "w.json", tmp_path)  # fmt: skip
     assert f"finetunes: {tmp_path / 'nope'} is not a folder" in str(err.value)
+
+
+#: how a built-in description names each model family
+FAMILY_NAMES = {"wan2.2": "Wan 2.2", "hunyuan1.5": "Hunyuan Video 1.5", "ltx2": "LTX-2"}
+
+
+def test_every_built_in_template_says_what_renders_it():
+    """A built-in template's description names the family of each model that renders its
+    text shots, on ComfyUI and on WanGP, at each tier, and its ComfyUI steps."""
+    catalog = load_catalog()
+    for name, spec in catalog.templates.items():
+        text = catalog.description(name)
+        assert text, f"built-in template {name} has no description (farm/data/catalog.json)"
+        steps = spec["steps"]
+        assert f"{steps['preview']} and {steps['final']} steps" in text, (name, text)
+        for tier in ("preview", "final"):
+            comfy = catalog.model_for(name, tier, start_image=False, trajectories=False)
+            for image in (False, True):
+                wan = catalog.wan_model_for(name, tier, start_image=image, trajectories=False)
+                for family in {comfy.engine.family, wan.family}:
+                    label = FAMILY_NAMES.get(family, family)
+                    assert label in text, f"{name} {tier}: {label!r} missing from {text!r}"
