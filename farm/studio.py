@@ -19,6 +19,11 @@ they render with; relative paths resolve against the catalogue's folder::
     text.preview = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"] }
     text.final = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"], wangp = "t2v_2_2" }
 
+    [wangp_models.t2v_2_2_dusk]          # a WanGP model of the studio's own (a finetune on
+    architecture = "t2v_2_2"             # the node): its architecture's facts, and its own
+    tier = "fast"
+    steps = 4
+
 Everything is checked when the catalogue is loaded; each problem names the file, the key
 and the fix (:class:`~farm.errors.CatalogError`). What needs a node (its classes, the
 titles of an editor-format workflow once converted) is checked by node discovery
