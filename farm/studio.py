@@ -19,6 +19,11 @@ they render with; relative paths resolve against the catalogue's folder::
     text.preview = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"] }
     text.final = { workflow = "dusk", models = ["hi.safetensors", "lo.safetensors"], wangp = "t2v_2_2" }
 
+    [wangp_models.t2v_2_2_dusk]          # a WanGP model of the studio's own (a finetune on
+    architecture = "t2v_2_2"             # the node): its architecture's facts, and its own
+    tier = "fast"
+    steps = 4
+
 Everything is checked when the catalogue is loaded; each problem names the file, the key
 and the fix (:class:`~farm.errors.CatalogError`). What needs a node (its classes, the
 titles of an editor-format workflow once converted) is checked by node discovery
@@ -28,13 +33,14 @@ titles of an editor-format workflow once converted) is checked by node discovery
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from farm.catalog import KINDS, TIERS, Catalog, Engine, Model, load_catalog
+from farm.catalog import KINDS, TIERS, Catalog, Engine, Model, WanModel, load_catalog
 from farm.comfy_editor import is_editor_format
 from farm.errors import CatalogError, WorkflowError
 from farm.jsonfile import JSONTextError, decode, read_json
@@ -61,10 +67,18 @@ PARAMS = {
     "models": "model",
     "filename_prefix": "filename_prefix",
 }
-TOP_KEYS = ("version", "description", "workflows", "templates")
+TOP_KEYS = ("version", "description", "workflows", "wangp_models", "templates")
 WORKFLOW_KEYS = ("file", "fps", "frame_step", "size_step", "family", "files", "bindings")
 TEMPLATE_KEYS = ("description", "steps", *KINDS)
 LEAF_KEYS = ("workflow", "models", "wangp")
+#: the facts of a WanGP model (``[wangp_models.<model_type>]``), as wan2gp_models.json holds
+WAN_INTS = ("fps", "frame_step", "min_frames", "size_step", "frames", "steps", "diffusion_models")
+WAN_TEXTS = ("name", "family", "tier", "mode", "resolution")
+WAN_KEYS = ("architecture", *WAN_TEXTS, "params_b", *WAN_INTS)
+WAN_CHOICES = {
+    "tier": {"fast": "previews", "full": "finals"},
+    "mode": {"t2v": "text only", "i2v": "a start image", "ti2v": "either"},
+}
 DEFAULT_STEPS = {"preview": 8, "final": 30}
 
 
@@ -171,17 +185,26 @@ def merge_studio(base: Catalog, path: Path) -> Catalog:
             broken.add(name)
         else:
             engines[name], graphs[name] = found
+    wan_models = dict(base.wan_models)
+    for model_type, raw in p.table(data.get("wangp_models", {}), "wangp_models").items():
+        found_model = _wan_model(p, model_type, raw, base.wan_models)
+        if found_model is None:
+            broken.add(f"wangp:{model_type}")
+        else:
+            wan_models[model_type] = found_model
     templates = dict(base.templates)
     models = dict(base.models)
     wan = {k: dict(v) for k, v in base.wan_templates.items()}
     sources = dict(base.sources)
+    studio = replace(base, wan_models=wan_models)
     raw_templates = p.table(data.get("templates", {}), "templates")
     for name, raw in raw_templates.items():
-        spec, found, wan_spec = _template(p, name, raw, engines, base, broken)
+        spec, found, wan_spec = _template(p, name, raw, engines, studio, broken)
         templates[name], sources[name], wan[name] = spec, str(path), wan_spec
         models.update(found)
     merged = replace(base, engines=engines, models=models, templates=templates,
-                     wan_templates=wan, sources=sources, studio=path)  # fmt: skip
+                     wan_models=wan_models, wan_templates=wan, sources=sources,
+                     studio=path)  # fmt: skip
     for name, params in merged.params().items():
         if name in graphs:
             _check_bindings(p, name, engines[name], graphs[name], params)
@@ -319,9 +342,24 @@ def _leaf(
         if kind == "trajectories":
             p.add(f"{key}.wangp", "WanGP has no trajectory control (Wan ATI is ComfyUI only); "
                   "remove it")  # fmt: skip
+        elif not isinstance(wan_id, str) or not wan_id:
+            p.add(f"{key}.wangp", f"{wan_id!r} must be a WanGP model id (its model_type)")
+            wan_id = None
+        elif f"wangp:{wan_id}" in broken:
+            wan_id = None  # its definition's problems are reported there
         elif wan_id not in base.wan_models:
-            p.add(f"{key}.wangp", f"{wan_id!r} is not a WanGP model the farm knows; use one of: "
+            p.add(f"{key}.wangp", f"{wan_id!r} is not a WanGP model the farm knows; define it "
+                  f"in [wangp_models.{wan_id}] or use one of: "
                   f"{', '.join(sorted(base.wan_models))}")  # fmt: skip
+            wan_id = None
+        else:
+            wanted = "t2v" if kind == "text" else "i2v"
+            mode = base.wan_models[wan_id].mode
+            if mode not in (wanted, "ti2v"):
+                takes = "a start image" if mode == "i2v" else "text only"
+                p.add(f"{key}.wangp", f"WanGP model {wan_id!r} takes {takes} (mode {mode}); "
+                      f"{kind} shots need a model of mode {wanted} or ti2v")  # fmt: skip
+                wan_id = None
     if flow is None:
         if files:
             p.add(f"{key}.models", "models need a workflow to load them; add workflow = ...")
@@ -340,6 +378,82 @@ def _leaf(
               'bindings.models = "" when the workflow names its files itself')  # fmt: skip
     model = Model(key=key.removeprefix("templates."), engine=engine, files=files)
     return model, wan_id if isinstance(wan_id, str) else None
+
+
+def _wan_model(
+    p: Problems, model_type: str, raw: Any, known: dict[str, WanModel]
+) -> WanModel | None:
+    """``[wangp_models.<model_type>]`` as a :class:`WanModel`: a new WanGP model id (a
+    finetune: its ``architecture``'s facts, or every fact given) or a built-in one's facts
+    overridden (None: problems recorded)."""
+    key = f"wangp_models.{model_type}"
+    before = len(p.items)
+    raw = p.table(raw, key, WAN_KEYS)
+    arch = raw.get("architecture")
+    if not model_type.strip() or any(c in model_type for c in "/\\ "):
+        p.add(key, "a WanGP model id (model_type) has no spaces or slashes: the file name of "
+              "its finetune, e.g. [wangp_models.t2v_2_2_studio]")  # fmt: skip
+    if arch is not None and model_type in known:
+        p.add(f"{key}.architecture", f"{model_type!r} is a built-in WanGP model: its own facts "
+              "are the defaults; remove architecture, or give the new model another id")  # fmt: skip
+        return None
+    if arch is not None and arch not in known:
+        p.add(f"{key}.architecture", f"{arch!r} is not a WanGP model the farm knows; use the "
+              "finetune's model.architecture, one of: "
+              f"{', '.join(sorted(known))}, or give every fact")  # fmt: skip
+        return None
+    start = known.get(model_type) or known.get(arch or "")
+    facts: dict[str, Any] = asdict(start) if start else {"diffusion_models": 1}
+    facts["id"] = model_type
+    if start is not None and model_type not in known:
+        facts["name"] = model_type
+    for name in WAN_TEXTS:
+        if name in raw:
+            value = raw[name]
+            if not isinstance(value, str) or not value.strip():
+                p.add(f"{key}.{name}", f"{value!r} must be a non-empty string")
+            elif name in WAN_CHOICES and value not in WAN_CHOICES[name]:
+                choices = ", ".join(f'"{k}" ({v})' for k, v in WAN_CHOICES[name].items())
+                p.add(f"{key}.{name}", f"{value!r} is not a {name}; use {choices}")
+            else:
+                facts[name] = value.strip()
+    for name in WAN_INTS:
+        if name in raw:
+            facts[name] = p.positive(raw, key, name, facts.get(name, 1))
+    if "params_b" in raw:
+        value = raw["params_b"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            p.add(f"{key}.params_b", f"{value!r} must be the billions of parameters, > 0 (e.g. 14)")
+        else:
+            facts["params_b"] = float(value)
+    missing = [n for n in (*WAN_TEXTS, "params_b", *WAN_INTS) if n not in facts and n not in raw]
+    if missing:
+        p.add(key, f"a new WanGP model needs {', '.join(missing)}; give them, or set "
+              "architecture = the built-in model it is a finetune of (its facts are the "
+              "defaults)")  # fmt: skip
+    if len(p.items) > before:
+        return None
+    model = WanModel(**facts)
+    _check_grid(p, key, model)
+    return model if len(p.items) == before else None
+
+
+def _check_grid(p: Problems, key: str, m: WanModel) -> None:
+    """``m``'s frames and resolution on its own grid (frames = frame_step·n + 1, width and
+    height multiples of size_step)."""
+    if (m.min_frames - 1) % m.frame_step:
+        p.add(f"{key}.min_frames", f"{m.min_frames} is off the frame grid {m.frame_step}n+1; "
+              f"use {m.snap_frames(m.min_frames)}")  # fmt: skip
+    if (m.frames - 1) % m.frame_step or m.frames < m.min_frames:
+        p.add(f"{key}.frames", f"{m.frames} is off the frame grid {m.frame_step}n+1 (at least "
+              f"min_frames {m.min_frames}); use {max(m.snap_frames(m.frames), m.min_frames)}")  # fmt: skip
+    size = re.fullmatch(r"(\d+)x(\d+)", m.resolution)
+    if size is None:
+        p.add(f"{key}.resolution", f'{m.resolution!r} must be WIDTHxHEIGHT, e.g. "832x480"')
+    elif any(int(v) < m.size_step or int(v) % m.size_step for v in size.groups()):
+        w, h = (max(m.size_step, int(v) // m.size_step * m.size_step) for v in size.groups())
+        p.add(f"{key}.resolution", f"{m.resolution!r} is not a multiple of size_step "
+              f"{m.size_step}; use \"{w}x{h}\"")  # fmt: skip
 
 
 def _check_bindings(p: Problems, name: str, engine: Engine, graph: Any, params: set[str]) -> None:

@@ -34,7 +34,8 @@ def farm_cluster(tmp_path_factory):
     """A running local farm with four emulated nodes:
 
     node-a: Wan 2.2 TI2V-5B and the T2V and I2V A14B pairs (high and low noise);
-    node-b: Hunyuan Video 1.5, Wan 2.2 TI2V-5B and the LTX-2 19B dev checkpoint (slower); node-c: Wan 2.1 ATI only (so
+    node-b: Hunyuan Video 1.5, Wan 2.2 TI2V-5B and the LTX-2 19B dev checkpoint (slower;
+    ComfyUI's newer generation, the job API: "api": "0.38"); node-c: Wan 2.1 ATI only (so
     trajectory shots land there); node-w: a WanGP MCP server (tests/nodes/wan-a.json: fast
     Hunyuan Video 1.5, Wan 2.2, and LTX Video 0.9.8, which no template uses).
     """

@@ -383,6 +383,15 @@ def cli_backend(folder: Path) -> WgpCliBackend:
     return b
 
 
+def test_cli_mode_lists_the_folders_models_and_finetunes(tmp_path):
+    """A WanGP folder's models: its ``defaults/`` and the studio's ``finetunes/``."""
+    for sub, name in (("defaults", "t2v"), ("defaults", "t2v_2_2"), ("finetunes", "t2v_2_2_dusk")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub / f"{name}.json").write_text("{}")
+    (tmp_path / "wgp.py").write_text("")
+    assert cli_backend(tmp_path).describe()["models"]["wangp"] == ["t2v", "t2v_2_2", "t2v_2_2_dusk"]
+
+
 def test_cli_mode_renders_with_progress(wgp_folder, tmp_path):
     rec = Recorder()
     b = cli_backend(wgp_folder)

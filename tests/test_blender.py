@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from farm.catalog import load_catalog
 from farm.media import probe
 from tests.conftest import REPO
 
@@ -226,6 +227,22 @@ def test_the_template_field_offers_the_farms_templates(addon, farm_cluster, tmp_
                              "character_focus", "fantasy_content"]  # fmt: skip
     assert out["after"] == sorted(catalog.templates) and "dusk" in out["after"]
     assert out["descriptions"]["dusk"] == "Wan 2.2 A14B, high-noise then low-noise model"
+    built_in = load_catalog()  # the search list shows each template with its description
+    assert out["before_choices"] == [[n, built_in.description(n)] for n in out["before"]]
+    assert out["choices"] == [[n, catalog.description(n)] for n in sorted(catalog.templates)]
+    assert out["shown"] == "Wan 2.2 A14B, high-noise then low-noise model"
+
+
+def test_the_addons_built_in_templates_are_the_farms():
+    """Before the add-on reads the farm's list it offers the built-in templates with the
+    descriptions farm/data/catalog.json gives them (read from props.py without Blender)."""
+    import ast
+
+    tree = ast.parse((REPO / "blender" / "farm_submit" / "props.py").read_text())
+    (value,) = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "TEMPLATES"]  # fmt: skip
+    catalog = load_catalog()
+    assert dict(ast.literal_eval(value)) == {t: catalog.description(t) for t in catalog.templates}
 
 
 def test_rejected_submission_shows_every_error_per_shot(addon, farm_cluster, artist, tmp_path):

@@ -37,6 +37,19 @@ def test_validate_reports_every_problem_with_exit_2():
     assert ok.returncode == 0 and json.loads(ok.stdout)["valid"] is True
 
 
+def test_validate_names_each_template_the_scene_uses_with_its_description():
+    from farm.catalog import load_catalog
+
+    catalog = load_catalog()
+    scene = json.loads((EXAMPLES / "demo_scene.json").read_text())
+    used = sorted({s.get("template", "standard_generation") for s in scene["shots"]})
+    out = farm("validate", "--json", str(EXAMPLES / "demo_scene.json"))
+    assert json.loads(out.stdout)["templates"] == {t: catalog.description(t) for t in used}
+    text = farm("validate", str(EXAMPLES / "demo_scene.json")).stdout
+    for name in used:  # the table wraps long lines: compare without line breaks
+        assert f"{name} (" in text and catalog.description(name)[:40] in " ".join(text.split())
+
+
 def test_a_number_of_5000_digits_is_invalid_for_validate_and_enqueue(tmp_path):
     path = tmp_path / "big.json"
     path.write_text('{"id": "x", "shots": [{"id": "s1", "action_description": "a", "seed": '

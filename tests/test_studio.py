@@ -221,3 +221,199 @@ def test_templates_report_names_what_each_node_lacks():
         "cannot run workflow title_card (node 2: class ImageBlur is not installed)")  # fmt: skip
     assert found["title_card"]["source"] == str(STUDIO / "catalog.toml")
     assert found["quick_preview"]["source"] == "built-in"
+
+
+DUSK_WAN = """
+[wangp_models.t2v_2_2_dusk]
+architecture = "t2v_2_2"
+name = "Wan2.2 Text2video Dusk Lightning 14B"
+tier = "fast"
+steps = 4
+
+[wangp_models.clay]
+name = "Clay 5B"
+family = "clay"
+tier = "full"
+mode = "ti2v"
+params_b = 5
+fps = 24
+frame_step = 8
+min_frames = 17
+size_step = 32
+resolution = "1280x704"
+frames = 121
+steps = 20
+
+[templates.dusk_wan]
+text.preview = { wangp = "t2v_2_2_dusk" }
+text.final = { wangp = "clay" }
+start_image.preview = { wangp = "clay" }
+start_image.final = { wangp = "clay" }
+"""
+
+
+def test_a_studio_defines_wangp_models_and_templates_render_with_them(studio):
+    with studio.open("a") as fh:
+        fh.write(DUSK_WAN + "\n[wangp_models.t2v_2_2]\nsteps = 20\n")
+    catalog = load_studio(studio)
+    dusk = catalog.wan_models["t2v_2_2_dusk"]  # a finetune: its architecture's facts, and its own
+    a14b = load_catalog().wan_models["t2v_2_2"]
+    assert (dusk.name, dusk.tier, dusk.steps) == ("Wan2.2 Text2video Dusk Lightning 14B", "fast", 4)
+    assert (dusk.fps, dusk.frame_step, dusk.diffusion_models, dusk.mode) == (
+        a14b.fps, a14b.frame_step, a14b.diffusion_models, a14b.mode)  # fmt: skip
+    assert catalog.wan_models["t2v_2_2"].steps == 20  # a built-in id's facts overridden
+    assert load_catalog().wan_models["t2v_2_2"].steps == a14b.steps  # the built-in untouched
+    clay = catalog.wan_models["clay"]
+    assert (clay.frame_step, clay.min_frames, clay.size_step, clay.resolution) == (
+        8,
+        17,
+        32,
+        "1280x704",
+    )
+    assert catalog.wan_usable(["clay", "t2v_2_2_dusk", "t2v_1.3B"]) == ["clay", "t2v_2_2_dusk"]
+    scene = parse_scene({"id": "s", "shots": [
+        {"id": "a", "action_description": "x", "template": "dusk_wan", "frames": 30, "fps": 24,
+         "backend": "wan2gp", "width": 1000, "height": 600}]}, templates=catalog.templates)  # fmt: skip
+    ((preview,),), ((final,),) = plan_scene(scene, "preview", catalog), plan_scene(scene, "final", catalog)  # fmt: skip
+    assert (preview.model, preview.params["steps"], preview.params["fps"]) == (
+        "t2v_2_2_dusk",
+        4,
+        16,
+    )
+    assert preview.params["length"] == 21  # 30 frames at 24 fps = 20 at 16, on the 4n+1 grid
+    assert (final.model, final.params["length"], final.params["steps"]) == ("clay", 33, 20)
+    assert final.params["width"] % 32 == 0 and final.params["height"] % 32 == 0
+
+
+def test_the_wangp_backend_sends_a_studio_models_facts(studio):
+    from farm.backends.wan2gp_common import model_facts
+    from farm.wan_settings import build_settings
+
+    with studio.open("a") as fh:
+        fh.write(DUSK_WAN)
+    settings = Settings.from_env({"FARM_CATALOG": str(studio)})
+    facts = model_facts("clay", settings)
+    assert (facts["frame_step"], facts["min_frames"], facts["size_step"]) == (8, 17, 32)
+    scene = parse_scene({"id": "s", "shots": [
+        {"id": "a", "action_description": "x", "template": "dusk_wan", "frames": 40, "fps": 24,
+         "backend": "wan2gp", "width": 640, "height": 352}]},
+        templates=catalog_for(settings).templates)  # fmt: skip
+    ((job,),) = plan_scene(scene, "final", catalog_for(settings))
+    sent = build_settings(job, facts)
+    assert (sent["model_type"], sent["video_length"], sent["resolution"]) == ("clay", 41, "640x352")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('tier = "fast"', 'tier = "quick"',
+         "wangp_models.t2v_2_2_dusk.tier: 'quick' is not a tier; use \"fast\" (previews), \"full\""),
+        ('mode = "ti2v"', 'mode = "v2v"', "wangp_models.clay.mode: 'v2v' is not a mode; use"),
+        ("steps = 4", "steps = 4\nsteps_count = 4", "wangp_models.t2v_2_2_dusk.steps_count: unknown key"),
+        ("steps = 20", 'steps = "20"', "wangp_models.clay.steps: '20' must be a whole number"),
+        ("params_b = 5", "params_b = -5", "wangp_models.clay.params_b: -5 must be the billions"),
+        ("frames = 121", "frames = 120", "wangp_models.clay.frames: 120 is off the frame grid 8n+1 (at "
+         "least min_frames 17); use 121"),
+        ("min_frames = 17", "min_frames = 16", "wangp_models.clay.min_frames: 16 is off the frame grid 8n+1"),
+        ('resolution = "1280x704"', 'resolution = "1280x720"',
+         "wangp_models.clay.resolution: '1280x720' is not a multiple of size_step 32; use \"1280x704\""),
+        ('resolution = "1280x704"', 'resolution = "wide"', "wangp_models.clay.resolution: 'wide' must be WIDTHxHEIGHT"),
+        ('fps = 24\n', "", "wangp_models.clay: a new WanGP model needs fps; give them, or set architecture"),
+        ('architecture = "t2v_2_2"', 'architecture = "t2v_9_9"',
+         "wangp_models.t2v_2_2_dusk.architecture: 't2v_9_9' is not a WanGP model the farm knows"),
+        ('text.preview = { wangp = "t2v_2_2_dusk" }', 'text.preview = { wangp = "t2v_2_2_dusky" }',
+         "templates.dusk_wan.text.preview.wangp: 't2v_2_2_dusky' is not a WanGP model the farm "
+         "knows; define it in [wangp_models.t2v_2_2_dusky]"),
+        ('start_image.preview = { wangp = "clay" }', 'start_image.preview = { wangp = "t2v_2_2_dusk" }',
+         "templates.dusk_wan.start_image.preview.wangp: WanGP model 't2v_2_2_dusk' takes text only "
+         "(mode t2v); start_image shots need a model of mode i2v or ti2v"),
+    ],
+)  # fmt: skip
+def test_each_wangp_model_mistake_gets_its_one_problem(studio, old, new, expected):
+    with studio.open("a") as fh:
+        fh.write(DUSK_WAN)
+    edit(studio, old, new)
+    text = problem_of(studio)
+    assert "1 problem:" in text and expected in text, text
+
+
+def test_a_built_in_wangp_model_cannot_take_an_architecture(studio):
+    with studio.open("a") as fh:
+        fh.write('[wangp_models.t2v_2_2]\narchitecture = "i2v_2_2"\n')
+    text = problem_of(studio)
+    assert "wangp_models.t2v_2_2.architecture: 't2v_2_2' is a built-in WanGP model" in text
+
+
+def test_an_emulated_wangp_node_knows_its_finetunes(tmp_path):
+    from farm.emulators.profile import load_profile
+    from farm.emulators.wan2gp_settings import model_info, node_catalogue, plan_task
+
+    profile = load_profile(REPO / "tests" / "nodes" / "wan-studio.json")
+    models = node_catalogue(profile.finetunes)
+    dusk = model_info("t2v_2_2_dusk", models)
+    assert (dusk.name, dusk.steps, dusk.diffusion_models, dusk.fps) == (
+        "Wan2.2 Text2video Dusk Lightning 14B", 4, 2, 16)  # fmt: skip
+    task = plan_task(0, 1, {"model_type": "t2v_2_2_dusk", "prompt": "x", "video_length": 18},
+                     models=models)  # fmt: skip
+    assert (task.steps, task.frames) == (4, 17)
+    with pytest.raises(ValueError, match="Unknown model type: t2v_2_2_dusk"):
+        model_info("t2v_2_2_dusk")  # a node without the finetune does not know it
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{", "not readable JSON"),
+        ('{"num_inference_steps": 4}', 'needs a "model" object with "name" and "architecture"'),
+        ('{"model": {"name": "x", "architecture": "t2v_9"}}', "model.architecture 't2v_9' is not"),
+        ('{"model": {"name": "x", "architecture": "t2v"}, "num_inference_steps": 0}',
+         "num_inference_steps 0 must be a whole number of 1 or more"),
+        ('{"model": {"name": "x", "architecture": "t2v"}, "resolution": "big"}',
+         "resolution 'big' must be WIDTHxHEIGHT"),
+    ],
+)  # fmt: skip
+def test_a_bad_finetune_file_is_named_with_its_fix(tmp_path, content, expected):
+    from farm.emulators.profile import parse_profile
+    from farm.emulators.wan2gp_settings import node_catalogue
+    from farm.errors import ConfigError
+
+    (tmp_path / "finetunes").mkdir()
+    (tmp_path / "finetunes" / "mine.json").write_text(content)
+    profile = parse_profile({"name": "w", "gpu": "g", "vram_gb": 24, "models": {},
+                             "finetunes": "finetunes"}, "w.json", tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        node_catalogue(profile.finetunes)
+    text = str(err.value)
+    assert str(tmp_path / "finetunes" / "mine.json") in text and expected in text, text
+
+
+def test_a_profiles_finetunes_folder_must_exist(tmp_path):
+    from farm.emulators.profile import parse_profile
+    from farm.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_profile({"name": "w", "gpu": "g", "vram_gb": 24, "models": {},
+                       "finetunes": "nope"}, "w.json", tmp_path)  # fmt: skip
+    assert f"finetunes: {tmp_path / 'nope'} is not a folder" in str(err.value)
+
+
+#: how a built-in description names each model family
+FAMILY_NAMES = {"wan2.2": "Wan 2.2", "hunyuan1.5": "Hunyuan Video 1.5", "ltx2": "LTX-2"}
+
+
+def test_every_built_in_template_says_what_renders_it():
+    """A built-in template's description names the family of each model that renders its
+    text shots, on ComfyUI and on WanGP, at each tier, and its ComfyUI steps."""
+    catalog = load_catalog()
+    for name, spec in catalog.templates.items():
+        text = catalog.description(name)
+        assert text, f"built-in template {name} has no description (farm/data/catalog.json)"
+        steps = spec["steps"]
+        assert f"{steps['preview']} and {steps['final']} steps" in text, (name, text)
+        for tier in ("preview", "final"):
+            comfy = catalog.model_for(name, tier, start_image=False, trajectories=False)
+            for image in (False, True):
+                wan = catalog.wan_model_for(name, tier, start_image=image, trajectories=False)
+                for family in {comfy.engine.family, wan.family}:
+                    label = FAMILY_NAMES.get(family, family)
+                    assert label in text, f"{name} {tier}: {label!r} missing from {text!r}"

@@ -1,5 +1,6 @@
 """A studio catalogue on a real farm: its templates render end to end on emulated nodes
-(an API-format two-model workflow, an editor-format one of core nodes and no model),
+(an API-format two-model workflow, an editor-format one of core nodes and no model, a
+WanGP model the studio defines),
 `farm templates` says which live node can render what, and a catalogue that is wrong
 stops a scene before any shot runs."""
 
@@ -24,6 +25,7 @@ from farm.submit import enqueue
 
 from .conftest import NODES, REPO, pointed_at
 from .test_e2e import wait_done
+from .test_e2e_wan2gp import embedded_settings
 
 STUDIO = REPO / "examples" / "studio"
 HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
@@ -48,6 +50,19 @@ filename_prefix = "Save.filename_prefix"
 text.preview = { workflow = "glow" }
 text.final = { workflow = "glow" }
 """
+#: a WanGP model of the studio's own (examples/studio/finetunes/t2v_2_2_dusk.json on the node)
+DUSK_WAN = """
+[wangp_models.t2v_2_2_dusk]
+architecture = "t2v_2_2"
+name = "Wan2.2 Text2video Dusk Lightning 14B"
+tier = "fast"
+steps = 4
+
+[templates.dusk_wan]
+description = "The dusk look on WanGP: our Wan 2.2 A14B finetune at both tiers"
+text.preview = { wangp = "t2v_2_2_dusk" }
+text.final = { wangp = "t2v_2_2_dusk" }
+"""
 
 
 def glow_graph() -> dict:
@@ -65,26 +80,34 @@ def glow_graph() -> dict:
 
 @pytest.fixture(scope="module")
 def studio_dir(tmp_path_factory) -> Path:
-    """The test studio's folder with a third template whose class no node has."""
+    """The test studio's folder with a template whose class no node has and one that
+    renders with a WanGP model of the studio's own."""
     folder = tmp_path_factory.mktemp("studio") / "studio"
     shutil.copytree(STUDIO, folder)
     (folder / "flows" / "glow.json").write_text(json.dumps(glow_graph()))
     with (folder / "catalog.toml").open("a") as fh:
-        fh.write(GLOW)
+        fh.write(GLOW + DUSK_WAN)
     return folder
 
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory, studio_dir):
     """A farm with FARM_CATALOG set: node-studio holds both Wan 2.2 A14B models, node-half
-    the high-noise one only."""
-    half = tmp_path_factory.mktemp("profiles") / "node-half.json"
+    the high-noise one only; WanGP node wan-studio has the studio's finetune t2v_2_2_dusk,
+    wan-plain knows its definition but lacks its weights."""
+    profiles = tmp_path_factory.mktemp("profiles")
     profile = json.loads((NODES / "node-studio.json").read_text())
     profile["name"] = "node-half"
     profile["models"]["diffusion_models"] = [HIGH]
-    half.write_text(json.dumps(profile))
+    (profiles / "node-half.json").write_text(json.dumps(profile))
+    plain = json.loads((NODES / "wan-studio.json").read_text())
+    plain.update(name="wan-plain", finetunes=str(STUDIO / "finetunes"),
+                 models={"wangp": ["t2v_2_2"]})  # fmt: skip
+    (profiles / "wan-plain.json").write_text(json.dumps(plain))
     nodes = [EmulatedNode("node-studio", NODES / "node-studio.json"),
-             EmulatedNode("node-half", half)]  # fmt: skip
+             EmulatedNode("node-half", profiles / "node-half.json"),
+             EmulatedNode("wan-studio", NODES / "wan-studio.json", kind="wan2gp"),
+             EmulatedNode("wan-plain", profiles / "wan-plain.json", kind="wan2gp")]  # fmt: skip
     env = {"FARM_CATALOG": str(studio_dir / "catalog.toml"), "FARM_HTTP_TIMEOUT": "10",
            "FARM_CACHE": "0"}  # fmt: skip
     farm = LocalFarm(tmp_path_factory.mktemp("studio-farm"), nodes, extra_env=env)
@@ -155,6 +178,38 @@ def test_a_studio_scene_renders_end_to_end(farm):
         "EmptyImage", "ImageBlur", "CreateVideo", "SaveVideo"}  # fmt: skip
 
 
+def test_a_studio_wangp_model_renders_on_the_wangp_node_that_has_it(farm):
+    """A WanGP model the studio defines ([wangp_models.t2v_2_2_dusk], a finetune of Wan 2.2
+    T2V A14B) renders a scene on the node that reports it, never on the one that lacks its
+    weights, with the farm's facts of it (its frame grid and 4 steps)."""
+    rt = get_runtime()
+    shot = {"action_description": "a harbour at dusk", "template": "dusk_wan", "width": 320,
+            "height": 192, "frames": 17, "fps": 16}  # fmt: skip
+    scene = parse_scene(
+        {"id": "studio-wangp", "quality": "preview_then_final", "shots": [
+            {"id": "w1", "seed": 3, **shot}, {"id": "w2", "seed": 4, **shot}]},
+        templates=rt.catalog.templates,
+    )  # fmt: skip
+    enqueue(scene, rt)
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", json.dumps(status, indent=1, default=str)
+    for s in status["shots"]:
+        assert s["node"] == "wan-studio"
+        for tier in ("preview", "final"):
+            info = probe(Path(s["outputs"][tier]))
+            assert (info.frames, info.width, info.height, round(info.fps)) == (17, 320, 192, 16)
+            sent = embedded_settings(s["outputs"][tier])  # what the node rendered
+            assert (sent["model_type"], sent["num_inference_steps"]) == ("t2v_2_2_dusk", 4)
+    runs = requests.get(f"{farm.node_url('wan-studio')}/emulator/jobs", timeout=10).json()["jobs"]
+    ours = [r for r in runs if r["details"].get("model_types") == ["t2v_2_2_dusk"]]
+    assert len(ours) == 4 and all(r["status"] == "success" for r in ours)  # 2 shots x 2 tiers
+    plain = requests.get(f"{farm.node_url('wan-plain')}/emulator/jobs", timeout=10).json()
+    assert plain["jobs"] == []
+    records = {s["id"]: s for s in rt.state.shots(scene.id)}
+    attempts = [a for a in records["w1"]["attempt_log"] if a.get("backend_job_id")]
+    assert attempts and all(a["workflow"] == "wangp" for a in attempts)
+
+
 def test_farm_templates_says_which_live_node_renders_each_tier(farm, studio_dir):
     out = farm_cli(farm, "templates", "--json")
     assert out.returncode == 0, out.stderr
@@ -177,7 +232,12 @@ def test_farm_templates_says_which_live_node_renders_each_tier(farm, studio_dir)
     }
     wan = routes[("text", "comfyui")]
     assert wan["nodes"] == [] and "wan2.2_ti2v_5B_fp16.safetensors" in wan["lacks"]["node-studio"]
-    assert routes[("text", "wan2gp")]["nodes"] == []  # no WanGP node in this farm
+    assert routes[("text", "wan2gp")]["nodes"] == []  # no WanGP node here has FastWan
+    for tier in ("preview", "final"):  # the studio's WanGP model: where its weights are
+        (dusk_wan,) = [r for r in found["dusk_wan"]["tiers"][tier] if r["kind"] == "text"]
+        assert (dusk_wan["backend"], dusk_wan["models"]) == ("wan2gp", ["t2v_2_2_dusk"])
+        assert dusk_wan["nodes"] == ["wan-studio"]
+        assert dusk_wan["lacks"] == {"wan-plain": "lacks wangp/t2v_2_2_dusk"}
     text = farm_cli(farm, "templates")
     assert text.returncode == 0 and "dusk_a14b" in text.stdout and "FancyGlow" in text.stdout
 

@@ -14,14 +14,15 @@ from bpy.props import (
     StringProperty,
 )
 
-#: the farm's built-in templates, offered until the farm's own list is read
+#: the farm's built-in templates and their descriptions (farm/data/catalog.json), offered
+#: until the farm's own list is read
 TEMPLATES = [
-    ("quick_preview", "Fast, low-cost draft"),
-    ("standard_generation", "The default balance of speed and quality"),
-    ("high_quality", "Larger model, more steps"),
-    ("character_focus", "Keeps characters consistent"),
-    ("fantasy_content", "Stylised, imaginative content"),
-]
+    ("quick_preview", "Cheapest drafts: Hunyuan Video 1.5 720p at both tiers on ComfyUI, 6 and 20 steps; on WanGP the Hunyuan Video 1.5 480p distilled models (lightx2v for text, step-distilled for a start image)."),
+    ("standard_generation", "The everyday default: Wan 2.2 TI2V-5B previews and Wan 2.2 T2V A14B finals (a high-noise and a low-noise model) on ComfyUI, 8 and 30 steps; on WanGP Wan 2.2 FastWan 5B or I2V Lightning previews and Wan 2.2 A14B finals."),
+    ("high_quality", "Most detail for finished shots: LTX-2 19B on ComfyUI (distilled previews, dev finals; start images through LTX-2 image-to-video), 10 and 40 steps; on WanGP LTX-2 22B (distilled previews, dev finals)."),
+    ("character_focus", "Shots centred on characters, rendered as standard_generation is: Wan 2.2 TI2V-5B previews and Wan 2.2 T2V A14B finals on ComfyUI, 8 and 30 steps; Wan 2.2 on WanGP."),
+    ("fantasy_content", "Stylised, imaginative looks: Hunyuan Video 1.5 720p at both tiers on ComfyUI, 8 and 30 steps; on WanGP Hunyuan Video 1.5 480p distilled previews and 720p finals."),
+]  # fmt: skip
 #: the farm's templates (built-in and the studio's own), as read by the last connection
 FARM_TEMPLATES: list[tuple[str, str]] = []
 
@@ -29,6 +30,17 @@ FARM_TEMPLATES: list[tuple[str, str]] = []
 def template_names(self=None, context=None, edit_text: str = "") -> list[str]:
     """The Template field's choices: the farm's list once read, else the built-in ones."""
     return [name for name, _ in FARM_TEMPLATES or TEMPLATES]
+
+
+def template_choices(self=None, context=None, edit_text: str = "") -> list[tuple[str, str]]:
+    """The Template field's search list: each choice with its description (what it is
+    for, which engines render it), shown beside the name."""
+    return list(FARM_TEMPLATES or TEMPLATES)
+
+
+def template_description(name: str) -> str:
+    """The description of template ``name`` ("" when the farm has not said)."""
+    return dict(FARM_TEMPLATES or TEMPLATES).get(name.strip(), "")
 
 
 MOVEMENTS = [
@@ -71,7 +83,7 @@ class FARM_PG_shot(bpy.types.PropertyGroup):
     template: StringProperty(
         name="Template",
         default="standard_generation",
-        search=template_names,
+        search=template_choices,
         search_options={"SORT", "SUGGESTION"},
         description="How the farm renders the shot: a template of the farm, built-in or the "
         "studio's own (Refresh Templates reads the farm's list)",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
-from . import export, ops
+from . import export, ops, props
 
 STATE_ICONS = {
     "queued": "TIME", "sending": "EXPORT", "bound": "LINKED", "running": "RENDER_ANIMATION",
@@ -29,6 +31,14 @@ def _errors(layout, text: str) -> None:
     box = layout.box()
     for line in text.splitlines():
         box.label(text=line, icon="ERROR")
+
+
+def _wrapped(layout, text: str, width: int = 48) -> None:
+    """``text`` as dimmed labels of at most ``width`` characters (a label does not wrap)."""
+    col = layout.column(align=True)
+    col.enabled = False
+    for line in textwrap.wrap(text, width):
+        col.label(text=line)
 
 
 class _Sidebar:
@@ -86,6 +96,9 @@ class FARM_PT_shots(_Sidebar):
         row = col.row(align=True)
         row.prop(s, "template")
         row.operator("farm.templates", text="", icon="FILE_REFRESH")
+        description = props.template_description(s.template)
+        if description:
+            _wrapped(col, description)
         row = col.row(align=True)
         row.prop(s, "use_seed")
         sub = row.row()

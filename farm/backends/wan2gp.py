@@ -502,7 +502,10 @@ class Wan2GPBackend:
     def settings_for(self, job: Job, start_image: str | None = None) -> dict[str, Any]:
         profile = job.params.get("override_profile")
         return build_settings(
-            job, model_facts(job.model), override_profile=profile, start_image=start_image
+            job,
+            model_facts(job.model, self.settings),
+            override_profile=profile,
+            start_image=start_image,
         )
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:

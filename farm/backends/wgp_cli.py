@@ -87,14 +87,18 @@ class WgpCliBackend:
             raise NodeUnavailable(f"no wgp.py in {self.folder}")
 
     def describe(self) -> dict[str, Any]:
-        """The model ids defined in the folder's ``defaults/`` (weights are not checked)."""
+        """The model ids defined in the folder's ``defaults/`` and ``finetunes/`` (a
+        studio's own models; weights are not checked)."""
         self.probe()
-        ids = sorted(p.stem for p in (self.folder / "defaults").glob("*.json"))
+        ids = sorted({p.stem for d in ("defaults", "finetunes")
+                      for p in (self.folder / d).glob("*.json")})  # fmt: skip
         return {"models": {"wangp": ids}, "version": "", "mode": "cli", "workflows": {}}
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         source = build_settings(
-            job, model_facts(job.model), override_profile=job.params.get("override_profile")
+            job,
+            model_facts(job.model, self.settings),
+            override_profile=job.params.get("override_profile"),
         )
         videos = self.run(source, out_dir, progress, key=job_key(job))
         return RenderResult(video=videos[0], files=videos, backend_job_id=f"cli:{job_key(job)}")

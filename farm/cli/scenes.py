@@ -38,7 +38,8 @@ def validate(scene_file: Path, as_json: bool) -> None:
     from farm.studio import catalog_for
 
     try:
-        scene = load_scene(scene_file, catalog_for(get_settings()).templates)
+        catalog = catalog_for(get_settings())
+        scene = load_scene(scene_file, catalog.templates)
     except (InvalidInput, CatalogError) as exc:
         if as_json:
             print_json(
@@ -46,10 +47,15 @@ def validate(scene_file: Path, as_json: bool) -> None:
             )
             sys.exit(EXIT_INVALID)
         fail(exc)
+    used = {t: catalog.description(t) for t in sorted({s.template for s in scene.shots})}
     if as_json:
-        print_json({"valid": True, "scene": scene.to_dict()})
-    else:
-        console.print(f"[green]valid[/]: scene {scene.id} with {len(scene.shots)} shots")
+        print_json({"valid": True, "scene": scene.to_dict(), "templates": used})
+        return
+    console.print(f"[green]valid[/]: scene {scene.id} with {len(scene.shots)} shots")
+    for name, description in used.items():
+        shots = sum(s.template == name for s in scene.shots)
+        console.print(f"  {escape(name)} ({shots} shot{'s' if shots > 1 else ''}): "
+                      f"[dim]{escape(description or catalog.source(name))}[/]")  # fmt: skip
 
 
 @click.command()

@@ -13,6 +13,9 @@ docs/emulators.md, "Fault injection"). ``api`` (ComfyUI nodes, optional) picks t
 generation: ``"0.3"`` (the default, ComfyUI 0.3.64's routes), ``"0.38"`` (the job API,
 409 on a duplicate ``prompt_id``, ``/interrupt`` by ``prompt_id``) or ``"2024"`` (ComfyUI
 of March 2024: prompt ids of its own choosing; see docs/emulators.md).
+``finetunes`` (WanGP nodes, optional) is a folder of the node's own WanGP models, one
+``<model_type>.json`` each in WanGP's finetune format; list the ids under ``models.wangp``
+when their weights are on the node.
 
 The cost models are pure functions of the profile and the job, so tests need no server.
 """
@@ -48,7 +51,7 @@ ACT_BASE_GB = 2.5
 ACT_PER_BPARAM_GB = 0.15
 
 _DEFAULTS: dict[str, Any] = {"speed": 1.0, "model_load_s": 2.0, "step_s": 0.15, "failure_rate": 0.0}
-_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults", "api")
+_FIELDS = ("name", "gpu", "vram_gb", "models", *_DEFAULTS, "faults", "api", "finetunes")
 #: the ComfyUI server generations an emulated node can speak (``api`` in the profile)
 API_GENERATIONS = {
     "0.3": "ComfyUI 0.3.64: no job API",
@@ -101,6 +104,9 @@ class NodeProfile:
     failure_rate: float = 0.0
     faults: Mapping[str, Fault] = field(default_factory=dict)
     api: str = "0.3"
+    #: WanGP nodes: the folder of the node's own models, ``<model_type>.json`` each in
+    #: WanGP's finetune format (:func:`farm.emulators.wan2gp_settings.node_catalogue`)
+    finetunes: Path | None = None
 
     @property
     def job_api(self) -> bool:
@@ -123,11 +129,12 @@ def load_profile(path: Path) -> NodeProfile:
     """Read and check a profile file; ConfigError names each bad field and its fix."""
     path = Path(path)
     data = read_json(path, "node profile", ConfigError)
-    return parse_profile(data, str(path))
+    return parse_profile(data, str(path), path.resolve().parent)
 
 
-def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
-    """Check a decoded profile and build it; every problem is reported at once."""
+def parse_profile(data: Any, where: str = "profile", folder: Path | None = None) -> NodeProfile:
+    """Check a decoded profile and build it; every problem is reported at once. A relative
+    ``finetunes`` folder is found in ``folder`` (the profile's; default: the current one)."""
     if not isinstance(data, dict):
         raise ConfigError(
             f"{where}: a node profile is a JSON object with fields {', '.join(_FIELDS)}"
@@ -160,6 +167,7 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         problems.append(f"api: got {api!r}; use {choices}")
     models = _parse_models(values.get("models"), problems)
     faults = _parse_faults(values.get("faults", {}), problems)
+    finetunes = _parse_folder(values.get("finetunes"), folder, problems)
     if problems:
         raise ConfigError(
             "\n".join([f"invalid node profile {where}:", *(f"  - {p}" for p in problems)])
@@ -175,7 +183,24 @@ def parse_profile(data: Any, where: str = "profile") -> NodeProfile:
         failure_rate=float(values["failure_rate"]),
         faults=faults,
         api=api,
+        finetunes=finetunes,
     )
+
+
+def _parse_folder(raw: Any, folder: Path | None, problems: list[str]) -> Path | None:
+    """The ``finetunes`` folder (None when the profile has none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        problems.append(f"finetunes: got {raw!r}; use the path of a folder of WanGP finetune "
+                        'files (<model_type>.json), relative to the profile, e.g. "finetunes"')  # fmt: skip
+        return None
+    path = ((folder or Path.cwd()) / Path(raw).expanduser()).resolve()
+    if not path.is_dir():
+        problems.append(f"finetunes: {path} is not a folder; create it, or fix the path "
+                        "(relative to the profile)")  # fmt: skip
+        return None
+    return path
 
 
 def parse_faults(data: Any) -> dict[str, Fault]:

@@ -65,11 +65,11 @@ from farm.emulators.wan2gp_settings import (
     PROFILE_STEP_FACTOR,
     Task,
     ValidationFailed,
-    catalogue,
     default_settings,
     file_arguments,
     model_info,
     model_record,
+    node_catalogue,
     oom_message,
     output_name,
     plan_task,
@@ -120,6 +120,8 @@ class Engine:
         self.resolve_media = resolve_media or Path
         self.lock = threading.Lock()
         self.pace = Pace()
+        #: the models it knows: the catalogue's and the profile's finetunes
+        self.models = node_catalogue(profile.finetunes)
 
     def available(self, model_type: str) -> bool:
         """Whether the weights of ``model_type`` are on this node's disk."""
@@ -464,6 +466,7 @@ def run_tasks(
                 raw,
                 default_profile=engine.memory_profile,
                 rng_seed=engine.random_seed(),
+                models=engine.models,
             )
         except ValidationFailed as exc:
             errors.append(error_dict(str(exc), index, task_id, "validation"))
@@ -572,11 +575,11 @@ def build_server(session: Session):
 
     def wangp_list_models() -> list[dict[str, Any]]:
         """List compact model metadata records."""
-        return [model_record(m, engine.available(m.model_type)) for m in catalogue().values()]
+        return [model_record(m, engine.available(m.model_type)) for m in engine.models.values()]
 
     def wangp_get_model_availability(model_type: str) -> dict[str, Any]:
         """Return local file availability for one model (available or missing)."""
-        info = _known_model(model_type)
+        info = _known_model(model_type, engine)
         ok = engine.available(info.model_type)
         return {
             "model_type": info.model_type,
@@ -586,7 +589,7 @@ def build_server(session: Session):
 
     def wangp_get_default_settings(model_type: str) -> dict[str, Any]:
         """Return generated default settings for a model."""
-        return default_settings(_known_model(model_type))
+        return default_settings(_known_model(model_type, engine))
 
     def wangp_create_gallery_upload(filename: str) -> dict[str, Any]:
         """Create a short-lived HTTP PUT URL for uploading image, video, or audio media."""
@@ -623,9 +626,9 @@ def build_server(session: Session):
     return mcp
 
 
-def _known_model(model_type: str):
+def _known_model(model_type: str, engine: Engine):
     try:
-        return model_info(model_type)
+        return model_info(model_type, engine.models)
     except ValidationFailed as exc:
         raise ValueError(str(exc)) from None
 
@@ -826,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mcp").setLevel(logging.WARNING)
     try:
         profile = load_profile(args.profile)
+        node_catalogue(profile.finetunes)  # refuse bad finetunes now, not at the first job
     except FarmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """What an emulated WanGP node does with settings, before any GPU work: pure functions.
 
 - the model catalogue (``farm/data/wan2gp_models.json``) and each model's default settings;
+  a node's own models (its finetunes, :func:`node_catalogue`);
 - :func:`plan_tasks`: a ``wangp_generate`` source (a settings dict, a list of them, or a list
   of ``{"id", "params"}``) into :class:`Task` s, or validation errors, as WanGP does it:
   missing keys from the model's defaults, resolution rounded down to the model's block,
@@ -16,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -30,6 +31,7 @@ from farm.emulators.profile import (
     activations_gb,
     workload,
 )
+from farm.errors import ConfigError
 
 #: WanGP's memory profiles (``--profile`` / ``override_profile``); 4 is WanGP's default
 MEMORY_PROFILES = {
@@ -116,11 +118,72 @@ def catalogue() -> dict[str, ModelInfo]:
     return {mt: ModelInfo(model_type=mt, **spec) for mt, spec in raw["models"].items()}
 
 
-def model_info(model_type: Any) -> ModelInfo:
-    """The catalogue entry; ValidationFailed with WanGP's messages when missing or unknown."""
+def node_catalogue(finetunes: Path | None) -> dict[str, ModelInfo]:
+    """The WanGP models a node knows: the catalogue's and its finetunes, one
+    ``<model_type>.json`` each in ``finetunes`` in WanGP's format (a ``model`` block with
+    ``name`` and ``architecture``, a built-in model_type whose facts it shares; ``URLs2``
+    when it loads a second transformer; default ``resolution``, ``video_length`` and
+    ``num_inference_steps``). ConfigError names every bad file and its fix."""
+    models = dict(catalogue())
+    problems: list[str] = []
+    for path in sorted(finetunes.glob("*.json")) if finetunes else ():
+        info = _finetune(path, problems)
+        if info is not None:
+            models[info.model_type] = info
+    if problems:
+        raise ConfigError("\n".join(["invalid WanGP finetunes:", *(f"  - {p}" for p in problems)]))
+    return models
+
+
+def _finetune(path: Path, problems: list[str]) -> ModelInfo | None:
+    """One finetune file as a ModelInfo (None: its problems added to ``problems``)."""
+    before = len(problems)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problems.append(f"{path}: not readable JSON ({exc}); fix the file")
+        return None
+    block = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(block, dict):
+        problems.append(f'{path}: needs a "model" object with "name" and "architecture" '
+                        "(WanGP's finetune format)")  # fmt: skip
+        return None
+    base = catalogue().get(str(block.get("architecture")))
+    if base is None:
+        problems.append(f"{path}: model.architecture {block.get('architecture')!r} is not a "
+                        f"model this node renders; use one of {', '.join(sorted(catalogue()))}")  # fmt: skip
+    name = block.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"{path}: model.name must be a non-empty string")
+    steps, frames = data.get("num_inference_steps"), data.get("video_length")
+    for key, value in (("num_inference_steps", steps), ("video_length", frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):  # fmt: skip
+            problems.append(f"{path}: {key} {value!r} must be a whole number of 1 or more")
+    resolution = data.get("resolution")
+    if resolution is not None and not re.fullmatch(r"\d+x\d+", str(resolution)):
+        problems.append(f'{path}: resolution {resolution!r} must be WIDTHxHEIGHT, e.g. "832x480"')
+    if len(problems) > before or base is None:
+        return None
+    steps = steps or base.steps
+    return replace(
+        base,
+        model_type=path.stem,
+        name=str(name).strip(),
+        tier="fast" if steps < base.steps else base.tier,
+        resolution=str(resolution or base.resolution),
+        frames=frames or base.frames,
+        steps=steps,
+        diffusion_models=2 if "URLs2" in block else base.diffusion_models,
+    )
+
+
+def model_info(model_type: Any, models: Mapping[str, ModelInfo] | None = None) -> ModelInfo:
+    """The entry of ``models`` (default: the catalogue); ValidationFailed with WanGP's
+    messages when missing or unknown."""
     if model_type is None or model_type == "":
         raise ValidationFailed("No model_type specified")
-    info = catalogue().get(str(model_type))
+    info = (catalogue() if models is None else models).get(str(model_type))
     if info is None:
         raise ValidationFailed(f"Unknown model type: {model_type}")
     return info
@@ -197,11 +260,13 @@ def plan_task(
     *,
     default_profile: int = DEFAULT_MEMORY_PROFILE,
     rng_seed: int | None = None,
+    models: Mapping[str, ModelInfo] | None = None,
 ) -> Task:
-    """One task from its raw settings; ValidationFailed says what WanGP would refuse."""
+    """One task from its raw settings, its model one of ``models`` (default: the
+    catalogue's); ValidationFailed says what WanGP would refuse."""
     if not isinstance(raw, dict):
         raise ValidationFailed(f"Task settings must be a dict, got {type(raw).__name__}")
-    info = model_info(raw.get("model_type"))
+    info = model_info(raw.get("model_type"), models)
     settings = {**default_settings(info), **raw}
     width, height = _resolution(settings["resolution"], info)
     frames = snap_frames(_frame_count(settings["video_length"], info), info)

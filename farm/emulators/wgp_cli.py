@@ -81,6 +81,7 @@ def process(
                 raw,
                 default_profile=engine.memory_profile,
                 rng_seed=engine.random_seed(),
+                models=engine.models,
             )
         except ValidationFailed as exc:
             print(f"[Task {n}/{total}] skipped: {exc}", file=out, flush=True)

@@ -180,9 +180,12 @@ try:
 
         props = importlib.import_module(module + ".props")
         out["before"] = props.template_names()
+        out["before_choices"] = [list(c) for c in props.template_choices()]
         bpy.ops.farm.templates()
         out["after"] = props.template_names()
         out["descriptions"] = dict(props.FARM_TEMPLATES)
+        out["choices"] = [list(c) for c in props.template_choices()]  # the search list
+        out["shown"] = props.template_description("dusk")  # the panel's line under the field
     elif cfg["mode"] == "reopen":
         bpy.ops.wm.open_mainfile(filepath=cfg["blend"])
         out["state"] = state(bpy.context.scene)
