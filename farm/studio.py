@@ -70,7 +70,9 @@ PARAMS = {
 TOP_KEYS = ("version", "description", "workflows", "wangp_models", "templates")
 WORKFLOW_KEYS = ("file", "fps", "frame_step", "size_step", "family", "files", "bindings")
 TEMPLATE_KEYS = ("description", "steps", *KINDS)
-LEAF_KEYS = ("workflow", "models", "wangp")
+LEAF_KEYS = ("workflow", "models", "folder", "wangp")
+#: where a leaf's model files may live on a ComfyUI node (``folder``)
+MODEL_HOMES = ("diffusion_models", "checkpoints")
 #: the facts of a WanGP model (``[wangp_models.<model_type>]``), as wan2gp_models.json holds
 WAN_INTS = ("fps", "frame_step", "min_frames", "size_step", "frames", "steps", "diffusion_models")
 WAN_TEXTS = ("name", "family", "tier", "mode", "resolution")
@@ -376,7 +378,12 @@ def _leaf(
         p.add(f"{key}.models", f"gives {len(files)} model file(s) but workflow {flow!r} binds "
               f"{loaders} (bindings.models); give one file per bound loader, or set "
               'bindings.models = "" when the workflow names its files itself')  # fmt: skip
-    model = Model(key=key.removeprefix("templates."), engine=engine, files=files)
+    folder = raw.get("folder", "diffusion_models")
+    if folder not in MODEL_HOMES:
+        p.add(f"{key}.folder", f"got {folder!r}; use one of: {', '.join(MODEL_HOMES)} (the "
+              "ComfyUI model folder of the files in models)")  # fmt: skip
+        folder = "diffusion_models"
+    model = Model(key=key.removeprefix("templates."), engine=engine, files=files, folder=folder)
     return model, wan_id if isinstance(wan_id, str) else None
 
 

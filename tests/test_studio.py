@@ -123,7 +123,7 @@ def test_an_unknown_key_is_named_with_its_path_and_the_known_keys(studio):
     text = problem_of(studio)
     assert "1 problem" in text
     assert "templates.title_card.text.final.modles: unknown key" in text
-    assert "use one of: workflow, models, wangp" in text
+    assert "use one of: workflow, models, folder, wangp" in text
 
 
 def test_a_missing_workflow_file_is_named(studio):
@@ -417,3 +417,40 @@ def test_every_built_in_template_says_what_renders_it():
                 for family in {comfy.engine.family, wan.family}:
                     label = FAMILY_NAMES.get(family, family)
                     assert label in text, f"{name} {tier}: {label!r} missing from {text!r}"
+
+
+def test_a_studio_checkpoint_model_is_placed_by_its_folder(tmp_path):
+    """A leaf's ``folder = "checkpoints"`` makes its files checkpoints (LTX-2 style): the
+    job needs them there; any other folder is one clear problem."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    shutil.copy(REPO / "workflows" / "ltx2_t2v.json", flows / "ltx.json")
+    leaf = '{ workflow = "ltx", models = ["my-ltx.safetensors"], folder = "%s" }'
+    text = """version = 1
+[workflows.ltx]
+file = "flows/ltx.json"
+fps = 24
+frame_step = 8
+size_step = 32
+[workflows.ltx.bindings]
+models = ["Load Checkpoint.ckpt_name"]
+seed = "Noise.noise_seed"
+steps = "Scheduler.steps"
+frames = ["Video Latent.length", "Audio Latent.frames_number"]
+fps = ["Create Video.fps", "Conditioning.frame_rate", "Audio Latent.frame_rate"]
+[templates.mine]
+text.preview = %s
+text.final = %s
+"""
+    good = tmp_path / "good.toml"
+    good.write_text(text % (leaf % "checkpoints", leaf % "checkpoints"))
+    catalog = load_studio(good)
+    model = catalog.models[catalog.templates["mine"]["final"]]
+    assert model.required_files()["checkpoints"] == ("my-ltx.safetensors",)
+    assert "my-ltx.safetensors" not in model.required_files().get("diffusion_models", ())
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text % (leaf % "checkpoints", leaf % "unet"))
+    assert (
+        "templates.mine.text.final.folder: got 'unet'; use one of: diffusion_models, "
+        "checkpoints" in problem_of(bad)
+    )
