@@ -84,10 +84,11 @@ class Workload:
 
 def billions(job: Job, catalog: Catalog, model: str | None = None) -> float:
     """The size in billions of parameters of ``model`` (by default the job's primary one;
-    a Wan 2.2 A14B step runs one 14B expert), from its WanGP facts or file name."""
-    model = model or job.model
+    a Wan 2.2 A14B step runs one 14B expert), from its WanGP facts or file name. Every
+    transformer file of a WanGP model (``t2v_2_2``, ``t2v_2_2:URLs2``) has the model's size."""
     if job.backend == "wan2gp":
-        return catalog.wan_models[model].params_b
+        return catalog.wan_models[job.model].params_b
+    model = model or job.model
     found = re.search(r"(\d+(?:\.\d+)?)B", model)
     return float(found.group(1)) if found else 8.3  # Hunyuan Video 1.5: 8.3B
 

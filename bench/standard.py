@@ -110,6 +110,16 @@ def loads_from_jobs(
     return loads_by_node(runs)
 
 
+def reported_loads(jobs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
+    """Model loads per node as the emulators report them: the ``loaded_models`` of each job
+    in their execution logs (every diffusion model file a ComfyUI prompt loaded; every
+    transformer file a WanGP job loaded)."""
+    return {
+        node: sum(len((job.get("details") or {}).get("loaded_models") or ()) for job in mine)
+        for node, mine in jobs.items()
+    }
+
+
 def loads_by_node(runs: Sequence[Run]) -> dict[str, int]:
     """Model loads each node made: each model of a render that the node's render before did
     not use (every emulator starts with none; Wan 2.2 A14B loads two), in start order, as
@@ -146,6 +156,7 @@ class Outcome:
     replayed: float = 0.0  # makespan of the same policy in virtual time, no farm overhead
     replayed_speeds: float = 0.0  # the same, the dispatcher knowing each node's speed
     emulator_loads: int | None = None  # the same count, in the emulators' execution order
+    reported_loads: int | None = None  # the loads the emulators report they made
     runs: list[Run] = field(default_factory=list)  # every render, start in seconds from t0
 
 
@@ -232,6 +243,7 @@ def run_policy(
         models = {entry.get("backend_job_id"): entry.get("models") or [entry["model"]]
                   for shot in shots.values() for entry in shot.get("attempt_log") or []}  # fmt: skip
         out.emulator_loads = sum(loads_from_jobs(jobs, models).values())  # type: ignore[arg-type]
+        out.reported_loads = sum(reported_loads(jobs).values())  # type: ignore[arg-type]
     used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     out.cpu = {**cpu_groups(used), "bench process": self1 - self0}
     return out, plan, bound, speed, load_s
@@ -261,6 +273,7 @@ def report(outcomes: Sequence[Outcome], bound: Bound, speed: Mapping[str, float]
         ["  the same, node speeds known (s)", *(f"{o.replayed_speeds:.1f}" for o in outcomes)],
         ["model loads", *(str(o.loads) for o in outcomes)],
         ["  in the emulators' execution order", *(str(o.emulator_loads) for o in outcomes)],
+        ["  as the emulators report them", *(str(o.reported_loads) for o in outcomes)],
         ["all previews done (s)", *(f"{o.previews_done:.1f}" for o in outcomes)],
         [
             "render time - model, min / mean (s)",

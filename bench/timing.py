@@ -9,8 +9,9 @@ An emulated node sleeps, for one render (``farm/emulators``):
   image encode;
 - WanGP: ``steps x step_s x workload x 1.15 / speed`` (memory profile 4), plus
   ``0.1 x model_load_s / speed`` to encode the prompt, plus ``model_load_s / speed`` per
-  transformer file when the model type changes (two for Wan 2.2 A14B's ``t2v_2_2``); the
-  farm counts a WanGP model id as one load.
+  transformer file when the model type changes (two for Wan 2.2 A14B's ``t2v_2_2``), and
+  the farm counts each one: a WanGP job's ``models`` name its transformer files
+  (``t2v_2_2``, ``t2v_2_2:URLs2``).
 
 ``workload`` is ``width x height x frames / (832 x 480 x 81)`` of what the node renders. The
 synthetic frames, the video encoding and the farm's own work come on top. When every

@@ -79,6 +79,14 @@ class Model:
         return files
 
 
+def wan_files(model_type: str, count: int = 1) -> tuple[str, ...]:
+    """The names the farm and the WanGP emulator give the ``count`` transformer files of
+    WanGP model ``model_type``, as its definition lists them: ``URLs`` (the id itself, the
+    primary) then ``URLs2`` (Wan 2.2 A14B's low-noise expert: ``t2v_2_2:URLs2``). WanGP
+    loads them all whenever the model type changes, so each counts as a model load."""
+    return (model_type, *(f"{model_type}:URLs{n}" for n in range(2, count + 1)))
+
+
 @dataclass(frozen=True)
 class WanModel:
     """A WanGP model id (``model_type``) and the facts the farm needs of it."""
@@ -98,6 +106,12 @@ class WanModel:
     steps: int
     #: diffusion model files it loads (Wan 2.2 A14B: a high-noise and a low-noise one)
     diffusion_models: int = 1
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Its transformer files, as :attr:`farm.planning.Job.models` names them
+        (:func:`wan_files`)."""
+        return wan_files(self.id, self.diffusion_models)
 
     @property
     def takes_image(self) -> bool:

@@ -283,6 +283,7 @@ def plan_wan_job(scene: Scene, shot: Shot, kind: str, catalog: Catalog | None = 
         priority=scene.priority,
         backend="wan2gp",
         adjusted=adjustments(shot, params, why),
+        models=model.files,
     )
 
 

@@ -13,7 +13,10 @@ returns. The rules, in order:
    shot it could run waits. A busy node queues its best shot only while that shot's group
    is deep: at least ``depth`` waiting shots per capable node (or one capable node, or its
    waiting count unknown). Otherwise the shot waits for the first capable node to free up,
-   rather than behind the running shot of whichever node had room first.
+   rather than behind the running shot of whichever node had room first, unless the busy
+   node is the only one with the group's models loaded (each model counted: a Wan 2.2
+   A14B pair, or a WanGP model's transformer files): then it queues it, so nobody loads
+   them again for the group's last shots.
 3. Previews before finals.
 4. Then the scarcer group: the one whose capable nodes are furthest behind, in bands of a
    factor ``SCARCITY_BAND`` of its drain time (its waiting work, the shots times the
@@ -22,7 +25,8 @@ returns. The rules, in order:
    nodes can serve, and leaves to other nodes those that many can. For a node that has the
    group's models loaded, the drain time counts ``1 + LOAD_STEPS x models / cost`` times
    longer (the loads it saves, each model counted, against the shot's cost): a node leaves
-   its models only for a group that much scarcer.
+   its models only for a group that much scarcer. The only node with a thin group's models
+   loaded (rule 2) finishes that group before any other group of its kind.
 5. Then higher scene priority (the rank class of the head's score).
 6. Then the group the node's backend runs best compared with the group's other backends
    (the least cost of their variants over this node's).
@@ -269,6 +273,7 @@ def _capacity(speeds: np.ndarray, work: np.ndarray, rounds: int = CAPACITY_ROUND
     return (share * speeds).sum(axis=0)
 
 
+_FINISH = 2**30  # the band of a thin group for its only holder: above every other band
 _ALONE = 1e9  # the advantage of a backend no other backend can stand in for
 
 
@@ -278,7 +283,7 @@ class _Scarcity:
 
     __slots__ = (
         "known", "waiting", "costs", "unit", "nodes", "speed", "band", "advantage", "head",
-        "loaded",
+        "loaded", "holders",
     )  # fmt: skip
 
     def __init__(self, live: Sequence[Group], farm: _Farm, columns: Sequence[_Column]):
@@ -291,6 +296,9 @@ class _Scarcity:
         self.speed = farm.capacity_for(live, columns, work) if farm.infos else [0.0] * len(live)
         self.band = [self._band(j) for j in range(len(live))]
         self.loaded: dict[tuple[int, int], int] = {}  # (group, variant) -> its loaded band
+        #: per group: live nodes that have the models of the variant they run loaded (counted
+        #: for thin groups only, when the call starts)
+        self.holders = [0] * len(live)
         self.head = [self._head(g, j) for j, g in enumerate(live)]
         self.advantage = [
             [self._advantage(g, j, i, c.backends) for i in range(len(g.variants))]
@@ -397,6 +405,8 @@ class _Slot:
         affinity = loads_needed(variant, node.models)
         if not affinity:
             band = -need.loaded_band(j, index, len(variant.models))
+            if need.holders[j] == 1 and need.thin(j, self.depth):
+                band = -_FINISH  # its last holder finishes a thin group first (rule 4)
         return (kind, band, cls, -need.advantage[j][index], affinity, value, j, head)
 
     def settle(self, best: _Candidate | None) -> None:
@@ -404,7 +414,9 @@ class _Slot:
         is thin."""
         self.best = best
         self.ready = best is not None and not (
-            self.node.bound > 0 and self.need.thin(best[6], self.depth)
+            self.node.bound > 0
+            and (best[4] > 0 or self.need.holders[best[6]] > 1)
+            and self.need.thin(best[6], self.depth)
         )
 
     def rescan(self, live: Sequence[Group]) -> None:
@@ -448,10 +460,24 @@ def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list
     columns = [farm.column(g, alive) for g in live]
     need = _Scarcity(live, farm, columns)
     deep = {j for j in range(len(live)) if not need.thin(j, depth)}
+    ables = farm.able(live, columns)
+    for node, able in zip(alive, ables, strict=True):  # holders of thin groups' models
+        if node.models:
+            for j, i in able.items():
+                if not loads_needed(live[j].variants[i], node.models):
+                    need.holders[j] += 1
     slots: list[_Slot] = []
-    for node, able in zip(alive, farm.able(live, columns), strict=True):
-        # a busy node able to run only thin groups takes nothing (rule 2), the whole call
-        if node.bound >= depth or (node.bound > 0 and deep.isdisjoint(able)):
+    for node, able in zip(alive, ables, strict=True):
+        # a busy node able to run only thin groups, none with its models, takes nothing
+        # (rule 2), the whole call
+        if node.bound >= depth or (
+            node.bound > 0
+            and deep.isdisjoint(able)
+            and all(
+                need.holders[j] > 1 or loads_needed(live[j].variants[i], node.models)
+                for j, i in able.items()
+            )
+        ):
             continue
         slot = _Slot(node, able, need, depth)
         slot.rescan(live)

@@ -8,7 +8,7 @@ import pytest
 
 from bench.admission import key_family
 from bench.replay import replay
-from bench.standard import Run, loads_by_node, loads_from_jobs, timeline
+from bench.standard import Run, loads_by_node, loads_from_jobs, reported_loads, timeline
 from bench.timing import (
     FewestModels,
     Render,
@@ -105,6 +105,13 @@ def test_loads_from_the_emulators_job_logs():
     jobs = {"a": [{"job_id": "p1"}, {"job_id": "p2"}, {"job_id": "p3"}], "b": [{"job_id": "w1"}]}
     models = {"p1": ["m1"], "p2": ["m1"], "p3": ["m2"], "w1": ["m1"]}
     assert loads_from_jobs(jobs, models) == {"a": 2, "b": 1}
+
+
+def test_loads_the_emulators_report():
+    jobs = {"cf": [{"details": {"loaded_models": ["hi", "lo"]}}, {"details": {}}],
+            "wan": [{"details": {"loaded_models": ["t2v_2_2", "t2v_2_2:URLs2"]}},
+                    {"details": {"loaded_models": []}}, {"details": {"loaded_models": ["x"]}}]}  # fmt: skip
+    assert reported_loads(jobs) == {"cf": 2, "wan": 3}
 
 
 def test_a_two_model_render_loads_each_model_the_node_lacks():

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requests
+
 from farm.media import probe
 from farm.scene import parse_scene
 from farm.submit import enqueue
@@ -39,7 +41,7 @@ def wan_shot(shot_id: str, seed: int, **extra) -> dict:
     }
 
 
-def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt, cli_env):
+def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt, cli_env, farm_cluster):
     img = str(EXAMPLES / "images" / "meadow.jpg")
     scene = parse_scene(
         {
@@ -95,6 +97,20 @@ def test_a_scene_renders_on_the_wangp_node_beside_comfyui(rt, cli_env):
         in text
     )
     assert "image_start" in embedded_settings(shots["a14b"]["outputs"]["final"])
+    # the farm counts the loads the node makes: each transformer file (i2v_2_2: two)
+    assert jobs["a14b"].models == ("i2v_2_2", "i2v_2_2:URLs2")
+    runs = requests.get(farm_cluster.node_url("node-w") + "/emulator/jobs", timeout=5).json()
+    models = {
+        log[0]["backend_job_id"]: log[0]["models"]
+        for log in (rt.state.shot(scene.id, k)["attempt_log"] for k in ("hy", "a14b"))
+    }
+    first, second = [
+        (r["details"]["loaded_models"], models[r["job_id"]])
+        for r in runs["jobs"]
+        if r["job_id"] in models
+    ]  # in start order
+    assert first[0] in ([], first[1])  # the model was warm, or all its files loaded
+    assert second[0] == [m for m in second[1] if m not in first[1]]  # fmt: skip
     video = probe(Path(status["outputs"]["video"]))
     assert video.width == 320 and video.frames > 0
     report = {

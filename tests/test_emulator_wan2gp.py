@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -18,11 +19,15 @@ import numpy as np
 import pytest
 import requests
 
+from farm.catalog import load_catalog
 from farm.emulators.wan2gp_settings import catalogue, plan_task, split_prompts, vram_needed
 from farm.media import probe
+from farm.planning import Job, loads_needed
 
 NODES = Path(__file__).resolve().parent / "nodes"
 PROFILE = NODES / "wan-a.json"
+WAN_JOB = Job("s", "a", "final", "wan2.2", "wangp", "t2v_2_2", {"wangp": ["t2v_2_2"]}, {},
+              backend="wan2gp")  # fmt: skip
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 NAME = re.compile(r"^\d{4}-\d\d-\d\d-\d\dh\d\dm\d\ds_seed(\d+)_(.*)\.mp4$")
 
@@ -255,6 +260,34 @@ def test_one_generation_at_a_time_and_cancel(node):
     )
     assert "cancelled" in phases(snap)
     assert generate(node, tiny())["result"]["success"]  # the session is free again
+
+
+def test_each_transformer_file_loads_and_the_farm_counts_the_same(tmp_path):
+    """WanGP loads every transformer file of a model (its definition's URLs and URLs2:
+    Wan 2.2 A14B's two experts) when the model type changes, and none while it stays. The
+    job log names each file loaded, as the farm names a WanGP job's models, and the farm's
+    rule (each model the node's last render did not use loads) predicts the same loads."""
+    proc, url = start_node(tmp_path)
+    try:
+        order = ["t2v_2_2", "t2v_2_2", "ti2v_2_2_fastwan", "t2v_2_2"]
+        for model_type in order:
+            assert generate(url, tiny(model_type))["result"]["success"]
+        jobs = requests.get(f"{url}/emulator/jobs", timeout=5).json()["jobs"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    loaded = [j["details"]["loaded_models"] for j in jobs]
+    a14b = ["t2v_2_2", "t2v_2_2:URLs2"]
+    assert loaded == [a14b, [], ["ti2v_2_2_fastwan"], a14b]
+    wan = load_catalog().wan_models
+    held: tuple[str, ...] = ()
+    predicted = []
+    for model_type in order:
+        job = replace(WAN_JOB, model=model_type, models=wan[model_type].files)
+        predicted.append([m for m in job.models if m not in held])
+        assert loads_needed(job, held) == len(predicted[-1])
+        held = job.models
+    assert predicted == loaded
 
 
 def test_out_of_memory_and_the_fail_safe_profile(node):

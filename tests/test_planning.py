@@ -27,6 +27,7 @@ from farm.planning import (
     NodeInfo,
     Rung,
     describe_adjusted,
+    loads_needed,
     next_rung,
     place,
     place_scene,
@@ -137,6 +138,21 @@ def test_quality_decides_the_first_job():
 
 def wan_node(name, *models, alive=True):
     return NodeInfo(name, kind="wan2gp", alive=alive, models={"wangp": models}, workflows={})
+
+
+def test_a_wangp_a14b_job_counts_each_transformer_file_it_loads():
+    """WanGP's t2v_2_2 loads two transformer files (its definition's URLs and URLs2): the
+    job names both as its models, so a node switching to it counts two loads, as the
+    emulator and WanGP load them; the node needs only the model id."""
+    sc = scene("final")
+    job = plan_wan_job(sc, sc.shots[0], "final", CAT)
+    assert job.model == "t2v_2_2" and job.models == ("t2v_2_2", "t2v_2_2:URLs2")
+    assert job.files == {"wangp": ["t2v_2_2"]}
+    assert loads_needed(job, ()) == 2 and loads_needed(job, job.models) == 0
+    assert loads_needed(job, ("i2v_2_2", "i2v_2_2:URLs2")) == 2
+    preview = plan_wan_job(sc, sc.shots[0], "preview", CAT)
+    assert preview.models == ("ti2v_2_2_fastwan",) and loads_needed(preview, job.models) == 1
+    assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 
 
 def test_wangp_tiers_follow_the_templates():

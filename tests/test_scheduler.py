@@ -249,8 +249,8 @@ def test_a_busy_node_queues_a_shot_of_a_deep_group():
 
 
 def test_an_idle_node_takes_a_shot_of_a_thin_group_and_a_busy_one_does_not():
-    g = group(job(), shots=many("s", 2), waiting=2)
-    nodes = [load(node("a", "m1"), bound=1), load(node("b", "m1"))]
+    g = group(job(), shots=many("s", 2), waiting=2)  # both hold m1: neither is its only holder
+    nodes = [load(node("a", "m1"), bound=1, model="m1"), load(node("b", "m1"), model="m1")]
     out = assign([g], nodes)
     assert bound_to(out) == {"s/0": "b"} and g.shots == many("s", 2)[1:]
 
@@ -342,6 +342,36 @@ def test_capacity_counts_a_shared_node_mostly_for_the_group_no_other_node_can_ru
 
 
 # -- rule 7: model affinity -----------------------------------------------------------------
+def test_the_only_node_holding_both_experts_finishes_their_thin_group_first():
+    """Rule 4: ``a`` alone has the Wan 2.2 A14B pair loaded; two A14B finals are left (a
+    thin group) and 40 m1 finals are scarcer. It renders the pair's shots before switching,
+    so nobody loads the pair again for them later."""
+    a14b = group(pair(cost=3), shots=many("pair", 2), waiting=2)
+    scarce = group(job("m1", cost=3), shots=many("m1", 40), waiting=40)
+    nodes = [load(node("a", "hi", "lo", "m1"), model=("hi", "lo")), load(node("b", "hi", "lo"), 2)]
+    assert [x.key for x in assign([a14b, scarce], nodes)] == ["pair/0", "pair/1"]
+    a14b = group(pair(cost=3), shots=many("pair", 2), waiting=2)
+    scarce = group(job("m1", cost=3), shots=many("m1", 40), waiting=40)
+    both = [load(node("a", "hi", "lo", "m1"), model=("hi", "lo")),
+            load(node("b", "hi", "lo"), 2, model=("hi", "lo"))]  # fmt: skip
+    assert [x.key for x in assign([a14b, scarce], both)] == ["m1/0", "m1/1"]
+
+
+def test_a_busy_node_queues_a_thin_group_s_shot_when_no_other_node_holds_its_models():
+    """Rule 2: a busy node leaves a thin group's shot to the next node to free up, unless
+    it is the only one with the group's models loaded: then it queues it, and no node has
+    to load the pair again for it."""
+    g = group(pair(), shots=many("s", 3), waiting=3)
+    holder = load(node("a", "hi", "lo"), 1, model=("hi", "lo"))
+    assert bound_to(assign([g], [holder, load(node("b", "hi", "lo"), 1)])) == {"s/0": "a"}
+    g = group(pair(), shots=many("s", 3), waiting=3)
+    half = load(node("a", "hi", "lo"), 1, model="hi")  # would load the low-noise expert
+    assert assign([g], [half, load(node("b", "hi", "lo"), 1)]) == []
+    g = group(pair(), shots=many("s", 3), waiting=3)
+    two = [load(node(n, "hi", "lo"), 1, model=("hi", "lo")) for n in "ab"]
+    assert assign([g], two) == []
+
+
 def test_within_a_class_the_loaded_model_beats_age():
     groups = [group(job("m1"), shots=[(at(since=0), "old/1")]),
               group(job("m2"), shots=[(at(since=50), "new/1")])]  # fmt: skip
@@ -618,6 +648,15 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
     speeds = np.array([[n.info.speed * ((a, j) in index) for j in range(len(live))]
                        for a, n in enumerate(alive)])  # fmt: skip
     capacity = _capacity(speeds, np.array(work)) if alive and live else []
+    known = [g.waiting > 0 for g in live]
+
+    def thin_now(j: int) -> bool:
+        return known[j] and len(capable[j]) > 1 and waiting[j] < depth * len(capable[j])
+
+    holders = [  # when the call starts: capable nodes with the group's models loaded
+        sum(not set(live[j].variants[index[a, j]].models) - alive[a].models for a in capable[j])
+        for j in range(len(live))
+    ]
     out: list[Assignment] = []
     while True:
         best = None
@@ -636,6 +675,8 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
                 if not affinity:  # the loads it saves stretch the group's drain time
                     drain *= 1 + LOAD_STEPS * len(g.variants[i].models) / costs[j][i]
                 band = math.floor(math.log(drain, SCARCITY_BAND)) if drain > 0 else -(2**31)
+                if not affinity and holders[j] == 1 and thin_now(j):
+                    band = 2**30  # its only holder finishes a thin group first
                 mine = g.variants[i].backend
                 others = [c for v, c in zip(g.variants, costs[j], strict=True)
                           if v.backend != mine and v.backend in backends[j]]  # fmt: skip
@@ -648,14 +689,8 @@ def reference_assign(groups: list[Group], nodes: list[NodeLoad], depth: int) -> 
                 continue
             key, i, head = min(candidates)
             j = key[-1]
-            many_nodes = len(capable[j]) > 1
-            if (
-                n.bound > 0
-                and live[j].waiting
-                and many_nodes
-                and waiting[j] < depth * len(capable[j])
-            ):
-                continue  # busy, and its best shot's group is thin
+            if n.bound > 0 and thin_now(j) and (key[4] or holders[j] > 1):
+                continue  # busy, and its best shot's group is thin (and not its only holder's)
             load = MODEL_SWITCH_COST * sum(m not in n.models for m in live[j].variants[i].models)
             rank = (
                 n.bound > 0,

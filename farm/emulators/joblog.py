@@ -25,8 +25,10 @@ class JobLog:
     """Execution records in start order: ``run`` (1, 2, ... over the folder's life),
     ``job_id``, ``client_id``, ``pid`` (the emulator process), ``started_at``,
     ``ended_at`` (None while running, or forever when the process died) and ``status``
-    (``running``, ``success``, ``error`` or ``interrupted``) plus ``details`` (a ComfyUI
-    node's: ``loaded_models``, the diffusion models the run loaded, in order)."""
+    (``running``, ``success``, ``error`` or ``interrupted``) plus ``details``, among them
+    ``loaded_models``: the diffusion models the run loaded, in order (ComfyUI: the files
+    of its loaders; WanGP: the model's transformer files, ``t2v_2_2`` and ``t2v_2_2:URLs2``
+    for Wan 2.2 A14B, as :attr:`farm.planning.Job.models` names them)."""
 
     def __init__(self, folder: Path | None) -> None:
         self.path = Path(folder) / FILE_NAME if folder is not None else None

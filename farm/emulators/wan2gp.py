@@ -117,11 +117,17 @@ class Engine:
         self.memory_profile = memory_profile
         self.faults: Mapping[str, Fault] = dict(profile.faults)
         self.loaded: str | None = None
+        #: the transformer files loaded since :meth:`begin` (the job log's ``loaded_models``)
+        self.loads: list[str] = []
         self.resolve_media = resolve_media or Path
         self.lock = threading.Lock()
         self.pace = Pace()
         #: the models it knows: the catalogue's and the profile's finetunes
         self.models = node_catalogue(profile.finetunes)
+
+    def begin(self) -> None:
+        """A job starts: count its loads afresh."""
+        self.loads = []
 
     def available(self, model_type: str) -> bool:
         """Whether the weights of ``model_type`` are on this node's disk."""
@@ -157,8 +163,10 @@ class Engine:
         if self.loaded != info.model_type:
             self.loaded = None
             _progress(emit, "loading_model", f"Loading model {info.name}", 0, 0, task.steps)
-            # each transformer file loads: Wan 2.2 A14B loads its two experts
-            self._wait(load_seconds(self.profile) * info.diffusion_models * factor, cancel)
+            # each transformer file loads (URLs, URLs2): Wan 2.2 A14B loads its two experts
+            for name in info.files:
+                self._wait(load_seconds(self.profile) * factor, cancel)
+                self.loads.append(name)
             self.loaded = info.model_type
             emit("stream", {"stream": "stdout", "text": f"Model {info.model_type} loaded"})
         _progress(emit, "encoding_text", "Encoding Prompt", 2, 0, task.steps)
@@ -373,6 +381,7 @@ class Session:
     def _run(self, job: Job, entries: list[tuple[Any, Any]]) -> None:
         models = [s.get("model_type") for _, s in entries if isinstance(s, dict)]
         run = self.log.started(job.job_id, None, model_types=models)
+        self.engine.begin()
         try:
             job.finish(run_tasks(self.engine, job.job_id, entries, job.emit, job.cancel, self))
         except BaseException as exc:  # a job always ends with a result
@@ -380,7 +389,7 @@ class Session:
             job.finish(result_dict([], [error_dict(str(exc), None, None, "runtime")], 0, False))
         finally:
             status, error = _outcome(job.result)
-            self.log.ended(run, status, error=error)
+            self.log.ended(run, status, error=error, loaded_models=list(self.engine.loads))
             with self.lock:
                 self.active = None
 

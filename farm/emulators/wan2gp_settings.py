@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from farm.catalog import wan_files
 from farm.emulators.profile import (
     MIN_RESIDENT_GB,
     VRAM_OVERHEAD_GB,
@@ -85,6 +86,11 @@ class ModelInfo:
     steps: int
     #: transformer files it loads: Wan 2.2 A14B has a high-noise and a low-noise expert
     diffusion_models: int = 1
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Its transformer files, named as the farm names them (:func:`farm.catalog.wan_files`)."""
+        return wan_files(self.model_type, self.diffusion_models)
 
     @property
     def guidance_phases(self) -> int:
