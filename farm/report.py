@@ -415,6 +415,19 @@ def _take_cell(value: Any, threshold: Any, failed: bool) -> str:
     return f'<td class="num{" fail-text" if bad else ""}">{_e(_score(value))}</td>'
 
 
+def _models(prov: dict[str, Any]) -> str:
+    """The files a render loaded; a WanGP model's second transformer file
+    (``t2v_2_2:URLs2``) is counted on its model id rather than named."""
+    models = [str(m) for m in prov.get("models") or ([prov["model"]] if prov.get("model") else [])]
+    shown = [m for m in models if not (":" in m and m.split(":", 1)[0] in models)]
+    parts = []
+    for name in shown:
+        files = 1 + sum(1 for m in models if m.startswith(f"{name}:"))
+        extra = f" ({files} transformer files)" if files > 1 else ""
+        parts.append(f"<code>{_e(name)}</code>{extra}")
+    return " + ".join(parts)
+
+
 def _provenance(prov: Any) -> str:
     if not isinstance(prov, dict) or not prov:
         return ""
@@ -423,13 +436,7 @@ def _provenance(prov: Any) -> str:
         ("backend", _e(prov.get("backend") or "")),
         ("workflow", f"<code>{_e(prov['workflow'])}</code>" if prov.get("workflow") else ""),
         ("settings", _settings(settings) if settings else ""),
-        (
-            "model",
-            " + ".join(
-                f"<code>{_e(m)}</code>"
-                for m in prov.get("models") or ([prov["model"]] if prov.get("model") else [])
-            ),
-        ),
+        ("model", _models(prov)),
         ("node", _e(prov.get("node") or "")),
         ("seed", f"<code>{_e(prov['seed'])}</code>" if prov.get("seed") is not None else ""),
         ("cache hit", _yes_no(prov.get("cache_hit"))),

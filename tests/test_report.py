@@ -366,3 +366,13 @@ def test_report_files_are_as_readable_as_any_new_file(report, tmp_path, umask):
     clip = stat.S_IMODE((tmp_path / "clip.mp4").stat().st_mode)
     assert clip == 0o666 & ~umask
     assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [clip, clip]
+
+
+def test_a_wangp_model_s_transformer_files_are_counted_on_its_id():
+    from farm.report import _models
+
+    wangp = {"backend": "wan2gp", "models": ["t2v_2_2", "t2v_2_2:URLs2"]}
+    assert _models(wangp) == "<code>t2v_2_2</code> (2 transformer files)"
+    comfy = {"models": ["hi.safetensors", "lo.safetensors"]}
+    assert _models(comfy) == "<code>hi.safetensors</code> + <code>lo.safetensors</code>"
+    assert _models({"model": "one.safetensors"}) == "<code>one.safetensors</code>"
