@@ -48,7 +48,7 @@ def tagged(server, farm_id: str) -> list[str]:
     return [
         node_id
         for node_id, entry in server.history().items()
-        if entry["prompt"][3].get(comfy.FARM_TAG) == farm_id
+        if entry["prompt"][3].get(comfy.PROMPT_TAG) == farm_id
     ]
 
 

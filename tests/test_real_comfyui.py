@@ -183,7 +183,7 @@ def test_farm_client_follows_a_comfyui_that_chooses_its_own_prompt_ids(real, tmp
     node_id = first.node_id(farm_id)
     assert node_id != farm_id and comfy.CLIENT_IDS[real] is False
     history = requests.get(real + "/history", timeout=TIMEOUT).json()
-    assert history[node_id]["prompt"][3][comfy.FARM_TAG] == farm_id
+    assert history[node_id]["prompt"][3][comfy.PROMPT_TAG] == farm_id
     assert entry["outputs"] == history[node_id]["outputs"]
 
     comfy.CLIENT_IDS.clear()  # a new worker process knows nothing of this server yet
@@ -231,7 +231,7 @@ def test_a_core_nodes_scene_renders_on_real_comfyui_as_on_the_emulator(real, tmp
     on_real = scene_on(EmulatedNode("comfy", None, url=real), tmp_path_factory.mktemp("real"))
     on_emulator = scene_on(EmulatedNode("comfy", profile), tmp_path_factory.mktemp("emulated"))
     history = requests.get(real + "/history", timeout=TIMEOUT).json()
-    tags = [e["prompt"][3].get(comfy.FARM_TAG) for e in history.values()]
+    tags = [e["prompt"][3].get(comfy.PROMPT_TAG) for e in history.values()]
     scene_jobs = [e for e in history.values() if "core-check" in json.dumps(e["prompt"][2])]
     assert len(scene_jobs) == 2 and len(set(tags)) == len(tags)  # one render per shot
     for result in (on_real, on_emulator):

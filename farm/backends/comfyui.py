@@ -14,7 +14,7 @@ API and a cancel is ``POST /api/jobs/{id}/cancel``; elsewhere from ``/history`` 
 A 409 on submission means the node already has the prompt id: the client follows it.
 
 A ComfyUI older than client-chosen prompt ids (before 2025) queues the job under an id of
-its own. Every submission also carries the farm's id in ``extra_data`` (:data:`FARM_TAG`),
+its own. Every submission also carries the farm's id in ``extra_data`` (:data:`PROMPT_TAG`),
 which such a server keeps in its queue and history entries, so the client finds the job by
 that tag (:meth:`ComfyClient.node_id`) and follows, resumes and cancels it as on a newer
 server (docs/comfyui.md, "Older ComfyUI servers").
@@ -74,7 +74,7 @@ POLL_EVERY = 5.0  # seconds between /history + /queue reconciliations while foll
 RECONNECT_FOR = 30.0  # at most; never longer than the idle timeout
 PREVIEW_MIME = {1: "image/jpeg", 2: "image/png"}
 #: the ``extra_data`` key that carries the farm's prompt id on every submission
-FARM_TAG = "farm_prompt_id"
+PROMPT_TAG = "farm_prompt_id"
 #: how many of the newest history entries a search by tag reads (``/history?max_items=``)
 TAG_SEARCH_HISTORY = 256
 #: per server URL: True when it queues jobs under the client's prompt id, False when it
@@ -233,7 +233,7 @@ class ComfyClient:
 
     def node_id(self, prompt_id: str) -> str:
         """The id the node knows the farm's job ``prompt_id`` by: the same id, except on a
-        server that chose its own (found by :data:`FARM_TAG` in its queue and newest
+        server that chose its own (found by :data:`PROMPT_TAG` in its queue and newest
         history entries when this client did not submit the job itself)."""
         if prompt_id in self._ids or self.job_api() or CLIENT_IDS.get(self.url):
             return self._ids.get(prompt_id, prompt_id)
@@ -258,7 +258,7 @@ class ComfyClient:
                 isinstance(item, list)
                 and len(item) > 3
                 and isinstance(item[3], dict)
-                and item[3].get(FARM_TAG) == prompt_id
+                and item[3].get(PROMPT_TAG) == prompt_id
             ):
                 return str(item[1])
         return None
@@ -294,7 +294,7 @@ class ComfyClient:
         """Queue ``graph`` as ``prompt_id``: True, or False when the node already has that
         prompt id (409, newer servers); a refusal raises with every node error."""
         body = {"prompt": graph, "prompt_id": prompt_id, "client_id": client_id,
-                "extra_data": {FARM_TAG: prompt_id}}  # fmt: skip
+                "extra_data": {PROMPT_TAG: prompt_id}}  # fmt: skip
         resp = self._call("POST", "/prompt", json=body)
         if resp.status_code == 409:
             log.info("job %s is already on %s (409): following it", prompt_id, self.url)
