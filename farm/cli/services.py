@@ -200,6 +200,30 @@ def flower(address: str, port: int, no_auth: bool) -> None:
         fail(exc)
 
 
+@click.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535),
+    help="Port to listen on (default: FARM_WEB_PORT, 8088).",
+)  # fmt: skip
+@click.option(
+    "--no-auth", is_flag=True,
+    help="Run without a login (only on a trusted network): anyone who reaches it can "
+    "cancel scenes.",
+)  # fmt: skip
+def web_cmd(host: str, port: int | None, no_auth: bool) -> None:
+    """Serve the farm in a browser: scenes, shots with live previews and clips, nodes, and
+    cancel / pause / resume / retry / priority. Login from FARM_WEB_AUTH (required
+    unless --no-auth); see docs/web.md."""
+    from farm.settings import get_settings
+    from farm.web.app import serve
+
+    try:
+        serve(host, port or get_settings().web_port, no_auth)
+    except FarmError as exc:
+        fail(exc)
+
+
 @click.command()
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
@@ -246,4 +270,4 @@ def demo(root: Path, scene_file: Path | None, quality: str | None) -> None:
         fail(exc)
 
 
-COMMANDS = (ingest, up, down, ps, env_cmd, flower, exporter, demo)
+COMMANDS = (ingest, up, down, ps, env_cmd, flower, web_cmd, exporter, demo)
