@@ -68,8 +68,8 @@ CONFIG_ARG = click.argument(
 @click.option("--json", "as_json", is_flag=True, help="Print the started services as JSON.")
 def up(config: Path | None, foreground: bool, timeout: float, as_json: bool) -> None:
     """Start a long-running farm from CONFIG (default ./farm.toml, else deploy/farm.toml):
-    Redis, emulated nodes, a worker per node queue, CPU workers, ingest, Flower and the
-    metrics exporter, each restarted if it dies; logs in ROOT/logs. `farm down` stops it."""
+    Redis, emulated nodes, a worker per node queue, CPU workers, ingest, Flower, farm web
+    and the metrics exporter, each restarted if it dies; logs in ROOT/logs. `farm down` stops it."""
     from farm import up as upmod
 
     try:
@@ -90,6 +90,10 @@ def up(config: Path | None, foreground: bool, timeout: float, as_json: bool) -> 
         login = cfg.root / "flower" / "login"
         who = f"login in {login}" if login.exists() else "login from FARM_FLOWER_AUTH"
         console.print(f"Flower: http://{cfg.flower['address']}:{cfg.flower['port']} ({who})")
+    if cfg.web:
+        login = cfg.root / "web" / "login"
+        who = f"login in {login}" if login.exists() else "login from FARM_WEB_AUTH"
+        console.print(f"farm web: http://{cfg.web['address']}:{cfg.web['port']} ({who})")
     if cfg.exporter:
         console.print(f"metrics: http://{cfg.exporter['address']}:{cfg.exporter['port']}/metrics")
     hint = f"farm env {config}" if config else "farm env"
