@@ -318,3 +318,52 @@ def test_cancel_from_the_page_interrupts_the_render(browser, server, rt, farm_cl
     assert any(m[0] == "execution_interrupted" for h in history.values()
                for m in h["status"].get("messages", []))  # fmt: skip
     b.wait_js("document.querySelector('#scene-head').dataset.state === 'cancelled'", timeout=30)
+
+
+def test_pause_priority_and_resume_from_the_page_do_what_the_cli_does(server, rt, farm_cluster,
+                                                                       cli_env):  # fmt: skip
+    from farm.dispatch import Dispatcher
+    from farm.scheduler import class_of, rank_class
+
+    keys = rt.settings.keys
+    set_faults(farm_cluster, "node-c", {"hang": {"at_step": 2}})
+    scene = ati_scene("web-steer", 5)
+    try:
+        enqueue(scene, rt)
+        wait_for(lambda: any(s["state"] == "running" for s in rt.state.status(scene.id)["shots"]),
+                 what="a running shot")  # fmt: skip
+        session = logged_in(server)
+        page = f"{server}/scenes/{scene.id}"
+        token = csrf_of(session, page)
+        ask = session.get(f"{page}/confirm", params={"action": "pause"}, timeout=10)
+        assert ask.status_code == 200 and "Pause scene web-steer?" in ask.text
+        done = session.post(f"{page}/actions", data={"action": "pause", "csrf": token}, timeout=10)
+        assert done.status_code == 200 and "paused: " in done.text
+        parked = rt.redis.hgetall(keys.parked(scene.id))
+        assert parked and rt.state.status(scene.id)["paused"] is True
+        assert f"{len(parked)} waiting shots held" in done.text
+
+        out = farm("priority", scene.id, "2", "--json", env=cli_env)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"scene": scene.id, "priority": 2,
+                                          "reranked": len(parked)}  # fmt: skip
+        done = session.post(f"{page}/actions", timeout=10,
+                            data={"action": "priority", "priority": "9", "csrf": token})  # fmt: skip
+        assert f"priority 9: {len(parked)} waiting shots ranked again" in done.text
+        assert rt.redis.hget(keys.scene(scene.id), "priority") == "9"
+        for text in rt.redis.hgetall(keys.parked(scene.id)).values():
+            assert class_of(json.loads(text)[1]) == rank_class("final", 9)
+        bad = session.post(f"{page}/actions", timeout=10,
+                           data={"action": "priority", "priority": "12", "csrf": token})  # fmt: skip
+        assert "priority refused: priority 12 must be from 0" in bad.text
+
+        done = session.post(f"{page}/actions", data={"action": "resume", "csrf": token}, timeout=10)
+        assert f"resumed: {len(parked)} shots back" in done.text
+        assert rt.redis.hlen(keys.parked(scene.id)) == 0
+        assert rt.state.status(scene.id)["paused"] is False
+    finally:
+        from farm.celery_app import app
+
+        Dispatcher(rt, app).cancel(scene.id)
+        set_faults(farm_cluster, "node-c", {})
+    assert wait_done(rt, scene.id, timeout=60)["state"] == "cancelled"

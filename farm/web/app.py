@@ -26,6 +26,7 @@ import redis.asyncio as aredis
 from aiohttp import web
 
 from farm.errors import FarmError, InvalidInput
+from farm.lifecycle import SceneState
 from farm.report import PALETTE
 from farm.runtime import Runtime, get_runtime
 from farm.web import auth, views
@@ -159,7 +160,8 @@ def _page_args(request: web.Request) -> tuple[str, str, int]:
 async def scenes(request: web.Request) -> web.Response:
     state, query, page = _page_args(request)
     data = await run(views.scenes_page, request.app[RT], state, query, page)
-    return render(request, "scenes.html", data=data, events="/events" + request.path_qs)
+    return render(request, "scenes.html", data=data, events="/events" + request.path_qs,
+                  states=[s.value for s in SceneState])  # fmt: skip
 
 
 async def scene(request: web.Request) -> web.Response:
