@@ -283,6 +283,13 @@ def test_a_scene_appears_and_its_shots_finish_live_with_previews_and_a_playing_c
     assert b.wait_js("document.querySelector('video.clip').readyState", timeout=30) >= 2
     b.wait_js("document.querySelector('video.clip').readyState >= 2")
     b.screenshot(ARTIFACTS / "web-scene-done.png")
+    b.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme",
+                                                    "value": "dark"}])  # fmt: skip
+    assert b.evaluate("getComputedStyle(document.documentElement).backgroundColor") == (
+        "rgb(21, 23, 26)"  # report.html's dark --bg
+    )
+    b.screenshot(ARTIFACTS / "web-scene-done-dark.png")
+    b.call("Emulation.setEmulatedMedia", features=[])
     b.open(server + "/nodes")
     b.wait_js("document.querySelector('tr[data-node]')")
     b.screenshot(ARTIFACTS / "web-nodes.png")
