@@ -325,6 +325,18 @@ def test_cancel_from_the_page_interrupts_the_render(browser, server, rt, farm_cl
     assert any(m[0] == "execution_interrupted" for h in history.values()
                for m in h["status"].get("messages", []))  # fmt: skip
     b.wait_js("document.querySelector('#scene-head').dataset.state === 'cancelled'", timeout=30)
+    # and the retry of a cancelled shot, from the page too
+    session = logged_in(server)
+    token = csrf_of(session, f"{server}/scenes/{scene.id}")
+    done = session.post(f"{server}/scenes/{scene.id}/actions", timeout=10,
+                        data={"action": "retry", "shot": running["id"], "csrf": token})  # fmt: skip
+    assert f"retrying {running['id']}" in done.text
+    wait_for(lambda: rt.state.status(scene.id)["state"] not in TERMINAL_SCENE, timeout=10,
+             what="the scene to run again")  # fmt: skip
+    again = wait_done(rt, scene.id, timeout=90)
+    shots = {s["id"]: s["state"] for s in again["shots"]}
+    assert shots[running["id"]] == "done"
+    assert again["state"] == "partial"  # the other shot stays cancelled
 
 
 def test_pause_priority_and_resume_from_the_page_do_what_the_cli_does(server, rt, farm_cluster,
