@@ -106,6 +106,8 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         if not auth.csrf_ok(session, given if isinstance(given, str) else None):
             raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
     response = await handler(request)
+    if response.prepared:  # an event stream: its headers are sent
+        return response
     if new_cookie:
         set_cookie(response, new_cookie, app[RT].settings.web_session_ttl)
     response.headers.setdefault("Content-Security-Policy", CSP)
@@ -268,7 +270,8 @@ async def stream(request: web.Request, build: Callable[[], dict[str, str]],
     """Send the parts ``build`` makes whenever they change: after an event on a stream
     of ``follow`` (XREAD BLOCK), else every ``wait`` seconds."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+                                           "Cache-Control": "no-store", "X-Accel-Buffering": "no",
+                                           "X-Content-Type-Options": "nosniff"})  # fmt: skip
     await response.prepare(request)
     with contextlib.suppress(ConnectionResetError):  # the page was closed
         await _follow(response, request.app[AREDIS], build, follow, wait)
