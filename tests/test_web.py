@@ -376,6 +376,16 @@ def test_pause_priority_and_resume_from_the_page_do_what_the_cli_does(server, rt
                            data={"action": "priority", "priority": "12", "csrf": token})  # fmt: skip
         assert "priority refused: priority 12 must be from 0" in bad.text
 
+        # a node blocked for the open scene (as the render tasks record failures) is shown
+        # on the nodes page as `farm status` names it
+        rt.redis.hset(keys.blocklist(scene.id), "node-a", rt.settings.blocklist_after)
+        blocked = json.loads(farm("status", scene.id, "--json", env=cli_env).stdout)["blocked"]
+        assert [b["node"] for b in blocked] == ["node-a"]
+        nodes = session.get(f"{server}/nodes", timeout=10).text
+        row = re.search(r'<tr data-node="node-a">.*?</tr>', nodes, re.S)[0]
+        assert scene.id in row
+        rt.redis.delete(keys.blocklist(scene.id))
+
         done = session.post(f"{page}/actions", data={"action": "resume", "csrf": token}, timeout=10)
         assert f"resumed: {len(parked)} shots back" in done.text
         assert rt.redis.hlen(keys.parked(scene.id)) == 0

@@ -48,18 +48,37 @@ def ago(seconds: float) -> str:
 
 
 # -- scenes ---------------------------------------------------------------------------------
+#: the ids of the scenes index (KEYS[1], newest first) whose id contains ARGV[2] (lower
+#: case; "" for any) and whose record (ARGV[1] .. id) has state ARGV[3] ("" for any):
+#: one call instead of a reply per scene
+MATCHING = """
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
+  if ARGV[2] == '' or string.find(string.lower(id), ARGV[2], 1, true) then
+    if ARGV[3] == '' or redis.call('HGET', ARGV[1] .. id, 'state') == ARGV[3] then
+      table.insert(out, id)
+    end
+  end
+end
+return out
+"""
+#: the blocklists (node -> failures) of the open scenes (KEYS[1]) that have one, as
+#: [scene, [node, count, ...], ...]; ARGV[1]: the blocklist key without the scene id
+BLOCKLISTS = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local counts = redis.call('HGETALL', ARGV[1] .. id)
+  if #counts > 0 then table.insert(out, id); table.insert(out, counts) end
+end
+return out
+"""
+
+
 def scene_ids(rt: Runtime, state: str = "", query: str = "") -> list[str]:
     """Every scene id, newest first, whose id contains ``query`` and (if given) whose
-    state is ``state``; one pipelined read of the states, no shot records."""
-    ids = rt.redis.zrevrange(rt.settings.keys.scenes(), 0, -1)
-    if query:
-        ids = [i for i in ids if query.lower() in i.lower()]
-    if state:
-        pipe = rt.redis.pipeline(transaction=False)
-        for scene_id in ids:
-            pipe.hget(rt.state.scene_key(scene_id), "state")
-        ids = [i for i, s in zip(ids, pipe.execute(), strict=True) if s == state]
-    return ids
+    state is ``state``; read in Redis in one call, no shot records."""
+    keys = rt.settings.keys
+    return rt.redis.eval(MATCHING, 1, keys.scenes(), keys.scene(""), query.lower(), state)
 
 
 def scenes_page(rt: Runtime, state: str = "", query: str = "", page: int = 1,
@@ -183,17 +202,15 @@ def nodes_view(rt: Runtime) -> list[dict[str, Any]]:
     bound to it and the open scenes it is blocked for."""
     records = listing(rt.registry, rt.catalog)
     keys = rt.settings.keys
-    open_scenes = sorted(rt.redis.smembers(keys.open_scenes()))
     pipe = rt.redis.pipeline(transaction=False)
     for r in records:
         pipe.hmget(keys.node(r["name"]), ["loaded", "rendered_models"])
         pipe.hkeys(keys.bound(r["name"]))
-    for scene_id in open_scenes:
-        pipe.hgetall(keys.blocklist(scene_id))
     replies = pipe.execute()
-    blocks = replies[2 * len(records) :]
+    found = rt.redis.eval(BLOCKLISTS, 1, keys.open_scenes(), keys.blocklist(""))
     blocked: dict[str, list[str]] = {}
-    for scene_id, counts in zip(open_scenes, blocks, strict=True):
+    for scene_id, flat in sorted(zip(found[::2], found[1::2], strict=True)):
+        counts = dict(zip(flat[::2], flat[1::2], strict=True))
         for b in blocked_nodes(counts, rt.settings.blocklist_after, []):
             blocked.setdefault(b["node"], []).append(scene_id)
     for i, r in enumerate(records):
