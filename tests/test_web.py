@@ -366,6 +366,10 @@ def test_pause_priority_and_resume_from_the_page_do_what_the_cli_does(server, rt
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == {"scene": scene.id, "priority": 2,
                                           "reranked": len(parked)}  # fmt: skip
+        wrong = farm("priority", scene.id, "12", "--json", env=cli_env)
+        assert wrong.returncode == 2 and "priority 12 must be from 0" in wrong.stderr
+        unknown = farm("priority", "no-such-scene", "3", env=cli_env)
+        assert unknown.returncode == 2 and "no scene 'no-such-scene'" in unknown.stderr
         done = session.post(f"{page}/actions", timeout=10,
                             data={"action": "priority", "priority": "9", "csrf": token})  # fmt: skip
         assert f"priority 9: {len(parked)} waiting shots ranked again" in done.text
