@@ -132,6 +132,10 @@ def test_every_page_needs_a_login_and_a_wrong_password_is_refused(server):
                           timeout=10, allow_redirects=False)  # fmt: skip
     assert wrong.status_code == 401 and "wrong user or password" in wrong.text
     assert "Set-Cookie" not in wrong.headers
+    for elsewhere in ("https://evil.example/", "//evil.example/", "/\\evil.example/"):
+        away = requests.post(server + "/login", timeout=10, allow_redirects=False,
+                             data={"user": LOGIN[0], "password": LOGIN[1], "next": elsewhere})  # fmt: skip
+        assert away.status_code == 303 and away.headers["Location"] == "/", elsewhere
     good = requests.post(server + "/login", data={"user": LOGIN[0], "password": LOGIN[1]},
                          timeout=10, allow_redirects=False)  # fmt: skip
     assert good.status_code == 303

@@ -130,7 +130,7 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     user, password = str(form.get("user", "")), str(form.get("password", ""))
     target = str(form.get("next", "/"))
-    if not target.startswith("/") or target.startswith("//"):
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
         target = "/"  # only this site's pages
     if not auth.check_login(request.app[LOGINS], user, password):
         await asyncio.sleep(0.5)  # slows guessing
