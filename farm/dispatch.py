@@ -35,12 +35,14 @@ from farm.planning import Job, Rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
 from farm.scheduler import (
+    CLASS_SPAN,
     DEPTH,
     Assignment,
     Group,
     NodeLoad,
     assign,
     assign_naive,
+    class_of,
     group_id,
     score,
 )
@@ -191,6 +193,40 @@ class Dispatcher:
                                args=[key, repr(float(at))]))  # fmt: skip
         self.dispatch()
         return back
+
+    def set_priority(self, scene_id: str, priority: int) -> int:
+        """Give the scene ``priority`` (0 lowest … 9 highest): its record and spec say so,
+        and its shots waiting now (in the backlog, or parked by a pause) are ranked again,
+        keeping their place among shots of the same rank. Returns how many were ranked
+        again. A shot that enters the backlog later with a job planned before (a final
+        after its preview, a retake) ranks by that job's priority."""
+        if not 0 <= priority <= 9:
+            raise InvalidInput(f"priority {priority} must be from 0 (lowest) to 9 (highest)")
+        state = self.rt.state
+        spec = state.scene(scene_id)["spec"]
+        state.update_scene(scene_id, "scene_priority", priority=priority,
+                           spec={**spec, "priority": priority})  # fmt: skip
+        parked = self.r.hgetall(self.keys.parked(scene_id))
+        moved = 0
+        for shot in state.shots(scene_id):
+            gid, key = shot.get("group") or "", member(scene_id, shot["id"])
+            if not gid or shot.get("state") != ShotState.QUEUED:
+                continue
+            kind = shot.get("kind") or "final"
+            if key in parked:
+                gid, at = json.loads(parked[key])
+                since = float(at) - class_of(float(at)) * CLASS_SPAN
+                self.r.hset(self.keys.parked(scene_id), key,
+                            json.dumps([gid, score(kind, priority, since)]))  # fmt: skip
+                moved += 1
+                continue
+            at = self.r.zscore(self.keys.wait(gid), key)
+            if at is not None:
+                since = at - class_of(at) * CLASS_SPAN
+                self.r.zadd(self.keys.wait(gid), {key: score(kind, priority, since)}, xx=True)
+                moved += 1
+        self.dispatch()
+        return moved
 
     def cancel(self, scene_id: str, shot_id: str | None = None) -> dict[str, int]:
         """Cancel a scene or one shot: waiting shots are dropped at once (their chord slots

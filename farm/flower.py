@@ -37,15 +37,15 @@ ARG_NAMES = {
 SCENE_LAST = ("farm.assemble_scene", "farm.score_scene")  # (chord results, scene id, run)
 
 
-def parse_auth(text: str) -> list[str]:
-    """The ``user:password`` logins in ``FARM_FLOWER_AUTH`` (comma-separated)."""
+def parse_auth(text: str, variable: str = "FARM_FLOWER_AUTH") -> list[str]:
+    """The ``user:password`` logins in ``variable`` (comma-separated)."""
     logins = [item.strip() for item in text.split(",") if item.strip()]
     for login in logins:
         if not LOGIN.match(login):
             user = login.split(":", 1)[0]
             raise ConfigError(
-                f"FARM_FLOWER_AUTH: login {user!r} is not 'user:password' (no spaces or "
-                "commas; e.g. FARM_FLOWER_AUTH=operator:$(openssl rand -hex 16))"
+                f"{variable}: login {user!r} is not 'user:password' (no spaces or "
+                f"commas; e.g. {variable}=operator:$(openssl rand -hex 16))"
             )
     return logins
 

@@ -43,6 +43,8 @@ templates                       hash     template -> {description, source}: the 
 telemetry:{name}                hash     counters for the exporter (:mod:`farm.telemetry`)
 submissions / :dead             stream   submissions and rejected ones (:mod:`farm.ingest`)
 submission:{id} / :lock         hash     a submission's decision / who decides it
+web:session:{digest}            hash     a `farm web` login session (user, CSRF token), by
+                                         the SHA-256 of its cookie; FARM_WEB_SESSION_TTL
 ==============================  =======  ===============================================
 """
 
@@ -160,6 +162,10 @@ class Keys:
 
     def submission_lock(self, submission_id: str) -> str:
         return self._k("submission", submission_id, "lock")
+
+    def web_session(self, digest: str) -> str:
+        """A `farm web` session, by the SHA-256 of its cookie (:mod:`farm.web.auth`)."""
+        return self._k("web", "session", digest)
 
     def scene_keys(self, scene_id: str, shot_ids: list[str]) -> list[str]:
         """Every key that belongs to scene ``scene_id`` alone (deleted with it)."""

@@ -73,6 +73,16 @@ def can_render(record: dict[str, Any], catalog: Catalog | None = None) -> list[s
     return sorted({m for cap in flows.values() if cap.get("ok") for m in cap["catalog"]})
 
 
+def listing(registry: NodeRegistry, catalog: Catalog) -> list[dict[str, Any]]:
+    """Every registered node as `farm nodes --json` lists it: its record with its learned
+    ``speed`` and what it ``can_render``."""
+    records = registry.records()
+    for r, speed in zip(records, relative_speeds(records), strict=True):
+        r["speed"] = speed
+        r["can_render"] = can_render(r, catalog)
+    return records
+
+
 def held_models(text: str | None) -> frozenset[str]:
     """The models in a node hash's JSON list field (``loaded``, ``rendered_models``)."""
     return frozenset(json.loads(text)) if text else frozenset()

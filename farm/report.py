@@ -642,7 +642,8 @@ PAGE = """<!doctype html>
 </html>
 """
 
-CSS = """
+#: the colours of the report, light and dark (`farm web` uses them too)
+PALETTE = """
 :root {
   --bg: #15171a; --card: #1d2024; --raised: #25292e; --line: #32373d;
   --text: #e6e8eb; --muted: #9aa1a9; --accent: #7cc4ff;
@@ -659,6 +660,11 @@ CSS = """
     color-scheme: light;
   }
 }
+"""
+
+CSS = (
+    PALETTE
+    + """
 * { box-sizing: border-box; }
 html { background: var(--bg); }
 body {
@@ -748,3 +754,4 @@ tr.kept td { background: color-mix(in srgb, var(--info) 10%, transparent); }
 .empty { color: var(--muted); }
 footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 30px; }
 """
+)

@@ -388,6 +388,26 @@ class Settings:
         )
     )
 
+    web_auth: str = field(
+        **_env(
+            "FARM_WEB_AUTH",
+            "`farm web`'s logins, 'user:password' pairs separated by commas (the same form "
+            "as FARM_FLOWER_AUTH); it refuses to start without one unless given --no-auth",
+            "",
+        )
+    )
+    web_port: int = field(
+        **_env("FARM_WEB_PORT", "Port `farm web` listens on (loopback unless --host)", "8088")
+    )
+    web_session_ttl: int = field(
+        **_env(
+            "FARM_WEB_SESSION_TTL",
+            "Seconds a `farm web` login lasts without use (sessions are kept in Redis, so "
+            "they survive a restart of `farm web`)",
+            "604800",
+        )
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
@@ -424,6 +444,7 @@ class Settings:
             ("FARM_HEARTBEAT", self.heartbeat),
             ("FARM_START_TIMEOUT", self.start_timeout),
             ("FARM_RETENTION", self.retention),
+            ("FARM_WEB_SESSION_TTL", self.web_session_ttl),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} ({value}) must be more than 0")

@@ -2,7 +2,8 @@
 
 ``farm up farm.toml`` starts a supervisor in the background. It starts, in order, Redis
 (unless the config names an existing one), the emulated nodes listed, one Celery worker per
-node queue, the CPU workers, ``farm ingest``, Flower and ``farm exporter``; restarts any of
+node queue, the CPU workers, ``farm ingest``, Flower, ``farm web`` and ``farm exporter``;
+restarts any of
 them that dies (backing off from 1 s to 30 s); and writes every process's output to
 ``ROOT/logs/NAME.log`` (its own to ``ROOT/logs/supervisor.log``). ``ROOT/run/state.json``
 lists what it started: ``farm ps`` reads it. ``farm down`` stops the supervisor, which
@@ -12,7 +13,7 @@ file, each only while its command line still is the one recorded: it never stops
 ``farm up`` did not start.
 
 Before it starts anything, ``farm up`` refuses ports that another program already holds
-(Redis, emulated nodes, Flower, exporter), naming each port, its service and the config
+(Redis, emulated nodes, Flower, farm web, exporter), naming each port, its service and the config
 key to change. A service counts as started only once the process it started is the one
 listening on its port; an emulated node also has to answer as its kind does
 (:func:`farm.local.node_ready`), so a foreign server is never taken for it. The
@@ -39,6 +40,8 @@ The config file (TOML; deploy/farm.toml is an example)::
     workers = 1
     [flower]                          # login: FARM_FLOWER_AUTH, else one made for you
     port = 5555
+    [web]                             # login: FARM_WEB_AUTH, else one made for you
+    port = 8088
     [exporter]
     port = 9808
     [env]                             # any FARM_* setting, for every process
@@ -69,7 +72,7 @@ BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 #: what points a shell at a farm: recorded in ROOT/run/state.json, printed by `farm env`
 POINTER_KEYS = ("FARM_REDIS_URL", "FARM_NODES", "FARM_STORAGE", "FARM_REDIS_CA", "FARM_REDIS_CERT",
                 "FARM_REDIS_KEY", "FARM_REDIS_SENTINEL_MASTER", "FARM_PREFIX")  # fmt: skip
-STOP_ORDER = ("flower", "exporter", "ingest", "worker", "cpu", "emulator", "redis")
+STOP_ORDER = ("flower", "web", "exporter", "ingest", "worker", "cpu", "emulator", "redis")
 
 
 @dataclass
@@ -102,6 +105,7 @@ class UpConfig:
     exporter: dict[str, Any] | None
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout: float = 120.0
+    web: dict[str, Any] | None = None
 
     @property
     def run(self) -> Path:
@@ -146,7 +150,7 @@ def load_config(path: Path) -> UpConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"{path}: not a readable TOML file: {exc}") from None
     base = path.resolve().parent
-    _known(data, {"root", "redis", "node", "cpu", "ingest", "flower", "exporter", "env",
+    _known(data, {"root", "redis", "node", "cpu", "ingest", "flower", "web", "exporter", "env",
                   "stop_timeout"}, str(path))  # fmt: skip
 
     def resolve(value: object, where: str) -> Path:
@@ -206,7 +210,7 @@ def load_config(path: Path) -> UpConfig:
     ingest = _table(data, "ingest", "")
     _known(ingest, {"workers"}, "ingest")
     services: dict[str, dict[str, Any] | None] = {}
-    for key, default in (("flower", 5555), ("exporter", 9808)):
+    for key, default in (("flower", 5555), ("web", 8088), ("exporter", 9808)):
         table = _table(data, key, "")
         _known(table, {"enabled", "port", "address"}, key)
         if table.get("enabled", True) is False:
@@ -229,7 +233,7 @@ def load_config(path: Path) -> UpConfig:
         cpu_workers=_int(cpu, "workers", "cpu", 1, 0, 64),
         cpu_concurrency=_int(cpu, "concurrency", "cpu", os.cpu_count() or 1, 1, 256),
         ingest_workers=_int(ingest, "workers", "ingest", 1, 0, 16),
-        flower=services["flower"], exporter=services["exporter"],
+        flower=services["flower"], exporter=services["exporter"], web=services["web"],
         env={k: str(v) for k, v in env.items()}, stop_timeout=float(stop_timeout),
     )  # fmt: skip
 
@@ -248,6 +252,8 @@ def farm_env(cfg: UpConfig) -> dict[str, str]:
     env["FARM_NODES"] = ",".join(f"{n['name']}={n['url']}" for n in cfg.nodes)
     if cfg.flower and not env.get("FARM_FLOWER_AUTH"):
         env["FARM_FLOWER_AUTH"] = flower_login(cfg)
+    if cfg.web and not env.get("FARM_WEB_AUTH"):
+        env["FARM_WEB_AUTH"] = flower_login(cfg, "web")
     Settings.from_env(env)  # every setting checked before anything starts
     return env
 
@@ -257,10 +263,11 @@ def pointer_env(env: dict[str, str]) -> dict[str, str]:
     return {k: env[k] for k in POINTER_KEYS if env.get(k)}
 
 
-def flower_login(cfg: UpConfig) -> str:
-    """The login made for Flower when FARM_FLOWER_AUTH is unset: ``farm:<random>``, kept
-    in ROOT/flower/login (readable by its owner only) and reused."""
-    path = cfg.root / "flower" / "login"
+def flower_login(cfg: UpConfig, service: str = "flower") -> str:
+    """The login made for Flower (``farm web``) when FARM_FLOWER_AUTH (FARM_WEB_AUTH) is
+    unset: ``farm:<random>``, kept in ROOT/SERVICE/login (readable by its owner only) and
+    reused."""
+    path = cfg.root / service / "login"
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +306,11 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
             url = f"http://{svc['address']}:{svc['port']}/{'healthcheck' if key == 'flower' else 'metrics'}"
             out.append(Service(role, [*farm, key, "--address", svc["address"], "--port",
                                       str(svc["port"])], role, ready=_http_ready(url, svc["port"])))  # fmt: skip
+    if cfg.web:
+        url = f"http://{cfg.web['address']}:{cfg.web['port']}/login"
+        out.append(Service("web", [*farm, "web", "--host", cfg.web["address"], "--port",
+                                   str(cfg.web["port"])], "web",
+                           ready=_http_ready(url, cfg.web["port"])))  # fmt: skip
     return out
 
 
@@ -334,10 +346,10 @@ def ports_wanted(cfg: UpConfig) -> list[tuple[int, str, str, str]]:
     for i, n in enumerate(cfg.nodes):
         if "emulate" in n:
             wanted.append((n["port"], "127.0.0.1", f"node {n['name']}", f"node[{i}].port"))
-    for key in ("flower", "exporter"):
+    for key, what in (("flower", "Flower"), ("web", "farm web"), ("exporter", "Exporter")):
         svc = getattr(cfg, key)
         if svc:
-            wanted.append((svc["port"], svc["address"], key.capitalize(), f"{key}.port"))
+            wanted.append((svc["port"], svc["address"], what, f"{key}.port"))
     return wanted
 
 

@@ -120,6 +120,26 @@ class Browser:
         )
         return result["result"].get("value", "")
 
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (promises awaited)."""
+        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True,
+                           returnByValue=True)  # fmt: skip
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_js(self, expression: str, timeout: float = 30):
+        """The value of ``expression`` once it is truthy (a DOM node: True); fails with the
+        page's text."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):  # the page may be loading
+                value = self.evaluate(f"(v => v instanceof Node || v)({expression})")
+                if value:
+                    return value
+            self.pump(0.3)
+        raise AssertionError(f"{expression} never held; the page showed:\n{self.text()[:2000]}")
+
     def wait_text(self, *needles: str, timeout: float = 30) -> str:
         """The page's text once it holds every needle (fails with the text it had)."""
         return self.wait_until(

@@ -298,7 +298,7 @@ def test_watch_follows_a_scene_to_its_end_with_a_bar_per_shot(cli_env, tmp_path)
 def test_every_read_command_takes_json_and_help_lists_the_exit_codes():
     from farm.cli import cli
 
-    services = {"worker", "ingest", "emulate", "flower", "exporter", "demo"}  # long-running
+    services = {"worker", "ingest", "emulate", "flower", "web", "exporter", "demo"}  # long-running
 
     def commands(group, prefix=""):
         for name, cmd in group.commands.items():

@@ -108,13 +108,14 @@ def test_no_secret_is_written_in_the_compose_file(services):
     assert re.fullmatch(
         r"\$\{FARM_FLOWER_AUTH:\?[^}]+\}", farm_env(services["flower"])["FARM_FLOWER_AUTH"]
     )
+    assert re.fullmatch(r"\$\{FARM_WEB_AUTH:\?[^}]+\}", farm_env(services["web"])["FARM_WEB_AUTH"])
     assert all(s["env_file"] == ".env" for n, s in services.items() if n in urls)
 
 
 @pytest.mark.parametrize(
     "service, command",
     [("flower", "flower"), ("exporter", "exporter"), ("ingest", "ingest"),
-     ("cpu-worker", "worker")],
+     ("cpu-worker", "worker"), ("web", "web")],
 )  # fmt: skip
 def test_services_run_real_farm_commands(services, service, command, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -124,6 +125,8 @@ def test_services_run_real_farm_commands(services, service, command, monkeypatch
         assert ctx.params["cpu"] is True
     if service in ("flower", "exporter"):
         assert ctx.params["address"] == "0.0.0.0"  # inside the container; published on loopback
+    if service == "web":
+        assert ctx.params["host"] == "0.0.0.0" and ctx.params["no_auth"] is False
 
 
 def test_every_farm_command_in_compose_parses(services, monkeypatch):
@@ -173,9 +176,9 @@ def test_workers_and_ingest_share_the_storage_volume(services):
         assert mounts.get(farm_env(service)["FARM_STORAGE"]) == "storage", name
 
 
-def test_only_flower_and_the_exporter_are_published_and_on_loopback(services):
+def test_only_flower_web_and_the_exporter_are_published_and_on_loopback(services):
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert set(published) == {"flower", "exporter"}
+    assert set(published) == {"flower", "web", "exporter"}
     assert all(str(p).startswith("127.0.0.1:") for ports in published.values() for p in ports)
 
 
@@ -207,6 +210,7 @@ EXPECTED = {
     "farm-cpu-worker.service": ("worker", {"cpu": True}),
     "farm-ingest.service": ("ingest", {}),
     "farm-flower.service": ("flower", {}),
+    "farm-web.service": ("web", {"host": "127.0.0.1", "port": 8088, "no_auth": False}),
     "farm-exporter.service": ("exporter", {}),
     "farm-emulator@.service": ("comfyui", {"port": 8188}),
 }

@@ -58,6 +58,13 @@ def test_wheel_and_sdist_carry_the_licence_and_build_without_a_licence_warning(t
     with zipfile.ZipFile(wheel) as z:
         meta = email.message_from_bytes(z.read("farm-0.1.0.dist-info/METADATA"))
         licence = z.read("farm-0.1.0.dist-info/licenses/LICENSE")
+        names = set(z.namelist())
+    # farm web's pages, styles and script are installed with it (no build step)
+    web = REPO / "farm" / "web"
+    assert {p.relative_to(REPO).as_posix() for p in (web / "templates").glob("*.html")} | {
+        p.relative_to(REPO).as_posix() for p in (web / "static").glob("*.*")
+    } <= names
+    assert "farm/web/templates/scene.html" in names and "farm/web/static/web.js" in names
     assert meta["License-Expression"] == "Apache-2.0" and meta["License-File"] == "LICENSE"
     assert meta["License"] is None  # the old free-text field is gone
     assert licence == (REPO / "LICENSE").read_bytes()

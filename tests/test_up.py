@@ -57,6 +57,8 @@ port = {ports["wan"]}
 concurrency = 1
 [flower]
 port = {ports["flower"]}
+[web]
+port = {ports["web"]}
 [exporter]
 port = {ports["exporter"]}
 [env]
@@ -87,7 +89,7 @@ def upfarm(tmp_path_factory):
     """A farm run by `farm up` (2 emulated nodes, CPU worker, ingest, Flower, exporter),
     with one scene rendered through `farm submit`."""
     folder = tmp_path_factory.mktemp("up")
-    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "exporter")}
+    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "web", "exporter")}
     config = write_config(folder, **ports)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     started = farm("up", str(config), env=env)
@@ -118,7 +120,7 @@ def test_up_starts_every_service_and_logs_each_in_one_folder(upfarm):
     state = ps(upfarm["config"])
     names = set(state["services"])
     assert names == {"redis", "emulator-gpu-a", "emulator-wan-a", "worker-gpu-a",
-                     "worker-wan-a", "cpu-0", "ingest-0", "flower", "exporter"}  # fmt: skip
+                     "worker-wan-a", "cpu-0", "ingest-0", "flower", "web", "exporter"}  # fmt: skip
     assert all(s["running"] for s in state["services"].values())
     logs = upfarm["folder"] / "root" / "logs"
     assert {p.stem for p in logs.glob("*.log")} >= names | {"supervisor"}
@@ -128,6 +130,17 @@ def test_up_starts_every_service_and_logs_each_in_one_folder(upfarm):
     # the generated Flower login is readable by its owner only
     login = upfarm["folder"] / "root" / "flower" / "login"
     assert login.stat().st_mode & 0o077 == 0
+
+
+def test_farm_web_runs_with_the_login_farm_up_made(upfarm):
+    base = f"http://127.0.0.1:{upfarm['ports']['web']}"
+    assert requests.get(f"{base}/scenes", timeout=5).status_code == 401
+    login = upfarm["folder"] / "root" / "web" / "login"
+    assert login.stat().st_mode & 0o077 == 0
+    user, password = login.read_text().strip().split(":", 1)
+    session = requests.Session()
+    page = session.post(f"{base}/login", data={"user": user, "password": password}, timeout=10)
+    assert page.status_code == 200 and 'data-scene="up-scene"' in page.text
 
 
 def test_flower_requires_its_login(upfarm):
@@ -291,7 +304,7 @@ def test_a_bad_config_names_the_field_and_starts_nothing(tmp_path):
 
 
 def test_env_for_a_farm_that_is_down_says_so_and_prints_no_exports(tmp_path):
-    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "exporter")}
+    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "web", "exporter")}
     config = write_config(tmp_path, **ports)
     for args, cwd in (((str(config),), None), ((), tmp_path)):  # named, and ./farm.toml
         out = farm("env", *args, env=bare_env(), cwd=cwd)
@@ -302,7 +315,7 @@ def test_env_for_a_farm_that_is_down_says_so_and_prints_no_exports(tmp_path):
 
 
 def test_up_refuses_ports_other_programs_hold_and_starts_nothing(tmp_path):
-    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "exporter")}
+    ports = {k: free_port() for k in ("redis", "gpu", "wan", "flower", "web", "exporter")}
     config = write_config(tmp_path, **ports)
     # a foreign web server on the ComfyUI node's port (it answers 404 to the emulator's
     # routes), and a program that only listens on the Flower port

@@ -19,16 +19,13 @@ def nodes(as_json: bool) -> None:
     """List the registered GPU nodes: health, GPU, learned speed (relative to the median
     node; - until it has rendered), queue depth and what each can render (catalogue
     models of a ComfyUI node, WanGP model ids the templates use)."""
-    from farm.nodes import can_render, relative_speeds
+    from farm.nodes import listing
 
     try:
         rt = runtime()
-        records, catalog = rt.registry.records(), rt.catalog
+        records = listing(rt.registry, rt.catalog)
     except FarmError as exc:
         fail(exc)
-    for r, speed in zip(records, relative_speeds(records), strict=True):
-        r["speed"] = speed
-        r["can_render"] = can_render(r, catalog)
     if as_json:
         print_json(records)
         return

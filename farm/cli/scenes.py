@@ -318,6 +318,27 @@ def resume(scene_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("scene_id")
+@click.argument("priority", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def priority(scene_id: str, priority: int, as_json: bool) -> None:
+    """Change a scene's priority (0 lowest … 9 highest): its waiting shots are ranked
+    again at once; running renders go on."""
+    try:
+        rt, d = _dispatcher()
+        rt.state.scene(scene_id)
+        moved = d.set_priority(scene_id, priority)
+    except FarmError as exc:
+        fail(exc)
+    if as_json:
+        print_json({"scene": scene_id, "priority": priority, "reranked": moved})
+    else:
+        console.print(
+            f"scene {scene_id} has priority {priority}: {moved} waiting shots ranked again"
+        )
+
+
+@click.command()
+@click.argument("scene_id")
 @click.option(
     "--shot", "shot_ids", multiple=True,
     help="Shot to render again (repeatable; default: every failed or cancelled shot).",
@@ -377,4 +398,16 @@ def preview(scene_id: str, shot_id: str, out: Path | None, as_json: bool) -> Non
         console.print(f"{shot_id}: {frame['mime']}, {frame['bytes']} bytes{where}")
 
 
-COMMANDS = (validate, enqueue, submit, status, cancel, watch, pause, resume, retry, preview)
+COMMANDS = (
+    validate,
+    enqueue,
+    submit,
+    status,
+    cancel,
+    watch,
+    pause,
+    resume,
+    retry,
+    priority,
+    preview,
+)

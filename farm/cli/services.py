@@ -68,8 +68,8 @@ CONFIG_ARG = click.argument(
 @click.option("--json", "as_json", is_flag=True, help="Print the started services as JSON.")
 def up(config: Path | None, foreground: bool, timeout: float, as_json: bool) -> None:
     """Start a long-running farm from CONFIG (default ./farm.toml, else deploy/farm.toml):
-    Redis, emulated nodes, a worker per node queue, CPU workers, ingest, Flower and the
-    metrics exporter, each restarted if it dies; logs in ROOT/logs. `farm down` stops it."""
+    Redis, emulated nodes, a worker per node queue, CPU workers, ingest, Flower, farm web
+    and the metrics exporter, each restarted if it dies; logs in ROOT/logs. `farm down` stops it."""
     from farm import up as upmod
 
     try:
@@ -90,6 +90,10 @@ def up(config: Path | None, foreground: bool, timeout: float, as_json: bool) -> 
         login = cfg.root / "flower" / "login"
         who = f"login in {login}" if login.exists() else "login from FARM_FLOWER_AUTH"
         console.print(f"Flower: http://{cfg.flower['address']}:{cfg.flower['port']} ({who})")
+    if cfg.web:
+        login = cfg.root / "web" / "login"
+        who = f"login in {login}" if login.exists() else "login from FARM_WEB_AUTH"
+        console.print(f"farm web: http://{cfg.web['address']}:{cfg.web['port']} ({who})")
     if cfg.exporter:
         console.print(f"metrics: http://{cfg.exporter['address']}:{cfg.exporter['port']}/metrics")
     hint = f"farm env {config}" if config else "farm env"
@@ -200,6 +204,30 @@ def flower(address: str, port: int, no_auth: bool) -> None:
         fail(exc)
 
 
+@click.command("web")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535),
+    help="Port to listen on (default: FARM_WEB_PORT, 8088).",
+)  # fmt: skip
+@click.option(
+    "--no-auth", is_flag=True,
+    help="Run without a login (only on a trusted network): anyone who reaches it can "
+    "cancel scenes.",
+)  # fmt: skip
+def web_cmd(host: str, port: int | None, no_auth: bool) -> None:
+    """Serve the farm in a browser: scenes, shots with live previews and clips, nodes, and
+    cancel / pause / resume / retry / priority. Login from FARM_WEB_AUTH (required
+    unless --no-auth); see docs/web.md."""
+    from farm.settings import get_settings
+    from farm.web.app import serve
+
+    try:
+        serve(host, port or get_settings().web_port, no_auth)
+    except FarmError as exc:
+        fail(exc)
+
+
 @click.command()
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
@@ -246,4 +274,4 @@ def demo(root: Path, scene_file: Path | None, quality: str | None) -> None:
         fail(exc)
 
 
-COMMANDS = (ingest, up, down, ps, env_cmd, flower, exporter, demo)
+COMMANDS = (ingest, up, down, ps, env_cmd, flower, web_cmd, exporter, demo)
