@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import re
@@ -172,6 +173,8 @@ class Testbed:
     names its namespaces (``PREFIX-HOST``). ``tunables``: settings written into every env
     file (short TTLs for tests)."""
 
+    __test__ = False  # not a test class, whatever its name
+
     def __init__(self, root: Path, prefix: str, tunables: dict[str, str] | None = None,
                  node_profiles: dict[str, Path] | None = None) -> None:  # fmt: skip
         self.root = root.resolve()
@@ -263,6 +266,33 @@ class Testbed:
             _setns(fd)
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def on(self, host: str):
+        """Run the block on ``host`` (its network), then back on the tester host."""
+        self.enter(host)
+        try:
+            yield
+        finally:
+            self.enter("tester")
+
+    def admin(self, node: str, method: str, path: str, body: Any = None) -> Any:
+        """Call an emulator-only route of ``node`` (``/emulator/faults``, ``/emulator/jobs``),
+        which answers loopback callers alone: from the node's own host, from 127.0.0.1."""
+        spec = self.nodes[node]
+        with self.on(spec.server):
+            conn = http.client.HTTPConnection(HOSTS[spec.server].address, spec.port, timeout=10,
+                                              source_address=("127.0.0.1", 0))  # fmt: skip
+            try:
+                data = None if body is None else json.dumps(body)
+                conn.request(method, path, data, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                text = resp.read().decode()
+            finally:
+                conn.close()
+        if resp.status != 200:
+            raise ConfigError(f"{method} {path} on {node}: HTTP {resp.status} {text}")
+        return json.loads(text)
 
     def leave(self) -> None:
         """Back into this thread's own network namespace."""
