@@ -7,6 +7,7 @@ prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -71,6 +72,7 @@ class Heartbeat(threading.Thread):
             else:
                 self.backend.probe()
             self.registry.beat(self.node.name, ok=True)
+            self.cancel_strays()
         except FarmError as exc:
             log.warning("node %s does not answer: %s", self.node.name, exc)
             if not self.registered:
@@ -80,6 +82,26 @@ class Heartbeat(threading.Thread):
             self.registry.beat(self.node.name, ok=False, reason=str(exc))
         except Exception:  # Redis hiccups must not kill the heartbeat
             log.exception("heartbeat of %s failed", self.node.name)
+
+    def cancel_strays(self) -> None:
+        """Take off the node, now that it answers, the jobs renderers gave up on while it
+        did not (:func:`farm.shots.mark_stray`): one still pending or running renders for
+        nobody, beside the shot's next attempt elsewhere."""
+        from farm.planning import Job
+        from farm.shots import attempt_dir
+
+        redis_client = self.registry.r
+        key = self.settings.keys.node_strays(self.node.name)
+        for field, value in redis_client.hgetall(key).items():
+            job = Job.from_dict(json.loads(value))
+            out_dir = attempt_dir(self.settings.storage, job)
+            where = self.backend.find(job, out_dir)
+            if where in ("pending", "running"):
+                how = self.backend.cancel(job, out_dir)
+                log.warning("node %s: job of shot %s/%s attempt %d was left %s there when "
+                            "the node did not answer: %s", self.node.name, job.scene_id,
+                            job.shot_id, job.attempt, where, how)  # fmt: skip
+            redis_client.hdel(key, field)
 
     def run(self) -> None:
         keeper = Housekeeping(self.settings)

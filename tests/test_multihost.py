@@ -217,3 +217,32 @@ def test_a_gpu_host_cut_from_redis_mid_render(rt, bed, down_for):
     else:
         assert log[0][1] == "gpu1" and log[0][0] != "done" and log[-1] == ("done", "gpu2"), log
     assert_gets_work(rt, bed, "gpu1", f"after-cut-gpu1-{int(down_for)}")
+
+
+def test_a_gpu_worker_cut_from_its_node_falls_back_and_the_orphan_is_cancelled(rt, bed):
+    """gpu2's worker (on host gpu2) loses its link to gpu2's node server (on host gpu2n)
+    mid-render, while the node renders on: the shot fails over to gpu1 and the scene
+    completes; when the link heals, the job left on gpu2's node is cancelled, not left
+    rendering for nobody; gpu2 takes work again."""
+    for name in COMFY:
+        set_faults(bed, name, SLOW)
+    before = executions(bed)
+    scene = t2v_scene("cut-node", 2, seed=30)
+    enqueue(scene, rt)
+    shot = wait_for(lambda: running_on(rt, scene.id, "gpu2", 0.2), 60, "a shot on gpu2")
+    set_faults(bed, "gpu2", {**SLOW, "hang": {"at_step": 28}})  # it renders on, for nobody
+    bed.cut("gpu2n")
+    try:
+        wait_done(rt, scene.id)
+    finally:
+        bed.heal("gpu2n")
+    log = [(a["state"], a["node"]) for a in rt.state.shot(scene.id, shot["id"])["attempt_log"]]
+    assert log[0][1] == "gpu2" and log[0][0] != "done" and log[-1] == ("done", "gpu1"), log
+    first = attempt_ids(rt, scene.id)[shot["id"]][0]
+
+    def orphan() -> list[str]:
+        return [r["status"] for r in executions(bed, ("gpu2",)) if r["job_id"] == first]
+
+    wait_for(lambda: orphan() == ["interrupted"], 30, f"the orphaned job cancelled: {orphan()}")
+    assert_rendered_once(rt, bed, scene.id, before)
+    assert_gets_work(rt, bed, "gpu2", "after-cut-node")
