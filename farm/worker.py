@@ -104,10 +104,8 @@ class Heartbeat(threading.Thread):
             redis_client.hdel(key, field)
 
     def run(self) -> None:
-        keeper = Housekeeping(self.settings)
         while not self.stopped.is_set():
             self.beat()
-            keeper.once()  # the farm's housekeeping rides on every node's heartbeat
             self.stopped.wait(self.settings.heartbeat)
 
 
@@ -146,9 +144,14 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
     heartbeat = Heartbeat(node, settings)
     heartbeat.beat()  # registered before the first task can arrive
     heartbeat.start()
+    # the farm's housekeeping runs in every worker, beside the heartbeat, never in its way:
+    # on a slow link a pass can outlast FARM_NODE_TTL, and a late beat marks the node down
+    keeper = Housekeeping(settings)
+    keeper.start()
     try:
         run_worker(node_queue(node.name), f"{node.name}@%h", 1, loglevel)
     finally:
+        keeper.stopped.set()
         heartbeat.stopped.set()
         heartbeat.registry.mark_down(node.name, "worker stopped")
 

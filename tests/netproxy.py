@@ -60,8 +60,12 @@ async def _serve(args: argparse.Namespace) -> None:
         pipes = asyncio.gather(_pipe(client_r, server_w, args.delay),
                                _pipe(server_r, client_w, args.delay))  # fmt: skip
         life = random.uniform(0.5, 1.5) * args.drop_every if args.drop_every > 0 else None
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(pipes, life)
+        except asyncio.TimeoutError:
+            print(f"dropped a connection to {args.to} after {life:.1f}s", flush=True)
+        except Exception:  # noqa: S110 - a side closed: the connection is over
+            pass
         for writer in (client_w, server_w):
             with contextlib.suppress(Exception):
                 writer.transport.abort()  # a dropped connection: no goodbye

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from farm.submit import enqueue
 from farm.worker import patient
 
 from .conftest import pointed_at
-from .multihost import Testbed, namespaces_possible
+from .multihost import Testbed, namespaces_possible, write_env_file
 from .test_faults import SLOW, attempt_ids, comfy_profile, events, t2v_scene, wait_for
 
 pytestmark = pytest.mark.multihost
@@ -35,7 +37,7 @@ NODE_TTL = 3.0
 LEASE_TTL = 3.0
 TUNABLES = {
     "FARM_HEARTBEAT": "0.5", "FARM_NODE_TTL": str(NODE_TTL), "FARM_LEASE_TTL": str(LEASE_TTL),
-    "FARM_NODE_IDLE_TIMEOUT": "6", "FARM_HTTP_TIMEOUT": "5", "FARM_START_TIMEOUT": "5",
+    "FARM_NODE_IDLE_TIMEOUT": "6", "FARM_HTTP_TIMEOUT": "5", "FARM_START_TIMEOUT": "15",
     "FARM_CACHE": "0",
 }  # fmt: skip
 COMFY = ("gpu1", "gpu2")
@@ -246,3 +248,98 @@ def test_a_gpu_worker_cut_from_its_node_falls_back_and_the_orphan_is_cancelled(r
     wait_for(lambda: orphan() == ["interrupted"], 30, f"the orphaned job cancelled: {orphan()}")
     assert_rendered_once(rt, bed, scene.id, before)
     assert_gets_work(rt, bed, "gpu2", "after-cut-node")
+
+
+def test_the_cpu_host_cut_from_redis_during_assembly_assembles_once(rt, bed):
+    """The CPU host (its worker and ingest) loses the network as the scene's assembly
+    starts, longer than the scene's lease: once it heals the scene is assembled exactly
+    once and completes; the CPU host then serves the next scene."""
+    before = executions(bed)
+    scene = t2v_scene("cut-cpu", 3, seed=40, width=640, height=352, frames=17)
+    enqueue(scene, rt)
+    wait_for(lambda: rt.state.status(scene.id)["state"] == "assembling", 60, "assembly")
+    bed.cut("cpu")
+    time.sleep(2 * LEASE_TTL)
+    bed.heal("cpu")
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done", status
+    assert len(events(rt, scene.id, "scene_assembled")) == 1
+    assert_rendered_once(rt, bed, scene.id, before)
+    after = t2v_scene("after-cut-cpu", 1, seed=41)
+    enqueue(after, rt)
+    assert wait_done(rt, after.id)["state"] == "done"  # only the CPU host assembles
+
+
+def test_redis_restarted_while_partitioned_hosts_reconnect_loses_no_scene(rt, bed):
+    """gpu1 and the CPU host are cut off, Redis is killed and restarted from its
+    append-only file, then the hosts come back: the scene completes, each attempt
+    succeeded at most once, and gpu1 takes work again."""
+    for name in COMFY:
+        set_faults(bed, name, SLOW)
+    before = executions(bed)
+    scene = t2v_scene("redis-partition", 4, seed=50)
+    enqueue(scene, rt)
+    wait_for(lambda: running_on(rt, scene.id, "gpu1", 0.2), 60, "a shot on gpu1")
+    bed.cut("gpu1")
+    bed.cut("cpu")
+    bed.kill("redis", signal.SIGKILL)
+    time.sleep(1.0)
+    bed.start_redis()
+    time.sleep(1.0)
+    bed.heal("gpu1")
+    bed.heal("cpu")
+    wait_done(rt, scene.id)
+    assert_rendered_once(rt, bed, scene.id, before)
+    assert not [m for m in rt.redis.hvals("unacked") if scene.id.encode() in m]
+    assert_gets_work(rt, bed, "gpu1", "after-redis-partition")
+
+
+def test_a_slow_dropping_link_delays_but_fails_nothing(rt, bed):
+    """gpu1's worker reaches Redis and its node through a link that delays every byte
+    200 ms each way and drops each connection after a few seconds (a proxy on gpu1,
+    tests/netproxy.py; gpu2's worker is stopped, so gpu1 renders every shot): each shot
+    renders at its first attempt, progress reaches Redis while it renders, and the
+    scene completes."""
+    proxies = {"redis": (16379, f"{bed.redis_url().rsplit('@', 1)[1].split('/')[0]}"),
+               "node": (18188, "10.213.0.11:8188")}  # fmt: skip
+    for name, (port, target) in proxies.items():
+        bed.spawn(f"proxy-{name}", "gpu1", [sys.executable, str(Path(__file__).parent / "netproxy.py"), "--listen",
+                  f"127.0.0.1:{port}", "--to", target, "--delay", "0.1", "--drop-every", "6"])  # fmt: skip
+    nodes = bed.settings_values()["FARM_NODES"].replace("gpu1=http://10.213.0.11:8188",
+                                                        "gpu1=http://127.0.0.1:18188")  # fmt: skip
+    slow = bed.root / "hosts" / "gpu1-slow" / "farm.env"
+    write_env_file(slow, bed.settings_values(
+        FARM_REDIS_URL=bed.redis_url("127.0.0.1", 16379), FARM_NODES=nodes))  # fmt: skip
+    bed.kill("worker-gpu2")
+    bed.kill("worker-gpu1")
+    try:
+        bed.start_worker("gpu1", env_file=slow)
+        wait_for(lambda: {r["name"] for r in rt.registry.records()
+                          if r["alive"] and r["models"]} == {"gpu1", "gpu3"},
+                 60, "gpu1 described through the proxies, gpu2 down")  # fmt: skip
+        set_faults(bed, "gpu1", SLOW)
+        before = executions(bed)
+        scene = t2v_scene("slow-link", 1, seed=60)
+        enqueue(scene, rt)
+        seen: dict[str, set[float]] = {}
+
+        def over() -> bool:
+            for shot in rt.state.shots(scene.id):
+                if shot.get("state") == "running":
+                    seen.setdefault(shot["id"], set()).add(round(shot.get("progress") or 0, 3))
+            return rt.state.status(scene.id)["state"] in TERMINAL_SCENE
+
+        wait_for(over, BOUND, "the scene over the slow link")
+        assert_rendered_once(rt, bed, scene.id, before)
+        for shot in rt.state.shots(scene.id):
+            assert [(a["state"], a["node"]) for a in shot["attempt_log"]] == [("done", "gpu1")]
+            assert len({p for p in seen.get(shot["id"], ()) if 0 < p < 1}) >= 2, seen
+        for name in proxies:
+            assert "dropped a connection" in (bed.logs / f"proxy-{name}.log").read_text()
+    finally:
+        bed.kill("worker-gpu1")
+        for name in proxies:
+            bed.kill(f"proxy-{name}")
+        bed.start_worker("gpu1")
+        bed.start_worker("gpu2")
+        bed.wait_workers()
