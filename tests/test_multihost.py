@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from farm.lifecycle import TERMINAL_SCENE
 from farm.media import probe
 from farm.runtime import Runtime, get_runtime
 from farm.scene import parse_scene
-from farm.submit import enqueue
+from farm.submit import enqueue, retry
 from farm.worker import patient
 
 from .conftest import pointed_at
@@ -38,7 +39,7 @@ LEASE_TTL = 3.0
 TUNABLES = {
     "FARM_HEARTBEAT": "0.5", "FARM_NODE_TTL": str(NODE_TTL), "FARM_LEASE_TTL": str(LEASE_TTL),
     "FARM_NODE_IDLE_TIMEOUT": "6", "FARM_HTTP_TIMEOUT": "5", "FARM_START_TIMEOUT": "15",
-    "FARM_CACHE": "0",
+    "FARM_CACHE": "0", "FARM_CLIP_WAIT": "4",
 }  # fmt: skip
 COMFY = ("gpu1", "gpu2")
 #: a scene must end within this after its fault heals: leases, node TTL, fallbacks, renders
@@ -343,3 +344,81 @@ def test_a_slow_dropping_link_delays_but_fails_nothing(rt, bed):
         bed.start_worker("gpu1")
         bed.start_worker("gpu2")
         bed.wait_workers()
+
+
+# -- storage: one shared folder, seen by every host ------------------------------------------
+
+
+def blind_cpu(bed: Testbed) -> Path:
+    """Restart the CPU worker in a mount namespace of its own where FARM_STORAGE is an
+    empty folder: a machine whose shared mount is missing (or does not show new files
+    yet). Returns that folder."""
+    empty = bed.root / "empty-storage"
+    empty.mkdir(exist_ok=True)
+    bed.kill("worker-cpu")
+    mount = f'mount --bind {empty} {bed.storage} && exec "$@"'
+    bed.start_cpu(wrap=["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"])
+    bed.wait_workers()
+    return empty
+
+
+def see_storage(bed: Testbed) -> None:
+    """Let the blind CPU worker see FARM_STORAGE: take the empty folder off it."""
+    pid = bed.procs["worker-cpu"].pid
+    done = subprocess.run(["nsenter", "-t", str(pid), "-m", "umount", str(bed.storage)],
+                          capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def restore_cpu(bed: Testbed) -> None:
+    bed.kill("worker-cpu")
+    bed.start_cpu()
+    bed.wait_workers()
+
+
+def test_a_host_that_cannot_see_a_clip_fails_the_scene_with_a_clear_error(rt, bed):
+    """The CPU host's FARM_STORAGE is not the shared folder: scoring and assembly wait
+    FARM_CLIP_WAIT for the clip, assembly is tried once more, and the scene fails with an
+    error naming the clip, the host and the fix, instead of hanging; with the mount
+    mended, `farm retry` renders the shot again and the scene completes."""
+    blind_cpu(bed)
+    try:
+        scene = t2v_scene("blind-cpu", 1, seed=70)
+        enqueue(scene, rt)
+        status = wait_done(rt, scene.id)
+        assert status["state"] == "failed"
+        record = rt.state.scene(scene.id)
+        clip = rt.state.shot(scene.id, "s0")["outputs"]["final"]
+        assert record["error"].startswith("assembly failed 2 times"), record["error"]
+        assert f"clip {clip} is not in FARM_STORAGE on this machine" in record["error"]
+        assert "FARM_CLIP_WAIT" in record["error"] and "docs/deploy.md" in record["error"]
+        assert len(events(rt, scene.id, "scene_stage_retry")) == 1
+        assert Path(clip).is_file()  # rendered and kept: only the CPU host could not see it
+    finally:
+        restore_cpu(bed)
+    retry(rt, scene.id, ["s0"])
+    status = wait_done(rt, scene.id)
+    assert status["state"] == "done" and probe(Path(status["outputs"]["video"])).frames == 17
+
+
+def test_a_clip_that_shows_up_late_on_the_cpu_host_is_waited_for(rt, bed):
+    """New files show up late on the CPU host (as on NFS with attribute caching): its
+    worker waits for the clip instead of failing, and once it appears the take is scored
+    and the scene assembled, with no retry."""
+    blind_cpu(bed)
+    log = bed.logs / "worker-cpu.log"
+    try:
+        scene = t2v_scene("late-clip", 1, seed=71)
+        enqueue(scene, rt)
+        wait_for(lambda: "is not visible here yet; waiting up to" in log.read_text(), 60,
+                 "the CPU worker waiting for the clip")  # fmt: skip
+        see_storage(bed)
+        status = wait_done(rt, scene.id)
+    finally:
+        restore_cpu(bed)
+    assert status["state"] == "done", status
+    shot = rt.state.shot(scene.id, "s0")
+    kept = next(t for t in shot["takes"] if t["take"] == shot["gate"]["kept"])
+    assert "error" not in kept and kept["scores"], kept
+    assert events(rt, scene.id, "scene_stage_retry") == []
+    assert probe(Path(status["outputs"]["video"])).frames == 17
