@@ -309,7 +309,7 @@ class Testbed:
         (``unshare -m ...``) that ends by executing its arguments."""
         self.logs.mkdir(parents=True, exist_ok=True)
         env_file = env_file or self.env_file(host)
-        shell = ['sh', '-c', 'set -a; . "$0"; set +a; exec "$@"', str(env_file), *argv]
+        shell = ["sh", "-c", 'set -a; . "$0"; set +a; exec "$@"', str(env_file), *argv]
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(["ip", "netns", "exec", self.ns(host), *(wrap or []), *shell],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

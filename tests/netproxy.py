@@ -54,7 +54,7 @@ async def _serve(args: argparse.Namespace) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             server_r, server_w = await asyncio.wait_for(asyncio.open_connection(*target), 10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             client_w.close()
             return
         pipes = asyncio.gather(_pipe(client_r, server_w, args.delay),
@@ -62,9 +62,9 @@ async def _serve(args: argparse.Namespace) -> None:
         life = random.uniform(0.5, 1.5) * args.drop_every if args.drop_every > 0 else None
         try:
             await asyncio.wait_for(pipes, life)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             print(f"dropped a connection to {args.to} after {life:.1f}s", flush=True)
-        except Exception:  # noqa: S110 - a side closed: the connection is over
+        except Exception:  # a side closed: the connection is over
             pass
         for writer in (client_w, server_w):
             with contextlib.suppress(Exception):

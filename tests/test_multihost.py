@@ -113,9 +113,11 @@ def wait_done(rt: Runtime, scene_id: str, timeout: float = BOUND) -> dict[str, A
 def running_on(rt: Runtime, scene_id: str, node: str, progress: float) -> dict | None:
     """A shot of the scene rendering on ``node`` past ``progress``."""
     for shot in rt.state.shots(scene_id):
-        if shot.get("state") == "running" and shot.get("node") == node and (
-            shot.get("progress") or 0
-        ) >= progress:
+        if (
+            shot.get("state") == "running"
+            and shot.get("node") == node
+            and (shot.get("progress") or 0) >= progress
+        ):
             return shot
     return None
 
@@ -189,7 +191,8 @@ def test_a_scene_renders_across_the_hosts(rt, bed):
     assert [r["status"] for r in wan] == ["success"]
     comfy = [r for r in executions(bed) if r not in before]
     assert sorted(r["job_id"] for r in comfy) == sorted(
-        p for sid, ids in attempt_ids(rt, scene.id).items() if sid != "w" for p in ids)
+        p for sid, ids in attempt_ids(rt, scene.id).items() if sid != "w" for p in ids
+    )
     assert all(r["status"] == "success" for r in comfy)
     env = bed.env("gpu1")
     assert env["FARM_REDIS_URL"] == bed.redis_url() and "@10.213.0.2:6379" in env["FARM_REDIS_URL"]
@@ -291,7 +294,7 @@ def test_redis_restarted_while_partitioned_hosts_reconnect_loses_no_scene(rt, be
     bed.heal("cpu")
     wait_done(rt, scene.id)
     assert_rendered_once(rt, bed, scene.id, before)
-    assert not [m for m in rt.redis.hvals("unacked") if scene.id.encode() in m]
+    assert not [m for m in rt.redis.hvals("unacked") if scene.id in m]
     assert_gets_work(rt, bed, "gpu1", "after-redis-partition")
 
 

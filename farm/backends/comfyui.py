@@ -271,7 +271,9 @@ class ComfyClient:
             try:
                 return self.http.request(method, self.url + path, timeout=self.timeout, **kw)
             except requests.Timeout as exc:
-                raise NodeTimeout(f"{self.url}{path}: no answer within {self.timeout[1]:g}s") from exc
+                raise NodeTimeout(
+                    f"{self.url}{path}: no answer within {self.timeout[1]:g}s"
+                ) from exc
             except requests.ConnectionError as exc:
                 if not again:
                     raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
