@@ -97,7 +97,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost{addresses}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 [client]
@@ -121,17 +121,18 @@ class TLSFiles:
     client_key: Path
 
 
-def make_tls_files(folder: Path, days: int = 30) -> TLSFiles:
+def make_tls_files(folder: Path, days: int = 30, addresses: tuple[str, ...] = ()) -> TLSFiles:
     """Make, with ``openssl``, a new CA (``ca.crt``) and two certificates it signs:
-    ``redis.crt`` for a server on this machine (127.0.0.1, ::1, localhost) and
-    ``client.crt`` for a client (EC P-256 keys, valid for ``days`` days). For local farms
-    and tests; a real farm's certificates come from its own CA (docs/redis.md)."""
+    ``redis.crt`` for a server on this machine (127.0.0.1, ::1, localhost, and the IP
+    ``addresses``) and ``client.crt`` for a client (EC P-256 keys, valid for ``days``
+    days). For local farms and tests; a real farm's certificates come from its own CA
+    (docs/redis.md)."""
     exe = shutil.which("openssl")
     if exe is None:
         raise ConfigError("openssl is not installed: apt-get install openssl")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "openssl.cnf"
-    config.write_text(_OPENSSL_CONFIG)
+    config.write_text(_OPENSSL_CONFIG.format(addresses="".join(f", IP:{a}" for a in addresses)))
     files = TLSFiles(*(folder / n for n in ("ca.crt", "redis.crt", "redis.key", "client.crt",
                                              "client.key")))  # fmt: skip
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -7,7 +7,7 @@ this machine's own interfaces:
 | host | address | runs |
 |---|---|---|
 | `tester` | 10.213.0.1 | the test process's clients (its main thread joins the namespace) |
-| `redis` | 10.213.0.2 | `redis-server` with a password, on 10.213.0.2:6379 |
+| `redis` | 10.213.0.2 | `redis-server` with a password, TLS only (a throw-away CA), on 10.213.0.2:6379 |
 | `cpu` | 10.213.0.3 | `farm worker --cpu`, `farm ingest` |
 | `gpu1` | 10.213.0.11 | an emulated ComfyUI node on :8188 and `farm worker --node gpu1` |
 | `gpu2` | 10.213.0.12 | `farm worker --node gpu2` |
@@ -15,9 +15,10 @@ this machine's own interfaces:
 | `gpu3` | 10.213.0.13 | an emulated WanGP node on :7866 and `farm worker --node gpu3` |
 
 Every farm process reads an env file written from ``deploy/env.example`` as docs/deploy.md
-tells an operator to: the Redis URL with the password, ``FARM_NODES`` with the hosts'
-addresses, ``FARM_STORAGE``, and the install paths (``/opt/farm``) where this checkout is;
-it is sourced (``set -a; . farm.env; set +a``) before the command, as for a shell on a
+tells an operator to: the Redis URL with the password (``rediss://``: TLS, with
+``FARM_REDIS_CA`` and a client certificate, as docs/redis.md has it for a Redis reached
+from other machines), ``FARM_NODES`` with the hosts' addresses, ``FARM_STORAGE``, and the
+install paths (``/opt/farm``) where this checkout is; it is sourced (``set -a; . farm.env; set +a``) before the command, as for a shell on a
 farm machine. All hosts see the same ``FARM_STORAGE`` (namespaces share the file system):
 the shared mount docs/deploy.md asks for.
 
@@ -48,8 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError
-from farm.local import emulator_argv, node_ready, redis_server_argv, wait_for, wait_workers
+from farm.local import (
+    emulator_argv,
+    make_tls_files,
+    node_ready,
+    redis_server_argv,
+    wait_for,
+    wait_workers,
+)
 from farm.settings import Settings
+from farm.state import connect
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = REPO / "deploy" / "env.example"
@@ -176,8 +185,11 @@ class Testbed:
     __test__ = False  # not a test class, whatever its name
 
     def __init__(self, root: Path, prefix: str, tunables: dict[str, str] | None = None,
-                 node_profiles: dict[str, Path] | None = None) -> None:  # fmt: skip
+                 node_profiles: dict[str, Path] | None = None, tls: bool = True) -> None:  # fmt: skip
         self.root = root.resolve()
+        self.tls = (
+            make_tls_files(self.root / "tls", addresses=(HOSTS["redis"].address,)) if tls else None
+        )
         self.prefix = prefix
         self.tunables = tunables or {}
         self.password = secrets.token_hex(16)
@@ -214,7 +226,8 @@ class Testbed:
         return self.root / "hosts" / host / "farm.env"
 
     def redis_url(self, address: str | None = None, port: int = REDIS_PORT) -> str:
-        return f"redis://:{self.password}@{address or HOSTS['redis'].address}:{port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://:{self.password}@{address or HOSTS['redis'].address}:{port}/0"
 
     def settings_values(self, **override: str) -> dict[str, str]:
         """What an operator sets in the env file for this farm (docs/deploy.md)."""
@@ -222,9 +235,16 @@ class Testbed:
             "FARM_REDIS_URL": self.redis_url(),
             "FARM_NODES": ",".join(f"{n.name}={n.url()}" for n in self.nodes.values()),
             "FARM_STORAGE": str(self.storage),
+            **(self.tls_values() if self.tls else {}),
             **self.tunables,
             **override,
         }
+
+    def tls_values(self) -> dict[str, str]:
+        """TLS to Redis, as docs/redis.md has it for GPU workers on other machines."""
+        assert self.tls is not None
+        return {"FARM_REDIS_CA": str(self.tls.ca), "FARM_REDIS_CERT": str(self.tls.client_cert),
+                "FARM_REDIS_KEY": str(self.tls.client_key)}  # fmt: skip
 
     def env(self, host: str = "tester") -> dict[str, str]:
         """The FARM_* variables a shell on ``host`` gets from its env file."""
@@ -336,12 +356,15 @@ class Testbed:
         conf = folder / "auth.conf"
         conf.touch(mode=0o600)
         conf.write_text(f'requirepass "{self.password}"\n')
-        argv = redis_server_argv(folder, ["--port", str(REDIS_PORT)], [str(conf)],
-                                 bind=HOSTS["redis"].address)  # fmt: skip
+        listen = ["--port", str(REDIS_PORT)]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(REDIS_PORT),
+                      "--tls-cert-file", str(self.tls.server_cert),
+                      "--tls-key-file", str(self.tls.server_key),
+                      "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "optional"]  # fmt: skip
+        argv = redis_server_argv(folder, listen, [str(conf)], bind=HOSTS["redis"].address)
         proc = self.spawn("redis", "redis", argv)
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url(), socket_timeout=2, socket_connect_timeout=2)
+        client = connect(self.settings(), check=False)
         try:
             wait_for(client.ping, 15, "redis-server", proc, self.logs / "redis.log")
         finally:

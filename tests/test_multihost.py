@@ -169,8 +169,8 @@ def assert_gets_work(rt: Runtime, bed: Testbed, node: str, name: str) -> None:
 
 def test_a_scene_renders_across_the_hosts(rt, bed):
     """Four ComfyUI shots and a Hunyuan one (only the WanGP node has Hunyuan): each GPU host
-    renders, the CPU host assembles, each attempt runs once, and every service listens on
-    its host's address, configured from deploy/env.example."""
+    renders, the CPU host assembles, each attempt runs once; every host reaches Redis over
+    TLS with its password, configured from deploy/env.example."""
     for name in COMFY:
         set_faults(bed, name, SLOW)
     before = executions(bed)
@@ -195,7 +195,8 @@ def test_a_scene_renders_across_the_hosts(rt, bed):
     )
     assert all(r["status"] == "success" for r in comfy)
     env = bed.env("gpu1")
-    assert env["FARM_REDIS_URL"] == bed.redis_url() and "@10.213.0.2:6379" in env["FARM_REDIS_URL"]
+    assert env["FARM_REDIS_URL"] == f"rediss://:{bed.password}@10.213.0.2:6379/0"
+    assert env["FARM_REDIS_CA"] and env["FARM_REDIS_CERT"] and env["FARM_REDIS_KEY"]
     assert env["FARM_NODES"].split(",")[1] == "gpu2=http://10.213.0.22:8188"
     assert env["FARM_WORKFLOWS"] == str(Path(__file__).resolve().parent.parent / "workflows")
 
@@ -314,7 +315,7 @@ def test_a_slow_dropping_link_delays_but_fails_nothing(rt, bed):
                "node": (18188, "10.213.0.11:8188")}  # fmt: skip
     for name, (port, target) in proxies.items():
         bed.spawn(f"proxy-{name}", "gpu1", [sys.executable, str(Path(__file__).parent / "netproxy.py"), "--listen",
-                  f"127.0.0.1:{port}", "--to", target, "--delay", "0.1", "--drop-every", "6"])  # fmt: skip
+                  f"127.0.0.1:{port}", "--to", target, "--delay", "0.1", "--drop-every", "12"])  # fmt: skip
     nodes = bed.settings_values()["FARM_NODES"].replace("gpu1=http://10.213.0.11:8188",
                                                         "gpu1=http://127.0.0.1:18188")  # fmt: skip
     slow = bed.root / "hosts" / "gpu1-slow" / "farm.env"
