@@ -181,9 +181,10 @@ def emulator_argv(
 
 
 def node_ready(kind: str, port: int, pid: int, host: str = "127.0.0.1") -> bool:
-    """Whether emulator process ``pid`` serves ``host`` (loopback) ``port`` as a ``kind`` node: it is
-    the process that listens there, and the port answers as that kind does (ComfyUI's
-    ``GET /system_stats``, WanGP's MCP ``initialize``), not merely with some HTTP status."""
+    """Whether emulator process ``pid`` serves ``host`` (loopback) ``port`` as a ``kind``
+    node: it is the process that listens there, and the port answers as that kind does
+    (ComfyUI's ``GET /system_stats``, WanGP's MCP ``initialize``), not merely with some
+    HTTP status."""
     from farm.backends import detect_kind
 
     if not holds_port(pid, port):

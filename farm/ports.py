@@ -1,8 +1,8 @@
 """Who holds a TCP port on this machine: checked before a farm starts its servers (is the
 port free?) and while they start (is it the process we started that listens there?).
 
-Linux: the listening sockets come from ``/proc/net/tcp`` and ``/proc/net/tcp6``, their
-owners from ``/proc/PID/fd``.
+Linux: the listening sockets come from ``/proc/PID/net/tcp`` and ``/proc/PID/net/tcp6``
+(the process's own network namespace), their owners from ``/proc/PID/fd``.
 """
 
 from __future__ import annotations

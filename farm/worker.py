@@ -20,7 +20,7 @@ from redis.retry import Retry
 
 from farm.backends import make_backend
 from farm.celery_app import app
-from farm.errors import FarmError
+from farm.errors import FarmError, NodeTimeout, NodeUnavailable
 from farm.nodes import NodeRegistry, node_queue
 from farm.runtime import get_runtime
 from farm.settings import NodeConfig, Settings
@@ -95,12 +95,17 @@ class Heartbeat(threading.Thread):
         for field, value in redis_client.hgetall(key).items():
             job = Job.from_dict(json.loads(value))
             out_dir = attempt_dir(self.settings.storage, job)
-            where = self.backend.find(job, out_dir)
-            if where in ("pending", "running"):
-                how = self.backend.cancel(job, out_dir)
-                log.warning("node %s: job of shot %s/%s attempt %d was left %s there when "
-                            "the node did not answer: %s", self.node.name, job.scene_id,
-                            job.shot_id, job.attempt, where, how)  # fmt: skip
+            try:
+                where = self.backend.find(job, out_dir)
+                if where in ("pending", "running"):
+                    how = self.backend.cancel(job, out_dir)
+                    log.warning("node %s: job of shot %s/%s attempt %d was left %s there when "
+                                "the node did not answer: %s", self.node.name, job.scene_id,
+                                job.shot_id, job.attempt, where, how)  # fmt: skip
+            except (NodeUnavailable, NodeTimeout):
+                return  # away again: next beat
+            except FarmError as exc:  # it answers, but not about this job: leave it be
+                log.warning("node %s: cannot take job %s off: %s", self.node.name, field, exc)
             redis_client.hdel(key, field)
 
     def run(self) -> None:
