@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from farm import canvas, lifecycle, media
+from farm.files import visible
 from farm.lifecycle import SceneState, ShotState
 from farm.runtime import Runtime
 from farm.scene import Scene, Shot, parse_scene
@@ -82,6 +83,8 @@ def _assemble(rt: Runtime, scene_id: str, token: str) -> dict[str, Any]:
         errors = {s.id: shots[s.id].get("error") for s in scene.shots}
         lifecycle.fail_scene(rt, scene_id, f"no shot rendered: {errors}", token=token)
         return {"scene_id": scene_id, "video": None}
+    for shot in done:  # a clip another machine rendered may show up here late (NFS)
+        visible(Path(shot_clip(shots[shot.id]) or ""), rt.settings.clip_wait)
     first = media.probe(Path(shot_clip(shots[done[0].id]) or ""))
     folder = scene_dir(rt.settings.storage, scene_id)
     parts: list[Path] = []

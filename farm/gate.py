@@ -33,6 +33,7 @@ from typing import Any
 
 from farm import telemetry
 from farm.errors import ConfigError
+from farm.files import ClipMissing, visible
 from farm.jsonfile import read_json
 from farm.lifecycle import ShotState
 from farm.runtime import Runtime
@@ -271,6 +272,11 @@ def _gate(rt: Runtime, scene_id: str, shot_id: str, token: str) -> dict[str, Any
         out = lifecycle.cancel(rt, scene_id, shot_id, state=ShotState.SCORING, token=token)
         return cancelled_record(scene_id, shot_id) if out else None
     pending = dict(shot["pending_take"])
+    try:  # a take another machine rendered may show up here late (NFS)
+        visible(Path(pending["clip"]), rt.settings.clip_wait,
+                Path(pending.get("source") or pending["clip"]))  # fmt: skip
+    except ClipMissing as exc:
+        log.warning("shot %s/%s: %s", scene_id, shot_id, exc)  # scored as an error below
     place_take(pending)
     scene = scene_of(rt, scene_id)
     spec = scene.shot(shot_id)

@@ -141,6 +141,11 @@ class Keys:
     def node_renders(self, name: str) -> str:
         return self._k("node", name, "renders")
 
+    def node_strays(self, name: str) -> str:
+        """Jobs a renderer gave up on while the node did not answer: cancelled on it once
+        it answers again (:meth:`farm.worker.Heartbeat.cancel_strays`)."""
+        return self._k("node", name, "strays")
+
     # the rest
     def cache(self) -> str:
         return self._k("cache")

@@ -97,7 +97,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost
+subjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost{addresses}
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 [client]
@@ -121,17 +121,18 @@ class TLSFiles:
     client_key: Path
 
 
-def make_tls_files(folder: Path, days: int = 30) -> TLSFiles:
+def make_tls_files(folder: Path, days: int = 30, addresses: tuple[str, ...] = ()) -> TLSFiles:
     """Make, with ``openssl``, a new CA (``ca.crt``) and two certificates it signs:
-    ``redis.crt`` for a server on this machine (127.0.0.1, ::1, localhost) and
-    ``client.crt`` for a client (EC P-256 keys, valid for ``days`` days). For local farms
-    and tests; a real farm's certificates come from its own CA (docs/redis.md)."""
+    ``redis.crt`` for a server on this machine (127.0.0.1, ::1, localhost, and the IP
+    ``addresses``) and ``client.crt`` for a client (EC P-256 keys, valid for ``days``
+    days). For local farms and tests; a real farm's certificates come from its own CA
+    (docs/redis.md)."""
     exe = shutil.which("openssl")
     if exe is None:
         raise ConfigError("openssl is not installed: apt-get install openssl")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "openssl.cnf"
-    config.write_text(_OPENSSL_CONFIG)
+    config.write_text(_OPENSSL_CONFIG.format(addresses="".join(f", IP:{a}" for a in addresses)))
     files = TLSFiles(*(folder / n for n in ("ca.crt", "redis.crt", "redis.key", "client.crt",
                                              "client.key")))  # fmt: skip
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -156,37 +157,40 @@ def make_tls_files(folder: Path, days: int = 30) -> TLSFiles:
 
 
 def redis_server_argv(
-    folder: Path, listen: list[str], config: list[str] | None = None
+    folder: Path, listen: list[str], config: list[str] | None = None, bind: str = "127.0.0.1"
 ) -> list[str]:
-    """``redis-server`` on loopback keeping its data in ``folder``: an append-only file
-    fsynced every second, no snapshots, no eviction (a queue must never lose a message).
+    """``redis-server`` on ``bind`` (loopback) keeping its data in ``folder``: an append-only
+    file fsynced every second, no snapshots, no eviction (a queue must never lose a message).
     ``listen``: its port options; ``config``: a config file, which must come first."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise ConfigError(
             "redis-server is not installed: run `make setup` (or `apt-get install redis-server`)"
         )
-    return [exe, *(config or []), *listen, "--bind", "127.0.0.1", "--dir", str(folder),
+    return [exe, *(config or []), *listen, "--bind", bind, "--dir", str(folder),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--maxmemory-policy", "noeviction", "--daemonize", "no"]  # fmt: skip
 
 
-def emulator_argv(kind: str, port: int, profile: Path, data: Path) -> list[str]:
-    """``farm emulate KIND``: an emulated GPU node on loopback ``port``."""
-    return [sys.executable, "-m", "farm", "emulate", kind, "--port", str(port),
+def emulator_argv(
+    kind: str, port: int, profile: Path, data: Path, host: str = "127.0.0.1"
+) -> list[str]:
+    """``farm emulate KIND``: an emulated GPU node on ``host`` (loopback) ``port``."""
+    return [sys.executable, "-m", "farm", "emulate", kind, "--host", host, "--port", str(port),
             "--profile", str(profile), "--data", str(data)]  # fmt: skip
 
 
-def node_ready(kind: str, port: int, pid: int) -> bool:
-    """Whether emulator process ``pid`` serves loopback ``port`` as a ``kind`` node: it is
-    the process that listens there, and the port answers as that kind does (ComfyUI's
-    ``GET /system_stats``, WanGP's MCP ``initialize``), not merely with some HTTP status."""
+def node_ready(kind: str, port: int, pid: int, host: str = "127.0.0.1") -> bool:
+    """Whether emulator process ``pid`` serves ``host`` (loopback) ``port`` as a ``kind``
+    node: it is the process that listens there, and the port answers as that kind does
+    (ComfyUI's ``GET /system_stats``, WanGP's MCP ``initialize``), not merely with some
+    HTTP status."""
     from farm.backends import detect_kind
 
     if not holds_port(pid, port):
         return False
     try:
-        return detect_kind(f"http://127.0.0.1:{port}", 2.0) == kind
+        return detect_kind(f"http://{host}:{port}", 2.0) == kind
     except FarmError:  # it answers as neither kind
         return False
 

@@ -1,8 +1,8 @@
 """Who holds a TCP port on this machine: checked before a farm starts its servers (is the
 port free?) and while they start (is it the process we started that listens there?).
 
-Linux: the listening sockets come from ``/proc/net/tcp`` and ``/proc/net/tcp6``, their
-owners from ``/proc/PID/fd``.
+Linux: the listening sockets come from ``/proc/PID/net/tcp`` and ``/proc/PID/net/tcp6``
+(the process's own network namespace), their owners from ``/proc/PID/fd``.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ def port_taken(port: int, address: str = "127.0.0.1") -> bool:
     return False
 
 
-def _listening_inodes(port: int) -> set[str]:
-    """The inodes of the sockets listening on ``port`` (any address)."""
+def _listening_inodes(port: int, pid: int | str = "self") -> set[str]:
+    """The inodes of the sockets listening on ``port`` (any address) in the network
+    namespace of process ``pid``."""
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -47,7 +48,7 @@ def _listening_inodes(port: int) -> set[str]:
 
 def holds_port(pid: int, port: int) -> bool:
     """Whether process ``pid`` is the one listening on ``port``."""
-    inodes = _listening_inodes(port)
+    inodes = _listening_inodes(port, pid)
     if not inodes:
         return False
     try:

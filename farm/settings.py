@@ -256,6 +256,14 @@ class Settings:
             "15",
         )
     )
+    clip_wait: float = field(
+        **_env(
+            "FARM_CLIP_WAIT",
+            "Seconds a CPU worker waits for a shot's clip to show up in FARM_STORAGE before it "
+            "counts as missing (a shared mount that shows new files late, e.g. NFS caching)",
+            "30",
+        )
+    )
     wait_timeout: float = field(
         **_env(
             "FARM_WAIT_TIMEOUT",
@@ -428,6 +436,8 @@ class Settings:
                 f"FARM_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed FARM_RENDER_TIME_LIMIT "
                 f"({self.render_time_limit}), or Redis redelivers running renders to a second worker"
             )
+        if self.clip_wait < 0:
+            raise ConfigError(f"FARM_CLIP_WAIT ({self.clip_wait}) must be 0 or more")
         if self.gate_takes < 1:
             raise ConfigError(f"FARM_GATE_TAKES ({self.gate_takes}) must be 1 or more")
         if self.placement not in ("late", "naive"):

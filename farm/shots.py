@@ -14,6 +14,7 @@ scene's chord always completes.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -357,6 +358,20 @@ def forced(rt: Runtime, scene_id: str, shot_id: str) -> bool:
 # -- a failed attempt ------------------------------------------------------------------------
 
 
+#: failures after which the attempt's job may still be on its node: the node did not
+#: answer (the link to it was cut) or its job did not end in time
+STRAY_KINDS = ("node_unavailable", "timeout")
+
+
+def mark_stray(rt: Runtime, job: Job) -> None:
+    """Remember ``job``'s attempt on its node: it may still render there for nobody (the
+    renderer could not reach the node to cancel it). The node's worker cancels it once the
+    node answers (:meth:`farm.worker.Heartbeat.cancel_strays`)."""
+    key = rt.settings.keys.node_strays(job.node or "")
+    rt.redis.hset(key, f"{job.scene_id}/{job.shot_id}/{job.label}", json.dumps(job.to_dict()))
+    rt.redis.expire(key, int(rt.settings.visibility_timeout))
+
+
 def _failed(
     rt: Runtime, d: Dispatcher, job: Job, token: str, exc: FarmError, seconds: float
 ) -> dict[str, Any] | None:
@@ -365,6 +380,8 @@ def _failed(
     message = f"{exc.kind}: {exc}"
     log.warning("shot %s/%s attempt %d on %s failed: %s", job.scene_id, job.shot_id,
                 job.attempt, job.node, message)  # fmt: skip
+    if exc.kind in STRAY_KINDS and job.node:
+        mark_stray(rt, job)
     entry = {**_attempt(job, "failed", seconds), "error_kind": exc.kind, "error": str(exc)}
     key = (job.scene_id, job.shot_id)
     if isinstance(exc, JobCancelled) or is_cancelled(rt, *key):

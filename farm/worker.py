@@ -7,6 +7,7 @@ prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from redis.retry import Retry
 
 from farm.backends import make_backend
 from farm.celery_app import app
-from farm.errors import FarmError
+from farm.errors import FarmError, NodeTimeout, NodeUnavailable
 from farm.nodes import NodeRegistry, node_queue
 from farm.runtime import get_runtime
 from farm.settings import NodeConfig, Settings
@@ -71,6 +72,7 @@ class Heartbeat(threading.Thread):
             else:
                 self.backend.probe()
             self.registry.beat(self.node.name, ok=True)
+            self.cancel_strays()
         except FarmError as exc:
             log.warning("node %s does not answer: %s", self.node.name, exc)
             if not self.registered:
@@ -81,11 +83,34 @@ class Heartbeat(threading.Thread):
         except Exception:  # Redis hiccups must not kill the heartbeat
             log.exception("heartbeat of %s failed", self.node.name)
 
+    def cancel_strays(self) -> None:
+        """Take off the node, now that it answers, the jobs renderers gave up on while it
+        did not (:func:`farm.shots.mark_stray`): one still pending or running renders for
+        nobody, beside the shot's next attempt elsewhere."""
+        from farm.planning import Job
+        from farm.shots import attempt_dir
+
+        redis_client = self.registry.r
+        key = self.settings.keys.node_strays(self.node.name)
+        for field, value in redis_client.hgetall(key).items():
+            job = Job.from_dict(json.loads(value))
+            out_dir = attempt_dir(self.settings.storage, job)
+            try:
+                where = self.backend.find(job, out_dir)
+                if where in ("pending", "running"):
+                    how = self.backend.cancel(job, out_dir)
+                    log.warning("node %s: job of shot %s/%s attempt %d was left %s there when "
+                                "the node did not answer: %s", self.node.name, job.scene_id,
+                                job.shot_id, job.attempt, where, how)  # fmt: skip
+            except (NodeUnavailable, NodeTimeout):
+                return  # away again: next beat
+            except FarmError as exc:  # it answers, but not about this job: leave it be
+                log.warning("node %s: cannot take job %s off: %s", self.node.name, field, exc)
+            redis_client.hdel(key, field)
+
     def run(self) -> None:
-        keeper = Housekeeping(self.settings)
         while not self.stopped.is_set():
             self.beat()
-            keeper.once()  # the farm's housekeeping rides on every node's heartbeat
             self.stopped.wait(self.settings.heartbeat)
 
 
@@ -124,9 +149,14 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
     heartbeat = Heartbeat(node, settings)
     heartbeat.beat()  # registered before the first task can arrive
     heartbeat.start()
+    # the farm's housekeeping runs in every worker, beside the heartbeat, never in its way:
+    # on a slow link a pass can outlast FARM_NODE_TTL, and a late beat marks the node down
+    keeper = Housekeeping(settings)
+    keeper.start()
     try:
         run_worker(node_queue(node.name), f"{node.name}@%h", 1, loglevel)
     finally:
+        keeper.stopped.set()
         heartbeat.stopped.set()
         heartbeat.registry.mark_down(node.name, "worker stopped")
 

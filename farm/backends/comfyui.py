@@ -265,12 +265,22 @@ class ComfyClient:
 
     # plain HTTP
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        try:
-            return self.http.request(method, self.url + path, timeout=self.timeout, **kw)
-        except requests.Timeout as exc:
-            raise NodeTimeout(f"{self.url}{path}: no answer within {self.timeout[1]:g}s") from exc
-        except requests.RequestException as exc:
-            raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+        """One HTTP call; a GET whose connection drops (a kept-alive connection the
+        network closed under it) is sent once more on a new one."""
+        for again in (True, False) if method == "GET" else (False,):
+            try:
+                return self.http.request(method, self.url + path, timeout=self.timeout, **kw)
+            except requests.Timeout as exc:
+                raise NodeTimeout(
+                    f"{self.url}{path}: no answer within {self.timeout[1]:g}s"
+                ) from exc
+            except requests.ConnectionError as exc:
+                if not again:
+                    raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+                log.info("%s%s: connection dropped (%s); sent again", self.url, path, exc)
+            except requests.RequestException as exc:
+                raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def get_json(self, path: str, **kw: Any) -> Any:
         resp = self._call("GET", path, **kw)
