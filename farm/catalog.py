@@ -11,7 +11,7 @@ when the template has them, those of image shots (else the catalogue's ``image_m
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -85,6 +85,12 @@ def wan_files(model_type: str, count: int = 1) -> tuple[str, ...]:
     primary) then ``URLs2`` (Wan 2.2 A14B's low-noise expert: ``t2v_2_2:URLs2``). WanGP
     loads them all whenever the model type changes, so each counts as a model load."""
     return (model_type, *(f"{model_type}:URLs{n}" for n in range(2, count + 1)))
+
+
+def model_names(models: Sequence[str]) -> list[str]:
+    """The models as people name them: a WanGP model's further transformer files
+    (``t2v_2_2:URLs2``, see :func:`wan_files`) are counted on its id, not named."""
+    return [m for m in models if not (":" in m and m.split(":", 1)[0] in models)]
 
 
 @dataclass(frozen=True)

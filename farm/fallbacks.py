@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from farm.catalog import model_names
+
 #: what an error kind (:mod:`farm.errors`) is called in a sentence
 ERROR_WORDS = {
     "out_of_memory": "out of memory",
@@ -35,8 +37,8 @@ def error_words(kind: str | None) -> str:
 def _model(variant: Mapping[str, Any]) -> str:
     """``ComfyUI high_noise + low_noise``: the backend and every model the job loads."""
     backend = BACKEND_WORDS.get(variant.get("backend", ""), variant.get("backend", ""))
-    models = variant.get("models") or [variant.get("model", "")]
-    return f"{backend} {' + '.join(str(m).removesuffix('.safetensors') for m in models)}"
+    models = model_names([str(m) for m in variant.get("models") or [variant.get("model", "")]])
+    return f"{backend} {' + '.join(m.removesuffix('.safetensors') for m in models)}"
 
 
 def _attempt(shot: Mapping[str, Any]) -> tuple[int, dict[str, Any]] | None:

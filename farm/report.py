@@ -24,6 +24,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from farm.catalog import model_names
 from farm.files import write_text
 
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger files are shown as missing, not embedded
@@ -419,9 +420,8 @@ def _models(prov: dict[str, Any]) -> str:
     """The files a render loaded; a WanGP model's second transformer file
     (``t2v_2_2:URLs2``) is counted on its model id rather than named."""
     models = [str(m) for m in prov.get("models") or ([prov["model"]] if prov.get("model") else [])]
-    shown = [m for m in models if not (":" in m and m.split(":", 1)[0] in models)]
     parts = []
-    for name in shown:
+    for name in model_names(models):
         files = 1 + sum(1 for m in models if m.startswith(f"{name}:"))
         extra = f" ({files} transformer files)" if files > 1 else ""
         parts.append(f"<code>{_e(name)}</code>{extra}")

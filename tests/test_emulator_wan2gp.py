@@ -432,7 +432,11 @@ def test_cli_sigint_exits_130(tmp_path):
         str(tmp_path / "hang.json"),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # interrupt once the task runs (on a loaded machine the start alone can take seconds)
+    assert proc.stdout is not None
+    while "Loading model" not in (line := proc.stdout.readline()):
+        assert line, f"the CLI ended before its task ran: {proc.stderr.read()}"
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 130
 
