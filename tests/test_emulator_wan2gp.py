@@ -431,7 +431,10 @@ def test_cli_sigint_exits_130(tmp_path):
         "--profile",
         str(tmp_path / "hang.json"),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT at its default, whatever this process inherited (a shell
+    # runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     # interrupt once the task runs (on a loaded machine the start alone can take seconds)
     assert proc.stdout is not None
     while "Loading model" not in (line := proc.stdout.readline()):
