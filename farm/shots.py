@@ -89,6 +89,7 @@ def run_bound(
     nothing more (a stale binding, a duplicate, a paused scene, or the shot goes on: the
     slot stays open)."""
     node = ""
+    duplicate = False  # another delivery of this binding renders the shot
     try:
         shot = rt.state.shot(scene_id, shot_id)
         if shot.get("binding") != token or shot.get("state") not in (
@@ -116,11 +117,14 @@ def run_bound(
         if not started:
             log.info("shot %s/%s is rendered by another delivery (%s); this one is a duplicate",
                      scene_id, shot_id, started.why)  # fmt: skip
+            # the slot and lease are that delivery's (the same binding): leave them be
+            duplicate = started.why == "lease"
             return None
         return _render(rt, d, job, token, backend_for, collect)
     finally:
-        lifecycle.release_slot(rt, node, scene_id, shot_id, token)
-        lifecycle.release_lease(rt, rt.settings.keys.lease(scene_id, shot_id), token)
+        if not duplicate:
+            lifecycle.release_slot(rt, node, scene_id, shot_id, token)
+            lifecycle.release_lease(rt, rt.settings.keys.lease(scene_id, shot_id), token)
         d.dispatch()
 
 

@@ -468,6 +468,42 @@ def test_a_delivery_lost_from_a_node_queue_is_published_again(rt, farm):
     assert why == ["its delivery was lost"]
 
 
+def test_a_second_delivery_of_a_running_binding_leaves_the_renderer_its_lease_and_slot(rt, farm):
+    """Celery delivers a render message twice while its first delivery renders (it puts
+    unacknowledged messages back when a worker's broker connection drops; here a second
+    worker on the node's queue takes the copy): the copy waits for the lease, finds the
+    renderer alive and does nothing. It must not free the renderer's lease or node slot,
+    which share its binding token: the checker would take the lapsed lease for a dead
+    renderer and move the shot, and the dispatcher would bind a second shot to the node."""
+    set_faults(farm, "rw", {"slow": {"rate": 1.0, "factor": 300.0}})  # about 30 s
+    before = executions(farm)
+    scene = wan_scene("second-delivery", 1, seed=71)
+    enqueue(scene, rt)
+    shot = wait_for(lambda: running_shot(rt, scene.id, 0.01), 60, "the shot rendering")
+    token, kind = shot["binding"], shot["job"]["kind"]
+    keys, member = rt.settings.keys, f"{scene.id}/s0"
+    copy = farm._spawn("worker-rw-copy", [sys.executable, "-m", "farm", "worker", "--node", "rw"])
+    try:
+        app.send_task(f"farm.{kind}", args=(scene.id, "s0", token), queue=node_queue("rw"))
+        log = farm.logs / "worker-rw-copy.log"
+        wait_for(lambda: "is rendered by another delivery" in log.read_text(), 60,
+                 "the copy to find the renderer alive")  # fmt: skip
+        assert rt.redis.get(keys.lease(scene.id, "s0")) == token
+        assert rt.redis.hget(keys.bound("rw"), member) == token
+        time.sleep(2 * LEASE_TTL)  # the checker's rounds see the renderer alive
+        assert rt.state.shot(scene.id, "s0")["binding"] == token
+    finally:
+        copy.kill()
+        copy.wait(timeout=10)
+        farm.procs.pop("worker-rw-copy", None)
+        set_faults(farm, "rw", {})
+    status = wait_done(rt, scene.id, timeout=BOUND)
+    assert status["state"] == "done"
+    assert events(rt, scene.id, "shot_rebound") == []
+    assert log_of(rt, scene.id, "s0") == [("done", "rw", None)]
+    assert len(wan_runs(farm, before)) == 1
+
+
 def test_a_stale_delivery_frees_its_node_slot_and_the_checker_frees_leaked_ones(rt, farm):
     """A slot left taken under a binding the shot no longer holds: the stale delivery of
     that binding frees it on its way out, and the checker frees one nobody delivers."""
