@@ -50,6 +50,8 @@ from farm.scheduler import (
 log = logging.getLogger(__name__)
 
 LOCK_SECONDS = 10.0
+#: dispatch passes one call runs at most (each binds what it can; more are for new marks)
+MAX_PASSES = 3
 
 #: park a waiting shot of a paused scene (KEYS: wait, parked; ARGV: member, group)
 PARK = """
@@ -258,19 +260,28 @@ class Dispatcher:
         return counts
 
     # -- dispatching --------------------------------------------------------------------
-    def dispatch(self) -> list[Assignment]:
+    def dispatch(self, *, periodic: bool = False) -> list[Assignment]:
         """Bind what can be bound now. Only one process dispatches at a time; a call that
-        finds the lock taken marks the backlog dirty, and the holder runs once more."""
+        finds the lock taken marks the backlog dirty, and the holder runs once more. The
+        holder runs at most ``MAX_PASSES`` passes: a mark left after them is for the next
+        call (the housekeeping's comes every FARM_HEARTBEAT), so no caller (a render
+        task on its way out, over a slow link) dispatches for ever for the others.
+        ``periodic``: the housekeeping's call, which changed nothing; it leaves no mark when
+        another process dispatches now."""
         dirty = self.keys.dispatch("dirty")
         lock = lifecycle.Lock(self.rt, self.keys.dispatch("lock"), LOCK_SECONDS)
         done: list[Assignment] = []
+        if periodic and self.r.exists(lock.key):
+            return done
         self.r.set(dirty, "1")
-        while self.r.get(dirty):
+        passes = 0
+        while passes < MAX_PASSES and self.r.get(dirty):
             if not lock.acquire():
                 return done  # the holder will see the dirty mark
             try:
-                while self.r.delete(dirty):
+                while passes < MAX_PASSES and self.r.delete(dirty):
                     done += self._dispatch_once()
+                    passes += 1
                     lock.extend()
             finally:
                 lock.release()

@@ -94,18 +94,8 @@ def write_video(
         if audio is not None:
             wav = Path(scratch) / "audio.wav"
             _write_wav(wav, *audio)
-            sound = [
-                "-i",
-                str(wav),
-                "-map",
-                "0:v:0",
-                "-map",
-                "1:a:0",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "128k",
-            ]
+            sound = ["-i", str(wav), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac",
+                     "-b:a", "128k"]  # fmt: skip
         args = [
             "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
             "-framerate", _rate(fps), "-i", "pipe:0", *sound, *ENCODE_ARGS, "-f", "mp4",

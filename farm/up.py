@@ -3,9 +3,8 @@
 ``farm up farm.toml`` starts a supervisor in the background. It starts, in order, Redis
 (unless the config names an existing one), the emulated nodes listed, one Celery worker per
 node queue, the CPU workers, ``farm ingest``, Flower, ``farm web`` and ``farm exporter``;
-restarts any of
-them that dies (backing off from 1 s to 30 s); and writes every process's output to
-``ROOT/logs/NAME.log`` (its own to ``ROOT/logs/supervisor.log``). ``ROOT/run/state.json``
+restarts any of them that dies (backing off from 1 s to 30 s); and writes every process's
+output to ``ROOT/logs/NAME.log`` (its own to ``ROOT/logs/supervisor.log``). ``ROOT/run/state.json``
 lists what it started: ``farm ps`` reads it. ``farm down`` stops the supervisor, which
 stops its processes (workers first, with time to finish their renders; Redis last). If
 the supervisor itself was killed, ``farm down`` stops the processes listed in the state

@@ -135,7 +135,7 @@ class Housekeeping(threading.Thread):
             if self._checker is None:
                 self._checker = Checker(rt, app)
             self._checker.tick()
-            Dispatcher(rt, app).dispatch()
+            Dispatcher(rt, app).dispatch(periodic=True)
         except Exception:  # Redis away, a node not answering: next round
             log.exception("housekeeping failed")
 

@@ -39,6 +39,12 @@ def wait_for(check, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def rendering(rt, scene_id: str):
+    """A shot of the scene (as ``farm status`` shows it) rendering past 0%, or None."""
+    shots = rt.state.status(scene_id)["shots"]
+    return next((s for s in shots if s["state"] == "running" and s["progress"] > 0), None)
+
+
 def set_faults(farm_cluster, node: str, faults: dict) -> None:
     resp = requests.put(farm_cluster.node_url(node) + "/emulator/faults", json=faults, timeout=5)
     assert resp.status_code == 200, resp.text
@@ -49,11 +55,7 @@ def test_cancel_interrupts_the_running_render_and_drops_waiting_shots(rt, farm_c
     try:
         scene = ati_scene("ctl-cancel", 3)
         enqueue(scene, rt)
-        running = wait_for(
-            lambda: next((s for s in rt.state.status(scene.id)["shots"]
-                          if s["state"] == "running" and s["progress"] > 0), None),
-            what="a running shot",
-        )  # fmt: skip
+        running = wait_for(lambda: rendering(rt, scene.id), what="a running shot")
         asked = time.monotonic()
         out = farm("cancel", scene.id, "--json", env=cli_env)
         assert out.returncode == 0, out.stderr

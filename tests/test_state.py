@@ -239,3 +239,63 @@ def test_node_speed_is_learned_from_renders_without_model_loads(scratch_settings
     registry.remove("mid")  # median of 4 and 0.56 steps/s
     speeds = {i.name: i.speed for i in registry.infos()}
     assert speeds["fast"] > 1.0 > speeds["slow"] and speeds["new"] == 1.0
+
+
+def test_a_dispatch_over_a_slow_link_ends_while_other_processes_keep_marking_the_backlog(
+    scratch_settings,
+):
+    """A process dispatches over a slow link (a proxy adding 50 ms each way, so each pass
+    takes a few round trips) while other processes call dispatch all the time (every
+    worker's housekeeping and every render task on its way out): each finds the lock taken
+    and marks the backlog dirty for the holder. The slow call runs at most MAX_PASSES
+    passes and returns, rather than dispatching for ever for the others (it was a render
+    task's last step, holding its node's only worker process)."""
+    import dataclasses
+    import subprocess
+    import sys
+    import threading
+
+    from farm.celery_app import app
+    from farm.dispatch import MAX_PASSES, Dispatcher
+    from farm.local import free_port
+
+    fast = runtime(scratch_settings)
+    port = free_port()
+    target = scratch_settings.redis_url.split("@")[-1].split("//")[-1].split("/")[0]
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.netproxy", "--listen",
+                              f"127.0.0.1:{port}", "--to", target, "--delay", "0.05"])  # fmt: skip
+    stop = threading.Event()
+
+    def others() -> None:
+        while not stop.is_set():
+            Dispatcher(fast, app).dispatch()
+
+    try:
+        time.sleep(1.0)  # the proxy listens
+        url = scratch_settings.redis_url.replace(target, f"127.0.0.1:{port}")
+        slow = runtime(dataclasses.replace(scratch_settings, redis_url=url))
+        calls = {"passes": 0}
+        d = Dispatcher(slow, app)
+        once = d._dispatch_once
+
+        def counted():
+            calls["passes"] += 1
+            return once()
+
+        d._dispatch_once = counted
+        caller = threading.Thread(target=d.dispatch, daemon=True)
+        caller.start()
+        lock = scratch_settings.keys.dispatch("lock")
+        deadline = time.monotonic() + 10
+        while not fast.redis.exists(lock) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert fast.redis.exists(lock), "the slow process took the dispatcher's lock"
+        for _ in range(3):  # the others, from now on
+            threading.Thread(target=others, daemon=True).start()
+        caller.join(60)
+        assert not caller.is_alive(), f"still dispatching after {calls['passes']} passes"
+        assert 1 <= calls["passes"] <= MAX_PASSES
+    finally:
+        stop.set()
+        proxy.kill()
+        proxy.wait(timeout=10)

@@ -24,7 +24,7 @@ from farm.submit import enqueue
 from .cdp import Browser, chromium
 from .conftest import REPO
 from .test_cli import farm
-from .test_control import ati_scene, set_faults, wait_for
+from .test_control import ati_scene, rendering, set_faults, wait_for
 from .test_e2e import wait_done
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -313,11 +313,7 @@ def test_cancel_from_the_page_interrupts_the_render(browser, server, rt, farm_cl
     try:
         scene = ati_scene("web-cancel", 2)
         enqueue(scene, rt)
-        running = wait_for(
-            lambda: next((s for s in rt.state.status(scene.id)["shots"]
-                          if s["state"] == "running" and s["progress"] > 0), None),
-            what="a running shot",
-        )  # fmt: skip
+        running = wait_for(lambda: rendering(rt, scene.id), what="a running shot")
         b.open(f"{server}/scenes/{scene.id}")
         b.wait_js("document.querySelector('a.button.danger')")
         b.evaluate("document.querySelector('#scene-head a.button.danger').click()")
