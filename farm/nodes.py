@@ -221,12 +221,15 @@ class NodeRegistry:
         return out
 
     def infos(self) -> list[NodeInfo]:
-        """The registered nodes as the planner sees them."""
+        """The registered nodes as the planner sees them: ``kind`` is the backend of the
+        jobs a node runs (:func:`farm.backends.runs_jobs_of`)."""
+        from farm.backends import runs_jobs_of
+
         records = self.records()
         return [
             NodeInfo(
                 name=r["name"],
-                kind=r["kind"],
+                kind=runs_jobs_of(r["kind"]),  # a comfyv2 node takes ComfyUI jobs
                 alive=r["alive"],
                 models={k: tuple(v) for k, v in r["models"].items()},
                 workflows=None

@@ -576,10 +576,14 @@ class ComfyV2Backend:
             if not isinstance(url, str) or not url.startswith(("/", "http://", "https://")):
                 raise BadNodeResponse(f"job {final['id']}: output {item['name']!r} has no URL")
             dest = unique_dest(out_dir, root, item["name"], files)
+            own = f"/api/v2/assets/{item.get('id')}/content"
             if url.startswith("/") or url.startswith(self.client.origin + "/"):
                 resp = self.client._send("GET", url, stream=True)
             else:
                 resp = self._plain_get(url)
+                if resp.status_code in (401, 403) and item.get("id"):
+                    resp.close()  # not a signed URL: the service's own address for it
+                    resp = self.client._send("GET", own, stream=True)
             files.append(save_stream(resp, dest, self.settings.max_download_bytes, item["name"]))
         return files
 
