@@ -149,7 +149,11 @@ def test_a_shot_renders_through_the_proxy_and_a_second_delivery_follows_the_same
     second = again.render(job, tmp_path / "two", lambda *a, **k: None)
     assert second.backend_job_id == result.backend_job_id
     assert second.video.read_bytes() == result.video.read_bytes()
-    assert [j["id"] for j in tagged(proxy, job)] == [result.backend_job_id]  # one job, one key
+    (mine,) = tagged(proxy, job)  # one job, one key
+    assert mine["id"] == result.backend_job_id
+    ranged = requests.get(mine["outputs"][0]["url"], timeout=10, headers={  # through to /view
+        "Authorization": f"Bearer {TOKEN}", "Range": "bytes=0-99"})  # fmt: skip
+    assert ranged.status_code == 206 and ranged.content == result.video.read_bytes()[:100]
     assert [r["job_id"] for r in runs(emulator)].count(result.backend_job_id) == 1
     assert json.loads((tmp_path / "one" / RECORD).read_text())["job_id"] == result.backend_job_id
 
