@@ -19,7 +19,7 @@ import requests
 from farm.backends import detect_kind, make_backend, runs_jobs_of
 from farm.backends.comfyui import prompt_id_for
 from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend
-from farm.errors import ConfigError, JobCancelled, ModelMissing
+from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
 from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
 from farm.planning import Job
@@ -32,7 +32,7 @@ from .conftest import EXAMPLES, NODES, pointed_at
 from .ratelimit import RateLimiter
 from .test_backend_comfyui import small_job
 from .test_comfy_contract import Server
-from .test_faults import t2v_scene, wait_done, wait_for
+from .test_faults import pool_children, t2v_scene, wait_done, wait_for
 
 TOKEN = "cloud-key-7f3a9c2e51d84b06"
 PROFILE = {**json.loads((NODES / "node-a.json").read_text()), "api": "0.38"}
@@ -202,6 +202,28 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     assert other.cancel(job, tmp_path) == "not_found"  # over: nothing left to take off
 
 
+def test_a_job_that_fails_on_the_node_raises_its_farm_error(emulator, proxy, tmp_path):
+    job = small_job(scene_id="v2-oom")  # more than the emulated GPU's memory
+    job = replace(
+        job, params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1}
+    )
+    with pytest.raises(OutOfMemory):
+        ComfyV2Backend(proxy.url, settings_for(tmp_path)).render(
+            job, tmp_path, lambda *a, **k: None
+        )
+    (mine,) = tagged(proxy, job)
+    assert mine["status"] == "failed"
+
+
+def test_outputs_are_held_to_the_download_cap(emulator, proxy, tmp_path):
+    settings = settings_for(tmp_path, FARM_MAX_DOWNLOAD_MB="0")
+    with pytest.raises(BadNodeResponse, match="FARM_MAX_DOWNLOAD_MB"):
+        ComfyV2Backend(proxy.url, settings).render(
+            small_job(scene_id="v2-cap"), tmp_path, lambda *a, **k: None
+        )
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".mp4", ".part")]
+
+
 def test_a_workflow_the_node_refuses_is_final_for_the_job(emulator, proxy, tmp_path):
     job = small_job(scene_id="v2-refused", template="quick_preview")  # Hunyuan: not there
     with pytest.raises(ModelMissing, match="hunyuan"):
@@ -358,6 +380,7 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
         "concurrency": 2,
         "price_per_second": 0.0004,
     }
+    assert len(pool_children(farm.procs["worker-cloud"].pid)) == 2  # FARM_CLOUD_CONCURRENCY
     before = {j["id"] for j in farm_jobs(farm)}
     scene = t2v_scene("v2-scene", 3)
     scene = replace(

@@ -493,12 +493,14 @@ class ComfyV2Backend:
 
     def follow(
         self, found: dict[str, Any], progress: ProgressFn
-    ) -> tuple[dict[str, Any], float | None]:
+    ) -> tuple[dict[str, Any], tuple[float, str] | None]:
         """Poll the job until it is over, reporting the stream's progress and previews
-        meanwhile; returns its final state and the seconds it was seen running."""
+        meanwhile; returns its final state and the seconds this process saw it run (from
+        when it was first seen running, else from when it was first seen at all)."""
         job_id = found["id"]
         if found["status"] in TERMINAL:
             return found, None
+        began = time.monotonic()
         events: queue.Queue = queue.Queue()
         stream = EventStream(self.client, job_id, events)
         stream.start()
@@ -540,8 +542,9 @@ class ComfyV2Backend:
                         running_since = time.monotonic()
                         progress(0.05, "started")
                 if state in TERMINAL:
-                    ran = None if running_since is None else time.monotonic() - running_since
-                    return current, ran
+                    if running_since is not None:
+                        return current, (time.monotonic() - running_since, "observed running")
+                    return current, (time.monotonic() - began, "observed queued and running")
                 if state == "queued":
                     position = current.get("queue_position")
                     progress(
@@ -552,13 +555,15 @@ class ComfyV2Backend:
             stream.stop()
 
     def _result(
-        self, job: Job, final: dict[str, Any], out_dir: Path, seen: float | None
+        self, job: Job, final: dict[str, Any], out_dir: Path, seen: tuple[float, str] | None
     ) -> RenderResult:
+        """The downloaded outputs, and in ``details`` the job's GPU-seconds and their
+        source (the service's figures first; what the worker saw; else unknown, 0)."""
         files = self._download(final, out_dir)
         result = video_result(job, files, str(final["id"]))
         seconds, source = _seconds(final)
         if seconds is None and seen is not None:
-            seconds, source = seen, "observed running"
+            seconds, source = seen
         result.details.update(gpu_seconds=round(seconds or 0.0, 3),
                               gpu_seconds_source=source or "unknown")  # fmt: skip
         return result
