@@ -158,6 +158,27 @@ def test_a_shot_renders_through_the_proxy_and_a_second_delivery_follows_the_same
     assert json.loads((tmp_path / "one" / RECORD).read_text())["job_id"] == result.backend_job_id
 
 
+def test_a_second_submission_of_an_attempt_is_refused_by_its_key_and_follows_the_job(
+    emulator, proxy, tmp_path, caplog
+):
+    """Two processes submit the same attempt (say, the first died after its POST, before it
+    recorded the job): the service refuses the second use of the idempotency key, and the
+    second process follows the first one's job instead."""
+    settings = settings_for(tmp_path)
+    job = small_job(scene_id="v2-key")
+    first = ComfyV2Backend(proxy.url, settings).submit(job, prompt_id_for(job), None)
+    with caplog.at_level("INFO", logger="farm.backends.comfyv2"):
+        second = ComfyV2Backend(proxy.url, settings).submit(job, prompt_id_for(job), None)
+    assert second["id"] == first["id"] and "already submitted" in caplog.text
+    result = ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+    assert result.backend_job_id == first["id"] and len(tagged(proxy, job)) == 1
+    refused = requests.post(proxy.url + "/api/v2/jobs", timeout=10, json={"workflow": {}},
+                            headers={"Authorization": f"Bearer {TOKEN}",
+                                     "Idempotency-Key": prompt_id_for(job)})  # fmt: skip
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "idempotency_key_reuse"
+
+
 def test_a_start_image_is_uploaded_once_by_its_hash_and_referenced(emulator, proxy, tmp_path):
     settings = settings_for(tmp_path)
     before = emulator.hits().get("POST /upload/image", 0)
@@ -408,9 +429,9 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
 
 
 def test_a_killed_worker_follows_the_same_v2_job(rt, farm):
-    """`kill -9` of the node worker mid-render, restarted a second later: the redelivered
-    shot finds the v2 job (the proxy refuses its idempotency key a second time) and follows
-    it; the proxy lists one job and the emulator ran it once."""
+    """`kill -9` of the node worker mid-render, restarted a second later: the shot,
+    published again when its lease lapses, finds the v2 job (recorded beside the attempt's
+    outputs) and follows it; the proxy lists one job and the emulator ran it once."""
     requests.put(farm.emulator_url("cloud") + "/emulator/faults", json=SLOW, timeout=5)
     before = {j["id"] for j in farm_jobs(farm)}
     scene = t2v_scene("v2-kill", 1, seed=7, width=640, height=352, frames=33)
