@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from farm.backends import detect_kind, make_backend, runs_jobs_of
+from farm.backends import detect_kind, image_mime, make_backend, runs_jobs_of
 from farm.backends.comfyui import prompt_id_for
 from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend
 from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
@@ -202,10 +202,15 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     settings = settings_for(tmp_path)
     job = small_job(scene_id="v2-cancel", frames=33)
     outcome: list = []
+    previews: list[bytes] = []
+
+    def keep(fraction: float, message: str = "", preview: bytes | None = None) -> None:
+        if preview is not None:
+            previews.append(preview)
 
     def render() -> None:
         try:
-            ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+            ComfyV2Backend(proxy.url, settings).render(job, tmp_path, keep)
         except Exception as exc:
             outcome.append(exc)
 
@@ -213,6 +218,8 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     thread.start()
     other = ComfyV2Backend(proxy.url, settings)  # e.g. `farm cancel`, or the checker
     wait_for(lambda: other.find(job, tmp_path) == "running", 30, "the job running")
+    wait_for(lambda: previews, 30, "a live preview through the event stream")
+    assert image_mime(previews[0]) in ("image/jpeg", "image/png")
     assert other.cancel(job, tmp_path) == "interrupted"
     thread.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], JobCancelled)
