@@ -278,6 +278,24 @@ def test_rate_limited_submissions_wait_as_asked_and_complete(emulator, proxy, tm
         limiter.stop()
 
 
+def test_a_submission_whose_answer_was_lost_is_sent_again_and_runs_once(emulator, proxy, tmp_path):
+    """The proxy takes the job but its answer never arrives: the farm sends the submission
+    again with the same idempotency key, the proxy refuses the key, and the farm follows
+    the job it already has."""
+    limiter = RateLimiter(proxy.url, drop={"POST /api/v2/jobs": 1}).start()
+    try:
+        job = small_job(scene_id="v2-lost")
+        result = ComfyV2Backend(limiter.url, settings_for(tmp_path)).render(
+            job, tmp_path, lambda *a, **k: None
+        )
+        assert [s for _, s in limiter.answered("POST /api/v2/jobs")] == [0, 422]  # lost, reused
+        (mine,) = tagged(proxy, job)
+        assert mine["id"] == result.backend_job_id and mine["status"] == "succeeded"
+        assert [r["job_id"] for r in runs(emulator)].count(mine["id"]) == 1
+    finally:
+        limiter.stop()
+
+
 def test_a_refused_event_stream_falls_back_to_polling(emulator, proxy, tmp_path, caplog):
     """The proxy serves 8 event streams at once; a ninth is refused with 429
     too_many_streams: the render goes on by polling and completes."""

@@ -428,8 +428,7 @@ class ComfyV2Backend:
             if fresh_assets:
                 self._assets.clear()  # the service lost an asset: upload again
             body = {"workflow": self.graph_for(job), "metadata": TAG + farm_id}
-            resp = self.client.call("POST", "/api/v2/jobs", ok=(200, 201, 202), json=body,
-                                    headers={"Idempotency-Key": farm_id})  # fmt: skip
+            resp = self._post_job(body, farm_id)
             if resp.status_code in (200, 201, 202):
                 found = self.client.json(resp)
                 if not isinstance(found.get("id"), str):
@@ -453,6 +452,22 @@ class ComfyV2Backend:
             raise BadNodeResponse(
                 f"POST /api/v2/jobs answered HTTP {resp.status_code}: {code} {message}"
             )
+        raise AssertionError("unreachable")
+
+    def _post_job(self, body: dict[str, Any], farm_id: str) -> requests.Response:
+        """``POST /api/v2/jobs``, sent again (the same key) when its answer was lost: the
+        service may have taken the job, and then refuses the key, which :meth:`submit`
+        follows."""
+        for tries in range(3):
+            try:
+                return self.client.call("POST", "/api/v2/jobs", ok=(200, 201, 202), json=body,
+                                        headers={"Idempotency-Key": farm_id})  # fmt: skip
+            except (NodeTimeout, NodeUnavailable) as exc:
+                lost = isinstance(exc.__cause__, requests.RequestException)
+                if not lost or tries == 2:
+                    raise
+                log.info("submission of job %s to %s: %s; sending it again", farm_id, self.url, exc)
+                time.sleep(1.0 + tries)
         raise AssertionError("unreachable")
 
     def _reused(self, farm_id: str, out_dir: Path | None) -> dict[str, Any]:
