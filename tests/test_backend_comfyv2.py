@@ -9,6 +9,7 @@ import gc
 import json
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from farm.settings import Settings
 from farm.submit import enqueue
 from farm.worker import patient
 
-from .conftest import EXAMPLES, NODES, pointed_at
+from .conftest import EXAMPLES, NODES, REPO, pointed_at
 from .ratelimit import RateLimiter
 from .test_backend_comfyui import small_job
 from .test_comfy_contract import Server
@@ -352,6 +353,19 @@ def test_bad_credentials_and_config_name_the_setting(emulator, proxy, tmp_path):
     ).nodes
     assert [(n.kind, n.url) for n in nodes] == [
         ("comfyv2", "https://cloud.example"), ("comfyv2", "http://127.0.0.1:8189")]  # fmt: skip
+
+
+def test_a_v2_worker_without_a_key_stops_at_once_naming_the_setting(tmp_path):
+    """`farm worker` for a Comfy Cloud node with no key exits with the config error (3)
+    before it takes a task."""
+    env = {"PATH": "/usr/bin:/bin", "FARM_REDIS_URL": "redis://127.0.0.1:9/0",
+           "FARM_STORAGE": str(tmp_path), "PYTHONPATH": str(REPO)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "worker", "--url", "comfyv2+https://cloud.example"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "FARM_CLOUD_TOKEN_FILE" in done.stderr + done.stdout
 
 
 # -- a farm whose GPU node is a Comfy API v2 node -----------------------------------------------
