@@ -5,12 +5,14 @@ node; the proxy's own job list and the emulator's job log referee."""
 
 from __future__ import annotations
 
+import email.utils
 import gc
 import json
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import requests
 
 from farm.backends import detect_kind, image_mime, make_backend, runs_jobs_of
 from farm.backends.comfyui import prompt_id_for
-from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend
+from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend, reported_seconds, retry_after
 from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
 from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
@@ -110,6 +112,33 @@ def emulator(node):
 @pytest.fixture
 def proxy(node):
     return node[1]
+
+
+# -- what the service reports, read ---------------------------------------------------------------
+
+
+def test_gpu_seconds_come_from_the_service_s_figures_when_it_gives_them():
+    """Comfy Cloud's ``metrics.execution_ms`` first, then ``completed_at - started_at``;
+    comfy-api-proxy 0.1.6 gives neither (the worker then counts what it saw)."""
+    times = {"started_at": "2026-12-07T10:00:00Z", "completed_at": "2026-12-07T10:01:30.5Z"}
+    assert reported_seconds({"metrics": {"execution_ms": 91250}, **times}) == (
+        91.25,
+        "metrics.execution_ms",
+    )
+    assert reported_seconds(times) == (90.5, "completed_at - started_at")
+    assert reported_seconds({"started_at": None, "completed_at": None}) == (None, "")
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date_and_capped():
+    def answer(value: str) -> requests.Response:
+        resp = requests.Response()
+        resp.headers["Retry-After"] = value
+        return resp
+
+    assert retry_after(answer("3")) == 3.0 and retry_after(answer("3600")) == 60.0
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= retry_after(answer(later)) <= 10.0
+    assert retry_after(answer("soon")) == 5.0
 
 
 # -- the backend against the real proxy ---------------------------------------------------------

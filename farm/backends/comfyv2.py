@@ -130,7 +130,7 @@ def job_error(job: dict[str, Any]) -> FarmError:
     )
 
 
-def _seconds(job: dict[str, Any]) -> tuple[float | None, str]:
+def reported_seconds(job: dict[str, Any]) -> tuple[float | None, str]:
     """GPU-seconds the service reports for a finished job, and where they come from:
     ``metrics.execution_ms``, else ``completed_at - started_at``; ``(None, "")`` when it
     reports neither (comfy-api-proxy 0.1.6 leaves both null)."""
@@ -576,7 +576,7 @@ class ComfyV2Backend:
         source (the service's figures first; what the worker saw; else unknown, 0)."""
         files = self._download(final, out_dir)
         result = video_result(job, files, str(final["id"]))
-        seconds, source = _seconds(final)
+        seconds, source = reported_seconds(final)
         if seconds is None and seen is not None:
             seconds, source = seen
         result.details.update(gpu_seconds=round(seconds or 0.0, 3),
