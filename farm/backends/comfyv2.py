@@ -174,6 +174,7 @@ class V2Client:
                     f"{method} {path}: {self.url} kept answering 429 ({code}) for "
                     f"{self.patience:g}s"
                 )
+            resp.close()
             log.info("%s %s: 429 %s, waiting %.1fs as asked", method, path, code, wait)
             time.sleep(wait)
         status = resp.status_code
@@ -598,12 +599,12 @@ class ComfyV2Backend:
             dest = unique_dest(out_dir, root, item["name"], files)
             own = f"/api/v2/assets/{item.get('id')}/content"
             if url.startswith("/") or url.startswith(self.client.origin + "/"):
-                resp = self.client._send("GET", url, stream=True)
+                resp = self.client.call("GET", url, stream=True)
             else:
                 resp = self._plain_get(url)
                 if resp.status_code in (401, 403) and item.get("id"):
                     resp.close()  # not a signed URL: the service's own address for it
-                    resp = self.client._send("GET", own, stream=True)
+                    resp = self.client.call("GET", own, stream=True)
             files.append(save_stream(resp, dest, self.settings.max_download_bytes, item["name"]))
         return files
 
