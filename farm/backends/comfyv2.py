@@ -415,8 +415,9 @@ class ComfyV2Backend:
             log.info("job %s is already on %s as %s: following it", farm_id, self.url, found["id"])
         try:
             final, seen = self.follow(found, progress)
-        except (JobCancelled, NodeTimeout) as exc:
-            self._abandon(found["id"], exc)
+        except Exception as exc:  # cancelled, hung, or the task's soft time limit: stop paying
+            if isinstance(exc, JobCancelled | NodeTimeout) or not isinstance(exc, FarmError):
+                self._abandon(found["id"], exc)
             raise
         if final["status"] != "succeeded":
             raise job_error(final)
@@ -532,7 +533,7 @@ class ComfyV2Backend:
                 if event == "status" and data.get("status") == "running" and running_since is None:
                     running_since = time.monotonic()
                     progress(0.05, "started")
-                elif event == "progress" and data.get("value") is not None:
+                elif event == "progress" and isinstance(data.get("value"), int | float):
                     running_since = running_since or time.monotonic()
                     step, steps = data.get("step"), data.get("steps")
                     text = f"step {step}/{steps}" if step is not None and steps else "running"
