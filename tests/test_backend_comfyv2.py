@@ -27,6 +27,7 @@ from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
 from farm.planning import Job
 from farm.runtime import get_runtime
+from farm.scene import parse_scene
 from farm.settings import Settings
 from farm.submit import enqueue
 from farm.worker import patient
@@ -38,7 +39,17 @@ from .test_comfy_contract import Server
 from .test_faults import pool_children, t2v_scene, wait_done, wait_for
 
 TOKEN = "cloud-key-7f3a9c2e51d84b06"
-PROFILE = {**json.loads((NODES / "node-a.json").read_text()), "api": "0.38"}
+
+
+def _profile() -> dict:
+    """node-a's models and node-c's Wan 2.1 ATI (trajectories), with the job API."""
+    a, c = (json.loads((NODES / f"{n}.json").read_text()) for n in ("node-a", "node-c"))
+    models = {k: sorted({*a["models"].get(k, []), *c["models"].get(k, [])})
+              for k in {*a["models"], *c["models"]}}  # fmt: skip
+    return {**a, "models": models, "api": "0.38"}
+
+
+PROFILE = _profile()
 MODELS = ",".join(f"{folder}/{name}" for folder, names in PROFILE["models"].items()
                   for name in names)  # fmt: skip
 SLOW = {"slow": {"rate": 1.0, "factor": 8.0}}
@@ -471,19 +482,27 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
     }
     assert len(pool_children(farm.procs["worker-cloud"].pid)) == 2  # FARM_CLOUD_CONCURRENCY
     before = {j["id"] for j in farm_jobs(farm)}
-    scene = t2v_scene("v2-scene", 3)
-    scene = replace(
-        scene, shots=[*scene.shots[:2], replace(scene.shots[2], start_image=str(IMAGE))]
-    )
+    base = {"backend": "comfyui", "width": 320, "height": 192, "frames": 17}
+    path = [{"x": 40, "y": 150}, {"x": 160, "y": 110}, {"x": 280, "y": 60}]
+    scene = parse_scene({"id": "v2-scene", "quality": "final", "shots": [
+        {"id": "t2v", "action_description": "a lighthouse", "seed": 1, **base},
+        {"id": "t2v2", "action_description": "a harbour", "seed": 2, **base},
+        {"id": "i2v", "action_description": "the meadow at dawn", "start_image": str(IMAGE),
+         "seed": 3, **base},
+        {"id": "ati", "action_description": "a fox runs", "start_image": str(IMAGE),
+         "trajectories": [path], "seed": 4, **base},
+    ]})  # fmt: skip
     enqueue(scene, rt)
     wait_for(lambda: any(s.get("state") == "running" for s in rt.state.shots(scene.id)), 60,
              "a shot running")  # fmt: skip
     assert_no_token_in_redis(farm)  # with task messages in flight
     status = wait_done(rt, scene.id, timeout=180)
     assert status["state"] == "done", status
-    assert probe(Path(status["outputs"]["video"])).frames == 3 * 17
+    assert probe(Path(status["outputs"]["video"])).frames == 4 * 17
     new = [j for j in farm_jobs(farm) if j["id"] not in before]
-    assert sorted(j["status"] for j in new) == ["succeeded"] * 3  # one v2 job per shot
+    assert sorted(j["status"] for j in new) == ["succeeded"] * 4  # one v2 job per shot
+    workflows = {rt.state.shot(scene.id, sid)["job"]["workflow"] for sid in ("i2v", "ati")}
+    assert workflows == {"wan22_i2v", "wan_ati"}  # a start image; a trajectory too
     for shot in rt.state.shots(scene.id):
         (done,) = [a for a in shot["attempt_log"] if a["state"] == "done"]
         assert done["node"] == "cloud" and done["backend_job_id"] in {j["id"] for j in new}
