@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import gc
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -406,6 +407,64 @@ def test_a_v2_worker_without_a_key_stops_at_once_naming_the_setting(tmp_path):
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
     assert "FARM_CLOUD_TOKEN_FILE" in done.stderr + done.stdout
+
+
+def test_farm_up_runs_an_emulated_v2_node_behind_comfy_api_proxy(tmp_path):
+    """`farm up` with ``emulate = "comfyv2"``: the emulated ComfyUI, comfy-api-proxy in
+    front of it and the node's worker; a scene renders through the proxy."""
+    from .test_up import bare_env
+    from .test_up import farm as cli
+
+    profile = tmp_path / "cloud.json"
+    profile.write_text(json.dumps(PROFILE))
+    ports = [free_port() for _ in range(3)]
+    config = tmp_path / "farm.toml"
+    config.write_text(f"""
+root = "root"
+stop_timeout = 20
+[redis]
+port = {ports[0]}
+[[node]]
+name = "cloud"
+emulate = "comfyv2"
+profile = "{profile}"
+port = {ports[1]}
+comfyui_port = {ports[2]}
+[cpu]
+concurrency = 1
+[flower]
+enabled = false
+[web]
+enabled = false
+[exporter]
+enabled = false
+[env]
+FARM_HEARTBEAT = "1"
+FARM_CLOUD_MODELS = "{MODELS}"
+""")  # fmt: skip
+    env = bare_env()
+    started = cli("up", str(config), env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        exports = cli("env", str(config), env=env).stdout
+        pairs = [line.removeprefix("export ").split("=", 1) for line in exports.splitlines()]
+        farm_env = {**env, **{k: shlex.split(v)[0] for k, v in pairs}}
+        assert f"cloud=comfyv2+http://127.0.0.1:{ports[1]}" in farm_env["FARM_NODES"]
+        scene = tmp_path / "scene.json"
+        scene.write_text(json.dumps({"id": "up-v2", "quality": "final", "shots": [
+            {"id": "intro", "action_description": "a paper kite", "width": 256, "height": 160,
+             "frames": 9, "seed": 1, "backend": "comfyui"}]}))  # fmt: skip
+        assert cli("submit", str(scene), env=farm_env).returncode == 0
+
+        def done() -> bool:
+            out = cli("status", "--json", "up-v2", env=farm_env)
+            return out.returncode == 0 and json.loads(out.stdout)["state"] == "done"
+
+        wait_for(done, 120, "scene up-v2 done")
+        jobs = requests.get(f"http://127.0.0.1:{ports[1]}/api/v2/jobs", timeout=10).json()["jobs"]
+        assert [j["status"] for j in jobs] == ["succeeded"]
+    finally:
+        cli("down", str(config), env=env)
 
 
 # -- a farm whose GPU node is a Comfy API v2 node -----------------------------------------------
