@@ -131,6 +131,8 @@ class NodeRegistry:
             "classes": str(description.get("classes", 0)),
             "last_seen": str(now),
         }
+        if "cloud" in description:  # a Comfy API v2 node's plan: concurrency, price
+            fields["cloud"] = json.dumps(description["cloud"])
         if "workflows" in description:
             fields["workflows"] = json.dumps(description["workflows"])
             fields["described"] = str(now)
@@ -206,6 +208,7 @@ class NodeRegistry:
                     "version": raw.get("version", ""),
                     "classes": int(raw.get("classes") or 0),
                     "workflows": json.loads(raw["workflows"]) if raw.get("workflows") else None,
+                    "cloud": json.loads(raw["cloud"]) if raw.get("cloud") else None,
                     "described": float(raw.get("described") or 0),
                     "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
                     "ok": raw.get("ok") == "1",
@@ -218,12 +221,15 @@ class NodeRegistry:
         return out
 
     def infos(self) -> list[NodeInfo]:
-        """The registered nodes as the planner sees them."""
+        """The registered nodes as the planner sees them: ``kind`` is the backend of the
+        jobs a node runs (:func:`farm.backends.runs_jobs_of`)."""
+        from farm.backends import runs_jobs_of
+
         records = self.records()
         return [
             NodeInfo(
                 name=r["name"],
-                kind=r["kind"],
+                kind=runs_jobs_of(r["kind"]),  # a comfyv2 node takes ComfyUI jobs
                 alive=r["alive"],
                 models={k: tuple(v) for k, v in r["models"].items()},
                 workflows=None

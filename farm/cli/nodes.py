@@ -50,7 +50,7 @@ def nodes(as_json: bool) -> None:
 @click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "comfyui", "wan2gp"]),
+    type=click.Choice(["auto", "comfyui", "wan2gp", "comfyv2"]),
     default="auto",
     show_default=True,
     help="Node backend with --url; auto asks the server which it is.",
@@ -75,7 +75,7 @@ def worker(
     loglevel: str,
 ) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
-    from farm.settings import NodeConfig, get_settings, node_name_for
+    from farm.settings import NODE_KINDS, NodeConfig, get_settings, node_name_for
     from farm.studio import catalog_for
     from farm.worker import run_cpu_worker, run_node_worker
 
@@ -90,7 +90,10 @@ def worker(
             run_cpu_worker(settings, concurrency, loglevel, cpu_name)
             return
         if url:
-            if kind == "auto":
+            scheme, plus, rest = url.partition("+")
+            if plus and scheme in NODE_KINDS:  # comfyv2+https://..., as in FARM_NODES
+                kind, url = scheme, rest
+            elif kind == "auto":
                 from farm.backends import detect_kind
 
                 kind = detect_kind(url, settings.http_timeout)
