@@ -10,7 +10,8 @@ is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, 
                         name -> {ok, missing, models}), described, last_seen, ok, reason,
                         started, rendered_models (JSON: the diffusion models its last
                         render loaded), loaded (JSON: those its last bound shot needs),
-                        throughput
+                        throughput, cloud (JSON: a cloud node's {concurrency,
+                        price_per_second}, from its description)
     farm:node:{name}:renders   list: "cost seconds" of its last SPEED_WINDOW renders
 
 Node speed is learned, not configured: after each render that loaded no model, the
@@ -47,15 +48,27 @@ def node_queue(name: str) -> str:
     return f"node.{name}"
 
 
+def median_throughput(records: list[dict[str, Any]]) -> float:
+    """The median learned throughput (reference steps per second) of the measured live
+    local nodes (of every measured live node when no local one is; 0: none is measured).
+    A cloud node's render time includes its uploads and its service's queue."""
+    live = [r for r in records if r["alive"] and r["throughput"] > 0]
+    measured = sorted(r["throughput"] for r in live if not r.get("cloud")) or sorted(
+        r["throughput"] for r in live
+    )
+    if not measured:
+        return 0.0
+    mid = len(measured) // 2
+    return measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
+
+
 def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
     """Each node's learned throughput over the median of the measured live nodes' (1.0
     for a node not measured yet, or when none is), to 1/8 of an octave (9%): finer
     differences do not change a placement, and stable speeds keep the policy's caches."""
-    measured = sorted(r["throughput"] for r in records if r["alive"] and r["throughput"] > 0)
-    if not measured:
+    median = median_throughput(records)
+    if not median:
         return [1.0] * len(records)
-    mid = len(measured) // 2
-    median = measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
     return [_octaves(r["throughput"] / median) if r["throughput"] > 0 else 1.0 for r in records]
 
 
@@ -81,6 +94,13 @@ def listing(registry: NodeRegistry, catalog: Catalog) -> list[dict[str, Any]]:
         r["speed"] = speed
         r["can_render"] = can_render(r, catalog)
     return records
+
+
+def cloud_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A cloud node's described plan as its record keeps it: ``concurrency`` (at least 1)
+    and ``price_per_second`` (0 or more)."""
+    return {"concurrency": max(1, int(plan.get("concurrency") or 1)),
+            "price_per_second": max(0.0, float(plan.get("price_per_second") or 0.0))}  # fmt: skip
 
 
 def held_models(text: str | None) -> frozenset[str]:
@@ -134,6 +154,8 @@ class NodeRegistry:
         if "workflows" in description:
             fields["workflows"] = json.dumps(description["workflows"])
             fields["described"] = str(now)
+        if "cloud" in description:  # a cloud node's plan (farm.backends.comfyv2)
+            fields["cloud"] = json.dumps(cloud_plan(description["cloud"]))
         self.r.hset(self.key(name), mapping=fields)
 
     def beat(self, name: str, ok: bool, reason: str = "") -> None:
@@ -213,6 +235,7 @@ class NodeRegistry:
                     "reason": raw.get("reason", ""),
                     "queued": queued,
                     "throughput": float(raw.get("throughput") or 0),
+                    "cloud": json.loads(raw["cloud"]) if raw.get("cloud") else None,
                 }
             )
         return out
@@ -235,6 +258,8 @@ class NodeRegistry:
                     if not c.get("ok")
                 },  # fmt: skip
                 speed=speed,
+                concurrency=(r["cloud"] or {}).get("concurrency", 0),
+                price=(r["cloud"] or {}).get("price_per_second", 0.0),
             )
             for r, speed in zip(records, relative_speeds(records), strict=True)
         ]
