@@ -88,11 +88,20 @@ def can_render(record: dict[str, Any], catalog: Catalog | None = None) -> list[s
 
 def listing(registry: NodeRegistry, catalog: Catalog) -> list[dict[str, Any]]:
     """Every registered node as `farm nodes --json` lists it: its record with its learned
-    ``speed`` and what it ``can_render``."""
+    ``speed`` and what it ``can_render``; a cloud node's with its ``spend`` (today, in all,
+    GPU-seconds) and the farm's ``burst`` (policy, today's spend, budgets, open scenes'
+    spend: :func:`farm.budget.summary`)."""
+    from farm.budget import summary
+
     records = registry.records()
+    clouds = [r["name"] for r in records if r["cloud"]]
+    spend = summary(registry.r, registry.s, clouds) if clouds else None
     for r, speed in zip(records, relative_speeds(records), strict=True):
         r["speed"] = speed
         r["can_render"] = can_render(r, catalog)
+        if r["cloud"] and spend is not None:
+            r["spend"] = spend["nodes"][r["name"]]
+            r["burst"] = {k: v for k, v in spend.items() if k != "nodes"}
     return records
 
 
@@ -240,9 +249,10 @@ class NodeRegistry:
             )
         return out
 
-    def infos(self) -> list[NodeInfo]:
-        """The registered nodes as the planner sees them."""
-        records = self.records()
+    def infos(self, records: list[dict[str, Any]] | None = None) -> list[NodeInfo]:
+        """The registered nodes (their ``records``, default: read now) as the planner sees
+        them."""
+        records = self.records() if records is None else records
         return [
             NodeInfo(
                 name=r["name"],
