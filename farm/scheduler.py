@@ -488,9 +488,7 @@ class _Cloud:
             why = self.burst.refuses(shot[1], node.info, price)
             if why is None:
                 return shot
-            self.burst.held[shot[1]] = why
-            if self.burst.day_spent + price > self.burst.day_cap:
-                return None  # no shot of this price fits the day
+            self.burst.held[shot[1]] = why  # over the day's budget: every shot goes on here
         return None
 
 
