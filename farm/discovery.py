@@ -2,7 +2,9 @@
 
 Pure: it takes the node's class definitions and the farm's workflows and says, per
 workflow, whether the node can run it (every class installed, every fixed model file
-present) and which diffusion models it offers for the workflow's model input.
+present) and which diffusion models it offers for the workflow's model input. A Comfy
+API v2 node lists neither classes nor models: :func:`listed_capabilities` works from the
+model files its operator lists (FARM_CLOUD_MODELS) instead.
 """
 
 from __future__ import annotations
@@ -117,6 +119,48 @@ def node_capabilities(
         mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
         if not any(find_titled(graph, t) for t, _ in bound_inputs("model", bindings)):
             models = sorted({f for m in mine.values() for f in m.files})  # named in the graph
+        usable = sorted(k for k, m in mine.items() if not problems
+                        and all(f in models for f in m.files))  # fmt: skip
+        out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
+    return out
+
+
+def listed_capabilities(
+    files: list[str],
+    offered: list[str],
+    workflows_dir: Path,
+    catalog: Catalog | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`node_capabilities` of a node known only by the model ``files`` it holds
+    (``offered``: those its diffusion-model loaders offer): a workflow is runnable when
+    every fixed model file it names is held; its classes are taken as installed (the v2
+    API does not list them; a missing one fails the job at submission, as invalid)."""
+    catalog = catalog or load_catalog()
+    params = catalog.params()
+    held = set(files)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(catalog.workflows()) | set(workflow_names(workflows_dir))):
+        path = catalog.workflow_file(name, workflows_dir)
+        try:
+            graph = load_workflow(name, workflows_dir, None, path)
+        except WorkflowError as exc:
+            out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
+            continue
+        bindings = catalog.bindings(name)
+        bound = {(nid, n) for title, n in bound_inputs("model", bindings)
+                 for nid in find_titled(graph, title)}  # fmt: skip
+        problems = [
+            f"node {nid} ({node['class_type']}): no file {value!r} for {inp} in FARM_CLOUD_MODELS"
+            for nid, node in graph.items()
+            for inp, value in node.get("inputs", {}).items()
+            if inp in FILE_INPUTS and isinstance(value, str) and (nid, inp) not in bound
+            and value not in held
+        ]  # fmt: skip
+        problems += binding_problems(graph, bindings, params.get(name, set()))
+        models = sorted(set(offered)) if bound else []
+        mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
+        if not bound:
+            models = sorted({f for m in mine.values() for f in m.files if f in held})
         usable = sorted(k for k, m in mine.items() if not problems
                         and all(f in models for f in m.files))  # fmt: skip
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}

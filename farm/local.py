@@ -29,7 +29,8 @@ from farm.settings import Settings
 @dataclass(frozen=True)
 class EmulatedNode:
     """A node to emulate: its name, emulator profile file and backend kind
-    (``comfyui`` or ``wan2gp``, the WanGP MCP server); with ``url``, a node that already
+    (``comfyui``, ``wan2gp``: the WanGP MCP server, ``comfyv2``: an emulated ComfyUI
+    behind a real comfy-api-proxy, the Comfy API v2); with ``url``, a node that already
     runs there (a real ComfyUI): the farm starts no emulator for it."""
 
     name: str
@@ -38,10 +39,23 @@ class EmulatedNode:
     url: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("comfyui", "wan2gp"):
+        if self.kind not in ("comfyui", "wan2gp", "comfyv2"):
             raise ConfigError(
-                f"node {self.name}: kind must be comfyui or wan2gp, not {self.kind!r}"
+                f"node {self.name}: kind must be comfyui, wan2gp or comfyv2, not {self.kind!r}"
             )
+
+    @property
+    def emulates(self) -> str:
+        """The emulator it runs: a ComfyUI for a comfyv2 node (the proxy goes in front)."""
+        return "comfyui" if self.kind == "comfyv2" else self.kind
+
+
+def proxy_argv(port: int, comfyui_url: str, state_dir: Path, token: str = "") -> list[str]:
+    """comfy-api-proxy (the Comfy API v2 in front of a ComfyUI) on loopback ``port``,
+    keeping its jobs, idempotency keys and assets in ``state_dir``."""
+    argv = [sys.executable, "-m", "comfy_api_proxy.cli", "run", "--comfyui", comfyui_url,
+            "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir)]  # fmt: skip
+    return [*argv, "--token", token] if token else argv
 
 
 def free_port() -> int:
@@ -248,8 +262,13 @@ class LocalFarm:
         redis_user: str = "",
         redis_url: str | None = None,
         supervise: bool = False,
+        cloud_token: str = "",
     ) -> None:
         self.root = root.resolve()
+        # the key of the comfyv2 nodes' proxies: the farm reads it from a file only its
+        # owner reads (FARM_CLOUD_TOKEN_FILE); the proxy, standing in for the cloud, takes it
+        # as its own --token
+        self.cloud_token = cloud_token
         self.supervise = supervise
         self.held: set[str] = set()  # stopped on purpose: not restarted
         self.restarts: dict[str, int] = {}
@@ -281,10 +300,21 @@ class LocalFarm:
     def storage(self) -> Path:
         return self.root / "storage"
 
+    @property
+    def cloud_token_file(self) -> Path:
+        return self.root / "cloud-token"
+
     def node_url(self, name: str) -> str:
+        """Where the farm reaches node ``name`` (a comfyv2 node: its proxy)."""
         node = next((n for n in self.nodes if n.name == name), None)
         if node is not None and node.url:
             return node.url.rstrip("/")
+        if node is not None and node.kind == "comfyv2":
+            return f"http://127.0.0.1:{self.ports[f'{name}/v2']}"
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def emulator_url(self, name: str) -> str:
+        """The emulated server of node ``name`` itself (behind the proxy of a comfyv2 node)."""
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def redis_url(self, user: str | None = None) -> str:
@@ -311,9 +341,10 @@ class LocalFarm:
             **self.redis_env(),
             "FARM_STORAGE": str(self.storage),
             "FARM_NODES": ",".join(
-                f"{n.name}={'wan2gp+' if n.kind == 'wan2gp' else ''}{self.node_url(n.name)}"
+                f"{n.name}={'' if n.kind == 'comfyui' else n.kind + '+'}{self.node_url(n.name)}"
                 for n in self.nodes
             ),
+            **({"FARM_CLOUD_TOKEN_FILE": str(self.cloud_token_file)} if self.cloud_token else {}),
             **self.extra_env,
         }
 
@@ -342,6 +373,11 @@ class LocalFarm:
         for folder in (self.logs, self.storage, self.root / "redis"):
             folder.mkdir(parents=True, exist_ok=True)
         self.ports = {node.name: free_port() for node in self.nodes if not node.url}
+        self.ports.update({f"{n.name}/v2": free_port() for n in self.nodes
+                           if n.kind == "comfyv2" and not n.url})  # fmt: skip
+        if self.cloud_token:
+            self.cloud_token_file.touch(mode=0o600)
+            self.cloud_token_file.write_text(self.cloud_token + "\n")
         try:
             if self.external_redis is None:
                 self.start_redis()
@@ -350,6 +386,9 @@ class LocalFarm:
                 self.start_emulator(node)
             for node in emulated:
                 self._wait_emulator(node)
+            for node in emulated:
+                if node.kind == "comfyv2":
+                    self.start_proxy(node.name)
             for node in self.nodes:
                 self.start_worker(node.name)
             self.start_cpu_worker()
@@ -448,7 +487,18 @@ class LocalFarm:
         if node.url or node.profile is None:
             raise ConfigError(f"node {node.name} runs at {node.url}: the farm does not start it")
         self._spawn(f"emulator-{node.name}", emulator_argv(
-            node.kind, self.ports[node.name], node.profile, self.root / "nodes" / node.name))  # fmt: skip
+            node.emulates, self.ports[node.name], node.profile, self.root / "nodes" / node.name))  # fmt: skip
+
+    def start_proxy(self, name: str, timeout: float = 30) -> None:
+        """Start comfy-api-proxy in front of comfyv2 node ``name``'s emulator (its state
+        in ``ROOT/proxies/NAME``, so a restarted proxy keeps its jobs and keys) and wait
+        until it answers the Comfy API v2."""
+        port, state = self.ports[f"{name}/v2"], self.root / "proxies" / name
+        state.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn(f"proxy-{name}",
+                           proxy_argv(port, self.emulator_url(name), state, self.cloud_token))  # fmt: skip
+        wait_node("comfyv2", port, proc, f"comfy-api-proxy of {name}",
+                  self.logs / f"proxy-{name}.log", timeout)  # fmt: skip
 
     def start_worker(self, name: str) -> None:
         self.held.discard(f"worker-{name}")
@@ -467,8 +517,8 @@ class LocalFarm:
 
     def _wait_emulator(self, node: EmulatedNode) -> None:
         name = f"emulator-{node.name}"
-        wait_node(node.kind, self.ports[node.name], self.procs[name], f"emulator {node.name}",
-                  self.logs / f"{name}.log", 30)  # fmt: skip
+        wait_node(node.emulates, self.ports[node.name], self.procs[name],
+                  f"emulator {node.name}", self.logs / f"{name}.log", 30)  # fmt: skip
 
     def start_cpu_worker(self) -> None:
         self.held.discard("worker-cpu")

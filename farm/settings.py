@@ -20,7 +20,7 @@ from farm.keys import Keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-NODE_KINDS = ("comfyui", "wan2gp")
+NODE_KINDS = ("comfyui", "wan2gp", "comfyv2")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
     """Parse ``FARM_NODES``: ``name=URL`` pairs or bare URLs, separated by commas.
 
     The URL may carry the backend kind as a scheme prefix (``comfyui+http://...``,
-    ``wan2gp+http://...``); plain ``http(s)://`` means ComfyUI. A bare URL's node is
+    ``wan2gp+http://...``, ``comfyv2+https://...`` for a Comfy API v2 service: Comfy Cloud
+    or comfy-api-proxy); plain ``http(s)://`` means ComfyUI. A bare URL's node is
     named after its host and port (``http://10.0.0.5:8188`` → ``10-0-0-5-8188``).
     """
     nodes: list[NodeConfig] = []
@@ -61,10 +62,34 @@ def parse_nodes(text: str) -> tuple[NodeConfig, ...]:
                 f"FARM_NODES: node {name!r} URL {url!r} must start with http:// or https://"
                 " (or, for a WanGP node in CLI mode, wan2gp+file:///path/to/Wan2GP)"
             )
+        if kind == "comfyv2":
+            check_v2_url(name, url)
         if any(n.name == name for n in nodes):
             raise ConfigError(f"FARM_NODES: node {name!r} is listed twice")
         nodes.append(NodeConfig(name=name, kind=kind, url=url.rstrip("/")))
     return tuple(nodes)
+
+
+def check_v2_url(name: str, url: str) -> None:
+    """A Comfy API v2 node's URL names a host and carries no key (that goes in
+    FARM_CLOUD_TOKEN or FARM_CLOUD_TOKEN_FILE, never in FARM_NODES)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"FARM_NODES: node {name!r}: {exc}") from None
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"FARM_NODES: node {name!r}: put the Comfy API key in FARM_CLOUD_TOKEN or "
+            "FARM_CLOUD_TOKEN_FILE, not in the URL"
+        )
+    if not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"FARM_NODES: node {name!r}: a Comfy API v2 node is comfyv2+https://HOST[:PORT] "
+            "(Comfy Cloud) or comfyv2+http://HOST:PORT (comfy-api-proxy)"
+        )
 
 
 def node_name_for(url: str) -> str:
@@ -447,6 +472,50 @@ class Settings:
         )
     )
 
+    # Comfy API v2 nodes (``comfyv2+https://…``: Comfy Cloud, or comfy-api-proxy); docs/cloud.md
+    cloud_token: str = field(
+        repr=False,
+        **_env(
+            "FARM_CLOUD_TOKEN",
+            "API key of the Comfy API v2 nodes (comfyv2+…), sent as 'Authorization: Bearer'; "
+            "needed for https:// nodes (Comfy Cloud), optional for a comfy-api-proxy started "
+            "without --token. Prefer FARM_CLOUD_TOKEN_FILE; never logged or stored in Redis",
+            "",
+        ),
+    )
+    cloud_token_file: str = field(
+        **_env(
+            "FARM_CLOUD_TOKEN_FILE",
+            "File holding FARM_CLOUD_TOKEN (one line; keep it 0600); set one of the two",
+            "",
+        )
+    )
+    cloud_concurrency: int = field(
+        **_env(
+            "FARM_CLOUD_CONCURRENCY",
+            "Jobs a Comfy API v2 node runs at once (its plan's concurrent job limit): the "
+            "worker processes of its node worker",
+            "1",
+        )
+    )
+    cloud_price: float = field(
+        **_env(
+            "FARM_CLOUD_PRICE",
+            "Price of one GPU-second on the Comfy API v2 nodes, in the farm's currency "
+            "(0: free, e.g. your own GPU behind comfy-api-proxy)",
+            "0",
+        )
+    )
+    cloud_models: str = field(
+        **_env(
+            "FARM_CLOUD_MODELS",
+            "Model files the Comfy API v2 nodes hold, 'folder/file' separated by commas "
+            "(e.g. diffusion_models/wan2.2_ti2v_5B_fp16.safetensors): the v2 API lists none, so "
+            "the farm sends such a node only jobs whose files are listed here",
+            "",
+        )
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
@@ -498,6 +567,13 @@ class Settings:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} ({value}) must be more than 0")
+        if self.cloud_concurrency < 1:
+            raise ConfigError(
+                f"FARM_CLOUD_CONCURRENCY ({self.cloud_concurrency}) must be 1 or more"
+            )
+        if self.cloud_price < 0:
+            raise ConfigError(f"FARM_CLOUD_PRICE ({self.cloud_price:g}) must be 0 or more")
+        self.cloud_model_files()
         self.check_redis()
 
     def check_redis(self) -> None:
@@ -593,6 +669,44 @@ class Settings:
     def keys(self) -> Keys:
         """The farm's Redis key names (:mod:`farm.keys`)."""
         return Keys(self.key_prefix)
+
+    def cloud_api_key(self) -> str:
+        """The Comfy API v2 key, from FARM_CLOUD_TOKEN or the file FARM_CLOUD_TOKEN_FILE
+        names (read now, so a rotated key is picked up); ``""`` when neither is set. The
+        key itself is never part of an error message."""
+        if self.cloud_token and self.cloud_token_file:
+            raise ConfigError("FARM_CLOUD_TOKEN and FARM_CLOUD_TOKEN_FILE are both set: keep one")
+        if not self.cloud_token_file:
+            return self.cloud_token.strip()
+        path = Path(self.cloud_token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"FARM_CLOUD_TOKEN_FILE: cannot read {path} ({exc.strerror}); point it at the "
+                "file holding the Comfy API key"
+            ) from None
+        if not token or len(token.splitlines()) != 1:
+            raise ConfigError(
+                f"FARM_CLOUD_TOKEN_FILE: {path} must hold the key on one line (it is "
+                f"{'empty' if not token else 'several lines'})"
+            )
+        return token
+
+    def cloud_model_files(self) -> dict[str, list[str]]:
+        """FARM_CLOUD_MODELS as ``{folder: [files]}``."""
+        models: dict[str, list[str]] = {}
+        for item in filter(None, (p.strip() for p in self.cloud_models.split(","))):
+            folder, sep, name = item.partition("/")
+            if not sep or not folder or not name or "/" in name or name in (".", ".."):
+                raise ConfigError(
+                    f"FARM_CLOUD_MODELS: {item!r} is not 'folder/file' "
+                    "(e.g. diffusion_models/wan2.2_ti2v_5B_fp16.safetensors)"
+                )
+            models.setdefault(folder, [])
+            if name not in models[folder]:
+                models[folder].append(name)
+        return models
 
     @property
     def max_download_bytes(self) -> int:

@@ -32,7 +32,8 @@ The config file (TOML; deploy/farm.toml is an example)::
     port = 8288                       # not 8188: a real ComfyUI here would hold that
     [[node]]                          # a real node: farm up runs only its worker
     name = "gpu-b"
-    url = "http://10.0.0.5:8188"      # comfyui (http://) or wan2gp+http://...
+    url = "http://10.0.0.5:8188"      # comfyui (http://), wan2gp+http://... or a Comfy
+                                      # API v2 node, comfyv2+https://... (docs/cloud.md)
     [cpu]
     workers = 1
     concurrency = 2

@@ -1,8 +1,8 @@
 """Node workers: one Celery worker per GPU node queue, registering and beating for its node.
 
 ``farm worker --node NAME`` discovers the node (models, GPU), registers it, keeps a
-heartbeat thread probing it, and consumes only ``node.NAME`` with one process and
-prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
+heartbeat thread probing it, and consumes only ``node.NAME`` with one process (a Comfy
+API v2 node: FARM_CLOUD_CONCURRENCY processes) and prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
 """
 
 from __future__ import annotations
@@ -154,11 +154,18 @@ def run_node_worker(node: NodeConfig, settings: Settings, loglevel: str = "INFO"
     keeper = Housekeeping(settings)
     keeper.start()
     try:
-        run_worker(node_queue(node.name), f"{node.name}@%h", 1, loglevel)
+        run_worker(node_queue(node.name), f"{node.name}@%h", node_concurrency(node, settings),
+                   loglevel)  # fmt: skip
     finally:
         keeper.stopped.set()
         heartbeat.stopped.set()
         heartbeat.registry.mark_down(node.name, "worker stopped")
+
+
+def node_concurrency(node: NodeConfig, settings: Settings) -> int:
+    """Renders a node's worker runs at once: one on a GPU node; a Comfy API v2 node's plan
+    limit (FARM_CLOUD_CONCURRENCY)."""
+    return settings.cloud_concurrency if node.kind == "comfyv2" else 1
 
 
 def run_cpu_worker(

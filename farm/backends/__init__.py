@@ -19,8 +19,18 @@ __all__ = [
     "detect_kind",
     "image_mime",
     "make_backend",
+    "runs_jobs_of",
     "safe_name",
 ]
+
+#: node kinds that run the jobs of another backend: a Comfy API v2 node (Comfy Cloud,
+#: comfy-api-proxy) runs the ComfyUI graphs the ``comfyui`` planner makes
+JOBS_OF = {"comfyv2": "comfyui"}
+
+
+def runs_jobs_of(kind: str) -> str:
+    """The ``Job.backend`` a node of ``kind`` renders (``comfyv2`` → ``comfyui``)."""
+    return JOBS_OF.get(kind, kind)
 
 
 def make_backend(kind: str, url: str, settings: Settings) -> Backend:
@@ -33,13 +43,18 @@ def make_backend(kind: str, url: str, settings: Settings) -> Backend:
         from farm.backends.wan2gp import make_wan2gp_backend
 
         return make_wan2gp_backend(url, settings)
-    raise ConfigError(f"no backend for node kind {kind!r} (supported: comfyui, wan2gp)")
+    if kind == "comfyv2":
+        from farm.backends.comfyv2 import ComfyV2Backend
+
+        return ComfyV2Backend(url, settings)
+    raise ConfigError(f"no backend for node kind {kind!r} (supported: comfyui, wan2gp, comfyv2)")
 
 
 def detect_kind(url: str, timeout: float = 5.0) -> str:
-    """Which server answers at ``url``: ``comfyui`` (``GET /system_stats``) or ``wan2gp``
-    (an MCP ``initialize`` at ``/mcp``). A ``file://`` URL is a WanGP folder (CLI mode).
-    Raises :class:`~farm.errors.NodeUnavailable` when neither answers."""
+    """Which server answers at ``url``: ``comfyui`` (``GET /system_stats``), ``comfyv2``
+    (a Comfy API v2 service: ``GET /api/v2/health``) or ``wan2gp`` (an MCP ``initialize``
+    at ``/mcp``). A ``file://`` URL is a WanGP folder (CLI mode). Raises
+    :class:`~farm.errors.NodeUnavailable` when none answers."""
     import requests
 
     from farm.errors import FarmError, NodeUnavailable
@@ -54,6 +69,13 @@ def detect_kind(url: str, timeout: float = 5.0) -> str:
         tried.append(f"GET /system_stats: HTTP {reply.status_code}")
     except (requests.RequestException, ValueError, AttributeError) as exc:
         tried.append(f"GET /system_stats: {type(exc).__name__}")
+    try:
+        reply = requests.get(url.rstrip("/") + "/api/v2/health", timeout=timeout)
+        if reply.ok and "status" in reply.json():
+            return "comfyv2"
+        tried.append(f"GET /api/v2/health: HTTP {reply.status_code}")
+    except (requests.RequestException, ValueError, TypeError) as exc:
+        tried.append(f"GET /api/v2/health: {type(exc).__name__}")
     from farm.backends.wan2gp import WanClient
 
     try:
@@ -63,6 +85,6 @@ def detect_kind(url: str, timeout: float = 5.0) -> str:
     except FarmError as exc:
         tried.append(f"MCP initialize at /mcp: {exc}")
     raise NodeUnavailable(
-        f"{url} is neither a ComfyUI server nor a WanGP MCP server ({'; '.join(tried)});"
+        f"{url} is neither a ComfyUI server, a Comfy API v2 service nor a WanGP MCP server ({'; '.join(tried)});"
         " check the URL, or give --kind"
     )

@@ -438,32 +438,7 @@ class ComfyClient:
             "type": str(item.get("type", "output")),
         }
         resp = self._call("GET", "/view", params=params, stream=True)
-        with resp:
-            if resp.status_code != 200:
-                raise BadNodeResponse(
-                    f"/view {params['filename']} answered HTTP {resp.status_code}"
-                )
-            size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
-            cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
-            if int(resp.headers.get("Content-Length") or 0) > max_bytes:
-                raise BadNodeResponse(f"output {params['filename']} exceeds {cap}")
-            tmp = dest.with_name(dest.name + ".part")
-            size, complete = 0, False
-            try:
-                with tmp.open("wb") as fh:
-                    for chunk in resp.iter_content(1 << 20):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise BadNodeResponse(f"output {params['filename']} exceeds {cap}")
-                        fh.write(chunk)
-                complete = True
-            except requests.RequestException as exc:
-                raise NodeUnavailable(f"download of {params['filename']} broke off: {exc}") from exc
-            finally:
-                if not complete:
-                    tmp.unlink(missing_ok=True)
-        tmp.replace(dest)
-        return dest
+        return save_stream(resp, dest, max_bytes, params["filename"])
 
     # discovery
     def object_info(self) -> dict[str, Any]:
@@ -648,15 +623,94 @@ class ComfyClient:
         root = out_dir.resolve()
         files: list[Path] = []
         for item in output_items(entry, types):
-            dest = out_dir / safe_name(str(item["filename"]))
-            n = 1
-            while dest in files or dest.exists():
-                dest = out_dir / f"{Path(safe_name(str(item['filename']))).stem}_{n}{dest.suffix}"
-                n += 1
-            if dest.resolve().parent != root:  # cannot happen after safe_name; kept as a guard
-                raise BadNodeResponse(f"output name {item['filename']!r} escapes {out_dir}")
+            dest = unique_dest(out_dir, root, str(item["filename"]), files)
             files.append(self.download(item, dest, max_bytes))
         return files
+
+
+def unique_dest(out_dir: Path, root: Path, name: str, taken: list[Path]) -> Path:
+    """Where an output a node calls ``name`` (untrusted) goes: a plain file name inside
+    ``out_dir`` (whose resolved path is ``root``), made unique among ``taken`` and what is
+    already there."""
+    dest = out_dir / safe_name(name)
+    n = 1
+    while dest in taken or dest.exists():
+        dest = out_dir / f"{Path(safe_name(name)).stem}_{n}{dest.suffix}"
+        n += 1
+    if dest.resolve().parent != root:  # cannot happen after safe_name; kept as a guard
+        raise BadNodeResponse(f"output name {name!r} escapes {out_dir}")
+    return dest
+
+
+def save_stream(resp: requests.Response, dest: Path, max_bytes: int, name: str) -> Path:
+    """Write a streamed download of output ``name`` to ``dest`` (via ``dest.part``),
+    refusing more than ``max_bytes`` (FARM_MAX_DOWNLOAD_MB); closes ``resp``."""
+    with resp:
+        if resp.status_code != 200:
+            raise BadNodeResponse(f"download of {name} answered HTTP {resp.status_code}")
+        size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
+        cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
+        if int(resp.headers.get("Content-Length") or 0) > max_bytes:
+            raise BadNodeResponse(f"output {name} exceeds {cap}")
+        tmp = dest.with_name(dest.name + ".part")
+        size, complete = 0, False
+        try:
+            with tmp.open("wb") as fh:
+                for chunk in resp.iter_content(1 << 20):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BadNodeResponse(f"output {name} exceeds {cap}")
+                    fh.write(chunk)
+            complete = True
+        except requests.RequestException as exc:
+            raise NodeUnavailable(f"download of {name} broke off: {exc}") from exc
+        finally:
+            if not complete:
+                tmp.unlink(missing_ok=True)
+    tmp.replace(dest)
+    return dest
+
+
+def build_graph(
+    job: Job,
+    settings: Settings,
+    upload: Callable[[Path], Any],
+    object_info: Callable[[], dict[str, Any]] | None,
+) -> Graph:
+    """The job's workflow (the catalogue's, a studio's own) with its parameters bound; a
+    start image becomes what ``upload(path)`` returns (a LoadImage file name, or a v2
+    ``core/ASSET`` reference). ``object_info``: the node's class definitions, to convert
+    an editor-format workflow (None: such a workflow is refused with the export hint)."""
+    catalog = catalog_for(settings)
+    bindings = catalog.bindings(job.workflow, job.engine)
+    loaders = model_bindings(bindings)
+    models = model_params(job.models)
+    params = {**job.params, **{k: v for k, v in models.items() if k in loaders}}
+    params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
+    if "start_image" in params:
+        params["start_image"] = upload(Path(params["start_image"]))
+    if "tracks" in params:
+        params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
+    path = catalog.workflow_file(job.workflow, settings.workflows_dir, job.engine)
+    graph = load_workflow(job.workflow, settings.workflows_dir, object_info, path)
+    return bind(graph, params, name=job.workflow, bindings=bindings)
+
+
+def video_result(job: Job, files: list[Path], backend_job_id: str) -> RenderResult:
+    """The render's result from its downloaded ``files``: the first video, an animated
+    WebP or GIF turned into an MP4 clip."""
+    videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+    if not videos:
+        raise BadNodeResponse(
+            f"job {backend_job_id} finished without a video output "
+            f"(outputs: {[f.name for f in files]})"
+        )
+    video = videos[0]
+    if video.suffix.lower() in ANIMATION_SUFFIXES:  # e.g. an older ComfyUI's only way
+        fps = job.params.get("fps")
+        video = animation_to_video(video, video.with_suffix(".mp4"), fps or None)
+        files.append(video)
+    return RenderResult(video=video, files=files, backend_job_id=backend_job_id)
 
 
 def _json_object(resp: requests.Response) -> dict[str, Any]:
@@ -824,19 +878,7 @@ class ComfyUIBackend:
     # rendering
     def graph_for(self, job: Job) -> Graph:
         """The job's workflow (the catalogue's, a studio's own), its parameters bound."""
-        catalog = catalog_for(self.settings)
-        bindings = catalog.bindings(job.workflow, job.engine)
-        loaders = model_bindings(bindings)
-        models = model_params(job.models)
-        params = {**job.params, **{k: v for k, v in models.items() if k in loaders}}
-        params["filename_prefix"] = f"farm/{job.scene_id}/{job.shot_id}_{job.label}"
-        if "start_image" in params:
-            params["start_image"] = self.client.upload(Path(params["start_image"]))
-        if "tracks" in params:
-            params["tracks"] = json.dumps(params["tracks"], separators=(",", ":"))
-        path = catalog.workflow_file(job.workflow, self.settings.workflows_dir, job.engine)
-        graph = load_workflow(job.workflow, self.settings.workflows_dir, self.object_info, path)
-        return bind(graph, params, name=job.workflow, bindings=bindings)
+        return build_graph(job, self.settings, self.client.upload, self.object_info)
 
     def render(self, job: Job, out_dir: Path, progress: ProgressFn) -> RenderResult:
         prompt_id = prompt_id_for(job)
@@ -847,17 +889,7 @@ class ComfyUIBackend:
         self, job: Job, prompt_id: str, entry: dict[str, Any], out_dir: Path
     ) -> RenderResult:
         files = self.client.collect(entry, out_dir, self.settings.max_download_bytes)
-        videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
-        if not videos:
-            raise BadNodeResponse(
-                f"job {prompt_id} finished without a video output (outputs: {[f.name for f in files]})"
-            )
-        video = videos[0]
-        if video.suffix.lower() in ANIMATION_SUFFIXES:  # e.g. an older ComfyUI's only way
-            fps = job.params.get("fps")
-            video = animation_to_video(video, video.with_suffix(".mp4"), fps or None)
-            files.append(video)
-        return RenderResult(video=video, files=files, backend_job_id=self.client.node_id(prompt_id))
+        return video_result(job, files, self.client.node_id(prompt_id))
 
     def find(self, job: Job, out_dir: Path | None = None) -> str:
         """Where the node has the job's attempt (by its prompt id): ``pending``,

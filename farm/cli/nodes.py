@@ -82,7 +82,7 @@ def _burst_line(burst: dict) -> str:
 @click.option("--url", help="Node URL when it is not in FARM_NODES (e.g. http://10.0.0.5:8188).")
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "comfyui", "wan2gp"]),
+    type=click.Choice(["auto", "comfyui", "wan2gp", "comfyv2"]),
     default="auto",
     show_default=True,
     help="Node backend with --url; auto asks the server which it is.",

@@ -1,0 +1,405 @@
+"""Comfy API v2 nodes: the real comfy-api-proxy (the package, as a subprocess with a token
+and a state folder) in front of the emulated ComfyUI, driven by the comfyv2 backend
+directly and by a real farm (redis-server, Celery workers) whose one GPU node is such a
+node; the proxy's own job list and the emulator's job log referee."""
+
+from __future__ import annotations
+
+import gc
+import json
+import signal
+import subprocess
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+from farm.backends import detect_kind, make_backend, runs_jobs_of
+from farm.backends.comfyui import prompt_id_for
+from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend
+from farm.errors import ConfigError, JobCancelled, ModelMissing
+from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
+from farm.media import probe
+from farm.planning import Job
+from farm.runtime import get_runtime
+from farm.settings import Settings
+from farm.submit import enqueue
+from farm.worker import patient
+
+from .conftest import EXAMPLES, NODES, pointed_at
+from .ratelimit import RateLimiter
+from .test_backend_comfyui import small_job
+from .test_comfy_contract import Server
+from .test_faults import t2v_scene, wait_done, wait_for
+
+TOKEN = "cloud-key-7f3a9c2e51d84b06"
+PROFILE = {**json.loads((NODES / "node-a.json").read_text()), "api": "0.38"}
+MODELS = ",".join(f"{folder}/{name}" for folder, names in PROFILE["models"].items()
+                  for name in names)  # fmt: skip
+SLOW = {"slow": {"rate": 1.0, "factor": 8.0}}
+IMAGE = EXAMPLES / "images" / "meadow.jpg"
+
+
+class Proxy:
+    """comfy-api-proxy in front of ``comfyui``, with ``--token`` and ``--state-dir``."""
+
+    def __init__(self, root: Path, comfyui: str, token: str = TOKEN) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.port, self.log = free_port(), root / "proxy.log"
+        self.argv = proxy_argv(self.port, comfyui, root / "state", token)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+
+    def start(self) -> Proxy:
+        self.proc = subprocess.Popen(self.argv, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        wait_node("comfyv2", self.port, self.proc, "comfy-api-proxy", self.log, 30)
+        return self
+
+    def stop(self) -> None:
+        self.proc.terminate()  # aiohttp waits up to a minute for open event streams
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def jobs(self) -> list[dict]:
+        """The proxy's own job list (``GET /api/v2/jobs``), newest first."""
+        resp = requests.get(self.url + "/api/v2/jobs", params={"limit": 100}, timeout=10,
+                            headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        return resp.json()["jobs"]
+
+
+def settings_for(tmp_path: Path, token: str = TOKEN, **env: str) -> Settings:
+    key = tmp_path / "cloud-token"
+    key.write_text(token + "\n")
+    return Settings.from_env({"FARM_CLOUD_TOKEN_FILE": str(key), "FARM_CLOUD_MODELS": MODELS,
+                              "FARM_HTTP_TIMEOUT": "10", **env})  # fmt: skip
+
+
+def runs(emulator: Server) -> list[dict]:
+    """Every execution the emulated ComfyUI started (its job log)."""
+    return requests.get(emulator.url + "/emulator/jobs", timeout=5).json()["jobs"]
+
+
+def tagged(proxy: Proxy, job: Job) -> list[dict]:
+    return [j for j in proxy.jobs() if j.get("metadata") == TAG + prompt_id_for(job)]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """An emulated ComfyUI with the job API, and comfy-api-proxy in front of it."""
+    root = tmp_path_factory.mktemp("v2node")
+    emulator = Server(root / "comfyui", PROFILE).start()
+    proxy = Proxy(root / "proxy", emulator.url).start()
+    yield emulator, proxy
+    proxy.stop()
+    emulator.stop()
+
+
+@pytest.fixture
+def emulator(node):
+    node[0].faults({})
+    return node[0]
+
+
+@pytest.fixture
+def proxy(node):
+    return node[1]
+
+
+# -- the backend against the real proxy ---------------------------------------------------------
+
+
+def test_a_v2_node_is_recognised_described_and_runs_comfyui_jobs(emulator, proxy, tmp_path):
+    assert detect_kind(proxy.url) == "comfyv2" and runs_jobs_of("comfyv2") == "comfyui"
+    settings = settings_for(tmp_path, FARM_CLOUD_CONCURRENCY="3", FARM_CLOUD_PRICE="0.0004")
+    backend = make_backend("comfyv2", proxy.url, settings)
+    info = backend.describe()
+    assert info["cloud"] == {"concurrency": 3, "price_per_second": 0.0004}
+    assert info["models"] == PROFILE["models"]
+    assert (
+        info["workflows"]["wan22_ti2v"]["ok"]
+        and "wan22_ti2v_5b" in info["workflows"]["wan22_ti2v"]["catalog"]
+    )
+    assert not info["workflows"]["hunyuan15_t2v"]["ok"]  # its files are not listed
+    assert "FARM_CLOUD_MODELS" in info["workflows"]["hunyuan15_t2v"]["missing"][0]
+
+
+def test_a_shot_renders_through_the_proxy_and_a_second_delivery_follows_the_same_job(
+    emulator, proxy, tmp_path
+):
+    settings = settings_for(tmp_path)
+    job = small_job(scene_id="v2-once")
+    seen = []
+    result = ComfyV2Backend(proxy.url, settings).render(
+        job, tmp_path / "one", lambda f, m="", p=None: seen.append((f, m))
+    )
+    info = probe(result.video)
+    assert (info.frames, info.width, info.height) == (17, 320, 192)
+    assert max(f for f, _ in seen) > 0.5 and any(m.startswith("step ") for _, m in seen)
+    assert result.details["gpu_seconds"] > 0
+    assert result.details["gpu_seconds_source"] == "observed running"  # the proxy reports no times
+    # a redelivered task in another process: nothing in memory, no record beside the outputs
+    again = ComfyV2Backend(proxy.url, settings)
+    assert again.find(job, tmp_path / "two") == "succeeded"
+    second = again.render(job, tmp_path / "two", lambda *a, **k: None)
+    assert second.backend_job_id == result.backend_job_id
+    assert second.video.read_bytes() == result.video.read_bytes()
+    assert [j["id"] for j in tagged(proxy, job)] == [result.backend_job_id]  # one job, one key
+    assert [r["job_id"] for r in runs(emulator)].count(result.backend_job_id) == 1
+    assert json.loads((tmp_path / "one" / RECORD).read_text())["job_id"] == result.backend_job_id
+
+
+def test_a_start_image_is_uploaded_once_by_its_hash_and_referenced(emulator, proxy, tmp_path):
+    settings = settings_for(tmp_path)
+    before = emulator.hits().get("POST /upload/image", 0)
+    for i in range(2):  # two shots from the same image, each in a fresh process
+        job = small_job(scene_id=f"v2-img{i}", start_image=str(IMAGE))
+        backend = ComfyV2Backend(proxy.url, settings)
+        graph = backend.graph_for(job)
+        refs = [v for n in graph.values() for v in n["inputs"].values()
+                if isinstance(v, dict) and v.get("__type") == "core/ASSET"]  # fmt: skip
+        assert len(refs) == 1 and refs[0]["info"]["hash"].startswith("blake3:")
+        assert backend.render(job, tmp_path / str(i), lambda *a, **k: None).video.exists()
+    assert emulator.hits().get("POST /upload/image", 0) - before <= 1  # once, ever
+    digest = refs[0]["info"]["hash"]
+    head = requests.head(f"{proxy.url}/api/v2/assets/by-hash/{digest}", timeout=5,
+                         headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    assert head.status_code == 200
+
+
+def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator, proxy, tmp_path):
+    emulator.faults(SLOW)
+    settings = settings_for(tmp_path)
+    job = small_job(scene_id="v2-cancel", frames=33)
+    outcome: list = []
+
+    def render() -> None:
+        try:
+            ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    other = ComfyV2Backend(proxy.url, settings)  # e.g. `farm cancel`, or the checker
+    wait_for(lambda: other.find(job, tmp_path) == "running", 30, "the job running")
+    assert other.cancel(job, tmp_path) == "interrupted"
+    thread.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], JobCancelled)
+    (mine,) = tagged(proxy, job)
+    assert mine["status"] == "canceled"
+    (run,) = [r for r in runs(emulator) if r["job_id"] == mine["id"]]
+    assert run["status"] != "success"
+    assert other.cancel(job, tmp_path) == "not_found"  # over: nothing left to take off
+
+
+def test_a_workflow_the_node_refuses_is_final_for_the_job(emulator, proxy, tmp_path):
+    job = small_job(scene_id="v2-refused", template="quick_preview")  # Hunyuan: not there
+    with pytest.raises(ModelMissing, match="hunyuan"):
+        ComfyV2Backend(proxy.url, settings_for(tmp_path)).render(
+            job, tmp_path, lambda *a, **k: None
+        )
+    assert tagged(proxy, job) == []  # refused: no job, and its key is free again
+
+
+def test_rate_limited_submissions_wait_as_asked_and_complete(emulator, proxy, tmp_path):
+    limiter = RateLimiter(proxy.url, {"POST /api/v2/jobs": 2}, retry_after=1.0).start()
+    try:
+        job = small_job(scene_id="v2-429")
+        backend = ComfyV2Backend(limiter.url, settings_for(tmp_path))
+        result = backend.render(job, tmp_path, lambda *a, **k: None)
+        assert result.video.exists()
+        posts = limiter.answered("POST /api/v2/jobs")
+        assert [s for _, s in posts] == [429, 429, 201]
+        assert all(
+            b - a >= 0.95 for (a, _), (b, _) in zip(posts, posts[1:], strict=False)
+        )  # Retry-After
+        assert len(tagged(proxy, job)) == 1
+    finally:
+        limiter.stop()
+
+
+def test_a_refused_event_stream_falls_back_to_polling(emulator, proxy, tmp_path, caplog):
+    """The proxy serves 8 event streams at once; a ninth is refused with 429
+    too_many_streams: the render goes on by polling and completes."""
+    emulator.faults(SLOW)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    blocker = small_job(scene_id="v2-sse-blocker", frames=33)
+    settings = settings_for(tmp_path)
+    graph = ComfyV2Backend(proxy.url, settings).graph_for(blocker)
+    resp = requests.post(
+        proxy.url + "/api/v2/jobs", json={"workflow": graph}, headers=auth, timeout=10
+    )
+    assert resp.status_code == 201
+    streams = [requests.get(f"{proxy.url}/api/v2/jobs/{resp.json()['id']}/events", headers=auth,
+                            stream=True, timeout=(5, 60)) for _ in range(8)]  # fmt: skip
+    try:
+        assert all(s.status_code == 200 for s in streams)
+        job = small_job(scene_id="v2-sse")
+        with caplog.at_level("INFO", logger="farm.backends.comfyv2"):
+            result = ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+        assert result.video.exists()
+        assert "too_many_streams" in caplog.text
+    finally:
+        for s in streams:
+            s.close()
+
+
+def test_bad_credentials_and_config_name_the_setting(emulator, proxy, tmp_path):
+    wrong = ComfyV2Backend(proxy.url, settings_for(tmp_path, token="not-the-key"))
+    with pytest.raises(ConfigError) as info:
+        wrong.describe()
+    assert "FARM_CLOUD_TOKEN" in str(info.value) and "not-the-key" not in str(info.value)
+    with pytest.raises(ConfigError, match="FARM_CLOUD_TOKEN"):
+        wrong.render(small_job(scene_id="v2-401"), tmp_path, lambda *a, **k: None)
+    with pytest.raises(ConfigError, match="FARM_CLOUD_TOKEN_FILE"):
+        ComfyV2Backend("https://cloud.example", Settings.from_env({}))  # Comfy Cloud, no key
+    missing = Settings.from_env({"FARM_CLOUD_TOKEN_FILE": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="FARM_CLOUD_TOKEN_FILE: cannot read"):
+        ComfyV2Backend(proxy.url, missing)
+    with pytest.raises(ConfigError, match="both set"):
+        Settings.from_env({"FARM_CLOUD_TOKEN": "a", "FARM_CLOUD_TOKEN_FILE": "b"}).cloud_api_key()
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"FARM_NODES": f"c=comfyv2+https://me:{TOKEN}@cloud.example"})
+    assert "FARM_CLOUD_TOKEN" in str(info.value) and TOKEN not in str(info.value)
+    with pytest.raises(ConfigError, match="FARM_NODES"):
+        Settings.from_env({"FARM_NODES": "c=comfyv2+ftp://cloud.example"})
+    with pytest.raises(ConfigError, match="FARM_NODES"):
+        Settings.from_env({"FARM_NODES": "c=comfyv2+https://"})
+    with pytest.raises(ConfigError, match="FARM_CLOUD_MODELS"):
+        Settings.from_env({"FARM_CLOUD_MODELS": "just-a-file.safetensors"})
+    with pytest.raises(ConfigError, match="FARM_CLOUD_CONCURRENCY"):
+        Settings.from_env({"FARM_CLOUD_CONCURRENCY": "0"})
+    nodes = Settings.from_env(
+        {"FARM_NODES": "c=comfyv2+https://cloud.example,p=comfyv2+http://127.0.0.1:8189"}
+    ).nodes
+    assert [(n.kind, n.url) for n in nodes] == [
+        ("comfyv2", "https://cloud.example"), ("comfyv2", "http://127.0.0.1:8189")]  # fmt: skip
+
+
+# -- a farm whose GPU node is a Comfy API v2 node -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    """One comfyv2 node ("cloud": the emulator behind comfy-api-proxy), short leases, and a
+    supervisor that restarts a killed worker as `farm up` does."""
+    root = tmp_path_factory.mktemp("v2farm")
+    profile = root / "cloud.json"
+    profile.write_text(json.dumps(PROFILE))
+    env = {"FARM_LEASE_TTL": "2", "FARM_START_TIMEOUT": "3", "FARM_NODE_IDLE_TIMEOUT": "30",
+           "FARM_HTTP_TIMEOUT": "5", "FARM_CACHE": "0", "FARM_CLOUD_MODELS": MODELS,
+           "FARM_CLOUD_CONCURRENCY": "2", "FARM_CLOUD_PRICE": "0.0004",
+           "FARM_BURST": "always"}  # its only node: cloud nodes take shots by FARM_BURST  # fmt: skip
+    farm = LocalFarm(root, [EmulatedNode("cloud", profile, kind="comfyv2")], heartbeat=0.5,
+                     node_ttl=8.0, extra_env=env, supervise=True, cloud_token=TOKEN)  # fmt: skip
+    with farm, pointed_at(farm.env()):
+        yield farm
+        gc.collect()
+
+
+@pytest.fixture
+def rt(farm):
+    requests.put(farm.emulator_url("cloud") + "/emulator/faults", json={}, timeout=5)
+    runtime = get_runtime()
+    patient(runtime.redis)
+    wait_for(lambda: any(r["alive"] for r in runtime.registry.records()), 60, "the node alive")
+    return runtime
+
+
+def farm_jobs(farm: LocalFarm) -> list[dict]:
+    resp = requests.get(farm.node_url("cloud") + "/api/v2/jobs", params={"limit": 100},
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
+    return resp.json()["jobs"]
+
+
+def farm_runs(farm: LocalFarm) -> list[dict]:
+    return requests.get(farm.emulator_url("cloud") + "/emulator/jobs", timeout=5).json()["jobs"]
+
+
+def assert_no_token_in_redis(farm: LocalFarm) -> None:
+    """No key or value anywhere in Redis holds the API key (task messages, results,
+    events, node records, shot records)."""
+    client = farm._redis()  # bytes, as stored
+    needle, seen = TOKEN.encode(), 0
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "hash":
+            values = [x for kv in client.hgetall(key).items() for x in kv]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == "stream":
+            values = [x for _, f in client.xrange(key) for kv in f.items() for x in kv]
+        else:
+            values = []
+        seen += 1
+        assert needle not in key and not any(needle in (v or b"") for v in values), key
+    assert seen > 10
+    client.close()
+
+
+def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_redis(rt, farm):
+    record = next(r for r in rt.registry.records() if r["name"] == "cloud")
+    assert record["kind"] == "comfyv2" and record["cloud"] == {
+        "concurrency": 2,
+        "price_per_second": 0.0004,
+    }
+    before = {j["id"] for j in farm_jobs(farm)}
+    scene = t2v_scene("v2-scene", 3)
+    scene = replace(
+        scene, shots=[*scene.shots[:2], replace(scene.shots[2], start_image=str(IMAGE))]
+    )
+    enqueue(scene, rt)
+    wait_for(lambda: any(s.get("state") == "running" for s in rt.state.shots(scene.id)), 60,
+             "a shot running")  # fmt: skip
+    assert_no_token_in_redis(farm)  # with task messages in flight
+    status = wait_done(rt, scene.id, timeout=180)
+    assert status["state"] == "done", status
+    assert probe(Path(status["outputs"]["video"])).frames == 3 * 17
+    new = [j for j in farm_jobs(farm) if j["id"] not in before]
+    assert sorted(j["status"] for j in new) == ["succeeded"] * 3  # one v2 job per shot
+    for shot in rt.state.shots(scene.id):
+        (done,) = [a for a in shot["attempt_log"] if a["state"] == "done"]
+        assert done["node"] == "cloud" and done["backend_job_id"] in {j["id"] for j in new}
+    assert_no_token_in_redis(farm)
+    for path in [*farm.logs.rglob("*"), *farm.storage.rglob("*")]:
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for proc in farm.procs.values():  # nor on any farm process's command line
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert TOKEN.encode() not in cmdline or b"comfy_api_proxy" in cmdline
+
+
+def test_a_killed_worker_follows_the_same_v2_job(rt, farm):
+    """`kill -9` of the node worker mid-render, restarted a second later: the redelivered
+    shot finds the v2 job (the proxy refuses its idempotency key a second time) and follows
+    it; the proxy lists one job and the emulator ran it once."""
+    requests.put(farm.emulator_url("cloud") + "/emulator/faults", json=SLOW, timeout=5)
+    before = {j["id"] for j in farm_jobs(farm)}
+    scene = t2v_scene("v2-kill", 1, seed=7, width=640, height=352, frames=33)
+    enqueue(scene, rt)
+    wait_for(lambda: any((s.get("progress") or 0) >= 0.3 for s in rt.state.shots(scene.id)), 90,
+             "the shot past 30%")  # fmt: skip
+    proc = farm.procs["worker-cloud"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    wait_for(lambda: farm.procs["worker-cloud"] is not proc, 30, "the worker restarted")
+    status = wait_done(rt, scene.id, timeout=120)
+    assert status["state"] == "done", status
+    new = [j for j in farm_jobs(farm) if j["id"] not in before]
+    assert len(new) == 1 and new[0]["status"] == "succeeded"
+    assert [r["job_id"] for r in farm_runs(farm)].count(new[0]["id"]) == 1
+    shot = rt.state.shot(scene.id, "s0")
+    assert [(a["state"], a["node"]) for a in shot["attempt_log"]] == [("done", "cloud")]
+    assert json.loads(next(farm.storage.rglob(RECORD)).read_text())  # recorded beside the outputs
