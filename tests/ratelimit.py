@@ -1,6 +1,8 @@
 """A small real HTTP rate limiter on loopback, in front of a server: it answers the first
 ``refuse[route]`` requests of a route with ``429`` and a ``Retry-After``, as a hosted API
-does when a client goes over its rate, and forwards every other request (streamed, so an
+does when a client goes over its rate; it loses the answer to the first ``drop[route]``
+requests it forwarded (the connection closes unanswered, as a network failing just after
+the server acted does); and it forwards every other request (streamed, so an
 SSE stream passes through live; with its Host header, as a reverse proxy does). It records what it answered."""
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 
 class RateLimiter:
-    def __init__(self, upstream: str, refuse: dict[str, int], retry_after: float = 1.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        refuse: dict[str, int] | None = None,
+        retry_after: float = 1.0,
+        drop: dict[str, int] | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
-        self.left = Counter(refuse)
+        self.left = Counter(refuse or {})
+        self.drops = Counter(drop or {})
         self.retry_after = retry_after
         self.seen: list[tuple[float, str, int]] = []  # (time, "METHOD /path", status)
         self.lock = threading.Lock()
@@ -72,6 +81,15 @@ class RateLimiter:
                     )  # fmt: skip
                 except requests.RequestException:
                     self.send_error(502)
+                    return
+                with limiter.lock:
+                    dropped = limiter.drops[route] > 0
+                    if dropped:
+                        limiter.drops[route] -= 1
+                if dropped:  # the server acted; its answer is lost on the way back
+                    resp.close()
+                    limiter.seen.append((time.monotonic(), route, 0))
+                    self.close_connection = True
                     return
                 limiter.seen.append((time.monotonic(), route, resp.status_code))
                 with resp:

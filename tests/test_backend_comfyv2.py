@@ -5,21 +5,24 @@ node; the proxy's own job list and the emulator's job log referee."""
 
 from __future__ import annotations
 
+import email.utils
 import gc
 import json
 import signal
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
-from farm.backends import detect_kind, make_backend, runs_jobs_of
+from farm.backends import detect_kind, image_mime, make_backend, runs_jobs_of
 from farm.backends.comfyui import prompt_id_for
-from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend
-from farm.errors import ConfigError, JobCancelled, ModelMissing
+from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend, reported_seconds, retry_after
+from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
 from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
 from farm.planning import Job
@@ -28,11 +31,11 @@ from farm.settings import Settings
 from farm.submit import enqueue
 from farm.worker import patient
 
-from .conftest import EXAMPLES, NODES, pointed_at
+from .conftest import EXAMPLES, NODES, REPO, pointed_at
 from .ratelimit import RateLimiter
 from .test_backend_comfyui import small_job
 from .test_comfy_contract import Server
-from .test_faults import t2v_scene, wait_done, wait_for
+from .test_faults import pool_children, t2v_scene, wait_done, wait_for
 
 TOKEN = "cloud-key-7f3a9c2e51d84b06"
 PROFILE = {**json.loads((NODES / "node-a.json").read_text()), "api": "0.38"}
@@ -111,6 +114,33 @@ def proxy(node):
     return node[1]
 
 
+# -- what the service reports, read ---------------------------------------------------------------
+
+
+def test_gpu_seconds_come_from_the_service_s_figures_when_it_gives_them():
+    """Comfy Cloud's ``metrics.execution_ms`` first, then ``completed_at - started_at``;
+    comfy-api-proxy 0.1.6 gives neither (the worker then counts what it saw)."""
+    times = {"started_at": "2026-12-07T10:00:00Z", "completed_at": "2026-12-07T10:01:30.5Z"}
+    assert reported_seconds({"metrics": {"execution_ms": 91250}, **times}) == (
+        91.25,
+        "metrics.execution_ms",
+    )
+    assert reported_seconds(times) == (90.5, "completed_at - started_at")
+    assert reported_seconds({"started_at": None, "completed_at": None}) == (None, "")
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date_and_capped():
+    def answer(value: str) -> requests.Response:
+        resp = requests.Response()
+        resp.headers["Retry-After"] = value
+        return resp
+
+    assert retry_after(answer("3")) == 3.0 and retry_after(answer("3600")) == 60.0
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= retry_after(answer(later)) <= 10.0
+    assert retry_after(answer("soon")) == 5.0
+
+
 # -- the backend against the real proxy ---------------------------------------------------------
 
 
@@ -149,9 +179,34 @@ def test_a_shot_renders_through_the_proxy_and_a_second_delivery_follows_the_same
     second = again.render(job, tmp_path / "two", lambda *a, **k: None)
     assert second.backend_job_id == result.backend_job_id
     assert second.video.read_bytes() == result.video.read_bytes()
-    assert [j["id"] for j in tagged(proxy, job)] == [result.backend_job_id]  # one job, one key
+    (mine,) = tagged(proxy, job)  # one job, one key
+    assert mine["id"] == result.backend_job_id
+    ranged = requests.get(mine["outputs"][0]["url"], timeout=10, headers={  # through to /view
+        "Authorization": f"Bearer {TOKEN}", "Range": "bytes=0-99"})  # fmt: skip
+    assert ranged.status_code == 206 and ranged.content == result.video.read_bytes()[:100]
     assert [r["job_id"] for r in runs(emulator)].count(result.backend_job_id) == 1
     assert json.loads((tmp_path / "one" / RECORD).read_text())["job_id"] == result.backend_job_id
+
+
+def test_a_second_submission_of_an_attempt_is_refused_by_its_key_and_follows_the_job(
+    emulator, proxy, tmp_path, caplog
+):
+    """Two processes submit the same attempt (say, the first died after its POST, before it
+    recorded the job): the service refuses the second use of the idempotency key, and the
+    second process follows the first one's job instead."""
+    settings = settings_for(tmp_path)
+    job = small_job(scene_id="v2-key")
+    first = ComfyV2Backend(proxy.url, settings).submit(job, prompt_id_for(job), None)
+    with caplog.at_level("INFO", logger="farm.backends.comfyv2"):
+        second = ComfyV2Backend(proxy.url, settings).submit(job, prompt_id_for(job), None)
+    assert second["id"] == first["id"] and "already submitted" in caplog.text
+    result = ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+    assert result.backend_job_id == first["id"] and len(tagged(proxy, job)) == 1
+    refused = requests.post(proxy.url + "/api/v2/jobs", timeout=10, json={"workflow": {}},
+                            headers={"Authorization": f"Bearer {TOKEN}",
+                                     "Idempotency-Key": prompt_id_for(job)})  # fmt: skip
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "idempotency_key_reuse"
 
 
 def test_a_start_image_is_uploaded_once_by_its_hash_and_referenced(emulator, proxy, tmp_path):
@@ -177,10 +232,15 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     settings = settings_for(tmp_path)
     job = small_job(scene_id="v2-cancel", frames=33)
     outcome: list = []
+    previews: list[bytes] = []
+
+    def keep(fraction: float, message: str = "", preview: bytes | None = None) -> None:
+        if preview is not None:
+            previews.append(preview)
 
     def render() -> None:
         try:
-            ComfyV2Backend(proxy.url, settings).render(job, tmp_path, lambda *a, **k: None)
+            ComfyV2Backend(proxy.url, settings).render(job, tmp_path, keep)
         except Exception as exc:
             outcome.append(exc)
 
@@ -188,6 +248,8 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     thread.start()
     other = ComfyV2Backend(proxy.url, settings)  # e.g. `farm cancel`, or the checker
     wait_for(lambda: other.find(job, tmp_path) == "running", 30, "the job running")
+    wait_for(lambda: previews, 30, "a live preview through the event stream")
+    assert image_mime(previews[0]) in ("image/jpeg", "image/png")
     assert other.cancel(job, tmp_path) == "interrupted"
     thread.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], JobCancelled)
@@ -196,6 +258,28 @@ def test_cancel_from_another_process_interrupts_the_job_on_the_emulator(emulator
     (run,) = [r for r in runs(emulator) if r["job_id"] == mine["id"]]
     assert run["status"] != "success"
     assert other.cancel(job, tmp_path) == "not_found"  # over: nothing left to take off
+
+
+def test_a_job_that_fails_on_the_node_raises_its_farm_error(emulator, proxy, tmp_path):
+    job = small_job(scene_id="v2-oom")  # more than the emulated GPU's memory
+    job = replace(
+        job, params={**job.params, "width": 1920, "height": 1088, "length": 161, "steps": 1}
+    )
+    with pytest.raises(OutOfMemory):
+        ComfyV2Backend(proxy.url, settings_for(tmp_path)).render(
+            job, tmp_path, lambda *a, **k: None
+        )
+    (mine,) = tagged(proxy, job)
+    assert mine["status"] == "failed"
+
+
+def test_outputs_are_held_to_the_download_cap(emulator, proxy, tmp_path):
+    settings = settings_for(tmp_path, FARM_MAX_DOWNLOAD_MB="0")
+    with pytest.raises(BadNodeResponse, match="FARM_MAX_DOWNLOAD_MB"):
+        ComfyV2Backend(proxy.url, settings).render(
+            small_job(scene_id="v2-cap"), tmp_path, lambda *a, **k: None
+        )
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".mp4", ".part")]
 
 
 def test_a_workflow_the_node_refuses_is_final_for_the_job(emulator, proxy, tmp_path):
@@ -220,6 +304,24 @@ def test_rate_limited_submissions_wait_as_asked_and_complete(emulator, proxy, tm
             b - a >= 0.95 for (a, _), (b, _) in zip(posts, posts[1:], strict=False)
         )  # Retry-After
         assert len(tagged(proxy, job)) == 1
+    finally:
+        limiter.stop()
+
+
+def test_a_submission_whose_answer_was_lost_is_sent_again_and_runs_once(emulator, proxy, tmp_path):
+    """The proxy takes the job but its answer never arrives: the farm sends the submission
+    again with the same idempotency key, the proxy refuses the key, and the farm follows
+    the job it already has."""
+    limiter = RateLimiter(proxy.url, drop={"POST /api/v2/jobs": 1}).start()
+    try:
+        job = small_job(scene_id="v2-lost")
+        result = ComfyV2Backend(limiter.url, settings_for(tmp_path)).render(
+            job, tmp_path, lambda *a, **k: None
+        )
+        assert [s for _, s in limiter.answered("POST /api/v2/jobs")] == [0, 422]  # lost, reused
+        (mine,) = tagged(proxy, job)
+        assert mine["id"] == result.backend_job_id and mine["status"] == "succeeded"
+        assert [r["job_id"] for r in runs(emulator)].count(mine["id"]) == 1
     finally:
         limiter.stop()
 
@@ -280,6 +382,19 @@ def test_bad_credentials_and_config_name_the_setting(emulator, proxy, tmp_path):
     ).nodes
     assert [(n.kind, n.url) for n in nodes] == [
         ("comfyv2", "https://cloud.example"), ("comfyv2", "http://127.0.0.1:8189")]  # fmt: skip
+
+
+def test_a_v2_worker_without_a_key_stops_at_once_naming_the_setting(tmp_path):
+    """`farm worker` for a Comfy Cloud node with no key exits with the config error (3)
+    before it takes a task."""
+    env = {"PATH": "/usr/bin:/bin", "FARM_REDIS_URL": "redis://127.0.0.1:9/0",
+           "FARM_STORAGE": str(tmp_path), "PYTHONPATH": str(REPO)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "worker", "--url", "comfyv2+https://cloud.example"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "FARM_CLOUD_TOKEN_FILE" in done.stderr + done.stdout
 
 
 # -- a farm whose GPU node is a Comfy API v2 node -----------------------------------------------
@@ -355,6 +470,7 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
         "concurrency": 2,
         "price_per_second": 0.0004,
     }
+    assert len(pool_children(farm.procs["worker-cloud"].pid)) == 2  # FARM_CLOUD_CONCURRENCY
     before = {j["id"] for j in farm_jobs(farm)}
     scene = t2v_scene("v2-scene", 3)
     scene = replace(
@@ -382,9 +498,9 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
 
 
 def test_a_killed_worker_follows_the_same_v2_job(rt, farm):
-    """`kill -9` of the node worker mid-render, restarted a second later: the redelivered
-    shot finds the v2 job (the proxy refuses its idempotency key a second time) and follows
-    it; the proxy lists one job and the emulator ran it once."""
+    """`kill -9` of the node worker mid-render, restarted a second later: the shot,
+    published again when its lease lapses, finds the v2 job (recorded beside the attempt's
+    outputs) and follows it; the proxy lists one job and the emulator ran it once."""
     requests.put(farm.emulator_url("cloud") + "/emulator/faults", json=SLOW, timeout=5)
     before = {j["id"] for j in farm_jobs(farm)}
     scene = t2v_scene("v2-kill", 1, seed=7, width=640, height=352, frames=33)

@@ -130,7 +130,7 @@ def job_error(job: dict[str, Any]) -> FarmError:
     )
 
 
-def _seconds(job: dict[str, Any]) -> tuple[float | None, str]:
+def reported_seconds(job: dict[str, Any]) -> tuple[float | None, str]:
     """GPU-seconds the service reports for a finished job, and where they come from:
     ``metrics.execution_ms``, else ``completed_at - started_at``; ``(None, "")`` when it
     reports neither (comfy-api-proxy 0.1.6 leaves both null)."""
@@ -428,8 +428,7 @@ class ComfyV2Backend:
             if fresh_assets:
                 self._assets.clear()  # the service lost an asset: upload again
             body = {"workflow": self.graph_for(job), "metadata": TAG + farm_id}
-            resp = self.client.call("POST", "/api/v2/jobs", ok=(200, 201, 202), json=body,
-                                    headers={"Idempotency-Key": farm_id})  # fmt: skip
+            resp = self._post_job(body, farm_id)
             if resp.status_code in (200, 201, 202):
                 found = self.client.json(resp)
                 if not isinstance(found.get("id"), str):
@@ -453,6 +452,22 @@ class ComfyV2Backend:
             raise BadNodeResponse(
                 f"POST /api/v2/jobs answered HTTP {resp.status_code}: {code} {message}"
             )
+        raise AssertionError("unreachable")
+
+    def _post_job(self, body: dict[str, Any], farm_id: str) -> requests.Response:
+        """``POST /api/v2/jobs``, sent again (the same key) when its answer was lost: the
+        service may have taken the job, and then refuses the key, which :meth:`submit`
+        follows."""
+        for tries in range(3):
+            try:
+                return self.client.call("POST", "/api/v2/jobs", ok=(200, 201, 202), json=body,
+                                        headers={"Idempotency-Key": farm_id})  # fmt: skip
+            except (NodeTimeout, NodeUnavailable) as exc:
+                lost = isinstance(exc.__cause__, requests.RequestException)
+                if not lost or tries == 2:
+                    raise
+                log.info("submission of job %s to %s: %s; sending it again", farm_id, self.url, exc)
+                time.sleep(1.0 + tries)
         raise AssertionError("unreachable")
 
     def _reused(self, farm_id: str, out_dir: Path | None) -> dict[str, Any]:
@@ -493,12 +508,14 @@ class ComfyV2Backend:
 
     def follow(
         self, found: dict[str, Any], progress: ProgressFn
-    ) -> tuple[dict[str, Any], float | None]:
+    ) -> tuple[dict[str, Any], tuple[float, str] | None]:
         """Poll the job until it is over, reporting the stream's progress and previews
-        meanwhile; returns its final state and the seconds it was seen running."""
+        meanwhile; returns its final state and the seconds this process saw it run (from
+        when it was first seen running, else from when it was first seen at all)."""
         job_id = found["id"]
         if found["status"] in TERMINAL:
             return found, None
+        began = time.monotonic()
         events: queue.Queue = queue.Queue()
         stream = EventStream(self.client, job_id, events)
         stream.start()
@@ -540,8 +557,9 @@ class ComfyV2Backend:
                         running_since = time.monotonic()
                         progress(0.05, "started")
                 if state in TERMINAL:
-                    ran = None if running_since is None else time.monotonic() - running_since
-                    return current, ran
+                    if running_since is not None:
+                        return current, (time.monotonic() - running_since, "observed running")
+                    return current, (time.monotonic() - began, "observed queued and running")
                 if state == "queued":
                     position = current.get("queue_position")
                     progress(
@@ -552,13 +570,15 @@ class ComfyV2Backend:
             stream.stop()
 
     def _result(
-        self, job: Job, final: dict[str, Any], out_dir: Path, seen: float | None
+        self, job: Job, final: dict[str, Any], out_dir: Path, seen: tuple[float, str] | None
     ) -> RenderResult:
+        """The downloaded outputs, and in ``details`` the job's GPU-seconds and their
+        source (the service's figures first; what the worker saw; else unknown, 0)."""
         files = self._download(final, out_dir)
         result = video_result(job, files, str(final["id"]))
-        seconds, source = _seconds(final)
+        seconds, source = reported_seconds(final)
         if seconds is None and seen is not None:
-            seconds, source = seen, "observed running"
+            seconds, source = seen
         result.details.update(gpu_seconds=round(seconds or 0.0, 3),
                               gpu_seconds_source=source or "unknown")  # fmt: skip
         return result

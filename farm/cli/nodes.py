@@ -107,7 +107,7 @@ def worker(
     loglevel: str,
 ) -> None:
     """Run a Celery worker: one per GPU node queue (--node), or for the CPU queue (--cpu)."""
-    from farm.settings import NodeConfig, get_settings, node_name_for
+    from farm.settings import NODE_KINDS, NodeConfig, get_settings, node_name_for
     from farm.studio import catalog_for
     from farm.worker import run_cpu_worker, run_node_worker
 
@@ -122,7 +122,10 @@ def worker(
             run_cpu_worker(settings, concurrency, loglevel, cpu_name)
             return
         if url:
-            if kind == "auto":
+            scheme, plus, rest = url.partition("+")
+            if plus and scheme in NODE_KINDS:  # comfyv2+https://..., as in FARM_NODES
+                kind, url = scheme, rest
+            elif kind == "auto":
                 from farm.backends import detect_kind
 
                 kind = detect_kind(url, settings.http_timeout)
