@@ -63,8 +63,9 @@ def median_throughput(records: list[dict[str, Any]]) -> float:
 
 
 def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
-    """Each node's learned throughput over the median of the measured live nodes' (1.0
-    for a node not measured yet, or when none is), to 1/8 of an octave (9%): finer
+    """Each node's learned throughput over the median (:func:`median_throughput`: of the
+    measured live local nodes) (1.0 for a node not measured yet, or when none is), to 1/8
+    of an octave (9%): finer
     differences do not change a placement, and stable speeds keep the policy's caches."""
     median = median_throughput(records)
     if not median:

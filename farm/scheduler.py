@@ -195,7 +195,7 @@ class Burst:
                     f"{self.day_cap:g} ({self.day_spent:.4g} spent or committed)")  # fmt: skip
         if spent + price > self.scene_cap:
             return (f"waits for a local node: on cloud node {node.name} it would cost about "
-                    f"{price:.4g}, past scene {show(scene_id)}'s burst budget "
+                    f"{price:.4g}, past the burst budget of scene {show(scene_id)}, "
                     f"FARM_BURST_BUDGET_SCENE={self.scene_cap:g} ({spent:.4g} spent or "
                     "committed)")  # fmt: skip
         return None
