@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from farm import budget
 from farm.celery_app import app
@@ -28,6 +29,7 @@ from farm.scheduler import STEP_SECONDS
 from farm.settings import Settings
 from farm.state import FarmState, connect
 from farm.submit import enqueue
+from farm.watch import render_status
 
 from .conftest import REPO, pointed_at
 
@@ -161,6 +163,9 @@ def test_the_day_budget_keeps_shots_for_the_local_nodes_and_says_why(redis_env):
     for shot in held:
         assert "FARM_BURST_BUDGET_DAY=4" in shot["waiting"], shot
         assert "waits for a local node" in shot["waiting"]
+    console = Console(width=400, record=True)
+    console.print(render_status(rt.state.status("budget")))  # farm status, farm watch
+    assert f"{held[0]['id']} waits for a local node: on cloud node cloud" in console.export_text()
     events = rt.redis.xrange(rt.settings.keys.events("budget"))
     assert sum(1 for _, e in events if e.get("type") == "shot_burst_held") == 2
 
