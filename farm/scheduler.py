@@ -488,7 +488,7 @@ class _Cloud:
             why = self.burst.refuses(shot[1], node.info, price)
             if why is None:
                 return shot
-            self.burst.held[shot[1]] = why  # over the day's budget: every shot goes on here
+            self.burst.held[shot[1]] = why  # it says why (past the day's cap: every shot)
         return None
 
 
