@@ -30,6 +30,12 @@ The config file (TOML; deploy/farm.toml is an example)::
     emulate = "comfyui"               # comfyui or wan2gp
     profile = "deploy/nodes/gpu-a.json"
     port = 8288                       # not 8188: a real ComfyUI here would hold that
+    [[node]]                          # an emulated ComfyUI behind comfy-api-proxy: a
+    name = "cloud-a"                  # Comfy API v2 node (docs/cloud.md), no key, loopback
+    emulate = "comfyv2"
+    profile = "deploy/nodes/gpu-a.json"
+    port = 8289                       # the proxy's: the farm talks to it
+    comfyui_port = 8290               # the emulated ComfyUI's, behind it
     [[node]]                          # a real node: farm up runs only its worker
     name = "gpu-b"
     url = "http://10.0.0.5:8188"      # comfyui (http://), wan2gp+http://... or a Comfy
@@ -65,7 +71,14 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError, InvalidInput
-from farm.local import emulator_argv, node_ready, redis_server_argv, wait_for, wait_workers
+from farm.local import (
+    emulator_argv,
+    node_ready,
+    proxy_argv,
+    redis_server_argv,
+    wait_for,
+    wait_workers,
+)
 from farm.ports import holds_port, port_taken
 from farm.settings import REPO_ROOT, Settings
 
@@ -176,7 +189,7 @@ def load_config(path: Path) -> UpConfig:
         where = f"node[{i}]"
         if not isinstance(n, dict):
             raise InvalidInput(f"{where}: must be a table ([[node]])")
-        _known(n, {"name", "emulate", "profile", "port", "url"}, where)
+        _known(n, {"name", "emulate", "profile", "port", "comfyui_port", "url"}, where)
         name = n.get("name")
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise InvalidInput(f"{where}.name: give a name of letters, digits, - and _")
@@ -184,13 +197,16 @@ def load_config(path: Path) -> UpConfig:
             raise InvalidInput(f"{where}.name: {name!r} is listed twice")
         names.add(name)
         if ("emulate" in n) == ("url" in n):
-            raise InvalidInput(f"{where} ({name}): give either emulate = \"comfyui\"|\"wan2gp\" "
+            raise InvalidInput(f"{where} ({name}): give either emulate = \"comfyui\"|\"wan2gp\"|\"comfyv2\" "
                                "(with profile and port) or url = \"http://...\" for a real node")  # fmt: skip
         if "emulate" in n:
-            if n["emulate"] not in ("comfyui", "wan2gp"):
+            if n["emulate"] not in ("comfyui", "wan2gp", "comfyv2"):
                 raise InvalidInput(
-                    f"{where}.emulate: must be comfyui or wan2gp, not {n['emulate']!r}"
+                    f"{where}.emulate: must be comfyui, wan2gp or comfyv2, not {n['emulate']!r}"
                 )
+            if ("comfyui_port" in n) != (n["emulate"] == "comfyv2"):
+                raise InvalidInput(f"{where}.comfyui_port: give it with emulate = \"comfyv2\" "
+                                   "(the emulated ComfyUI's port, behind the proxy), and only then")  # fmt: skip
             profile = resolve(n.get("profile"), f"{where}.profile")
             if not profile.is_file():
                 raise InvalidInput(f"{where}.profile: {profile} does not exist (see deploy/nodes/)")
@@ -198,9 +214,18 @@ def load_config(path: Path) -> UpConfig:
             if nport in ports:
                 raise InvalidInput(f"{where}.port: {nport} is already used by another service")
             ports.add(nport)
-            prefix = "wan2gp+" if n["emulate"] == "wan2gp" else ""
-            nodes.append({"name": name, "emulate": n["emulate"], "profile": profile,
-                          "port": nport, "url": f"{prefix}http://127.0.0.1:{nport}"})  # fmt: skip
+            prefix = "" if n["emulate"] == "comfyui" else f"{n['emulate']}+"
+            node = {"name": name, "emulate": n["emulate"], "profile": profile, "port": nport,
+                    "url": f"{prefix}http://127.0.0.1:{nport}"}  # fmt: skip
+            if "comfyui_port" in n:
+                cport = _int(n, "comfyui_port", where, 0, 1)
+                if cport in ports:
+                    raise InvalidInput(
+                        f"{where}.comfyui_port: {cport} is already used by another service"
+                    )
+                ports.add(cport)
+                node["comfyui_port"] = cport
+            nodes.append(node)
         else:
             if not isinstance(n["url"], str) or "://" not in n["url"]:
                 raise InvalidInput(f"{where}.url: {n['url']!r} is not a node URL")
@@ -289,11 +314,17 @@ def services(cfg: UpConfig, env: dict[str, str]) -> list[Service]:
         out.append(Service("redis", argv, "redis", ready=_redis_ready(env, cfg.redis_port)))
     for n in cfg.nodes:
         if "emulate" in n:
-            argv = emulator_argv(
-                n["emulate"], n["port"], n["profile"], cfg.root / "nodes" / n["name"]
-            )
+            kind, port = n["emulate"], n["port"]
+            if kind == "comfyv2":  # the emulated ComfyUI, then comfy-api-proxy in front
+                kind, port = "comfyui", n["comfyui_port"]
+            argv = emulator_argv(kind, port, n["profile"], cfg.root / "nodes" / n["name"])
             out.append(Service(f"emulator-{n['name']}", argv, "emulator",
-                               ready=lambda pid, k=n["emulate"], p=n["port"]: node_ready(k, p, pid)))  # fmt: skip
+                               ready=lambda pid, k=kind, p=port: node_ready(k, p, pid)))  # fmt: skip
+            if n["emulate"] == "comfyv2":
+                argv = proxy_argv(n["port"], f"http://127.0.0.1:{port}",
+                                  cfg.root / "proxies" / n["name"])  # fmt: skip
+                out.append(Service(f"proxy-{n['name']}", argv, "emulator",
+                                   ready=lambda pid, p=n["port"]: node_ready("comfyv2", p, pid)))  # fmt: skip
     for n in cfg.nodes:
         out.append(Service(f"worker-{n['name']}", [*farm, "worker", "--node", n["name"]], "worker"))
     for i in range(cfg.cpu_workers):
@@ -347,6 +378,9 @@ def ports_wanted(cfg: UpConfig) -> list[tuple[int, str, str, str]]:
     for i, n in enumerate(cfg.nodes):
         if "emulate" in n:
             wanted.append((n["port"], "127.0.0.1", f"node {n['name']}", f"node[{i}].port"))
+        if "comfyui_port" in n:
+            wanted.append((n["comfyui_port"], "127.0.0.1", f"node {n['name']}'s ComfyUI",
+                           f"node[{i}].comfyui_port"))  # fmt: skip
     for key, what in (("flower", "Flower"), ("web", "farm web"), ("exporter", "Exporter")):
         svc = getattr(cfg, key)
         if svc:

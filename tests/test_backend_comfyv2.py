@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import gc
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
 from farm.planning import Job
 from farm.runtime import get_runtime
+from farm.scene import parse_scene
 from farm.settings import Settings
 from farm.submit import enqueue
 from farm.worker import patient
@@ -38,7 +40,17 @@ from .test_comfy_contract import Server
 from .test_faults import pool_children, t2v_scene, wait_done, wait_for
 
 TOKEN = "cloud-key-7f3a9c2e51d84b06"
-PROFILE = {**json.loads((NODES / "node-a.json").read_text()), "api": "0.38"}
+
+
+def _profile() -> dict:
+    """node-a's models and node-c's Wan 2.1 ATI (trajectories), with the job API."""
+    a, c = (json.loads((NODES / f"{n}.json").read_text()) for n in ("node-a", "node-c"))
+    models = {k: sorted({*a["models"].get(k, []), *c["models"].get(k, [])})
+              for k in {*a["models"], *c["models"]}}  # fmt: skip
+    return {**a, "models": models, "api": "0.38"}
+
+
+PROFILE = _profile()
 MODELS = ",".join(f"{folder}/{name}" for folder, names in PROFILE["models"].items()
                   for name in names)  # fmt: skip
 SLOW = {"slow": {"rate": 1.0, "factor": 8.0}}
@@ -397,6 +409,64 @@ def test_a_v2_worker_without_a_key_stops_at_once_naming_the_setting(tmp_path):
     assert "FARM_CLOUD_TOKEN_FILE" in done.stderr + done.stdout
 
 
+def test_farm_up_runs_an_emulated_v2_node_behind_comfy_api_proxy(tmp_path):
+    """`farm up` with ``emulate = "comfyv2"``: the emulated ComfyUI, comfy-api-proxy in
+    front of it and the node's worker; a scene renders through the proxy."""
+    from .test_up import bare_env
+    from .test_up import farm as cli
+
+    profile = tmp_path / "cloud.json"
+    profile.write_text(json.dumps(PROFILE))
+    ports = [free_port() for _ in range(3)]
+    config = tmp_path / "farm.toml"
+    config.write_text(f"""
+root = "root"
+stop_timeout = 20
+[redis]
+port = {ports[0]}
+[[node]]
+name = "cloud"
+emulate = "comfyv2"
+profile = "{profile}"
+port = {ports[1]}
+comfyui_port = {ports[2]}
+[cpu]
+concurrency = 1
+[flower]
+enabled = false
+[web]
+enabled = false
+[exporter]
+enabled = false
+[env]
+FARM_HEARTBEAT = "1"
+FARM_CLOUD_MODELS = "{MODELS}"
+""")  # fmt: skip
+    env = bare_env()
+    started = cli("up", str(config), env=env)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        exports = cli("env", str(config), env=env).stdout
+        pairs = [line.removeprefix("export ").split("=", 1) for line in exports.splitlines()]
+        farm_env = {**env, **{k: shlex.split(v)[0] for k, v in pairs}}
+        assert f"cloud=comfyv2+http://127.0.0.1:{ports[1]}" in farm_env["FARM_NODES"]
+        scene = tmp_path / "scene.json"
+        scene.write_text(json.dumps({"id": "up-v2", "quality": "final", "shots": [
+            {"id": "intro", "action_description": "a paper kite", "width": 256, "height": 160,
+             "frames": 9, "seed": 1, "backend": "comfyui"}]}))  # fmt: skip
+        assert cli("submit", str(scene), env=farm_env).returncode == 0
+
+        def done() -> bool:
+            out = cli("status", "--json", "up-v2", env=farm_env)
+            return out.returncode == 0 and json.loads(out.stdout)["state"] == "done"
+
+        wait_for(done, 120, "scene up-v2 done")
+        jobs = requests.get(f"http://127.0.0.1:{ports[1]}/api/v2/jobs", timeout=10).json()["jobs"]
+        assert [j["status"] for j in jobs] == ["succeeded"]
+    finally:
+        cli("down", str(config), env=env)
+
+
 # -- a farm whose GPU node is a Comfy API v2 node -----------------------------------------------
 
 
@@ -472,19 +542,27 @@ def test_a_scene_renders_through_a_v2_node_and_the_key_stays_out_of_logs_and_red
     }
     assert len(pool_children(farm.procs["worker-cloud"].pid)) == 2  # FARM_CLOUD_CONCURRENCY
     before = {j["id"] for j in farm_jobs(farm)}
-    scene = t2v_scene("v2-scene", 3)
-    scene = replace(
-        scene, shots=[*scene.shots[:2], replace(scene.shots[2], start_image=str(IMAGE))]
-    )
+    base = {"backend": "comfyui", "width": 320, "height": 192, "frames": 17}
+    path = [{"x": 40, "y": 150}, {"x": 160, "y": 110}, {"x": 280, "y": 60}]
+    scene = parse_scene({"id": "v2-scene", "quality": "final", "shots": [
+        {"id": "t2v", "action_description": "a lighthouse", "seed": 1, **base},
+        {"id": "t2v2", "action_description": "a harbour", "seed": 2, **base},
+        {"id": "i2v", "action_description": "the meadow at dawn", "start_image": str(IMAGE),
+         "seed": 3, **base},
+        {"id": "ati", "action_description": "a fox runs", "start_image": str(IMAGE),
+         "trajectories": [path], "seed": 4, **base},
+    ]})  # fmt: skip
     enqueue(scene, rt)
     wait_for(lambda: any(s.get("state") == "running" for s in rt.state.shots(scene.id)), 60,
              "a shot running")  # fmt: skip
     assert_no_token_in_redis(farm)  # with task messages in flight
     status = wait_done(rt, scene.id, timeout=180)
     assert status["state"] == "done", status
-    assert probe(Path(status["outputs"]["video"])).frames == 3 * 17
+    assert probe(Path(status["outputs"]["video"])).frames == 4 * 17
     new = [j for j in farm_jobs(farm) if j["id"] not in before]
-    assert sorted(j["status"] for j in new) == ["succeeded"] * 3  # one v2 job per shot
+    assert sorted(j["status"] for j in new) == ["succeeded"] * 4  # one v2 job per shot
+    workflows = {rt.state.shot(scene.id, sid)["job"]["workflow"] for sid in ("i2v", "ati")}
+    assert workflows == {"wan22_i2v", "wan_ati"}  # a start image; a trajectory too
     for shot in rt.state.shots(scene.id):
         (done,) = [a for a in shot["attempt_log"] if a["state"] == "done"]
         assert done["node"] == "cloud" and done["backend_job_id"] in {j["id"] for j in new}

@@ -174,6 +174,7 @@ class V2Client:
                     f"{method} {path}: {self.url} kept answering 429 ({code}) for "
                     f"{self.patience:g}s"
                 )
+            resp.close()
             log.info("%s %s: 429 %s, waiting %.1fs as asked", method, path, code, wait)
             time.sleep(wait)
         status = resp.status_code
@@ -414,8 +415,9 @@ class ComfyV2Backend:
             log.info("job %s is already on %s as %s: following it", farm_id, self.url, found["id"])
         try:
             final, seen = self.follow(found, progress)
-        except (JobCancelled, NodeTimeout) as exc:
-            self._abandon(found["id"], exc)
+        except Exception as exc:  # cancelled, hung, or the task's soft time limit: stop paying
+            if isinstance(exc, JobCancelled | NodeTimeout) or not isinstance(exc, FarmError):
+                self._abandon(found["id"], exc)
             raise
         if final["status"] != "succeeded":
             raise job_error(final)
@@ -531,7 +533,7 @@ class ComfyV2Backend:
                 if event == "status" and data.get("status") == "running" and running_since is None:
                     running_since = time.monotonic()
                     progress(0.05, "started")
-                elif event == "progress" and data.get("value") is not None:
+                elif event == "progress" and isinstance(data.get("value"), int | float):
                     running_since = running_since or time.monotonic()
                     step, steps = data.get("step"), data.get("steps")
                     text = f"step {step}/{steps}" if step is not None and steps else "running"
@@ -598,12 +600,12 @@ class ComfyV2Backend:
             dest = unique_dest(out_dir, root, item["name"], files)
             own = f"/api/v2/assets/{item.get('id')}/content"
             if url.startswith("/") or url.startswith(self.client.origin + "/"):
-                resp = self.client._send("GET", url, stream=True)
+                resp = self.client.call("GET", url, stream=True)
             else:
                 resp = self._plain_get(url)
                 if resp.status_code in (401, 403) and item.get("id"):
                     resp.close()  # not a signed URL: the service's own address for it
-                    resp = self.client._send("GET", own, stream=True)
+                    resp = self.client.call("GET", own, stream=True)
             files.append(save_stream(resp, dest, self.settings.max_download_bytes, item["name"]))
         return files
 
