@@ -441,6 +441,7 @@ enabled = false
 [env]
 FARM_HEARTBEAT = "1"
 FARM_CLOUD_MODELS = "{MODELS}"
+FARM_BURST = "always"
 """)  # fmt: skip
     env = bare_env()
     started = cli("up", str(config), env=env)
