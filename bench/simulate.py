@@ -16,6 +16,14 @@ speed. See ``bench/README.md`` for what
 each printed figure means and for the lower bound.
 
     .venv/bin/python -m bench.simulate [--nodes 100 --shots 10000 --seed 1]
+
+With ``--burst`` it measures the burst policy instead (``FARM_BURST``): the same workload
+on the same local nodes plus one cloud node (``--cloud-concurrency`` renders at once, at
+``--cloud-speed``, no model loads, ``--price`` per GPU-second), under ``never``,
+``overflow`` (``--burst-after``) and ``always``, and ``overflow`` with a day budget of
+half what ``always`` spent: makespan and spend (:func:`burst_main`).
+
+    .venv/bin/python -m bench.simulate --burst [--nodes 8 --shots 600 --scenes 6]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import bisect
 import heapq
 import itertools
+import math
 import random
 import re
 import time
@@ -37,7 +46,19 @@ import numpy as np
 from farm.catalog import Catalog, load_catalog
 from farm.planning import Job, NodeInfo, plan_variants
 from farm.scene import Point, Scene, Shot
-from farm.scheduler import DEPTH, Group, NodeLoad, assign, can_run, class_of, group_id, score
+from farm.scheduler import (
+    DEPTH,
+    Burst,
+    Group,
+    NodeLoad,
+    assign,
+    can_run,
+    class_of,
+    group_id,
+    holds,
+    job_cost,
+    score,
+)
 
 #: seconds of work per reference sampler step (832x480x81) per billion model parameters,
 #: on a node of speed 1.0 (a 14B Wan final of 30 steps at 832x480x81: 21 minutes)
@@ -321,12 +342,26 @@ def capable_nodes(variants: Sequence[Job], nodes: Sequence[NodeInfo]) -> list[tu
 # -- the simulation -------------------------------------------------------------------------
 @dataclass
 class Machine:
-    """A node at run time: what it renders now and the shots queued behind."""
+    """A node at run time: what it renders now (a cloud node: up to its concurrency at
+    once) and the shots queued behind."""
 
     info: NodeInfo
     queue: deque[tuple[Render, int]] = field(default_factory=deque)
     loaded: frozenset[str] = frozenset()
-    busy: bool = False
+    #: renders running: (start, end, work in reference steps)
+    running: list[tuple[float, float, float]] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return len(self.running) >= (self.info.concurrency or 1)
+
+    def steps_left(self, now: float) -> float:
+        """Reference steps of its bound renders not done at ``now`` (a running one's in
+        proportion to its time left, as the dispatcher reads a shot's progress)."""
+        left = sum(job_cost(r.variants[v]) for r, v in self.queue)
+        for start, end, cost in self.running:
+            left += cost * (end - now) / (end - start) if end > start else 0.0
+        return left
 
 
 @dataclass
@@ -336,6 +371,8 @@ class Result:
     name: str
     makespan: float = 0.0
     loads: int = 0
+    spend: float = 0.0  # cloud nodes' GPU-seconds x their price
+    cloud_renders: int = 0
     previews_done: float = 0.0
     preview_ready: list[float] = field(default_factory=list)  # per preview: done - submitted
     per_call: list[float] = field(default_factory=list)  # seconds of policy CPU time
@@ -373,7 +410,9 @@ class Simulation:
             self.enqueue(render, now)
 
     def finished(self, index: int, render: Render, now: float) -> None:
-        self.machines[index].busy = False
+        machine = self.machines[index]
+        ended = next(i for i, r in enumerate(machine.running) if r[1] == now)
+        del machine.running[ended]
         self.result.makespan = max(self.result.makespan, now)
         if render.kind == "preview":
             self.result.previews_done = max(self.result.previews_done, now)
@@ -390,11 +429,15 @@ class Simulation:
         render, variant = machine.queue.popleft()
         models = render.variants[variant].models
         took = render.work[variant] / machine.info.speed
-        missing = [m for m in models if m not in machine.loaded]
-        took += sum(self.work.load[m] for m in missing)  # each model it lacks loads
-        machine.loaded = frozenset(models)
-        self.result.loads += len(missing)
-        machine.busy = True
+        if machine.info.cloud:  # loads no model; bills its GPU-seconds
+            self.result.spend += took * machine.info.price
+            self.result.cloud_renders += 1
+        else:
+            missing = [m for m in models if m not in machine.loaded]
+            took += sum(self.work.load[m] for m in missing)  # each model it lacks loads
+            machine.loaded = frozenset(models)
+            self.result.loads += len(missing)
+        machine.running.append((now, now + took, job_cost(render.variants[variant])))
         self.at(now + took, partial(self.finished, index, render))
 
     def place(self, index: int, render: Render, variant: int, now: float) -> None:
@@ -457,9 +500,12 @@ class LateBinding(Simulation):
 
     name = "late binding (assign)"
 
-    def __init__(self, work: Workload, depth: int = DEPTH) -> None:
+    def __init__(self, work: Workload, depth: int = DEPTH, burst: Burst | None = None,
+                 name: str | None = None) -> None:  # fmt: skip
+        self.name = name or self.name
         super().__init__(work)
         self.depth = depth
+        self.burst = burst
         self.loads = [NodeLoad(m.info) for m in self.machines]
         self.index = {m.info.name: i for i, m in enumerate(self.machines)}
         self.backlog: dict[str, Backlog] = {}
@@ -475,16 +521,20 @@ class LateBinding(Simulation):
         self.loads[index].bound -= 1
 
     def bind(self, now: float) -> None:
-        room = sum(max(0, self.depth - n.bound) for n in self.loads if n.info.alive)
+        room = sum(max(0, holds(n, self.depth) - n.bound) for n in self.loads if n.info.alive)
         if room == 0 or not self.waiting:
             return
+        if self.burst is not None:  # the spend so far: no held estimates to add here
+            self.burst.day_spent = self.result.spend
+            for load, machine in zip(self.loads, self.machines, strict=True):
+                load.work = machine.steps_left(now)
         groups = [
             Group(gid, b.variants, b.head(room), waiting=b.size)
             for gid, b in self.backlog.items()
             if b.classes
         ]
         began = time.thread_time()
-        bound = assign(groups, self.loads, self.depth)
+        bound = assign(groups, self.loads, self.depth, self.burst)
         self.timed(time.thread_time() - began, len(bound))
         for a in bound:
             render, value = self.waiting.pop(a.key)
@@ -564,6 +614,73 @@ def describe(work: Workload, seed: int) -> str:
     )
 
 
+# -- the burst policy -----------------------------------------------------------------------
+def with_cloud(work: Workload, concurrency: int, speed: float, price: float) -> Workload:
+    """``work`` with one cloud node more: a Comfy API v2 node holding every file of the
+    workload's ComfyUI variants, running ``concurrency`` renders at once at ``speed``, for
+    ``price`` per GPU-second."""
+    files: dict[str, set[str]] = {}
+    for render in work.renders():
+        for v in render.variants:
+            if v.backend == "comfyui":
+                for folder, names in v.files.items():
+                    files.setdefault(folder, set()).update(names)
+    models = {k: tuple(sorted(v)) for k, v in files.items()}
+    cloud = NodeInfo("cloud", "comfyv2", True, models, speed, concurrency=concurrency,
+                     price=price)  # fmt: skip
+    return Workload([*work.nodes, cloud], work.scenes, work.load)
+
+
+def step_seconds(work: Workload) -> float:
+    """Seconds per reference step at speed 1, over all the workload's renders: what the
+    farm learns as its median throughput."""
+    renders = list(work.renders())
+    return sum(r.work[0] for r in renders) / sum(job_cost(r.variants[0]) for r in renders)
+
+
+def burst_report(results: Sequence[Result], local: Result) -> str:
+    """A table: one row per figure, one column per policy."""
+    hours = 3600.0
+    rows = [
+        ("makespan (h)", lambda r: f"{r.makespan / hours:.2f}"),
+        ("makespan vs never", lambda r: f"x{local.makespan / r.makespan:.2f} shorter"),
+        ("all previews done (h)", lambda r: f"{r.previews_done / hours:.2f}"),
+        ("preview ready after, mean (min)", lambda r: f"{mean(r.preview_ready) / 60:.1f}"),
+        ("renders on the cloud node", lambda r: f"{r.cloud_renders}"),
+        ("spend", lambda r: f"{r.spend:.2f}"),
+        ("spend per hour saved", lambda r: (f"{r.spend / ((local.makespan - r.makespan) / hours):.2f}"
+                                            if local.makespan > r.makespan else "-")),
+        ("model loads (local nodes)", lambda r: f"{r.loads}"),
+    ]  # fmt: skip
+    left, width = max(len(label) for label, _ in rows), max(len(r.name) for r in results) + 2
+    lines = [" " * left + "".join(f"{r.name:>{width}}" for r in results)]
+    for label, cell in rows:
+        lines.append(f"{label:{left}}" + "".join(f"{cell(r):>{width}}" for r in results))
+    return "\n".join(lines)
+
+
+def burst_main(args: argparse.Namespace) -> None:
+    """The burst policy's effect: never, overflow, always, and overflow under a budget of
+    half what always spent (its ``day_cap``: the whole run is one budget day)."""
+    work = make_workload(args.nodes, args.shots, args.scenes, args.window, args.seed)
+    work = with_cloud(work, args.cloud_concurrency, args.cloud_speed, args.price)
+    step = step_seconds(work)
+    print(describe(work, args.seed))
+    print(f"cloud node: {args.cloud_concurrency} renders at once at speed {args.cloud_speed:g}, "
+          f"{args.price:g} per GPU-second; FARM_BURST_AFTER={args.burst_after:g} s; "
+          f"{step:.1f} s per reference step at speed 1\n")  # fmt: skip
+
+    def run(policy: str, name: str, cap: float = math.inf) -> Result:
+        burst = Burst(policy, args.burst_after, step, day_cap=cap)
+        return LateBinding(work, burst=burst, name=name).run()
+
+    never = run("never", "never")
+    results = [never, run("overflow", "overflow"), run("always", "always")]
+    budget = results[2].spend / 2
+    results.append(run("overflow", f"overflow, cap {budget:.0f}", budget))
+    print(burst_report(results, never))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.simulate", description=__doc__.split("\n")[0]
@@ -575,7 +692,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--window", type=float, default=4 * 3600.0, help="seconds over which scenes are submitted"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--burst", action="store_true",
+                        help="measure FARM_BURST (never, overflow, always) with a cloud node")  # fmt: skip
+    parser.add_argument("--cloud-concurrency", type=int, default=8)
+    parser.add_argument("--cloud-speed", type=float, default=2.0)
+    parser.add_argument("--price", type=float, default=0.001, help="per cloud GPU-second")
+    parser.add_argument("--burst-after", type=float, default=1800.0, help="FARM_BURST_AFTER")
     args = parser.parse_args(argv)
+    if args.burst:
+        burst_main(args)
+        return
     work = make_workload(args.nodes, args.shots, args.scenes, args.window, args.seed)
     print(describe(work, args.seed))
     bound, chain, area = lower_bound(work)

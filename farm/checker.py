@@ -328,7 +328,11 @@ class Checker:
         scene."""
         if not self.contact.judges(self.s.node_ttl):
             return
-        infos = [n for n in self.rt.registry.infos() if n.alive]
+        infos = [
+            n
+            for n in self.rt.registry.infos()
+            if n.alive and not (n.cloud and self.s.burst == "never")  # it takes nothing
+        ]
         limit = time.time() - self.s.wait_timeout
         for group in self.d._groups():
             expired = [split(key) for key, sc in self.r.zrange(self.keys.wait(group.id), 0, -1,

@@ -12,6 +12,12 @@ more does nothing.
 Backlog keys (:mod:`farm.keys`): ``groups`` (group id -> needs), ``wait:{group}`` (shots
 by :func:`farm.scheduler.score`), ``parked:{scene}`` (a paused scene's), ``bound:{node}``
 (the node's slots), ``blocklist:{scene}`` and the dispatcher's lock.
+
+Cloud nodes take shots by the burst policy (``FARM_BURST``, :class:`farm.scheduler.Burst`):
+the dispatcher gives the policy the local nodes' bound work, the spend and budgets
+(:mod:`farm.budget`), holds the estimate of each shot it binds to a cloud node, and writes
+on a shot the budget kept from a cloud node why it waits (its ``waiting`` field, shown by
+`farm status`), with a ``shot_burst_held`` event.
 """
 
 from __future__ import annotations
@@ -26,24 +32,27 @@ from typing import Any
 
 from celery import Celery
 
-from farm import canvas, lifecycle
+from farm import budget, canvas, lifecycle
 from farm.errors import InvalidInput
 from farm.keys import member, split
 from farm.lifecycle import TERMINAL_SHOT, Backlog, ShotState
-from farm.nodes import held_models, node_queue
+from farm.nodes import held_models, median_throughput, node_queue
 from farm.planning import Job, Rung, plan_variants
 from farm.runtime import Runtime
 from farm.scene import Scene, parse_scene
 from farm.scheduler import (
     CLASS_SPAN,
-    DEPTH,
+    STEP_SECONDS,
     Assignment,
+    Burst,
     Group,
     NodeLoad,
     assign,
     assign_naive,
     class_of,
     group_id,
+    holds,
+    job_cost,
     score,
 )
 
@@ -291,9 +300,11 @@ class Dispatcher:
         groups = self._groups()
         if not groups:
             return []
-        nodes = self._loads()
+        nodes, step_seconds = self._loads()
         naive = self.s.placement == "naive"
-        room = -1 if naive else sum(max(0, DEPTH - n.bound) for n in nodes if n.info.alive)
+        if self.s.burst == "never" or naive:  # the naive baseline knows no cloud nodes
+            nodes = [n for n in nodes if not n.info.cloud]
+        room = -1 if naive else sum(max(0, holds(n) - n.bound) for n in nodes if n.info.alive)
         if room == 0:
             return []
         pipe = self.r.pipeline()
@@ -312,9 +323,67 @@ class Dispatcher:
             turn = int(self.r.get(self.keys.dispatch("turn")) or 0)
             chosen, turn = assign_naive(groups, nodes, turn)
             self.r.set(self.keys.dispatch("turn"), turn)
-        else:
-            chosen = assign(groups, nodes)
-        return [a for a in chosen if self.publish(a)]
+            return [a for a in chosen if self.publish(a)]
+        burst = self._burst(nodes, scenes, step_seconds)
+        chosen = assign(groups, nodes, burst=burst)
+        clouds = {n.info.name: n.info for n in nodes if n.info.cloud}
+        done = []
+        for a in chosen:
+            cloud = clouds.get(a.node)
+            if cloud is None:
+                if self.publish(a):
+                    done.append(a)
+                continue
+            group = next(g for g in groups if g.id == a.group)
+            estimate = burst.estimate(cloud, group.variants[a.variant])
+            budget.hold(self.r, self.s, a.key, a.node, estimate)
+            if self.publish(a):
+                done.append(a)
+            else:
+                self.r.hdel(self.keys.spend_held(), a.key)
+        self._say_held(burst, {a.key for a in chosen})
+        return done
+
+    def _burst(self, nodes: list[NodeLoad], scenes: set[str], step_seconds: float) -> Burst:
+        """The burst policy's view: the local nodes' bound work (when it is ``overflow``),
+        the spend (held estimates counted) and the budgets."""
+        clouds = [n.info.name for n in nodes if n.info.cloud and n.info.alive]
+        if not clouds:
+            return Burst()
+        if self.s.burst == "overflow":
+            self._bound_work([n for n in nodes if not n.info.cloud and n.info.alive])
+        spend = budget.state(self.r, self.s, clouds, scenes)
+        return Burst(self.s.burst, self.s.burst_after, step_seconds, spend.rates,
+                     budget.cap(self.s.burst_budget_day), budget.cap(self.s.burst_budget_scene),
+                     spend.day, spend.scenes)  # fmt: skip
+
+    def _bound_work(self, nodes: list[NodeLoad]) -> None:
+        """Set each node's :attr:`NodeLoad.work`: its bound shots' cost, less what they have
+        rendered (their progress)."""
+        pipe = self.r.pipeline()
+        for node in nodes:
+            pipe.hkeys(self.keys.bound(node.info.name))
+        members = pipe.execute()
+        for keys in members:
+            for key in keys:
+                pipe.hmget(self.keys.shot(*split(key)), ["job", "progress"])
+        replies = iter(pipe.execute())
+        for node, keys in zip(nodes, members, strict=True):
+            node.work = 0.0
+            for _ in keys:
+                job, progress = next(replies)
+                if job:
+                    left = 1.0 - min(1.0, max(0.0, float(progress or 0)))
+                    node.work += job_cost(Job.from_dict(json.loads(job))) * left
+
+    def _say_held(self, burst: Burst, bound: set[str]) -> None:
+        """Write on each shot the budget kept from a cloud node (and still waiting) why."""
+        for key, why in burst.held.items():
+            if key in bound:
+                continue
+            scene_id, shot_id = split(key)
+            if self.r.hget(self.keys.shot(scene_id, shot_id), "waiting") != json.dumps(why):
+                self.rt.state.update_shot(scene_id, shot_id, "shot_burst_held", waiting=why)
 
     def _groups(self) -> list[Group]:
         raw = self.r.hgetall(self.keys.groups())
@@ -325,17 +394,26 @@ class Dispatcher:
                                 needs.get("pin"), frozenset(needs.get("exclude", ()))))  # fmt: skip
         return groups
 
-    def _loads(self) -> list[NodeLoad]:
-        infos = self.rt.registry.infos()
+    def _loads(self) -> tuple[list[NodeLoad], float]:
+        """The registered nodes with their bound shots and loaded models, and the seconds
+        a node of speed 1.0 takes per reference step (the median learned throughput's)."""
+        records = self.rt.registry.records()
+        infos = self.rt.registry.infos(records)
         pipe = self.r.pipeline()
         for info in infos:
             pipe.hlen(self.keys.bound(info.name))
             pipe.hget(self.keys.node(info.name), "loaded")
         replies = pipe.execute()
-        return [
-            NodeLoad(info, int(replies[2 * i]), held_models(replies[2 * i + 1]))
+        median = median_throughput(records)
+        loads = [
+            NodeLoad(
+                info,
+                int(replies[2 * i]),
+                frozenset() if info.cloud else held_models(replies[2 * i + 1]),
+            )  # fmt: skip
             for i, info in enumerate(infos)
         ]
+        return loads, 1.0 / median if median > 0 else STEP_SECONDS
 
     def _blocklisted(self, scenes: set[str]) -> dict[str, set[str]]:
         pipe = self.r.pipeline()
@@ -365,6 +443,8 @@ class Dispatcher:
                               queue):  # fmt: skip
             return False
         self.r.hset(self.keys.node(a.node), "loaded", json.dumps(list(job.models)))
+        if shot.get("waiting"):
+            self.r.hdel(self.keys.shot(scene_id, shot_id), "waiting")
         self.send_render(scene_id, shot_id, token, job, queue, shot)
         return True
 

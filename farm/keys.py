@@ -41,6 +41,13 @@ cache                           hash     the render cache (:mod:`farm.cache`)
 templates                       hash     template -> {description, source}: the catalogue
                                          ingest validates against (the Blender add-on's list)
 telemetry:{name}                hash     counters for the exporter (:mod:`farm.telemetry`)
+spend:day:{YYYY-MM-DD}          hash     cloud spend that day (UTC): total, per node;
+                                         kept SPEND_DAYS days (:mod:`farm.budget`)
+spend:scene:{scene}             hash     the scene's cloud spend: total, per node,
+                                         charged:{attempt} (each billed render once)
+spend:node:{name}               hash     a cloud node's spend: total, gpu_seconds, work
+spend:held                      hash     "scene/shot" bound to a cloud node -> the
+                                         estimate it committed (until it is billed)
 submissions / :dead             stream   submissions and rejected ones (:mod:`farm.ingest`)
 submission:{id} / :lock         hash     a submission's decision / who decides it
 web:session:{digest}            hash     a `farm web` login session (user, CSRF token), by
@@ -156,6 +163,19 @@ class Keys:
     def telemetry(self, name: str) -> str:
         return self._k("telemetry", name)
 
+    # cloud spend (farm.budget)
+    def spend_day(self, day: str) -> str:
+        return self._k("spend", "day", day)
+
+    def spend_scene(self, scene_id: str) -> str:
+        return self._k("spend", "scene", scene_id)
+
+    def spend_node(self, name: str) -> str:
+        return self._k("spend", "node", name)
+
+    def spend_held(self) -> str:
+        return self._k("spend", "held")
+
     def submissions(self) -> str:
         return self._k("submissions")
 
@@ -175,7 +195,8 @@ class Keys:
     def scene_keys(self, scene_id: str, shot_ids: list[str]) -> list[str]:
         """Every key that belongs to scene ``scene_id`` alone (deleted with it)."""
         keys = [self.scene(scene_id), self.events(scene_id), self.scene_lease(scene_id),
-                self.enqueue_lease(scene_id), self.parked(scene_id), self.blocklist(scene_id)]  # fmt: skip
+                self.enqueue_lease(scene_id), self.parked(scene_id), self.blocklist(scene_id),
+                self.spend_scene(scene_id)]  # fmt: skip
         for shot_id in shot_ids:
             keys += [self.shot(scene_id, shot_id), self.preview(scene_id, shot_id),
                      self.lease(scene_id, shot_id)]  # fmt: skip

@@ -10,7 +10,8 @@ is older than ``FARM_NODE_TTL``, or whose server did not answer the last probe, 
                         name -> {ok, missing, models}), described, last_seen, ok, reason,
                         started, rendered_models (JSON: the diffusion models its last
                         render loaded), loaded (JSON: those its last bound shot needs),
-                        throughput
+                        throughput, cloud (JSON: a cloud node's {concurrency,
+                        price_per_second}, from its description)
     farm:node:{name}:renders   list: "cost seconds" of its last SPEED_WINDOW renders
 
 Node speed is learned, not configured: after each render that loaded no model, the
@@ -47,15 +48,28 @@ def node_queue(name: str) -> str:
     return f"node.{name}"
 
 
-def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
-    """Each node's learned throughput over the median of the measured live nodes' (1.0
-    for a node not measured yet, or when none is), to 1/8 of an octave (9%): finer
-    differences do not change a placement, and stable speeds keep the policy's caches."""
-    measured = sorted(r["throughput"] for r in records if r["alive"] and r["throughput"] > 0)
+def median_throughput(records: list[dict[str, Any]]) -> float:
+    """The median learned throughput (reference steps per second) of the measured live
+    local nodes (of every measured live node when no local one is; 0: none is measured).
+    A cloud node's render time includes its uploads and its service's queue."""
+    live = [r for r in records if r["alive"] and r["throughput"] > 0]
+    measured = sorted(r["throughput"] for r in live if not r.get("cloud")) or sorted(
+        r["throughput"] for r in live
+    )
     if not measured:
-        return [1.0] * len(records)
+        return 0.0
     mid = len(measured) // 2
-    median = measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
+    return measured[mid] if len(measured) % 2 else (measured[mid - 1] + measured[mid]) / 2
+
+
+def relative_speeds(records: list[dict[str, Any]]) -> list[float]:
+    """Each node's learned throughput over the median (:func:`median_throughput`: of the
+    measured live local nodes) (1.0 for a node not measured yet, or when none is), to 1/8
+    of an octave (9%): finer
+    differences do not change a placement, and stable speeds keep the policy's caches."""
+    median = median_throughput(records)
+    if not median:
+        return [1.0] * len(records)
     return [_octaves(r["throughput"] / median) if r["throughput"] > 0 else 1.0 for r in records]
 
 
@@ -75,12 +89,28 @@ def can_render(record: dict[str, Any], catalog: Catalog | None = None) -> list[s
 
 def listing(registry: NodeRegistry, catalog: Catalog) -> list[dict[str, Any]]:
     """Every registered node as `farm nodes --json` lists it: its record with its learned
-    ``speed`` and what it ``can_render``."""
+    ``speed`` and what it ``can_render``; a cloud node's with its ``spend`` (today, in all,
+    GPU-seconds) and the farm's ``burst`` (policy, today's spend, budgets, open scenes'
+    spend: :func:`farm.budget.summary`)."""
+    from farm.budget import summary
+
     records = registry.records()
+    clouds = [r["name"] for r in records if r["cloud"]]
+    spend = summary(registry.r, registry.s, clouds) if clouds else None
     for r, speed in zip(records, relative_speeds(records), strict=True):
         r["speed"] = speed
         r["can_render"] = can_render(r, catalog)
+        if r["cloud"] and spend is not None:
+            r["spend"] = spend["nodes"][r["name"]]
+            r["burst"] = {k: v for k, v in spend.items() if k != "nodes"}
     return records
+
+
+def cloud_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A cloud node's described plan as its record keeps it: ``concurrency`` (at least 1)
+    and ``price_per_second`` (0 or more)."""
+    return {"concurrency": max(1, int(plan.get("concurrency") or 1)),
+            "price_per_second": max(0.0, float(plan.get("price_per_second") or 0.0))}  # fmt: skip
 
 
 def held_models(text: str | None) -> frozenset[str]:
@@ -131,11 +161,11 @@ class NodeRegistry:
             "classes": str(description.get("classes", 0)),
             "last_seen": str(now),
         }
-        if "cloud" in description:  # a Comfy API v2 node's plan: concurrency, price
-            fields["cloud"] = json.dumps(description["cloud"])
         if "workflows" in description:
             fields["workflows"] = json.dumps(description["workflows"])
             fields["described"] = str(now)
+        if "cloud" in description:  # a cloud node's plan (farm.backends.comfyv2)
+            fields["cloud"] = json.dumps(cloud_plan(description["cloud"]))
         self.r.hset(self.key(name), mapping=fields)
 
     def beat(self, name: str, ok: bool, reason: str = "") -> None:
@@ -208,7 +238,6 @@ class NodeRegistry:
                     "version": raw.get("version", ""),
                     "classes": int(raw.get("classes") or 0),
                     "workflows": json.loads(raw["workflows"]) if raw.get("workflows") else None,
-                    "cloud": json.loads(raw["cloud"]) if raw.get("cloud") else None,
                     "described": float(raw.get("described") or 0),
                     "alive": age <= self.s.node_ttl and raw.get("ok") == "1",
                     "ok": raw.get("ok") == "1",
@@ -216,20 +245,19 @@ class NodeRegistry:
                     "reason": raw.get("reason", ""),
                     "queued": queued,
                     "throughput": float(raw.get("throughput") or 0),
+                    "cloud": json.loads(raw["cloud"]) if raw.get("cloud") else None,
                 }
             )
         return out
 
-    def infos(self) -> list[NodeInfo]:
-        """The registered nodes as the planner sees them: ``kind`` is the backend of the
-        jobs a node runs (:func:`farm.backends.runs_jobs_of`)."""
-        from farm.backends import runs_jobs_of
-
-        records = self.records()
+    def infos(self, records: list[dict[str, Any]] | None = None) -> list[NodeInfo]:
+        """The registered nodes (their ``records``, default: read now) as the planner sees
+        them."""
+        records = self.records() if records is None else records
         return [
             NodeInfo(
                 name=r["name"],
-                kind=runs_jobs_of(r["kind"]),  # a comfyv2 node takes ComfyUI jobs
+                kind=r["kind"],
                 alive=r["alive"],
                 models={k: tuple(v) for k, v in r["models"].items()},
                 workflows=None
@@ -241,6 +269,8 @@ class NodeRegistry:
                     if not c.get("ok")
                 },  # fmt: skip
                 speed=speed,
+                concurrency=(r["cloud"] or {}).get("concurrency", 0),
+                price=(r["cloud"] or {}).get("price_per_second", 0.0),
             )
             for r, speed in zip(records, relative_speeds(records), strict=True)
         ]

@@ -25,6 +25,14 @@ from farm.trajectory import ati_length_ok, ati_tracks, scale_tracks
 REFERENCE_WORKLOAD = 832 * 480 * 81
 #: cost of loading one more diffusion model on a node, in reference sampler steps
 MODEL_SWITCH_COST = 20.0
+#: the backend whose jobs a node kind runs, when it is not its own: a Comfy API v2 node
+#: (Comfy Cloud, comfy-api-proxy) runs the ComfyUI graphs
+BACKEND_OF = {"comfyv2": "comfyui"}
+
+
+def backend_of(kind: str) -> str:
+    """The :attr:`Job.backend` a node of ``kind`` runs."""
+    return BACKEND_OF.get(kind, kind)
 
 
 def loads_needed(job: Job, held: Collection[str]) -> int:
@@ -49,6 +57,20 @@ class NodeInfo:
     workflows: Mapping[str, tuple[str, ...]] | None = None
     #: workflows it cannot run → what it lacks for each (discovery's reasons)
     lacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: a cloud node's plan: the shots it renders at once (0: not a cloud node) …
+    concurrency: int = 0
+    #: … and its price per billed GPU-second (FARM_CLOUD_PRICE's currency)
+    price: float = 0.0
+
+    @property
+    def backend(self) -> str:
+        """The :attr:`Job.backend` this node runs (:func:`backend_of` its kind)."""
+        return backend_of(self.kind)
+
+    @property
+    def cloud(self) -> bool:
+        """A cloud node: it runs ``concurrency`` shots at once and loads no model."""
+        return self.concurrency > 0
 
     def missing(self, files: Mapping[str, Iterable[str]]) -> list[str]:
         """Files of ``files`` (folder → names) this node does not hold."""
@@ -91,7 +113,7 @@ class Job:
     then_final: bool = False
     tried_nodes: tuple[str, ...] = ()
     primary_error: str | None = None
-    backend: str = "comfyui"  # the node kind that runs it: "comfyui" | "wan2gp"
+    backend: str = "comfyui"  # what runs it: "comfyui" (ComfyUI or comfyv2 nodes) | "wan2gp"
     #: counted from 1: the shot's first take; each gate retake or `farm retry` the next
     take: int = 1
     #: where the render differs from what the shot asked: [{"field", "asked", "rendered", "why"}]
@@ -333,7 +355,7 @@ def _best_node(
     best: tuple[float, str] | None = None
     reasons: list[str] = []
     for node in nodes:
-        if node.kind != job.backend:
+        if node.backend != job.backend:
             continue
         missing = node.missing(job.files)
         unable = node.cannot_run(job)
@@ -433,7 +455,7 @@ class Rung:
 def _capable(nodes: Iterable[NodeInfo], variants: Iterable[Job], exclude: Iterable[str]) -> bool:
     skip = set(exclude)
     return any(
-        n.alive and n.name not in skip and n.kind == v.backend and not n.missing(v.files)
+        n.alive and n.name not in skip and n.backend == v.backend and not n.missing(v.files)
         and not n.cannot_run(v)
         for n in nodes for v in variants
     )  # fmt: skip

@@ -36,6 +36,16 @@ returns. The rules, in order:
 8. Then the oldest shot. Between nodes, the one that would finish the shot first: the
    least (a model load per model it lacks + cost) / speed.
 
+Cloud nodes (``NodeInfo.concurrency > 0``: a Comfy API v2 service) take shots by the
+burst policy (:class:`Burst`, ``FARM_BURST``): ``never``, none; ``always``, as any capable
+node; ``overflow``, once the local nodes have taken what they can, a shot only when no local
+capable node would start it within ``FARM_BURST_AFTER`` seconds (:func:`local_start`). A
+cloud node holds up to its ``concurrency`` shots (not ``depth``), all running at once, so
+rule 2 does not hold it back, and it loads no model (rules 4, 7 and 8 count no load for
+it). Before a cloud node takes a shot its price is estimated (:meth:`Burst.estimate`); a
+shot that would pass the day's or its scene's budget is not sent to the cloud: it waits
+for a local node, and :attr:`Burst.held` says why.
+
 Rules 4 and 6 bend the default order (previews, priority, age) only between groups of the
 same kind, never within a group: a group's shots are bound in score order.
 
@@ -58,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from farm.planning import MODEL_SWITCH_COST, Job, NodeInfo, loads_needed
+from farm.problems import show
 
 #: shots bound to a node at once: the running one and one queued behind it
 DEPTH = 2
@@ -70,6 +81,11 @@ CAPACITY_ROUNDS = 5
 #: a model load, in reference sampler steps (Job.cost): a 14B Wan model loads in 30-60 s,
 #: about as long as 1.5 steps at 832x480x81 take on the GPU that holds it
 LOAD_STEPS = 1.5
+#: seconds a node of speed 1.0 takes per reference sampler step, until a node has rendered
+#: (a 14B Wan model at 832x480x81 on a 24 GB GPU: 30 to 45 s)
+STEP_SECONDS = 30.0
+#: FARM_BURST's values
+BURST_POLICIES = ("never", "overflow", "always")
 
 
 def rank_class(kind: str, priority: int) -> int:
@@ -89,7 +105,7 @@ def class_of(value: float) -> int:
 def can_run(node: NodeInfo, job: Job) -> bool:
     """Whether ``node`` can render ``job`` (liveness aside): ``not node.missing(job.files)``
     without building the list, as the dispatcher asks it for every node and group."""
-    if node.kind != job.backend:
+    if node.backend != job.backend:
         return False
     for folder, names in job.files.items():
         held = node.models.get(folder, ())
@@ -131,6 +147,87 @@ class NodeLoad:
     #: the diffusion models loaded once its bound shots have run
     models: frozenset[str] = frozenset()
     blocked: frozenset[str] = field(default_factory=frozenset)  # scenes it is blocklisted for
+    #: reference sampler steps (Job.cost) of its bound shots not rendered yet (the burst
+    #: policy's estimate of when it is free: :func:`local_start`)
+    work: float = 0.0
+
+
+def holds(node: NodeLoad, depth: int = DEPTH) -> int:
+    """Shots ``node`` holds at most: a cloud node its ``concurrency``, a local node ``depth``."""
+    return node.info.concurrency or depth
+
+
+@dataclass
+class Burst:
+    """How cloud nodes take shots (``FARM_BURST``), and the budget left for them.
+
+    ``after`` is ``FARM_BURST_AFTER``; ``step_seconds`` the seconds a node of speed 1.0
+    takes per reference step (the farm's median learned throughput); ``rates`` a cloud
+    node's billed GPU-seconds per reference step so far (else ``step_seconds`` over its
+    speed). ``day_cap`` and ``scene_cap`` are the budgets (``inf``: no cap), ``day_spent``
+    and ``scene_spent`` what is spent or committed (the estimates of shots bound to cloud
+    nodes and not billed yet); :func:`assign` adds the estimate of each shot it sends to a
+    cloud node, and fills ``held``: shot → why it was not sent to one (its budget)."""
+
+    policy: str = "never"
+    after: float = 0.0
+    step_seconds: float = STEP_SECONDS
+    rates: dict[str, float] = field(default_factory=dict)
+    day_cap: float = math.inf
+    scene_cap: float = math.inf
+    day_spent: float = 0.0
+    scene_spent: dict[str, float] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
+
+    def estimate(self, node: NodeInfo, job: Job) -> float:
+        """What rendering ``job`` on cloud node ``node`` would cost: its work in reference
+        steps, times the node's GPU-seconds per step, times its price per GPU-second."""
+        rate = self.rates.get(node.name) or self.step_seconds / max(node.speed, 1e-9)
+        return job_cost(job) * rate * node.price
+
+    def refuses(self, key: str, node: NodeInfo, price: float) -> str | None:
+        """Why shot ``key`` may not go to cloud node ``node`` for ``price`` (None: it may)."""
+        scene_id = key.split("/", 1)[0]
+        spent = self.scene_spent.get(scene_id, 0.0)
+        if self.day_spent + price > self.day_cap:
+            return (f"waits for a local node: on cloud node {node.name} it would cost about "
+                    f"{price:.4g}, past today's burst budget FARM_BURST_BUDGET_DAY="
+                    f"{self.day_cap:g} ({self.day_spent:.4g} spent or committed)")  # fmt: skip
+        if spent + price > self.scene_cap:
+            return (f"waits for a local node: on cloud node {node.name} it would cost about "
+                    f"{price:.4g}, past the burst budget of scene {show(scene_id)}, "
+                    f"FARM_BURST_BUDGET_SCENE={self.scene_cap:g} ({spent:.4g} spent or "
+                    "committed)")  # fmt: skip
+        return None
+
+    def commit(self, key: str, price: float) -> None:
+        """Shot ``key`` was sent to a cloud node for about ``price``."""
+        scene_id = key.split("/", 1)[0]
+        self.day_spent += price
+        self.scene_spent[scene_id] = self.scene_spent.get(scene_id, 0.0) + price
+        self.held.pop(key, None)
+
+
+def local_start(frees: Sequence[tuple[float, float]], ahead: float) -> float:
+    """When the local nodes start a shot that has ``ahead`` seconds-at-speed-1 of work
+    waiting before it: ``frees`` is, per capable local node, ``(free, speed)``, the seconds
+    until it has rendered its bound shots (their work left over its speed) and its speed.
+
+    The nodes are taken as one fluid pool: from its ``free`` time on, a node does
+    ``speed`` seconds-at-speed-1 of work per second, and the shot starts when the pool has
+    done the work ahead of it: the least ``t`` with ``Σ max(0, t - free) x speed >= ahead``
+    (with nothing ahead, when the first node is free). Work of other groups that wants the
+    same nodes is not counted, so the estimate errs early: the policy bursts late rather
+    than paying for what a local node would soon have done. ``inf``: no local node."""
+    pool = sorted((f, sp) for f, sp in frees if sp > 0)
+    done = rate = 0.0
+    for i, (free, speed) in enumerate(pool):
+        rate += speed
+        upto = pool[i + 1][0] if i + 1 < len(pool) else math.inf
+        if done + rate * (upto - free) >= ahead:
+            return free + (ahead - done) / rate
+        done += rate * (upto - free)
+    return math.inf
 
 
 @dataclass(frozen=True)
@@ -156,7 +253,7 @@ def able_for(group: Group, info: NodeInfo) -> int | None:
     if info.name in group.exclude or (group.pin is not None and group.pin != info.name):
         return None
     for i, variant in enumerate(group.variants):
-        if variant.backend == info.kind and can_run(info, variant):
+        if variant.backend == info.backend and can_run(info, variant):
             return i
     return None
 
@@ -283,10 +380,11 @@ class _Scarcity:
 
     __slots__ = (
         "known", "waiting", "costs", "unit", "nodes", "speed", "band", "advantage", "head",
-        "loaded", "holders",
+        "loaded", "holders", "cloud",
     )  # fmt: skip
 
     def __init__(self, live: Sequence[Group], farm: _Farm, columns: Sequence[_Column]):
+        self.cloud: _Cloud | None = None  # set by _slots when a cloud node is alive
         self.known = [g.waiting > 0 for g in live]
         self.waiting = [g.waiting or len(g.shots) for g in live]
         self.costs = [[job_cost(v) for v in g.variants] for g in live]
@@ -356,6 +454,44 @@ class _Scarcity:
         return self.known[j] and self.nodes[j] > 1 and self.waiting[j] < depth * self.nodes[j]
 
 
+class _Cloud:
+    """The burst policy within one call: the budget (:class:`Burst`) and, for
+    ``overflow``, the local nodes and which of them can run each group (their columns)."""
+
+    def __init__(self, burst: Burst, local: Sequence[NodeLoad], columns: Sequence[_Column],
+                 need: _Scarcity) -> None:  # fmt: skip
+        self.burst, self.local, self.columns, self.need = burst, local, columns, need
+
+    def overflows(self, j: int) -> bool:
+        """Whether group ``j``'s last waiting shot would wait for a local node longer than
+        ``FARM_BURST_AFTER`` (always so unless the policy is ``overflow``): the shots
+        ahead of it cost the group's least cost each (:func:`local_start`)."""
+        burst, need = self.burst, self.need
+        if burst.policy != "overflow":
+            return True
+        step = burst.step_seconds
+        frees = [
+            (n.work * step / max(n.info.speed, 1e-9), n.info.speed)
+            for n, i in zip(self.local, self.columns[j].index, strict=True)
+            if i >= 0
+        ]
+        ahead = max(0, need.waiting[j] - 1) * need.unit[j] * step
+        return local_start(frees, ahead) > burst.after
+
+    def head(self, group: Group, node: NodeLoad, price: float) -> tuple[float, str] | None:
+        """The first shot of ``group`` cloud node ``node`` may take for ``price``: of a
+        scene it is not blocklisted for, within the budgets; those it may not take for
+        their budget are held (:attr:`Burst.held`)."""
+        for shot in group.shots:
+            if node.blocked and shot[1].split("/", 1)[0] in node.blocked:
+                continue
+            why = self.burst.refuses(shot[1], node.info, price)
+            if why is None:
+                return shot
+            self.burst.held[shot[1]] = why  # it says why (past the day's cap: every shot)
+        return None
+
+
 #: a node's best candidate: (preview or final, -scarcity band, rank class, -advantage,
 #: affinity, score, group position, head shot)
 _Candidate = tuple[int, int, int, float, int, float, int, tuple[float, str]]
@@ -366,15 +502,18 @@ class _Slot:
     them (the smallest; the first group on a tie); ``ready`` when it takes it now (a busy
     node does not take a shot of a thin group, rule 2)."""
 
-    __slots__ = ("node", "able", "best", "ready", "need", "depth")
+    __slots__ = ("node", "able", "best", "ready", "need", "depth", "until")
 
-    def __init__(self, node: NodeLoad, able: dict[int, int], need: _Scarcity, depth: int):
+    def __init__(self, node: NodeLoad, able: dict[int, int], need: _Scarcity, depth: int,
+                 until: float = math.inf):  # fmt: skip
         self.node = node
         self.able = able  # group position -> index of the variant this node runs
         self.best: _Candidate | None = None
         self.ready = False
         self.need = need
         self.depth = depth
+        #: a busy node queues no shot it would start later than this (seconds; overflow)
+        self.until = until
 
     def rank(self, live: Sequence[Group]) -> tuple:
         """Idle first, then the candidate's kind, band and class, then the node that would
@@ -382,14 +521,17 @@ class _Slot:
         kind, band, cls, _, _, value, j, _ = self.best  # type: ignore[misc]
         node, index = self.node, self.able[j]
         variant = live[j].variants[index]
-        load = MODEL_SWITCH_COST * loads_needed(variant, node.models)
+        cloud = node.info.cloud  # loads nothing, and is idle while it has room
+        load = 0.0 if cloud else MODEL_SWITCH_COST * loads_needed(variant, node.models)
         finish = (load + self.need.costs[j][index]) / max(node.info.speed, 1e-9)
-        return (node.bound > 0, kind, band, cls, finish, value)
+        return (node.bound > 0 and not cloud, kind, band, cls, finish, value)
 
     def candidate(self, live: Sequence[Group], j: int) -> _Candidate | None:
         """The head of ``live[j]`` for this node (its first shot of a scene the node is not
         blocklisted for), or None."""
         group, node, need, index = live[j], self.node, self.need, self.able[j]
+        if node.info.cloud:
+            return self.cloud_candidate(live, j)
         if node.blocked:
             found = (s for s in group.shots if s[1].split("/", 1)[0] not in node.blocked)
             head = next(found, None)
@@ -409,15 +551,53 @@ class _Slot:
                 band = -_FINISH  # its last holder finishes a thin group first (rule 4)
         return (kind, band, cls, -need.advantage[j][index], affinity, value, j, head)
 
+    def cloud_candidate(self, live: Sequence[Group], j: int) -> _Candidate | None:
+        """The head of ``live[j]`` for this cloud node: none unless the burst policy lets
+        the group overflow; its first shot within the budgets (no load, no thin group)."""
+        group, need, index = live[j], self.need, self.able[j]
+        cloud = need.cloud
+        if cloud is None or not cloud.overflows(j):
+            return None
+        variant = group.variants[index]
+        head = cloud.head(group, self.node, cloud.burst.estimate(self.node.info, variant))
+        if head is None:
+            return None
+        cls = class_of(head[0])
+        return (cls // 10, -need.band[j], cls, -need.advantage[j][index], 0, head[0], j, head)
+
+    def affordable(self, live: Sequence[Group]) -> bool:
+        """Whether this node's best candidate is still within the budgets (another cloud
+        node may have committed part of them since it was chosen)."""
+        if not self.node.info.cloud or self.need.cloud is None:
+            return True
+        j, head = self.best[6], self.best[7]  # type: ignore[index]
+        variant = live[j].variants[self.able[j]]
+        burst = self.need.cloud.burst
+        why = burst.refuses(head[1], self.node.info, burst.estimate(self.node.info, variant))
+        if why is not None:
+            burst.held[head[1]] = why
+        return why is None
+
     def settle(self, best: _Candidate | None) -> None:
         """Make ``best`` the best candidate; ready unless this node is busy and its group
-        is thin."""
+        is thin, or it would start it later than ``until``."""
         self.best = best
+        node = self.node
         self.ready = best is not None and not (
-            self.node.bound > 0
-            and (best[4] > 0 or self.need.holders[best[6]] > 1)
-            and self.need.thin(best[6], self.depth)
+            not node.info.cloud
+            and node.bound > 0
+            and (
+                (best[4] > 0 or self.need.holders[best[6]] > 1)
+                and self.need.thin(best[6], self.depth)
+                or self.until < math.inf
+                and self.free() > self.until
+            )
         )
+
+    def free(self) -> float:
+        """Seconds until this node has rendered its bound shots (:attr:`NodeLoad.work`)."""
+        step = self.need.cloud.burst.step_seconds if self.need.cloud else STEP_SECONDS
+        return self.node.work * step / max(self.node.info.speed, 1e-9)
 
     def rescan(self, live: Sequence[Group]) -> None:
         found = [c for j in self.able if (c := self.candidate(live, j)) is not None]
@@ -442,36 +622,54 @@ class _Slot:
         self.need.took(group, j)
         node.bound += 1
         variant = group.variants[index]
-        node.models = frozenset(variant.models)
-        if node.bound < self.depth:
+        if node.info.cloud and self.need.cloud is not None:
+            burst = self.need.cloud.burst
+            burst.commit(head[1], burst.estimate(node.info, variant))
+        elif not node.info.cloud:
+            node.models = frozenset(variant.models)
+            node.work += job_cost(variant)
+        if node.bound < holds(node, self.depth):
             self.rescan(live)
         else:
             self.settle(None)
         return Assignment(head[1], node.info.name, index, variant.model, group.id)
 
 
-def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list[_Slot]:
+def _slots(
+    live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int, burst: Burst
+) -> tuple[list[_Slot], list[_Slot]]:
     """The nodes with room that have a candidate, in the order given (a node listed twice
-    ties with itself, so its first place is kept)."""
+    ties with itself, so its first place is kept), and the cloud nodes with room that take
+    shots only once those are done (``overflow``; their candidates not searched yet)."""
     alive = [n for n in nodes if n.info.alive]
     if len(set(map(id, alive))) < len(alive):  # a node listed twice keeps its first place
         alive = list({id(n): n for n in alive}.values())
+    clouds = [n for n in alive if n.info.cloud]
+    if clouds and burst.policy != "always":  # never: none; overflow: after the local nodes
+        alive = [n for n in alive if not n.info.cloud]
     farm = _farm(alive)
     columns = [farm.column(g, alive) for g in live]
     need = _Scarcity(live, farm, columns)
+    if clouds and burst.policy != "never":
+        need.cloud = _Cloud(burst, [n for n in alive if not n.info.cloud], columns, need)
     deep = {j for j in range(len(live)) if not need.thin(j, depth)}
     ables = farm.able(live, columns)
     for node, able in zip(alive, ables, strict=True):  # holders of thin groups' models
-        if node.models:
+        if node.models and not node.info.cloud:
             for j, i in able.items():
                 if not loads_needed(live[j].variants[i], node.models):
                     need.holders[j] += 1
+    later = []
+    if burst.policy == "overflow":
+        later = [_Slot(n, _able(live, n), need, depth) for n in clouds if n.bound < holds(n)]
+    until = burst.after if later else math.inf  # leave the cloud what would wait too long
     slots: list[_Slot] = []
     for node, able in zip(alive, ables, strict=True):
         # a busy node able to run only thin groups, none with its models, takes nothing
         # (rule 2), the whole call
-        if node.bound >= depth or (
-            node.bound > 0
+        if node.bound >= holds(node, depth) or (
+            not node.info.cloud
+            and node.bound > 0
             and deep.isdisjoint(able)
             and all(
                 need.holders[j] > 1 or loads_needed(live[j].variants[i], node.models)
@@ -479,15 +677,18 @@ def _slots(live: Sequence[Group], nodes: Sequence[NodeLoad], depth: int) -> list
             )
         ):
             continue
-        slot = _Slot(node, able, need, depth)
+        slot = _Slot(node, able, need, depth, until)
         slot.rescan(live)
         if slot.best is not None:
             slots.append(slot)
-    return slots
+    return slots, later
 
 
 def assign(
-    groups: Sequence[Group], nodes: Sequence[NodeLoad], depth: int = DEPTH
+    groups: Sequence[Group],
+    nodes: Sequence[NodeLoad],
+    depth: int = DEPTH,
+    burst: Burst | None = None,
 ) -> list[Assignment]:
     """Bind waiting shots to nodes with room, by the rules above. ``groups`` and ``nodes``
     are updated as shots are bound (heads popped, ``bound`` and ``models`` advanced).
@@ -496,14 +697,37 @@ def assign(
     smallest :meth:`_Slot.rank`, the first listed on a tie. A bind changes one node and
     one group's head (and its waiting count), so only that node and those whose best came
     from that group rescan their groups; the others compare that group's new head with
-    their best."""
+    their best.
+
+    Cloud nodes take shots by ``burst`` (:class:`Burst`; default: never). With
+    ``overflow``, the local nodes bind first, a busy one queuing no shot it would start
+    later than ``FARM_BURST_AFTER``; then each cloud node its best candidates among the
+    groups that overflow; then the local nodes queue what the cloud left. ``burst`` is
+    updated as cloud nodes bind (what they committed, the shots held for their budget)."""
     live = [g for g in groups if g.shots]
     if not live:
         return []
-    slots = _slots(live, nodes, depth)
+    slots, later = _slots(live, nodes, depth, burst or Burst())
+    out = _bind(live, slots)
+    if not later:
+        return out
+    for slot in later:  # overflow: the groups the local nodes leave waiting too long
+        slot.rescan(live)
+    out += _bind(live, [slot for slot in later if slot.best is not None])
+    live = [g for g in live if g.shots]  # what the cloud left: the local nodes queue it
+    local = [n for n in nodes if not n.info.cloud]
+    return out + (_bind(live, _slots(live, local, depth, Burst())[0]) if live else [])
+
+
+def _bind(live: Sequence[Group], slots: list[_Slot]) -> list[Assignment]:
+    """Bind, while a slot is ready, the best ready slot's candidate (rank ties: the first)."""
     out: list[Assignment] = []
     while ready := [slot for slot in slots if slot.ready]:
         chosen = min(ready, key=lambda slot: slot.rank(live))  # the first of equal ranks
+        if not chosen.affordable(live):  # another cloud node spent the budget meanwhile
+            chosen.rescan(live)
+            slots = [slot for slot in slots if slot.best is not None]
+            continue
         j = chosen.best[6]  # type: ignore[index]
         out.append(chosen.take(live))
         for slot in slots:

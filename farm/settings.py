@@ -328,6 +328,37 @@ class Settings:
             "late",
         )
     )
+    burst: str = field(
+        **_env(
+            "FARM_BURST",
+            "Which shots cloud (comfyv2) nodes take: 'never'; 'overflow' (only a shot no local "
+            "node would start within FARM_BURST_AFTER seconds); 'always' (as any capable node)",
+            "never",
+        )
+    )
+    burst_after: float = field(
+        **_env(
+            "FARM_BURST_AFTER",
+            "With FARM_BURST=overflow: seconds a shot may wait for a local node before it goes "
+            "to a cloud node",
+            "600",
+        )
+    )
+    burst_budget_day: float = field(
+        **_env(
+            "FARM_BURST_BUDGET_DAY",
+            "Most the cloud nodes may cost per day (UTC), in the currency of their price per "
+            "GPU-second; 0 or empty: no cap",
+            "0",
+        )
+    )
+    burst_budget_scene: float = field(
+        **_env(
+            "FARM_BURST_BUDGET_SCENE",
+            "Most the cloud nodes may cost per scene, in the same currency; 0 or empty: no cap",
+            "0",
+        )
+    )
     cache: int = field(
         **_env(
             "FARM_CACHE",
@@ -511,6 +542,15 @@ class Settings:
             raise ConfigError(f"FARM_GATE_TAKES ({self.gate_takes}) must be 1 or more")
         if self.placement not in ("late", "naive"):
             raise ConfigError(f"FARM_PLACEMENT {self.placement!r} must be 'late' or 'naive'")
+        if self.burst not in ("never", "overflow", "always"):
+            raise ConfigError(f"FARM_BURST {self.burst!r} must be 'never', 'overflow' or 'always'")
+        for name, value in (
+            ("FARM_BURST_AFTER", self.burst_after),
+            ("FARM_BURST_BUDGET_DAY", self.burst_budget_day),
+            ("FARM_BURST_BUDGET_SCENE", self.burst_budget_scene),
+        ):
+            if not value >= 0 or value == float("inf"):
+                raise ConfigError(f"{name} ({value}) must be a number, 0 or more")
         for name, value in (
             ("FARM_SUBMISSION_MAX_BYTES", self.submission_max_bytes),
             ("FARM_SUBMISSION_MAX_FILE_BYTES", self.submission_max_file_bytes),
@@ -682,6 +722,8 @@ def _convert(name: str, env_name: str, type_: object, raw: object) -> object:
         if type_ in ("int", int):
             return int(raw)
         if type_ in ("float", float):
+            if not raw.strip() and name.startswith("burst_budget"):
+                return 0.0  # empty: no cap
             return float(raw)
         if name == "nodes":
             return parse_nodes(raw)

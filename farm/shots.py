@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from farm import lifecycle, telemetry
+from farm import budget, lifecycle, telemetry
 from farm.backends import Backend, RenderResult, image_mime, make_backend
 from farm.cache import RenderCache, place_file, request_key
 from farm.dispatch import (
@@ -204,6 +204,7 @@ def _rendered(
     """The node rendered ``job``: hand a preview over to its final (the backlog, or the
     cache), or the take to the quality gate (:mod:`farm.gate`, on the CPU queue). None:
     the slot stays open for what comes next (a cancelled record if the shot ended)."""
+    budget.charge(rt.redis, rt.settings, job, result.details)  # a cloud node's billed time
     shot = rt.state.shot(job.scene_id, job.shot_id)
     source = Path(result.video)
     kept = shot_dir(rt.settings.storage, job.scene_id, job.shot_id) / clip_name(job)

@@ -24,6 +24,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from farm.budget import scene_spend
 from farm.errors import ConfigError, InvalidInput
 from farm.fallbacks import blocked_nodes, retry_plan
 from farm.settings import Settings
@@ -382,7 +383,9 @@ class FarmState:
     # the public view
     def status(self, scene_id: str) -> dict[str, Any]:
         """The scene as ``farm status --json`` prints it, with each shot's retry plan
-        (``plan``) and the nodes blocked for the scene (``blocked``; :mod:`farm.fallbacks`)."""
+        (``plan``), why it waits when the burst budget kept it from a cloud node
+        (``waiting``), the nodes blocked for the scene (``blocked``; :mod:`farm.fallbacks`)
+        and the scene's cloud spend (``cloud_spend``: total and per node)."""
         scene = self.scene(scene_id)
         records = self.shots(scene_id)
         shots = [
@@ -406,6 +409,8 @@ class FarmState:
                 "preview_at": s.get("preview_at"),
                 "adjusted": _adjusted(s),
                 "plan": retry_plan(s, self.s.max_attempts),
+                #: why a waiting shot was kept from a cloud node (farm.dispatch), till bound
+                "waiting": s.get("waiting"),
             }
             for s in records
         ]
@@ -420,6 +425,7 @@ class FarmState:
             "outputs": scene.get("outputs", {}),
             "metrics": scene.get("metrics", {}),
             "blocked": blocked_nodes(counts, self.s.blocklist_after, records),
+            "cloud_spend": scene_spend(self.r, self.s, scene_id),
             "submission": scene.get("submission"),
             "created": scene.get("created", 0.0),
             "updated": scene.get("updated", 0.0),

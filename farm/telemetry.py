@@ -16,6 +16,8 @@ logged and the render goes on)::
     farm:telemetry:gate_decisions        hash: decision -> shots kept with it
     farm:telemetry:shots_finished        hash: state (done, failed, cancelled) -> shots
 
+Cloud nodes' spend is read from :mod:`farm.budget`'s keys.
+
 The exporter (:func:`serve`) keeps nothing of its own: on each scrape
 :class:`FarmCollector` reads those counters and the farm's state (scenes and shots by
 state, the node registry, node queues and bindings, the backlog) and yields metric
@@ -288,6 +290,35 @@ class FarmCollector:
         yield _gauge(GaugeMetricFamily, "farm_node_bound_shots",
                      "Shots bound to the node: the one it renders and the one queued behind it",
                      ["node"], ((r["name"], n) for r, n in zip(records, bound, strict=True)))  # fmt: skip
+        yield from self._spend([r["name"] for r in records if r["cloud"]])
+
+    def _spend(self, clouds: list[str]) -> Iterator[Any]:
+        """Cloud nodes' spend and the burst budgets (:func:`farm.budget.summary`)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from farm.budget import summary
+
+        spend = summary(self.r, self.s, clouds)
+        nodes = spend["nodes"].items()
+        yield GaugeMetricFamily(
+            "farm_burst_spend_today",
+            "Cloud nodes' spend today (UTC), in the currency of their price per GPU-second",
+            value=spend["today"],
+        )
+        for name, doc, value in (
+            ("farm_burst_budget_day", "FARM_BURST_BUDGET_DAY (0: no cap)", spend["budget_day"]),
+            ("farm_burst_budget_scene", "FARM_BURST_BUDGET_SCENE (0: no cap)",
+             spend["budget_scene"]),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, doc, value=value or 0.0)
+        yield _gauge(GaugeMetricFamily, "farm_cloud_spend_today", "The cloud node's spend today "
+                     "(UTC)", ["node"], ((n, v["today"]) for n, v in nodes))  # fmt: skip
+        yield _counter(CounterMetricFamily, "farm_cloud_spend", "The cloud node's spend since "
+                       "it first billed", ["node"], (([n], v["total"]) for n, v in nodes))  # fmt: skip
+        yield _counter(CounterMetricFamily, "farm_cloud_gpu_seconds", "GPU-seconds the cloud "
+                       "node billed", ["node"], (([n], v["gpu_seconds"]) for n, v in nodes))  # fmt: skip
+        yield _gauge(GaugeMetricFamily, "farm_scene_cloud_spend", "An open scene's cloud spend",
+                     ["scene"], spend["scenes"].items())  # fmt: skip
 
     # the backlog
     def _backlog(self) -> Iterator[Any]:

@@ -72,7 +72,7 @@ def report(catalog: Catalog, nodes: Iterable[NodeInfo]) -> list[dict[str, Any]]:
         for tier in TIERS:
             tiers[tier] = []
             for route in routes(catalog, name, tier):
-                why = {n.name: lacks(n, route) for n in nodes if n.kind == route["backend"]}
+                why = {n.name: lacks(n, route) for n in nodes if n.backend == route["backend"]}
                 able = sorted(n for n, reason in why.items() if reason is None)
                 tiers[tier].append({**route, "nodes": able,
                                     "lacks": {n: r for n, r in why.items() if r}})  # fmt: skip

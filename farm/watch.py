@@ -66,7 +66,8 @@ def note(shot: dict[str, Any]) -> Text | None:
 
 def render_status(status: dict[str, Any]) -> Group:
     """A table of the scene's shots with progress bars; under it each shot's retry plan
-    or error, and the nodes blocked for the scene."""
+    or error, the nodes blocked for the scene, and why a waiting shot was kept from a
+    cloud node (its budget)."""
     table = Table(expand=False, box=None, pad_edge=False)
     for col in ("shot", "state", "node", "try", "progress", "gate"):
         table.add_column(col)
@@ -91,7 +92,9 @@ def render_status(status: dict[str, Any]) -> Group:
     adjusted = [Text(f"{shot['id']}: rendered with {describe_adjusted(shot['adjusted'])}",
                      style="yellow") for shot in status["shots"] if shot.get("adjusted")]  # fmt: skip
     blocked = [Text(b["text"], style="yellow") for b in status.get("blocked") or []]
-    return Group(title, table, *notes, *adjusted, *blocked)
+    waiting = [Text(f"{shot['id']} {shot['waiting']}", style="yellow") for shot in status["shots"]
+               if shot.get("waiting") and shot["state"] == "queued"]  # fmt: skip
+    return Group(title, table, *notes, *adjusted, *blocked, *waiting)
 
 
 def watch(

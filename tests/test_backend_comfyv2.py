@@ -441,6 +441,7 @@ enabled = false
 [env]
 FARM_HEARTBEAT = "1"
 FARM_CLOUD_MODELS = "{MODELS}"
+FARM_BURST = "always"
 """)  # fmt: skip
     env = bare_env()
     started = cli("up", str(config), env=env)
@@ -479,7 +480,8 @@ def farm(tmp_path_factory):
     profile.write_text(json.dumps(PROFILE))
     env = {"FARM_LEASE_TTL": "2", "FARM_START_TIMEOUT": "3", "FARM_NODE_IDLE_TIMEOUT": "30",
            "FARM_HTTP_TIMEOUT": "5", "FARM_CACHE": "0", "FARM_CLOUD_MODELS": MODELS,
-           "FARM_CLOUD_CONCURRENCY": "2", "FARM_CLOUD_PRICE": "0.0004"}  # fmt: skip
+           "FARM_CLOUD_CONCURRENCY": "2", "FARM_CLOUD_PRICE": "0.0004",
+           "FARM_BURST": "always"}  # its only node: cloud nodes take shots by FARM_BURST  # fmt: skip
     farm = LocalFarm(root, [EmulatedNode("cloud", profile, kind="comfyv2")], heartbeat=0.5,
                      node_ttl=8.0, extra_env=env, supervise=True, cloud_token=TOKEN)  # fmt: skip
     with farm, pointed_at(farm.env()):

@@ -180,3 +180,27 @@ def test_scoring_bench_runs_on_a_small_clip(capsys):
     main(["--frames", "9", "--width", "160", "--height", "96", "--repeat", "1", "--processes", "1"])
     out = capsys.readouterr().out
     assert "frames/s/core" in out and "decode" in out
+
+
+def test_the_burst_simulation_sends_overflow_and_keeps_the_budget():
+    """bench.simulate --burst on a small farm: never spends nothing, always sends the cloud
+    node the most, overflow less; a budget is kept up to the estimates' error (the cloud
+    estimates a render at the workload's mean seconds per step)."""
+    from math import inf
+
+    from bench.simulate import LateBinding, make_workload, step_seconds, with_cloud
+    from farm.scheduler import Burst
+
+    work = with_cloud(make_workload(6, 240, 3, 3600.0, 2), 4, 2.0, 0.001)
+    step = step_seconds(work)
+
+    def run(policy: str, cap: float = inf):
+        return LateBinding(work, burst=Burst(policy, 1800.0, step, day_cap=cap)).run()
+
+    never, overflow, always = run("never"), run("overflow"), run("always")
+    assert never.spend == 0 and never.cloud_renders == 0
+    assert 0 < overflow.cloud_renders < always.cloud_renders
+    assert always.makespan < never.makespan and overflow.makespan < never.makespan
+    capped = run("overflow", overflow.spend / 2)
+    assert 0 < capped.spend <= overflow.spend / 2 * 1.05
+    assert capped.cloud_renders < overflow.cloud_renders

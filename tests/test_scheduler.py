@@ -16,6 +16,7 @@ from farm.scheduler import (
     LOAD_STEPS,
     SCARCITY_BAND,
     Assignment,
+    Burst,
     Group,
     NodeLoad,
     _capacity,
@@ -25,6 +26,7 @@ from farm.scheduler import (
     class_of,
     group_id,
     job_cost,
+    local_start,
     rank_class,
     score,
 )
@@ -744,3 +746,134 @@ def test_naive_baseline_binds_everything_round_robin_oldest_first():
     out, turn = assign_naive([g], loads, 1)
     assert [(x.key, x.node) for x in out] == [("s/1", "b"), ("s/2", "a"), ("s/3", "b")]
     assert turn == 2 and loads[0].bound == 3 and loads[1].bound == 2 and loads[2].bound == 0
+
+
+# -- cloud nodes: capacity and the burst policy ----------------------------------------------
+def cloud(name: str = "cloud", *models: str, concurrency: int = 4, price: float = 0.01,
+          speed: float = 1.0) -> NodeInfo:  # fmt: skip
+    """A Comfy API v2 node holding ``models`` (default m1), running ``concurrency`` shots
+    at once for ``price`` per GPU-second."""
+    return NodeInfo(name, "comfyv2", models={"diffusion_models": models or ("m1",)},
+                    speed=speed, concurrency=concurrency, price=price)  # fmt: skip
+
+
+def test_a_cloud_node_runs_comfyui_jobs():
+    assert can_run(cloud(), job("m1"))
+    assert not can_run(cloud(), job("m1", "wan2gp", "wangp"))
+
+
+def test_never_gives_a_cloud_node_nothing():
+    g = group(job("m1", cost=10), shots=many("s", 6), waiting=6)
+    out = assign([g], [load(node("a", "m1"), bound=2, model="m1"), load(cloud())],
+                 burst=Burst("never"))  # fmt: skip
+    assert out == []
+    assert assign([g], [load(cloud())]) == []  # never is the default
+
+
+def test_always_fills_a_cloud_node_up_to_its_concurrency_with_no_load():
+    g = group(job("m1", cost=10), shots=many("s", 10), waiting=10)
+    nodes = [load(node("a", "m1"), model="m1"), load(cloud(concurrency=5))]
+    out = assign([g], nodes, burst=Burst("always"))
+    placed = list(bound_to(out).values())
+    assert placed.count("cloud") == 5 and placed.count("a") == 2
+    assert nodes[1].bound == 5 and nodes[1].models == frozenset()  # no model counted loaded
+
+
+def test_always_takes_a_thin_groups_shot_on_a_busy_cloud_node():
+    """A cloud node runs its shots side by side: rule 2 does not hold it back."""
+    g = group(job("m1", cost=10), shots=many("s", 1), waiting=1)
+    nodes = [load(node("a", "m1"), bound=1, model="m1"), load(cloud(), bound=1)]
+    assert bound_to(assign([g], nodes, burst=Burst("always"))) == {"s/0": "cloud"}
+
+
+def test_overflow_sends_nothing_a_local_node_starts_within_burst_after():
+    """Two busy local nodes, each with a 10-step shot bound (300 s at 30 s a step), three
+    shots waiting (a thin group: they wait for the nodes to free up): the last starts
+    locally at 300 s + 2 shots x 300 s / 2 nodes = 600 s."""
+    g = group(job("m1", cost=10), shots=many("s", 3), waiting=3)
+    busy = [load(node(n, "m1"), bound=1, model="m1") for n in ("a", "b")]
+    for n in busy:
+        n.work = 10.0
+    nodes = [*busy, load(cloud())]
+    assert assign([g], nodes, burst=Burst("overflow", after=600, step_seconds=30)) == []
+    out = assign([g], nodes, burst=Burst("overflow", after=599, step_seconds=30))
+    assert bound_to(out) == {"s/0": "cloud"}  # then the last starts at 300 + 300 / 2 s
+
+
+def test_overflow_sends_the_shots_local_nodes_would_start_too_late():
+    g = group(job("m1", cost=10), shots=many("s", 8), waiting=8)
+    busy = [load(node(n, "m1"), bound=1, model="m1") for n in ("a", "b")]
+    for n in busy:
+        n.work = 10.0
+    burst = Burst("overflow", after=600, step_seconds=30)
+    out = assign([g], [*busy, load(cloud(concurrency=8))], burst=burst)
+    placed = bound_to(out)
+    # a and b queue one each (the oldest: a deep group), and are then free at 600 s; with
+    # k shots left the last starts locally at 600 s + (k - 1) x 300 s / 2: after 600 s
+    # unless k = 1, so the cloud takes the oldest five and one waits
+    assert [placed[f"s/{i}"] for i in range(2)] == ["a", "b"]
+    assert [placed.get(f"s/{i}") for i in range(2, 8)] == ["cloud"] * 5 + [None]
+    assert burst.day_spent == 5 * 10 * 30 * 0.01
+
+
+def test_overflow_sends_to_the_cloud_what_no_local_node_can_run():
+    g = group(job("m9", cost=10), shots=many("s", 2), waiting=2)
+    out = assign([g], [load(node("a", "m1")), load(cloud("cloud", "m9"))],
+                 burst=Burst("overflow", after=3600))  # fmt: skip
+    assert bound_to(out) == {"s/0": "cloud", "s/1": "cloud"}
+
+
+def test_overflow_local_nodes_take_first():
+    g = group(job("m1", cost=10), shots=many("s", 2), waiting=2)
+    nodes = [load(cloud()), load(node("a", "m1"))]
+    out = assign([g], nodes, burst=Burst("overflow", after=0))
+    # a takes the oldest; the other would start on a after its 300 s: the cloud takes it
+    assert bound_to(out) == {"s/0": "a", "s/1": "cloud"}
+
+
+def test_local_start_pools_the_capable_nodes():
+    assert local_start([], 0) == math.inf
+    assert local_start([(100.0, 1.0), (50.0, 1.0)], 0) == 50.0
+    # from 50 s one node works, from 100 s two: 100 s of work ahead is done at 125 s
+    assert local_start([(100.0, 1.0), (50.0, 1.0)], 100.0) == 125.0
+    assert local_start([(0.0, 2.0)], 100.0) == 50.0
+
+
+def test_the_day_budget_holds_a_shot_back_and_says_why():
+    """Each shot costs 10 steps x 30 s x 0.01 = 3; 7 of the day's 10 are spent."""
+    g = group(job("m1", cost=10), shots=many("s", 3), waiting=3)
+    burst = Burst("always", day_cap=10.0, day_spent=7.0)
+    out = assign([g], [load(cloud())], burst=burst)
+    assert bound_to(out) == {"s/0": "cloud"}
+    assert burst.day_spent == 10.0
+    assert set(burst.held) == {"s/1", "s/2"}  # each shot the cloud could take says why
+    assert "FARM_BURST_BUDGET_DAY=10" in burst.held["s/1"] and "about 3," in burst.held["s/1"]
+
+
+def test_a_scene_over_its_budget_waits_while_another_scenes_shot_goes():
+    g = group(job("m1", cost=10), shots=many("rich", 1) + many("poor", 1), waiting=2)
+    burst = Burst("always", scene_cap=5.0, scene_spent={"poor": 4.0})
+    out = assign([g], [load(cloud())], burst=burst)
+    assert bound_to(out) == {"rich/0": "cloud"}
+    assert "FARM_BURST_BUDGET_SCENE=5" in burst.held["poor/0"]
+    assert burst.scene_spent == {"poor": 4.0, "rich": 3.0}
+
+
+def test_a_held_shot_goes_to_a_local_node_with_room():
+    g = group(job("m1", cost=10), shots=many("s", 1), waiting=1)
+    burst = Burst("always", day_cap=1.0)
+    out = assign([g], [load(cloud()), load(node("a", "m1"), bound=1, model="m1")], burst=burst)
+    assert bound_to(out) == {"s/0": "a"}
+
+
+def test_two_cloud_nodes_never_commit_past_the_budget_together():
+    g = group(job("m1", cost=10), shots=many("s", 6), waiting=6)
+    burst = Burst("always", day_cap=10.0)
+    out = assign([g], [load(cloud("c1")), load(cloud("c2"))], burst=burst)
+    assert len(out) == 3 and burst.day_spent == 9.0 <= burst.day_cap
+
+
+def test_a_cloud_nodes_learned_billing_rate_prices_its_shots():
+    burst = Burst("always", rates={"cloud": 2.0})
+    assert burst.estimate(cloud(price=0.5), job("m1", cost=10)) == 10.0
+    assert Burst(step_seconds=30).estimate(cloud(price=0.5, speed=2.0), job("m1", cost=10)) == 75.0

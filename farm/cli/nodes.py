@@ -30,9 +30,12 @@ def nodes(as_json: bool) -> None:
         print_json(records)
         return
     table = Table("node", "kind", "state", "gpu", "speed", "queued", "can render", "url", box=None)
+    clouds = [r for r in records if r.get("spend")]
+    if clouds:
+        table.add_column("cloud: plan, spend today (in all)")
     for r in records:
         state = "[green]up[/]" if r["alive"] else f"[red]down[/] {escape(r['reason'][:40])}"
-        table.add_row(
+        row = [
             r["name"],
             r["kind"],
             state,
@@ -41,8 +44,37 @@ def nodes(as_json: bool) -> None:
             str(r["queued"]),
             "(not discovered yet)" if r["can_render"] is None else ", ".join(r["can_render"]),
             r["url"],
-        )
+        ]
+        if clouds:
+            row.append(_cloud_cell(r))
+        table.add_row(*row)
     console.print(table if records else "no nodes registered: start `farm worker --node NAME`")
+    if clouds:
+        console.print(_burst_line(clouds[0]["burst"]))
+
+
+def _cloud_cell(record: dict) -> str:
+    """A cloud node's plan and spend: ``x4 at 0.0012/s: 1.5 today (12 in all)``."""
+    if not record.get("spend"):
+        return ""
+    plan, spend = record["cloud"], record["spend"]
+    return (f"x{plan['concurrency']} at {plan['price_per_second']:g}/s: "
+            f"{spend['today']:.4g} today ({spend['total']:.4g} in all)")  # fmt: skip
+
+
+def _burst_line(burst: dict) -> str:
+    """The burst policy, today's cloud spend against its budget, and the scenes' spend."""
+    day = burst["budget_day"]
+    line = (f"burst {burst['policy']}: cloud spend today ({burst['day']} UTC) "
+            f"{burst['today']:.4g}" + (f" of {day:g} (FARM_BURST_BUDGET_DAY)" if day else
+                                       ", no day budget"))  # fmt: skip
+    if burst["budget_scene"]:
+        line += f"; per scene at most {burst['budget_scene']:g} (FARM_BURST_BUDGET_SCENE)"
+    if burst["scenes"]:
+        line += "; open scenes: " + ", ".join(
+            f"{escape(s)} {v:.4g}" for s, v in sorted(burst["scenes"].items())
+        )
+    return line
 
 
 @click.command()
