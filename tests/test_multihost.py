@@ -31,6 +31,7 @@ from farm.worker import patient
 from .conftest import pointed_at
 from .multihost import Testbed, namespaces_possible, write_env_file
 from .test_faults import SLOW, attempt_ids, comfy_profile, events, t2v_scene, wait_for
+from .test_faults import wait_done as scene_over
 
 pytestmark = pytest.mark.multihost
 
@@ -100,14 +101,7 @@ def executions(bed: Testbed, nodes=COMFY) -> list[dict[str, Any]]:
 
 
 def wait_done(rt: Runtime, scene_id: str, timeout: float = BOUND) -> dict[str, Any]:
-    def over() -> dict[str, Any] | None:
-        status = rt.state.status(scene_id)
-        return status if status["state"] in TERMINAL_SCENE else None
-
-    try:
-        return wait_for(over, timeout, f"scene {scene_id} to end")
-    except AssertionError:
-        raise AssertionError(json.dumps(rt.state.status(scene_id), indent=1)) from None
+    return scene_over(rt, scene_id, timeout)
 
 
 def running_on(rt: Runtime, scene_id: str, node: str, progress: float) -> dict | None:
@@ -305,11 +299,6 @@ def test_redis_restarted_while_partitioned_hosts_reconnect_loses_no_scene(rt, be
     assert_gets_work(rt, bed, "gpu1", "after-redis-partition")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open (issue 21): in the full suite the shot is sometimes moved off gpu1 "
-    "over the 200 ms dropping link (its render finishes after the shot moved on); passes alone",
-)
 def test_a_slow_dropping_link_delays_but_fails_nothing(rt, bed):
     """gpu1's worker reaches Redis and its node through a link that delays every byte
     200 ms each way and drops each connection after a few seconds (a proxy on gpu1,
