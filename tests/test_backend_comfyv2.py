@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from farm.backends import detect_kind, image_mime, make_backend, runs_jobs_of
+from farm.backends import detect_kind, image_mime, make_backend
 from farm.backends.comfyui import prompt_id_for
 from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend, reported_seconds, retry_after
 from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
 from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
-from farm.planning import Job
+from farm.planning import Job, backend_of
 from farm.runtime import get_runtime
 from farm.scene import parse_scene
 from farm.settings import Settings
@@ -157,7 +157,7 @@ def test_retry_after_is_read_in_seconds_or_as_a_date_and_capped():
 
 
 def test_a_v2_node_is_recognised_described_and_runs_comfyui_jobs(emulator, proxy, tmp_path):
-    assert detect_kind(proxy.url) == "comfyv2" and runs_jobs_of("comfyv2") == "comfyui"
+    assert detect_kind(proxy.url) == "comfyv2" and backend_of("comfyv2") == "comfyui"
     settings = settings_for(tmp_path, FARM_CLOUD_CONCURRENCY="3", FARM_CLOUD_PRICE="0.0004")
     backend = make_backend("comfyv2", proxy.url, settings)
     info = backend.describe()

@@ -19,18 +19,8 @@ __all__ = [
     "detect_kind",
     "image_mime",
     "make_backend",
-    "runs_jobs_of",
     "safe_name",
 ]
-
-#: node kinds that run the jobs of another backend: a Comfy API v2 node (Comfy Cloud,
-#: comfy-api-proxy) runs the ComfyUI graphs the ``comfyui`` planner makes
-JOBS_OF = {"comfyv2": "comfyui"}
-
-
-def runs_jobs_of(kind: str) -> str:
-    """The ``Job.backend`` a node of ``kind`` renders (``comfyv2`` → ``comfyui``)."""
-    return JOBS_OF.get(kind, kind)
 
 
 def make_backend(kind: str, url: str, settings: Settings) -> Backend:
