@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import requests
+
+from farm.errors import BadNodeResponse, NodeTimeout, NodeUnavailable
 from farm.planning import Job
+
+log = logging.getLogger(__name__)
 
 
 def safe_name(name: str) -> str:
@@ -80,3 +86,52 @@ class Backend(Protocol):
         ``not_found`` (any farm process may ask: ``out_dir`` holds what the renderer
         recorded of it)."""
         ...
+
+
+def send(
+    http: requests.Session, method: str, url: str, timeout: tuple[float, float], **kw: Any
+) -> requests.Response:
+    """One HTTP exchange with a node. A GET or HEAD whose connection drops (a kept-alive
+    connection the network closed under it) is sent once more on a new one; never a
+    POST. Raises :class:`NodeTimeout` or :class:`NodeUnavailable`."""
+    for again in (True, False) if method in ("GET", "HEAD") else (False,):
+        try:
+            return http.request(method, url, timeout=timeout, **kw)
+        except requests.Timeout as exc:
+            raise NodeTimeout(f"{url}: no answer within {timeout[1]:g}s") from exc
+        except requests.ConnectionError as exc:
+            if not again:
+                raise NodeUnavailable(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+            log.info("%s: connection dropped (%s); sent again", url, exc)
+        except requests.RequestException as exc:
+            raise NodeUnavailable(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def save_stream(resp: requests.Response, dest: Path, max_bytes: int, name: str) -> Path:
+    """Write a streamed download of output ``name`` to ``dest`` (via ``dest.part``),
+    refusing more than ``max_bytes`` (FARM_MAX_DOWNLOAD_MB); closes ``resp``."""
+    with resp:
+        if resp.status_code != 200:
+            raise BadNodeResponse(f"download of {name} answered HTTP {resp.status_code}")
+        size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
+        cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
+        if int(resp.headers.get("Content-Length") or 0) > max_bytes:
+            raise BadNodeResponse(f"output {name} exceeds {cap}")
+        tmp = dest.with_name(dest.name + ".part")
+        size, complete = 0, False
+        try:
+            with tmp.open("wb") as fh:
+                for chunk in resp.iter_content(1 << 20):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BadNodeResponse(f"output {name} exceeds {cap}")
+                    fh.write(chunk)
+            complete = True
+        except requests.RequestException as exc:
+            raise NodeUnavailable(f"download of {name} broke off: {exc}") from exc
+        finally:
+            if not complete:
+                tmp.unlink(missing_ok=True)
+    tmp.replace(dest)
+    return dest

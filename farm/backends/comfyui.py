@@ -35,7 +35,7 @@ from typing import Any
 import requests
 import websocket
 
-from farm.backends.base import ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.base import ProgressFn, RenderResult, image_mime, safe_name, save_stream, send
 from farm.backends.comfy_jobs import history_entry, job_state
 from farm.discovery import node_capabilities
 from farm.errors import (
@@ -265,22 +265,8 @@ class ComfyClient:
 
     # plain HTTP
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """One HTTP call; a GET whose connection drops (a kept-alive connection the
-        network closed under it) is sent once more on a new one."""
-        for again in (True, False) if method == "GET" else (False,):
-            try:
-                return self.http.request(method, self.url + path, timeout=self.timeout, **kw)
-            except requests.Timeout as exc:
-                raise NodeTimeout(
-                    f"{self.url}{path}: no answer within {self.timeout[1]:g}s"
-                ) from exc
-            except requests.ConnectionError as exc:
-                if not again:
-                    raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
-                log.info("%s%s: connection dropped (%s); sent again", self.url, path, exc)
-            except requests.RequestException as exc:
-                raise NodeUnavailable(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
-        raise AssertionError("unreachable")
+        """One HTTP call (:func:`~farm.backends.base.send`: a dropped GET is sent again)."""
+        return send(self.http, method, self.url + path, self.timeout, **kw)
 
     def get_json(self, path: str, **kw: Any) -> Any:
         resp = self._call("GET", path, **kw)
@@ -639,35 +625,6 @@ def unique_dest(out_dir: Path, root: Path, name: str, taken: list[Path]) -> Path
         n += 1
     if dest.resolve().parent != root:  # cannot happen after safe_name; kept as a guard
         raise BadNodeResponse(f"output name {name!r} escapes {out_dir}")
-    return dest
-
-
-def save_stream(resp: requests.Response, dest: Path, max_bytes: int, name: str) -> Path:
-    """Write a streamed download of output ``name`` to ``dest`` (via ``dest.part``),
-    refusing more than ``max_bytes`` (FARM_MAX_DOWNLOAD_MB); closes ``resp``."""
-    with resp:
-        if resp.status_code != 200:
-            raise BadNodeResponse(f"download of {name} answered HTTP {resp.status_code}")
-        size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
-        cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
-        if int(resp.headers.get("Content-Length") or 0) > max_bytes:
-            raise BadNodeResponse(f"output {name} exceeds {cap}")
-        tmp = dest.with_name(dest.name + ".part")
-        size, complete = 0, False
-        try:
-            with tmp.open("wb") as fh:
-                for chunk in resp.iter_content(1 << 20):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise BadNodeResponse(f"output {name} exceeds {cap}")
-                    fh.write(chunk)
-            complete = True
-        except requests.RequestException as exc:
-            raise NodeUnavailable(f"download of {name} broke off: {exc}") from exc
-        finally:
-            if not complete:
-                tmp.unlink(missing_ok=True)
-    tmp.replace(dest)
     return dest
 
 

@@ -41,13 +41,12 @@ from urllib.parse import urlsplit
 
 import requests
 
-from farm.backends.base import ProgressFn, RenderResult, image_mime
+from farm.backends.base import ProgressFn, RenderResult, image_mime, save_stream, send
 from farm.backends.comfyui import (
     build_graph,
     classify_execution_error,
     prompt_id_for,
     rejection,
-    save_stream,
     unique_dest,
     video_result,
 )
@@ -194,21 +193,9 @@ class V2Client:
         raise BadNodeResponse(f"{what}: {code} {message}".strip())
 
     def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """One HTTP exchange; a GET whose kept-alive connection dropped is sent once more."""
+        """One HTTP exchange (:func:`~farm.backends.base.send`: a dropped GET is sent again)."""
         url = path if path.startswith(("http://", "https://")) else self.url + path
-        for again in (True, False) if method in ("GET", "HEAD") else (False,):
-            try:
-                return self.http.request(method, url, timeout=self.timeout, **kw)
-            except requests.Timeout as exc:
-                raise NodeTimeout(
-                    f"{self.url}{path}: no answer within {self.timeout[1]:g}s"
-                ) from exc
-            except requests.ConnectionError as exc:
-                if not again:
-                    raise NodeUnavailable(f"{self.url}: {type(exc).__name__}") from exc
-            except requests.RequestException as exc:
-                raise NodeUnavailable(f"{self.url}: {type(exc).__name__}") from exc
-        raise AssertionError("unreachable")
+        return send(self.http, method, url, self.timeout, **kw)
 
     def json(self, resp: requests.Response) -> dict[str, Any]:
         try:

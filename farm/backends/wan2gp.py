@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from farm.backends.base import Backend, ProgressFn, RenderResult, image_mime, safe_name
+from farm.backends.base import Backend, ProgressFn, RenderResult, image_mime, safe_name, save_stream
 from farm.backends.wan2gp_common import EventFn, is_out_of_memory, job_key, model_facts
 from farm.errors import (
     BadNodeResponse,
@@ -337,31 +337,7 @@ class WanClient:
         """Fetch one gallery item into ``dest``, refusing more than ``max_bytes``."""
         ticket = self.call("wangp_create_gallery_download", gallery_id=gallery_id)
         resp = self._transfer("GET", _field(ticket, "download_url", "url"), stream=True)
-        size_text = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes}-byte"
-        cap = f"the {size_text} download cap (FARM_MAX_DOWNLOAD_MB)"
-        tmp = dest.with_name(dest.name + ".part")
-        complete = False
-        with resp:
-            if resp.status_code != 200:
-                raise BadNodeResponse(f"download of {gallery_id} answered HTTP {resp.status_code}")
-            if int(resp.headers.get("Content-Length") or 0) > max_bytes:
-                raise BadNodeResponse(f"output {dest.name} exceeds {cap}")
-            try:
-                size = 0
-                with tmp.open("wb") as fh:
-                    for chunk in resp.iter_content(1 << 20):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise BadNodeResponse(f"output {dest.name} exceeds {cap}")
-                        fh.write(chunk)
-                complete = True
-            except requests.RequestException as exc:
-                raise NodeUnavailable(f"download of {gallery_id} broke off: {exc}") from exc
-            finally:
-                if not complete:
-                    tmp.unlink(missing_ok=True)
-        tmp.replace(dest)
-        return dest
+        return save_stream(resp, dest, max_bytes, dest.name)
 
     def _transfer(self, method: str, url: str, **kw: Any) -> requests.Response:
         full = urllib.parse.urljoin(self.url + "/", url)
