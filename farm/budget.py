@@ -62,10 +62,14 @@ def cap(value: float) -> float:
     return value if value > 0 else math.inf
 
 
-def charge(r: redis.Redis, settings: Settings, job: Job, details: Mapping[str, Any]) -> float:
+def charge(r: redis.Redis, settings: Settings, job: Job, details: Mapping[str, Any], *,
+           work: bool = True) -> float:  # fmt: skip
     """Add the cost of ``job``'s render on its cloud node: ``details["gpu_seconds"]`` (the
-    billed time) times the node's price. Returns the cost added (0: not a billed render,
-    or this attempt was charged already)."""
+    billed time) times the node's price. ``work``: the render did the job's work (False for
+    a job that failed after it ran: paid for, and its seconds count in the node's billed
+    time, but not its work, so the node's rate per step, :func:`state`, prices failures
+    in). Returns the cost added (0: not a billed render, or this attempt was charged
+    already)."""
     seconds = details.get("gpu_seconds")
     if not isinstance(seconds, int | float) or seconds < 0 or not job.node:
         return 0.0
@@ -75,7 +79,8 @@ def charge(r: redis.Redis, settings: Settings, job: Job, details: Mapping[str, A
     added = r.register_script(CHARGE)(
         keys=[keys.spend_day(today()), keys.spend_scene(job.scene_id),
               keys.spend_node(job.node), keys.spend_held()],
-        args=[job.attempt_id, job.node, repr(cost), repr(float(seconds)), repr(_work(job)),
+        args=[job.attempt_id, job.node, repr(cost), repr(float(seconds)),
+              repr(_work(job) if work else 0.0),
               member(job.scene_id, job.shot_id), SPEND_DAYS * 86400],
     )  # fmt: skip
     return cost if added else 0.0

@@ -29,12 +29,19 @@ these classes, never by their ``kind`` strings, which are only what shot records
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
 
 class FarmError(Exception):
     """Root of every error the farm raises on purpose."""
 
     #: short machine-readable class of the error, stored in shot records
     kind = "error"
+    #: what the node billed for the job that failed, as ``RenderResult.details`` has it
+    #: (``gpu_seconds``: a cloud node's job that ran, then failed); empty otherwise
+    details: Mapping[str, Any] = MappingProxyType({})
 
 
 class InvalidInput(FarmError):

@@ -185,6 +185,7 @@ def _render(
                 check_start_image(job.params["start_image"])
             result = backend.render(_settings_only(job), out_dir, _progress(rt, job, token))
     except FarmError as exc:
+        budget.charge(rt.redis, rt.settings, job, exc.details, work=False)  # a failed cloud job
         if guard is not None and guard.cancelled and not isinstance(exc, JobCancelled):
             exc = JobCancelled(f"cancelled by the user ({exc})")
         return _failed(rt, d, job, token, exc, time.monotonic() - started)

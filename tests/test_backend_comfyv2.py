@@ -23,7 +23,14 @@ import requests
 from farm.backends import detect_kind, image_mime, make_backend
 from farm.backends.comfyui import prompt_id_for
 from farm.backends.comfyv2 import RECORD, TAG, ComfyV2Backend, reported_seconds, retry_after
-from farm.errors import BadNodeResponse, ConfigError, JobCancelled, ModelMissing, OutOfMemory
+from farm.errors import (
+    BadNodeResponse,
+    ConfigError,
+    FarmError,
+    JobCancelled,
+    ModelMissing,
+    OutOfMemory,
+)
 from farm.local import EmulatedNode, LocalFarm, free_port, proxy_argv, wait_node
 from farm.media import probe
 from farm.planning import Job, backend_of
@@ -283,6 +290,46 @@ def test_a_job_that_fails_on_the_node_raises_its_farm_error(emulator, proxy, tmp
         )
     (mine,) = tagged(proxy, job)
     assert mine["status"] == "failed"
+
+
+def test_a_job_that_failed_after_it_ran_reports_the_seconds_it_was_billed(
+    emulator, proxy, tmp_path
+):
+    """A job that runs a while and is then stopped on the node itself (someone interrupts
+    it at the ComfyUI behind the proxy) raises its farm error with the GPU-seconds it ran
+    (the proxy reports none: the time the worker saw it run), which the render task
+    charges to the budget."""
+    emulator.faults({**SLOW, "hang": {"at_step": 2}})
+    job = small_job(scene_id="v2-stopped")
+    raised: list[BaseException] = []
+
+    def render() -> None:
+        try:
+            ComfyV2Backend(proxy.url, settings_for(tmp_path)).render(
+                job, tmp_path, lambda *a, **k: None
+            )
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            raised.append(exc)
+
+    thread = threading.Thread(target=render)
+    thread.start()
+
+    def running() -> bool:
+        found = tagged(proxy, job)
+        return bool(found) and any(r["job_id"] == found[0]["id"] and r["status"] == "running"
+                                   for r in runs(emulator))  # fmt: skip
+
+    wait_for(running, 30, "the job running")
+    time.sleep(2.0)
+    requests.post(emulator.url + "/interrupt", json={}, timeout=5).raise_for_status()
+    thread.join(60)
+    assert not thread.is_alive() and len(raised) == 1
+    error = raised[0]
+    assert isinstance(error, FarmError), error
+    (mine,) = tagged(proxy, job)
+    assert mine["status"] in ("failed", "canceled")
+    assert error.details["gpu_seconds"] >= 2.0
+    assert error.details["gpu_seconds_source"] != "unknown"
 
 
 def test_outputs_are_held_to_the_download_cap(emulator, proxy, tmp_path):

@@ -216,6 +216,26 @@ def test_a_cloud_nodes_billing_rate_prices_its_next_shots(redis_env):
     assert budget.charge(rt.redis, rt.settings, replace(job, node="local0"), {}) == 0.0
 
 
+def test_a_cloud_job_that_failed_after_it_ran_is_paid_for_but_teaches_no_rate(redis_env):
+    """A failed cloud job's billed seconds are spent (day, scene, node) once, and count in
+    the node's billed time but not its work: the rate per step then prices failures in."""
+    rt = make_rt(redis_env, burst="always")
+    sc = scene("failed-bill", 1)
+    register(rt, sc, local=0)
+    job = replace(plan_scene(sc, "final")[0][0], node="cloud")
+    assert budget.charge(rt.redis, rt.settings, job, {"gpu_seconds": 30.0}, work=False) == (
+        30 * PRICE
+    )
+    assert budget.charge(rt.redis, rt.settings, job, {"gpu_seconds": 30.0}, work=False) == 0.0
+    spend = budget.state(rt.redis, rt.settings, ["cloud"], [sc.id])
+    assert spend.day == pytest.approx(30 * PRICE) and spend.scenes[sc.id] == pytest.approx(
+        30 * PRICE
+    )
+    assert spend.rates == {}  # no work done yet: no rate
+    budget.charge(rt.redis, rt.settings, replace(job, attempt=2), {"gpu_seconds": 60.0})
+    assert budget.state(rt.redis, rt.settings, ["cloud"], []).rates == {"cloud": 3.0}
+
+
 def test_farm_nodes_and_the_exporter_show_spend_and_budgets(redis_env):
     from prometheus_client import CollectorRegistry, generate_latest
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,34 @@ def test_a_spent_day_budget_sends_the_rest_to_the_local_node(farm):
     assert spend["today"] == pytest.approx(spend["nodes"]["cloud"]["gpu_seconds"] * PRICE)
     events = [e for _, e in rt.redis.xrange(rt.settings.keys.events("budget"))]
     assert any(e.get("type") == "shot_burst_held" for e in events)
+
+
+@pytest.mark.parametrize("farm", [{"FARM_BURST": "always"}], indirect=True)
+def test_a_cloud_job_that_ran_and_then_failed_is_paid_for(farm):
+    """Only the cloud node is up; its job runs a few seconds and is then interrupted at the
+    ComfyUI behind the proxy (someone stopped it there): the attempt fails, and what the job
+    ran is spent all the same (a cloud job that ran is billed, finished or not)."""
+    rt = ready(farm)
+    farm.kill("worker-local", signal.SIGTERM)  # a stopped worker marks its node down
+    wait_for(lambda: [r["name"] for r in rt.registry.records() if r["alive"]] == ["cloud"], 60,
+             "only the cloud node alive")  # fmt: skip
+    cloud = farm.emulator_url("cloud")
+    faults = {"slow": {"rate": 1.0, "factor": 8.0}, "hang": {"at_step": 2}}
+    requests.put(cloud + "/emulator/faults", json=faults, timeout=5).raise_for_status()
+    enqueue(t2v_scene("billed-failure", 1, seed=7), rt)
+    wait_for(lambda: any(r["status"] == "running" for r in
+                         requests.get(cloud + "/emulator/jobs", timeout=5).json()["jobs"]),
+             60, "the cloud job running")  # fmt: skip
+    time.sleep(2.0)
+    requests.post(cloud + "/interrupt", json={}, timeout=5).raise_for_status()
+    status = wait_done(rt, "billed-failure", timeout=120)
+    assert status["state"] != "done", status
+    (shot,) = rt.state.shots("billed-failure")
+    assert [(a["state"], a["node"]) for a in shot["attempt_log"]][0][1] == "cloud"
+    assert [j["status"] for j in proxy_jobs(farm)] == ["canceled"]
+    spend = summary(rt.redis, rt.settings, ["cloud"])
+    billed = spend["nodes"]["cloud"]["gpu_seconds"]
+    assert billed >= 2.0 and spend["today"] == pytest.approx(billed * PRICE)
+    charged = [f for f in rt.redis.hkeys(rt.settings.keys.spend_scene("billed-failure"))
+               if f.startswith("charged:")]  # fmt: skip
+    assert len(charged) == 1

@@ -129,6 +129,16 @@ def job_error(job: dict[str, Any]) -> FarmError:
     )
 
 
+def billed(job: dict[str, Any], seen: tuple[float, str] | None) -> dict[str, Any]:
+    """``gpu_seconds`` of a job that ended and their ``gpu_seconds_source``: the service's
+    figures first (:func:`reported_seconds`); else the time the worker saw it run
+    (``seen``); else unknown, 0."""
+    seconds, source = reported_seconds(job)
+    if seconds is None and seen is not None:
+        seconds, source = seen
+    return {"gpu_seconds": round(seconds or 0.0, 3), "gpu_seconds_source": source or "unknown"}
+
+
 def reported_seconds(job: dict[str, Any]) -> tuple[float | None, str]:
     """GPU-seconds the service reports for a finished job, and where they come from:
     ``metrics.execution_ms``, else ``completed_at - started_at``; ``(None, "")`` when it
@@ -407,7 +417,9 @@ class ComfyV2Backend:
                 self._abandon(found["id"], exc)
             raise
         if final["status"] != "succeeded":
-            raise job_error(final)
+            error = job_error(final)
+            error.details = billed(final, seen)  # a job that ran is paid for, failed or not
+            raise error
         return self._result(job, final, out_dir, seen)
 
     def submit(self, job: Job, farm_id: str, out_dir: Path | None) -> dict[str, Any]:
@@ -565,11 +577,7 @@ class ComfyV2Backend:
         source (the service's figures first; what the worker saw; else unknown, 0)."""
         files = self._download(final, out_dir)
         result = video_result(job, files, str(final["id"]))
-        seconds, source = reported_seconds(final)
-        if seconds is None and seen is not None:
-            seconds, source = seen
-        result.details.update(gpu_seconds=round(seconds or 0.0, 3),
-                              gpu_seconds_source=source or "unknown")  # fmt: skip
+        result.details.update(billed(final, seen))
         return result
 
     def _download(self, final: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -614,7 +622,9 @@ class ComfyV2Backend:
         if found is None or found["status"] not in TERMINAL:
             raise NodeUnavailable(f"job {farm_id} has not finished on {self.url}")
         if found["status"] != "succeeded":
-            raise job_error(found)
+            error = job_error(found)
+            error.details = billed(found, None)
+            raise error
         return self._result(job, found, out_dir, None)
 
     def cancel(self, job: Job, out_dir: Path | None = None) -> str:
