@@ -9,7 +9,7 @@ model files its operator lists (FARM_CLOUD_MODELS) instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,26 +103,9 @@ def node_capabilities(
     """Per farm workflow (the catalogue's, a studio's own, and any other in
     ``workflows_dir``): ``{"ok", "missing": [reasons], "models": [diffusion model files
     offered], "catalog": [catalogue models it can render]}``."""
-    catalog = catalog or load_catalog()
-    params = catalog.params()
-    out: dict[str, dict[str, Any]] = {}
-    for name in sorted(set(catalog.workflows()) | set(workflow_names(workflows_dir))):
-        path = catalog.workflow_file(name, workflows_dir)
-        try:
-            graph = load_workflow(name, workflows_dir, lambda: info, path)
-        except WorkflowError as exc:
-            out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
-            continue
-        bindings = catalog.bindings(name)
-        problems, models = check_graph(graph, info, bindings)
-        problems += binding_problems(graph, bindings, params.get(name, set()))
-        mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
-        if not any(find_titled(graph, t) for t, _ in bound_inputs("model", bindings)):
-            models = sorted({f for m in mine.values() for f in m.files})  # named in the graph
-        usable = sorted(k for k, m in mine.items() if not problems
-                        and all(f in models for f in m.files))  # fmt: skip
-        out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}
-    return out
+    return _capabilities(
+        workflows_dir, catalog, lambda: info, lambda g, b: check_graph(g, info, b), None
+    )
 
 
 def listed_capabilities(
@@ -135,18 +118,9 @@ def listed_capabilities(
     (``offered``: those its diffusion-model loaders offer): a workflow is runnable when
     every fixed model file it names is held; its classes are taken as installed (the v2
     API does not list them; a missing one fails the job at submission, as invalid)."""
-    catalog = catalog or load_catalog()
-    params = catalog.params()
     held = set(files)
-    out: dict[str, dict[str, Any]] = {}
-    for name in sorted(set(catalog.workflows()) | set(workflow_names(workflows_dir))):
-        path = catalog.workflow_file(name, workflows_dir)
-        try:
-            graph = load_workflow(name, workflows_dir, None, path)
-        except WorkflowError as exc:
-            out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
-            continue
-        bindings = catalog.bindings(name)
+
+    def check(graph: dict[str, Any], bindings: Any) -> tuple[list[str], list[str]]:
         bound = {(nid, n) for title, n in bound_inputs("model", bindings)
                  for nid in find_titled(graph, title)}  # fmt: skip
         problems = [
@@ -156,11 +130,38 @@ def listed_capabilities(
             if inp in FILE_INPUTS and isinstance(value, str) and (nid, inp) not in bound
             and value not in held
         ]  # fmt: skip
+        return problems, sorted(set(offered)) if bound else []
+
+    return _capabilities(workflows_dir, catalog, None, check, held)
+
+
+def _capabilities(
+    workflows_dir: Path,
+    catalog: Catalog | None,
+    object_info: Callable[[], dict[str, Any]] | None,
+    check: Callable[[dict[str, Any], Any], tuple[list[str], list[str]]],
+    held: set[str] | None,
+) -> dict[str, dict[str, Any]]:
+    """Each workflow's capability entry: ``check(graph, bindings)`` gives the graph's
+    problems and the diffusion models offered for its model input; a workflow without
+    one offers the catalogue models it names (those in ``held``, when given)."""
+    catalog = catalog or load_catalog()
+    params = catalog.params()
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(catalog.workflows()) | set(workflow_names(workflows_dir))):
+        path = catalog.workflow_file(name, workflows_dir)
+        try:
+            graph = load_workflow(name, workflows_dir, object_info, path)
+        except WorkflowError as exc:
+            out[name] = {"ok": False, "missing": [str(exc)], "models": [], "catalog": []}
+            continue
+        bindings = catalog.bindings(name)
+        problems, models = check(graph, bindings)
         problems += binding_problems(graph, bindings, params.get(name, set()))
-        models = sorted(set(offered)) if bound else []
         mine = {k: m for k, m in catalog.models.items() if m.engine.workflow == name}
-        if not bound:
-            models = sorted({f for m in mine.values() for f in m.files if f in held})
+        if not any(find_titled(graph, t) for t, _ in bound_inputs("model", bindings)):
+            models = sorted({f for m in mine.values() for f in m.files  # named in the graph
+                             if held is None or f in held})  # fmt: skip
         usable = sorted(k for k, m in mine.items() if not problems
                         and all(f in models for f in m.files))  # fmt: skip
         out[name] = {"ok": not problems, "missing": problems, "models": models, "catalog": usable}

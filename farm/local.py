@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from farm.errors import ConfigError, FarmError
 from farm.ports import holds_port
-from farm.settings import Settings
+from farm.settings import NODE_KINDS, Settings
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class EmulatedNode:
     url: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("comfyui", "wan2gp", "comfyv2"):
+        if self.kind not in NODE_KINDS:
             raise ConfigError(
                 f"node {self.name}: kind must be comfyui, wan2gp or comfyv2, not {self.kind!r}"
             )

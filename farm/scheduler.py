@@ -84,8 +84,6 @@ LOAD_STEPS = 1.5
 #: seconds a node of speed 1.0 takes per reference sampler step, until a node has rendered
 #: (a 14B Wan model at 832x480x81 on a 24 GB GPU: 30 to 45 s)
 STEP_SECONDS = 30.0
-#: FARM_BURST's values
-BURST_POLICIES = ("never", "overflow", "always")
 
 
 def rank_class(kind: str, priority: int) -> int:

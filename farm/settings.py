@@ -21,6 +21,8 @@ from farm.keys import Keys
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 NODE_KINDS = ("comfyui", "wan2gp", "comfyv2")
+#: FARM_BURST's values (farm.scheduler.Burst)
+BURST_POLICIES = ("never", "overflow", "always")
 
 
 @dataclass(frozen=True)
@@ -542,7 +544,7 @@ class Settings:
             raise ConfigError(f"FARM_GATE_TAKES ({self.gate_takes}) must be 1 or more")
         if self.placement not in ("late", "naive"):
             raise ConfigError(f"FARM_PLACEMENT {self.placement!r} must be 'late' or 'naive'")
-        if self.burst not in ("never", "overflow", "always"):
+        if self.burst not in BURST_POLICIES:
             raise ConfigError(f"FARM_BURST {self.burst!r} must be 'never', 'overflow' or 'always'")
         for name, value in (
             ("FARM_BURST_AFTER", self.burst_after),

@@ -4,9 +4,10 @@
 (unless the config names an existing one), the emulated nodes listed, one Celery worker per
 node queue, the CPU workers, ``farm ingest``, Flower, ``farm web`` and ``farm exporter``;
 restarts any of them that dies (backing off from 1 s to 30 s); and writes every process's
-output to ``ROOT/logs/NAME.log`` (its own to ``ROOT/logs/supervisor.log``). ``ROOT/run/state.json``
-lists what it started: ``farm ps`` reads it. ``farm down`` stops the supervisor, which
-stops its processes (workers first, with time to finish their renders; Redis last). If
+output to ``ROOT/logs/NAME.log`` (its own to ``ROOT/logs/supervisor.log``).
+``ROOT/run/state.json`` lists what it started: ``farm ps`` reads it. ``farm down`` stops
+the supervisor, which stops its processes (workers first, with time to finish their
+renders; Redis last). If
 the supervisor itself was killed, ``farm down`` stops the processes listed in the state
 file, each only while its command line still is the one recorded: it never stops anything
 ``farm up`` did not start.
@@ -79,7 +80,7 @@ from farm.local import (
     wait_workers,
 )
 from farm.ports import holds_port, port_taken
-from farm.settings import REPO_ROOT, Settings
+from farm.settings import NODE_KINDS, REPO_ROOT, Settings
 
 BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER = 1.0, 30.0, 60.0
 #: what points a shell at a farm: recorded in ROOT/run/state.json, printed by `farm env`
@@ -199,7 +200,7 @@ def load_config(path: Path) -> UpConfig:
             raise InvalidInput(f"{where} ({name}): give either emulate = \"comfyui\"|\"wan2gp\"|\"comfyv2\" "
                                "(with profile and port) or url = \"http://...\" for a real node")  # fmt: skip
         if "emulate" in n:
-            if n["emulate"] not in ("comfyui", "wan2gp", "comfyv2"):
+            if n["emulate"] not in NODE_KINDS:
                 raise InvalidInput(
                     f"{where}.emulate: must be comfyui, wan2gp or comfyv2, not {n['emulate']!r}"
                 )

@@ -2,7 +2,8 @@
 
 ``farm worker --node NAME`` discovers the node (models, GPU), registers it, keeps a
 heartbeat thread probing it, and consumes only ``node.NAME`` with one process (a Comfy
-API v2 node: FARM_CLOUD_CONCURRENCY processes) and prefetch 1. ``farm worker --cpu`` consumes the CPU queue (assembly, scoring).
+API v2 node: FARM_CLOUD_CONCURRENCY processes) and prefetch 1. ``farm worker --cpu``
+consumes the CPU queue (assembly, scoring).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import mimetypes
-import os
 import queue
 import threading
 import time
@@ -60,6 +59,7 @@ from farm.errors import (
     NodeUnavailable,
     WorkflowError,
 )
+from farm.files import write_text
 from farm.planning import Job
 from farm.settings import Settings
 from farm.studio import catalog_for
@@ -503,9 +503,8 @@ class ComfyV2Backend:
         self._jobs[farm_id] = job_id
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir / f".{RECORD}.{os.getpid()}"
-            tmp.write_text(json.dumps({"farm_id": farm_id, "job_id": job_id, "node": self.url}))
-            tmp.replace(out_dir / RECORD)
+            record = {"farm_id": farm_id, "job_id": job_id, "node": self.url}
+            write_text(out_dir / RECORD, json.dumps(record))
 
     def follow(
         self, found: dict[str, Any], progress: ProgressFn

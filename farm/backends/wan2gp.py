@@ -48,6 +48,7 @@ from farm.errors import (
     OutOfMemory,
     RenderFailed,
 )
+from farm.files import write_text
 from farm.planning import Job
 from farm.settings import Settings
 from farm.wan_settings import build_settings
@@ -590,9 +591,7 @@ class Wan2GPBackend:
             "key": job_key(job),
             "submitted_at": time.time(),
         }
-        tmp = out_dir / (RECORD + ".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(out_dir / RECORD)
+        write_text(out_dir / RECORD, json.dumps(record))
         return job_id
 
     def _image_value(self, path: Path) -> str:
